@@ -1,0 +1,232 @@
+"""Frozen open_clip towers cut just before their final projection ("the final layer" of the paper).
+
+``build_backbone`` returns the towers, their tokenizer and image transform, the term vocabulary, the initial
+weights of both projections and of the token embedding (the sparse head's initialisation), and a fingerprint
+of everything frozen, so features, checkpoints and indexes can be bound to the exact base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import BackboneConfig
+from core.vocab import Vocabulary
+
+_logger = logging.getLogger(__name__)
+
+
+class UnsupportedBackboneError(ValueError):
+    """The open_clip model has a tower whose final layer Duet cannot locate."""
+
+
+@dataclass
+class Backbone:
+    clip: nn.Module  # projections removed; eval mode; no gradients
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor]
+    vocabulary: Vocabulary
+    token_embedding: torch.Tensor  # (V, text_width)
+    image_projection: torch.Tensor  # (embed_dim, image_feature_dim), nn.Linear weight layout
+    text_projection: torch.Tensor  # (embed_dim, text_feature_dim)
+    fingerprint: str
+    description: dict[str, Any]
+
+    @property
+    def image_feature_dim(self) -> int:
+        return int(self.image_projection.shape[1])
+
+    @property
+    def text_feature_dim(self) -> int:
+        return int(self.text_projection.shape[1])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.image_projection.shape[0])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.token_embedding.shape[1])
+
+    def to(self, device: str | torch.device) -> Backbone:
+        self.clip.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    @torch.inference_mode()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, image_feature_dim) pre-projection features."""
+        return self.clip.encode_image(pixels.to(self.device)).float()
+
+    @torch.inference_mode()
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, text_feature_dim) pre-projection features."""
+        return self.clip.encode_text(tokens.to(self.device)).float()
+
+
+def _linear_weight(layer: nn.Module | nn.Parameter) -> torch.Tensor:
+    """A projection as nn.Linear weight (out, in); open_clip Parameters are used as ``x @ P`` (in, out)."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight.detach().clone()
+    if isinstance(layer, nn.Parameter):
+        return layer.detach().t().contiguous().clone()
+    raise UnsupportedBackboneError(f"unsupported projection type {type(layer).__name__}")
+
+
+def _detach_image_projection(clip: nn.Module) -> torch.Tensor:
+    visual = clip.visual
+    head = getattr(visual, "head", None)
+    if head is not None and isinstance(getattr(head, "proj", None), nn.Linear):  # timm tower
+        weight = _linear_weight(head.proj)
+        head.proj = nn.Identity()
+        return weight
+    if isinstance(getattr(visual, "proj", None), nn.Parameter):  # ViT tower
+        weight = _linear_weight(visual.proj)
+        visual.proj = None
+        return weight
+    raise UnsupportedBackboneError(
+        f"image tower {type(visual).__name__} has no final projection Duet can detach "
+        "(supported: open_clip VisionTransformer, timm towers with a linear projection)"
+    )
+
+
+def _detach_text_projection(clip: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove the text projection; return (projection weight, token embedding weight)."""
+    text = getattr(clip, "text", None)
+    if text is None:  # open_clip CLIP: text tower parts live on the model itself
+        owner, embedding = clip, clip.token_embedding.weight
+    elif hasattr(text, "transformer") and hasattr(text.transformer, "get_input_embeddings"):  # HF tower
+        if not isinstance(getattr(text, "proj", None), nn.Linear):
+            raise UnsupportedBackboneError("HF text tower needs hf_proj_type='linear' for a single final layer")
+        weight = _linear_weight(text.proj)
+        text.proj = nn.Identity()
+        return weight, text.transformer.get_input_embeddings().weight.detach().clone()
+    else:  # open_clip TextTransformer inside CustomTextCLIP
+        owner, embedding = text, text.token_embedding.weight
+    projection = getattr(owner, "text_projection", None)
+    if projection is None:
+        raise UnsupportedBackboneError("text tower has no text_projection to detach")
+    weight = _linear_weight(projection)
+    owner.text_projection = None
+    return weight, embedding.detach().clone()
+
+
+def _vocabulary_from_tokenizer(tokenizer: Any) -> Vocabulary:
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "convert_ids_to_tokens"):  # open_clip HFTokenizer
+        size = len(inner)
+        tokens = inner.convert_ids_to_tokens(list(range(size)))
+        special = set(inner.all_special_ids)
+        special |= {i for i, t in enumerate(tokens) if re.fullmatch(r"\[[^\]]*\]", t or "")}  # [unusedN] etc.
+        return Vocabulary(tokens, sorted(special))
+    if hasattr(tokenizer, "decoder") and hasattr(tokenizer, "all_special_ids"):  # open_clip SimpleTokenizer
+        size = tokenizer.vocab_size
+        byte_decoder = tokenizer.byte_decoder
+        tokens = [bytearray(byte_decoder[c] for c in tokenizer.decoder[i]).decode("utf-8", errors="replace")
+                  for i in range(size)]
+        # '</w>' marks a word end; keep it so that 'dog' (word) and 'dog' (prefix) stay distinct terms.
+        pad_id = 0  # open_clip pads with id 0
+        return Vocabulary(tokens, sorted({*tokenizer.all_special_ids, pad_id}))
+    raise UnsupportedBackboneError(f"unsupported tokenizer {type(tokenizer).__name__}")
+
+
+def _fingerprint(description: dict[str, Any], clip: nn.Module, vocabulary: Vocabulary) -> str:
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode())
+    for name, tensor in sorted(clip.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update("\n".join(vocabulary.tokens).encode())
+    return digest.hexdigest()[:16]
+
+
+def _resolve_open_clip_name(model_name: str) -> str:
+    """Accept a registered open_clip name or a path to an architecture JSON (registered on the fly)."""
+    import open_clip
+
+    path = Path(model_name)
+    if model_name.endswith(".json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip model config not found: {path}")
+        open_clip.add_model_config(path)
+        return path.stem
+    if model_name not in open_clip.list_models():
+        known = ", ".join(open_clip.list_models()[:8])
+        raise ValueError(f"unknown open_clip model name {model_name!r} (known include: {known}, ...; "
+                         "or pass a path to an architecture .json)")
+    return model_name
+
+
+def build_backbone(config: BackboneConfig) -> Backbone:
+    """Create the frozen towers described by ``config``; nothing is fetched from a hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local packages or paths only
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import open_clip
+
+    from core import packaged
+
+    # Random parts (projections of the packaged model, tiny test towers) get a reproducible init.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.init_seed)
+        if config.kind == "packaged":
+            clip = packaged.build_packaged_clip(config.embed_dim, config.context_length)
+            tokenizer = open_clip.tokenizer.HFTokenizer(str(packaged.minilm_path()), context_length=config.context_length)
+            preprocess = open_clip.image_transform(packaged.IMAGE_SIZE, is_train=False,
+                                                   mean=packaged.IMAGE_MEAN, std=packaged.IMAGE_STD)
+            description: dict[str, Any] = {"kind": "packaged", "embed_dim": config.embed_dim,
+                                           "context_length": config.context_length,
+                                           "image": packaged.TIMM_NAME, "text": "all-MiniLM-L6-v2"}
+        else:
+            assert config.model_name is not None  # guaranteed by BackboneConfig validation
+            name = _resolve_open_clip_name(config.model_name)
+            pretrained = config.pretrained
+            if pretrained and (pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained):
+                if not Path(pretrained).is_file():
+                    raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
+            try:
+                clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+            except RuntimeError as e:
+                raise RuntimeError(f"could not load open_clip model {name!r} with pretrained={pretrained!r}: {e}") from e
+            tokenizer = open_clip.get_tokenizer(name)
+            description = {"kind": "open_clip", "model_name": name, "pretrained": pretrained}
+            if pretrained is None:
+                description["init_seed"] = config.init_seed
+    image_projection = _detach_image_projection(clip)
+    text_projection, token_embedding = _detach_text_projection(clip)
+    clip.eval().requires_grad_(False)
+    vocabulary = _vocabulary_from_tokenizer(tokenizer)
+    if len(vocabulary) != token_embedding.shape[0]:
+        raise UnsupportedBackboneError(
+            f"tokenizer has {len(vocabulary)} tokens but the token embedding has {token_embedding.shape[0]} rows")
+    fingerprint = _fingerprint(description, clip, vocabulary)
+    _logger.info("backbone %s ready (fingerprint %s)", description, fingerprint)
+    return Backbone(clip=clip, tokenizer=tokenizer, preprocess=preprocess, vocabulary=vocabulary,
+                    token_embedding=token_embedding, image_projection=image_projection,
+                    text_projection=text_projection, fingerprint=fingerprint, description=description)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Any:
+    """Temporarily set torch's intra-op thread count (None leaves it alone)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,102 @@
+"""Karpathy-format image-caption datasets (MSCOCO, Flickr30k, Flickr8k share this JSON layout)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "val", "test", "restval")
+
+
+class DatasetError(ValueError):
+    """The dataset path, its JSON or a field of it is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    caption_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    relative_path: str
+    split: str
+    captions: tuple[Caption, ...]
+
+
+@dataclass(frozen=True)
+class KarpathyDataset:
+    name: str
+    json_path: Path
+    image_root: Path
+    images: tuple[ImageRecord, ...]
+
+    def split(self, *names: str) -> tuple[ImageRecord, ...]:
+        known = {record.split for record in self.images}
+        for name in names:
+            if name not in known:
+                raise DatasetError(f"unknown split {name!r} in {self.json_path}; present: {sorted(known)}")
+        return tuple(record for record in self.images if record.split in names)
+
+    def image_path(self, record: ImageRecord) -> Path:
+        return self.image_root / record.relative_path
+
+
+def _field(entry: dict[str, Any], key: str, where: str) -> Any:
+    if key not in entry:
+        raise DatasetError(f"{where}: missing field {key!r}")
+    return entry[key]
+
+
+def load_karpathy(dataset_dir: str | Path, *, json_name: str | None = None,
+                  image_root: str | Path | None = None) -> KarpathyDataset:
+    """Load ``dataset_*.json`` from ``dataset_dir``; images under ``image_root`` (default ``dataset_dir/images``).
+
+    Entries with a ``filepath`` (MSCOCO: ``val2014``) resolve to ``image_root/filepath/filename``.
+    """
+    directory = Path(dataset_dir)
+    if not directory.is_dir():
+        raise DatasetError(f"dataset directory not found: {directory} (set --data to a Karpathy-format dataset)")
+    if json_name is None:
+        candidates = sorted(directory.glob("dataset_*.json"))
+        if len(candidates) != 1:
+            raise DatasetError(f"expected exactly one dataset_*.json in {directory}, found {[c.name for c in candidates]}")
+        json_path = candidates[0]
+    else:
+        json_path = directory / json_name
+    if not json_path.is_file():
+        raise DatasetError(f"dataset JSON not found: {json_path}")
+    try:
+        raw = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"malformed dataset JSON {json_path}: {e}") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("images"), list):
+        raise DatasetError(f"{json_path}: expected an object with an 'images' list")
+    records = []
+    seen_ids: set[int] = set()
+    for index, entry in enumerate(raw["images"]):
+        where = f"{json_path} images[{index}]"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: expected an object")
+        image_id = int(_field(entry, "imgid", where))
+        if image_id in seen_ids:
+            raise DatasetError(f"{where}: duplicate imgid {image_id}")
+        seen_ids.add(image_id)
+        filename = str(_field(entry, "filename", where))
+        relative = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
+        sentences = _field(entry, "sentences", where)
+        if not isinstance(sentences, list):
+            raise DatasetError(f"{where}: 'sentences' must be a list")
+        captions = tuple(Caption(int(_field(s, "sentid", f"{where} sentence {j}")),
+                                 str(_field(s, "raw", f"{where} sentence {j}")).strip())
+                         for j, s in enumerate(sentences))
+        records.append(ImageRecord(image_id, relative, str(_field(entry, "split", where)), captions))
+    root = Path(image_root) if image_root is not None else directory / "images"
+    if not root.is_dir():
+        raise DatasetError(f"image root not found: {root}")
+    return KarpathyDataset(name=str(raw.get("dataset", directory.name)), json_path=json_path, image_root=root,
+                           images=tuple(records))

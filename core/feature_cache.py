@@ -1,0 +1,227 @@
+"""Feature cache: pre-final-layer features of every image and caption of a dataset, computed once.
+
+Keyed by the backbone fingerprint, so features of another base model are never mixed in. Computation runs in
+shards; each finished shard is written atomically, so an interrupted run resumes where it stopped. The final
+cache directory is published atomically:
+
+  <root>/<fingerprint>/<dataset>-<splits>/images.safetensors   {"features": (N, D) float32, "ids": (N,) int64}
+  <root>/<fingerprint>/<dataset>-<splits>/texts.safetensors    {"features": (M, D') float32, "ids": (M,) int64}
+  <root>/<fingerprint>/<dataset>-<splits>/meta.json            counts, splits, skipped corrupt images
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+
+from core.atomic import atomic_directory, write_text_atomic
+from core.backbone import Backbone
+from core.data import ImageRecord, KarpathyDataset
+from core.progress import progress
+
+_logger = logging.getLogger(__name__)
+
+
+class CorruptImageError(ValueError):
+    """An image file is missing, truncated or not an image."""
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    ids: np.ndarray  # (N,) int64: image ids or caption ids
+    features: torch.Tensor  # (N, D) float32
+
+    def rows(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Features for ``ids`` in the given order; unknown ids raise KeyError."""
+        position = {int(i): r for r, i in enumerate(self.ids)}
+        return self.features[[position[int(i)] for i in ids]]
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    images: FeatureTable
+    texts: FeatureTable
+    directory: Path
+    corrupt_images: list[str] = field(default_factory=list)
+
+
+def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """Decode fully (so truncation is caught) and preprocess; raise CorruptImageError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return preprocess(image.convert("RGB"))
+    except FileNotFoundError as e:
+        raise CorruptImageError(f"image file missing: {path}") from e
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"corrupt or unreadable image {path}: {e}") from e
+
+
+def cache_directory(root: str | Path, fingerprint: str, dataset: KarpathyDataset, splits: Sequence[str]) -> Path:
+    return Path(root) / fingerprint / f"{dataset.name}-{'+'.join(sorted(splits))}"
+
+
+def _plan_hash(kind: str, ids: Sequence[int], shard_size: int) -> str:
+    return hashlib.sha256(f"{kind}:{shard_size}:{','.join(map(str, ids))}".encode()).hexdigest()[:16]
+
+
+def _shards(items: Sequence[Any], shard_size: int) -> list[Sequence[Any]]:
+    return [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
+
+
+class _ShardedWriter:
+    """Resumable shard store under ``partial``; a finished shard is never recomputed."""
+
+    def __init__(self, partial: Path, kind: str, ids: Sequence[int], shard_size: int) -> None:
+        self.dir = partial / kind
+        plan = _plan_hash(kind, ids, shard_size)
+        plan_file = self.dir / "plan.txt"
+        if self.dir.exists() and (not plan_file.is_file() or plan_file.read_text() != plan):
+            _logger.info("discarding stale partial %s cache (different items or shard size)", kind)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(plan_file, plan)
+
+    def path(self, index: int) -> Path:
+        return self.dir / f"shard-{index:05d}.safetensors"
+
+    def done(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def write(self, index: int, ids: list[int], features: torch.Tensor, skipped: list[str]) -> None:
+        tmp = self.path(index).with_suffix(".tmp")
+        save_file({"ids": torch.tensor(ids, dtype=torch.long).reshape(-1), "features": features.contiguous()},
+                  str(tmp), metadata={"skipped": json.dumps(skipped)})
+        tmp.replace(self.path(index))
+
+    def read_all(self, count: int) -> tuple[FeatureTable, list[str]]:
+        from safetensors import safe_open
+
+        ids, feats, skipped = [], [], []
+        for index in range(count):
+            with safe_open(str(self.path(index)), framework="pt") as handle:
+                skipped += json.loads((handle.metadata() or {}).get("skipped", "[]"))
+                ids.append(handle.get_tensor("ids"))
+                feats.append(handle.get_tensor("features"))
+        return FeatureTable(torch.cat(ids).numpy(), torch.cat(feats).float()), skipped
+
+
+def _encode_images(backbone: Backbone, dataset: KarpathyDataset, records: Sequence[ImageRecord],
+                   batch_size: int, skip_corrupt: bool, pool: ThreadPoolExecutor) -> tuple[list[int], torch.Tensor, list[str]]:
+    """Encode one shard; image decoding of the next batch overlaps the forward pass of this one."""
+
+    def decode(batch: Sequence[ImageRecord]) -> list[tuple[int, torch.Tensor | None, str | None]]:
+        out: list[tuple[int, torch.Tensor | None, str | None]] = []
+        for record in batch:
+            path = dataset.image_path(record)
+            try:
+                out.append((record.image_id, load_image(path, backbone.preprocess), None))
+            except CorruptImageError as e:
+                if not skip_corrupt:
+                    raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
+                out.append((record.image_id, None, str(path)))
+        return out
+
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    ids: list[int] = []
+    features: list[torch.Tensor] = []
+    skipped: list[str] = []
+    pending: Future[Any] | None = pool.submit(decode, batches[0]) if batches else None
+    for b in range(len(batches)):
+        assert pending is not None
+        decoded = pending.result()
+        pending = pool.submit(decode, batches[b + 1]) if b + 1 < len(batches) else None
+        good = [(i, x) for i, x, bad in decoded if bad is None]
+        skipped += [bad for _, _, bad in decoded if bad is not None]
+        if good:
+            ids += [i for i, _ in good]
+            features.append(backbone.image_features(torch.stack([x for _, x in good])).cpu())
+    width = backbone.image_feature_dim
+    return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
+
+
+def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, splits: Sequence[str],
+                          cache_root: str | Path, image_batch_size: int = 64, text_batch_size: int = 256,
+                          shard_size: int = 1024, skip_corrupt: bool = False,
+                          after_shard: Callable[[str, int], None] | None = None) -> CachedFeatures:
+    """Compute (or resume, or reuse) the cache for ``splits`` of ``dataset``; return it loaded.
+
+    ``after_shard(kind, index)`` is called after each shard is stored (progress hooks, interruption tests).
+    """
+    final = cache_directory(cache_root, backbone.fingerprint, dataset, splits)
+    if (final / "meta.json").is_file():
+        return load_feature_cache(final)
+    records = dataset.split(*splits)
+    captions = [(c.caption_id, c.text) for r in records for c in r.captions]
+    partial = final.with_name(final.name + ".partial")
+    image_store = _ShardedWriter(partial, "images", [r.image_id for r in records], shard_size)
+    text_store = _ShardedWriter(partial, "texts", [c for c, _ in captions], shard_size)
+    image_shards = _shards(records, shard_size)
+    text_shards = _shards(captions, shard_size)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        todo = [i for i in range(len(image_shards)) if not image_store.done(i)]
+        if len(todo) < len(image_shards):
+            _logger.info("resuming image features: %d of %d shards already done", len(image_shards) - len(todo),
+                         len(image_shards))
+        bar = progress(todo, total=len(todo), desc=f"image features ({len(records)} images)", unit="shard")
+        for index in bar:
+            ids, feats, skipped = _encode_images(backbone, dataset, image_shards[index], image_batch_size,
+                                                 skip_corrupt, pool)
+            image_store.write(index, ids, feats, skipped)
+            if after_shard is not None:
+                after_shard("images", index)
+    todo = [i for i in range(len(text_shards)) if not text_store.done(i)]
+    for index in progress(todo, total=len(todo), desc=f"text features ({len(captions)} captions)", unit="shard"):
+        shard = text_shards[index]
+        feats = [backbone.text_features(backbone.tokenizer([t for _, t in shard[i:i + text_batch_size]])).cpu()
+                 for i in range(0, len(shard), text_batch_size)]
+        text_store.write(index, [c for c, _ in shard], torch.cat(feats), [])
+        if after_shard is not None:
+            after_shard("texts", index)
+
+    images, corrupt = image_store.read_all(len(image_shards))
+    texts, _ = text_store.read_all(len(text_shards))
+    if corrupt:
+        _logger.warning("skipped %d corrupt images (listed in meta.json): %s", len(corrupt), corrupt[:5])
+        kept_images = {int(i) for i in images.ids}
+        caption_image = {c.caption_id: r.image_id for r in records for c in r.captions}
+        keep = [k for k, cid in enumerate(texts.ids) if caption_image[int(cid)] in kept_images]
+        texts = FeatureTable(texts.ids[keep], texts.features[keep])
+    with atomic_directory(final) as tmp:
+        save_file({"ids": torch.from_numpy(images.ids), "features": images.features}, str(tmp / "images.safetensors"))
+        save_file({"ids": torch.from_numpy(texts.ids), "features": texts.features}, str(tmp / "texts.safetensors"))
+        meta = {"backbone_fingerprint": backbone.fingerprint, "backbone": backbone.description,
+                "dataset": dataset.name, "dataset_json": str(dataset.json_path), "splits": sorted(splits),
+                "num_images": int(len(images.ids)), "num_texts": int(len(texts.ids)), "corrupt_images": corrupt}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(partial, ignore_errors=True)
+    return CachedFeatures(images=images, texts=texts, directory=final, corrupt_images=corrupt)
+
+
+def load_feature_cache(directory: str | Path) -> CachedFeatures:
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no finished feature cache at {directory}")
+    meta = json.loads(meta_path.read_text())
+    image_state = load_file(str(directory / "images.safetensors"))
+    text_state = load_file(str(directory / "texts.safetensors"))
+    return CachedFeatures(
+        images=FeatureTable(image_state["ids"].numpy(), image_state["features"].float()),
+        texts=FeatureTable(text_state["ids"].numpy(), text_state["features"].float()),
+        directory=directory,
+        corrupt_images=list(meta.get("corrupt_images", [])),
+    )

@@ -1,0 +1,73 @@
+"""Retrieval metrics over exact score matrices, and sparsity statistics. Pure torch/numpy, no I/O.
+
+Ties are counted against the query: an item scoring equal to the best relevant item ranks ahead of it, so
+a degenerate scorer (all scores equal) gets recall k/N-ish at worst, never a perfect score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def ranks_of_relevant(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = first) of the best relevant item per query row.
+
+    scores: (Q, N); relevant: (Q, N) bool with at least one True per row. The rank is the number of
+    non-relevant items scoring >= the best relevant score (pessimistic on ties).
+    """
+    if scores.shape != relevant.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} differ in shape")
+    if not bool(relevant.any(dim=1).all()):
+        raise ValueError("every query needs at least one relevant item")
+    best = scores.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
+    return ((scores >= best) & ~relevant).sum(dim=1)  # (Q,)
+
+
+def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """R@k in percent: share of queries whose best relevant item ranks within the top k."""
+    return {f"R@{k}": 100.0 * float((ranks < k).float().mean()) for k in ks}
+
+
+def bidirectional_recall(scores_t2i: torch.Tensor, caption_image: torch.Tensor,
+                         ks: Sequence[int] = DEFAULT_KS, chunk: int = 2048) -> dict[str, dict[str, float]]:
+    """Text-to-image and image-to-text recall from one (num_captions, num_images) score matrix.
+
+    caption_image[i] is the column of caption i's image. Image-to-text counts a hit when any of the image's
+    captions is in the top k (the standard protocol).
+    """
+    num_captions, num_images = scores_t2i.shape
+    t2i_ranks = []
+    for start in range(0, num_captions, chunk):
+        block = scores_t2i[start:start + chunk]
+        relevant = torch.zeros_like(block, dtype=torch.bool)
+        relevant[torch.arange(block.shape[0]), caption_image[start:start + chunk]] = True
+        t2i_ranks.append(ranks_of_relevant(block, relevant))
+    scores_i2t = scores_t2i.T  # (num_images, num_captions)
+    relevant_i2t = torch.zeros_like(scores_i2t, dtype=torch.bool)
+    relevant_i2t[caption_image, torch.arange(num_captions)] = True
+    i2t_ranks = ranks_of_relevant(scores_i2t, relevant_i2t)
+    t2i = recall_at_k(torch.cat(t2i_ranks), ks)
+    i2t = recall_at_k(i2t_ranks, ks)
+    t2i["RSUM"] = sum(t2i[f"R@{k}"] for k in ks)
+    i2t["RSUM"] = sum(i2t[f"R@{k}"] for k in ks)
+    return {"t2i": t2i, "i2t": i2t}
+
+
+def sparsity_stats(query_weights: torch.Tensor, doc_weights: torch.Tensor) -> dict[str, float]:
+    """Mean active terms per vector and FLOPs (expected multiplications per query-document pair).
+
+    FLOPs = sum_j p_q(j) * p_d(j), p(j) = share of vectors where term j is non-zero (D2S / SPLADE formula).
+    """
+    q_active = query_weights > 0
+    d_active = doc_weights > 0
+    p_q = q_active.float().mean(dim=0)
+    p_d = d_active.float().mean(dim=0)
+    return {
+        "active_terms_query": float(q_active.sum(dim=1).float().mean()),
+        "active_terms_doc": float(d_active.sum(dim=1).float().mean()),
+        "flops": float((p_q * p_d).sum()),
+    }

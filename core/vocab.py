@@ -1,0 +1,30 @@
+"""Term vocabulary: maps sparse-vector columns to token ids and readable term strings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Vocabulary:
+    """The text tower's token strings plus the set of ids that must never carry weight."""
+
+    def __init__(self, tokens: Sequence[str], special_ids: Sequence[int]) -> None:
+        self.tokens = list(tokens)
+        self.special_ids = frozenset(int(i) for i in special_ids)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def term(self, token_id: int) -> str:
+        return self.tokens[token_id]
+
+    def content_ids(self) -> np.ndarray:
+        """Every token id that may carry weight, ascending."""
+        return np.array([i for i in range(len(self.tokens)) if i not in self.special_ids], dtype=np.int64)
+
+
+def quantize_impacts(weights: np.ndarray, scale: float) -> np.ndarray:
+    """Integer impacts for Lucene: round(weight * scale); zero stays zero."""
+    return np.rint(np.asarray(weights, dtype=np.float64) * scale).astype(np.int64)

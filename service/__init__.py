@@ -1,0 +1,1 @@
+"""Duet search service (FastAPI; built under issue 3). Never imports training."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: CPU only, offline, a tiny random open_clip architecture and a generated Karpathy dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+RESOURCES = Path(__file__).parent / "resources"
+TINY_MODEL = str(RESOURCES / "duet-tiny-test.json")
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 40),
+          "black": (10, 10, 10), "white": (245, 245, 245)}
+SHAPES = ("square", "stripe", "dot")
+
+
+def tiny_backbone_config() -> dict[str, object]:
+    return {"kind": "open_clip", "model_name": TINY_MODEL}
+
+
+def make_karpathy_dataset(root: Path, *, per_split: dict[str, int], captions_per_image: int = 5,
+                          seed: int = 0) -> Path:
+    """A small Karpathy-format dataset of coloured shapes whose captions name the colour and shape."""
+    rng = random.Random(seed)
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    entries, sentid, imgid = [], 0, 0
+    for split, count in per_split.items():
+        for _ in range(count):
+            color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            background = rng.choice([c for c in COLORS if c != color])
+            image = Image.new("RGB", (48, 48), COLORS[background])
+            pixels = image.load()
+            for x in range(48):
+                for y in range(48):
+                    inside = {"square": 12 <= x < 36 and 12 <= y < 36, "stripe": 18 <= x < 30,
+                              "dot": (x - 24) ** 2 + (y - 24) ** 2 < 120}[shape]
+                    if inside:
+                        pixels[x, y] = COLORS[color]
+            filename = f"img_{imgid:04d}.jpg"
+            image.save(images_dir / filename, quality=90)
+            sentences = []
+            for k in range(captions_per_image):
+                text = rng.choice([f"a {color} {shape} on {background}", f"{color} {shape}",
+                                   f"the {shape} is {color}", f"a {shape} coloured {color} over {background}"])
+                sentences.append({"raw": text + ("." if k % 2 else ""), "sentid": sentid, "imgid": imgid})
+                sentid += 1
+            entries.append({"filename": filename, "imgid": imgid, "split": split, "sentences": sentences})
+            imgid += 1
+    (root / "dataset_synthetic.json").write_text(json.dumps({"dataset": "synthetic", "images": entries}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_karpathy_dataset(tmp_path_factory.mktemp("synthetic"),
+                                 per_split={"train": 48, "val": 16, "test": 16, "unused": 2})
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():  # type: ignore[no-untyped-def]
+    from core.backbone import build_backbone
+    from core.config import BackboneConfig
+
+    return build_backbone(BackboneConfig.model_validate(tiny_backbone_config()))

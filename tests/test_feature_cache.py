@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.data import load_karpathy
+from core.feature_cache import CorruptImageError, cache_directory, compute_feature_cache, load_feature_cache
+
+SPLITS = ["train", "val", "test"]
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_cache_contents(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    ds = load_karpathy(synthetic_dataset)
+    cache = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path, shard_size=16)
+    assert cache.images.features.shape == (80, 32)
+    assert cache.texts.features.shape == (400, 32)
+    assert sorted(cache.images.ids.tolist()) == sorted(r.image_id for r in ds.split(*SPLITS))
+    assert cache.directory.parent.name == tiny_backbone.fingerprint
+    # rows really are the towers' features of those items
+    record = ds.split("val")[3]
+    from core.feature_cache import load_image
+
+    expected = tiny_backbone.image_features(load_image(ds.image_path(record), tiny_backbone.preprocess)[None])
+    assert torch.allclose(cache.images.rows([record.image_id]), expected, atol=1e-5)
+    caption = record.captions[2]
+    expected_text = tiny_backbone.text_features(tiny_backbone.tokenizer([caption.text]))
+    assert torch.allclose(cache.texts.rows([caption.caption_id]), expected_text, atol=1e-5)
+    reloaded = load_feature_cache(cache.directory)
+    assert torch.equal(reloaded.images.features, cache.images.features)
+
+
+def test_resume_after_interruption(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    ds = load_karpathy(synthetic_dataset)
+    reference = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "ref", shard_size=16)
+
+    def crash_on_third(kind: str, index: int) -> None:
+        if kind == "images" and index == 2:
+            raise Interrupt("simulated crash")
+
+    with pytest.raises(Interrupt):
+        compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "run", shard_size=16,
+                              after_shard=crash_on_third)
+    final = cache_directory(tmp_path / "run", tiny_backbone.fingerprint, ds, SPLITS)
+    assert not final.exists()  # nothing half-written is published
+
+    computed: list[tuple[str, int]] = []
+    resumed = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "run", shard_size=16,
+                                    after_shard=lambda kind, index: computed.append((kind, index)))
+    image_shards = [i for kind, i in computed if kind == "images"]
+    assert image_shards == [3, 4]  # shards 0-2 were kept from the interrupted run
+    assert torch.equal(resumed.images.features, reference.images.features)
+    assert torch.equal(resumed.texts.features, reference.texts.features)
+    assert not final.with_name(final.name + ".partial").exists()
+
+
+def _dataset_with_bad_images(tmp_path: Path, source: Path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(source, root)
+    ds = load_karpathy(root)
+    first, second = ds.split("test")[:2]
+    ds.image_path(first).write_bytes(b"this is not a jpeg")
+    data = ds.image_path(second).read_bytes()
+    ds.image_path(second).write_bytes(data[: len(data) // 3])  # truncated
+    return root
+
+
+def test_corrupt_image_fails_with_its_name(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    root = _dataset_with_bad_images(tmp_path, synthetic_dataset)
+    ds = load_karpathy(root)
+    bad = ds.image_path(ds.split("test")[0]).name
+    with pytest.raises(CorruptImageError, match=bad):
+        compute_feature_cache(tiny_backbone, ds, splits=["test"], cache_root=tmp_path / "c")
+    assert not cache_directory(tmp_path / "c", tiny_backbone.fingerprint, ds, ["test"]).exists()
+
+
+def test_corrupt_images_listed_and_skipped_with_flag(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    root = _dataset_with_bad_images(tmp_path, synthetic_dataset)
+    ds = load_karpathy(root)
+    bad_records = ds.split("test")[:2]
+    cache = compute_feature_cache(tiny_backbone, ds, splits=["test"], cache_root=tmp_path / "c", skip_corrupt=True)
+    assert sorted(Path(p).name for p in cache.corrupt_images) == sorted(ds.image_path(r).name for r in bad_records)
+    assert len(cache.images.ids) == 14
+    bad_captions = {c.caption_id for r in bad_records for c in r.captions}
+    assert not bad_captions & set(cache.texts.ids.tolist())
+    assert len(cache.texts.ids) == 70
+
+
+def test_missing_image_is_named(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "ds"
+    shutil.copytree(synthetic_dataset, root)
+    ds = load_karpathy(root)
+    victim = ds.image_path(ds.split("val")[5])
+    victim.unlink()
+    with pytest.raises(CorruptImageError, match=f"missing: .*{victim.name}"):
+        compute_feature_cache(tiny_backbone, ds, splits=["val"], cache_root=tmp_path / "c")

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import torch
+
+from core.sparse_head import SparseHead, top_k_prune
+
+
+def _head(vocab: int = 50, width: int = 8, embed: int = 4) -> tuple[SparseHead, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    embedding = torch.randn(vocab, width, generator=g)
+    special = torch.tensor([0, 1, 2, 49])
+    term_ids = torch.tensor([i for i in range(vocab) if i not in set(special.tolist())])
+    return SparseHead(embed, width, embedding, term_ids), embedding, special
+
+
+def test_weights_are_non_negative() -> None:
+    head, _, _ = _head()
+    z = head(torch.nn.functional.normalize(torch.randn(32, 4), dim=-1))
+    assert (z >= 0).all()
+    assert (z > 0).any()
+
+
+def test_special_tokens_never_carry_weight() -> None:
+    head, _, special = _head()
+    z = head(torch.randn(16, 4) * 10)
+    full = head.to_vocabulary_space(z, 50)
+    assert full[:, special].abs().sum() == 0
+    assert full.shape == (16, 50)
+
+
+def test_projector_is_initialised_from_the_token_embedding() -> None:
+    head, embedding, _ = _head()
+    assert torch.equal(head.vocab_projector.weight, embedding[head.term_ids])
+    # a copy, not a tie: training the head leaves the embedding untouched
+    head.vocab_projector.weight.data.add_(1.0)
+    assert not torch.equal(head.vocab_projector.weight, embedding[head.term_ids])
+
+
+def test_top_k_prune_keeps_the_largest() -> None:
+    z = torch.tensor([[0.1, 0.5, 0.0, 0.9], [0.3, 0.2, 0.4, 0.0]])
+    pruned = top_k_prune(z, 2)
+    assert torch.equal(pruned, torch.tensor([[0.0, 0.5, 0.0, 0.9], [0.3, 0.0, 0.4, 0.0]]))
+    assert torch.equal(top_k_prune(z, None), z)

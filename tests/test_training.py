@@ -1,0 +1,106 @@
+"""Training smoke runs on the generated dataset with the tiny random backbone, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.checkpoint import load_checkpoint
+from tests.conftest import TINY_MODEL
+from training.cli import main
+from training.config import build_config
+from training.presets import PRESETS
+from training.trainer import train
+
+
+def _common(dataset: Path, cache: Path) -> list[str]:
+    return ["--data", str(dataset), "--set", f"data.cache_root={cache}",
+            "--set", "model.backbone.kind=open_clip", "--set", f"model.backbone.model_name={TINY_MODEL}",
+            "--set", "model.backbone.embed_dim=32", "--set", "optim.batch_size=32", "--set", "optim.epochs=3",
+            "--set", "eval_batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def lit_base(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("train")
+    cache = work / "cache"
+    code = main(["align", "--run-dir", str(work / "align"), *_common(synthetic_dataset, cache)])
+    assert code == 0
+    return work, cache
+
+
+def test_align_writes_a_val_selected_checkpoint_and_results(lit_base: tuple[Path, Path]) -> None:
+    work, _ = lit_base
+    results = json.loads((work / "align" / "results.json").read_text())
+    assert results["method"] == "align"
+    for split in ("val", "test"):
+        for leg in ("dense", "sparse", "integrated"):
+            for direction in ("t2i", "i2t"):
+                assert set(results[split][leg][direction]) == {"R@1", "R@5", "R@10", "RSUM"}
+    log = [json.loads(line) for line in (work / "align" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == results["epochs_run"]
+    assert log[-1]["train"]["dense_loss"] < log[0]["train"]["dense_loss"]  # it learns
+    best = max(log, key=lambda r: r["selection"])
+    assert results["best_epoch"] == best["epoch"]
+    assert load_checkpoint(work / "align" / "best").metadata["epoch"] == best["epoch"]
+
+
+@pytest.mark.parametrize("method", ["skd", "dense", "d2s", "no-kd", "frozen"])
+def test_every_method_trains_from_the_lit_base(method: str, lit_base: tuple[Path, Path],
+                                               synthetic_dataset: Path) -> None:
+    work, cache = lit_base
+    run = work / method
+    code = main([method, "--run-dir", str(run), *_common(synthetic_dataset, cache),
+                 "--set", f"init_checkpoint={work / 'align' / 'best'}",
+                 "--set", "model.sparse_head.vocabulary=train_captions"])
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    base = load_checkpoint(work / "align" / "best").model
+    trained = load_checkpoint(run / "best").model
+    projections_moved = not (trained.image_proj.weight.equal(base.image_proj.weight))
+    assert projections_moved == (method in ("skd", "dense", "no-kd"))
+    assert results["test"]["sparsity"]["active_terms_query"] > 0
+
+
+def test_resume_continues_an_interrupted_run(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                             tmp_path: Path) -> None:
+    work, cache = lit_base
+    overrides = [f"data.dataset_dir={synthetic_dataset}", f"data.cache_root={cache}",
+                 "model.backbone.kind=open_clip", f"model.backbone.model_name={TINY_MODEL}",
+                 "optim.batch_size=32", "optim.epochs=3", f"init_checkpoint={work / 'align' / 'best'}",
+                 "model.sparse_head.vocabulary=train_captions", "patience=10"]
+    config = build_config(PRESETS["skd"], overrides=overrides)
+    partial = train(config, tmp_path / "run", max_epochs_this_call=1)
+    assert partial == {"interrupted": True, "epoch": 1}
+    assert not (tmp_path / "run" / "results.json").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, tmp_path / "run")
+    results = train(config, tmp_path / "run", resume=True)
+    assert results["epochs_run"] == 3
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+
+
+def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    code = main(["align", "--run-dir", str(tmp_path / "r"), "--data", str(tmp_path / "no-such-data")])
+    assert code == 2
+    assert "no-such-data" in caplog.text
+
+
+def test_checkpoint_of_another_base_model_is_refused(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                                     tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    work, cache = lit_base
+    code = main(["skd", "--run-dir", str(tmp_path / "r"), *_common(synthetic_dataset, cache),
+                 "--set", "model.backbone.init_seed=7", "--set", f"init_checkpoint={work / 'align' / 'best'}"])
+    assert code == 2
+    assert "trained on base model" in caplog.text
+
+
+def test_unknown_model_name_is_a_clear_cli_error(tmp_path: Path, synthetic_dataset: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    code = main(["align", "--run-dir", str(tmp_path / "r"), "--data", str(synthetic_dataset),
+                 "--set", "model.backbone.kind=open_clip", "--set", "model.backbone.model_name=ViT-Nope"])
+    assert code == 2
+    assert "ViT-Nope" in caplog.text

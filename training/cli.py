@@ -1,0 +1,104 @@
+"""``python -m training METHOD|cache|evaluate ...``: the training command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from core.progress import setup_logging
+from training.config import TrainConfig, build_config
+from training.presets import ALIASES, PRESETS
+
+_logger = logging.getLogger("training")
+
+METHOD_HELP = {
+    "align": "LiT-style alignment of the frozen towers' projections (the dense base)",
+    "skd": "the paper's joint sparse-dense training with self-knowledge distillation",
+    "dense": "baseline: projections only, dense InfoNCE",
+    "d2s": "baseline: sparse head distilled from the frozen dense model (D2S)",
+    "no-kd": "ablation: the joint losses without distillation",
+    "frozen": "ablation: SKD with the final layer (projections) frozen",
+}
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON file merged over the method's preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set optim.lr=5e-4 (repeatable)")
+    parser.add_argument("--data", help="dataset directory (shortcut for --set data.dataset_dir=...)")
+
+
+def _config(args: argparse.Namespace, method: str) -> TrainConfig:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.dataset_dir={args.data}")
+    return build_config(PRESETS[method], config_file=args.config, overrides=overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in METHOD_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _add_config_args(p)
+        p.add_argument("--run-dir", required=True, help="output directory (best/, results.json, metrics.jsonl)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+        p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --run-dir")
+    p = sub.add_parser("cache", help="compute the feature cache of a dataset (resumable)")
+    _add_config_args(p)
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split (exact scoring)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--prune-query", type=int, default=None, help="keep the top-k terms per caption")
+    p.add_argument("--prune-doc", type=int, default=None, help="keep the top-k terms per image")
+    p.add_argument("--output", help="write the metrics JSON here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    from training import trainer  # heavy imports after argument parsing, so --help stays fast
+
+    try:
+        if args.command == "cache":
+            config = _config(args, "align")
+            ws = trainer.prepare_workspace(config)
+            _logger.info("feature cache ready: %s (%d images, %d captions)", ws.cache.directory,
+                         len(ws.cache.images.ids), len(ws.cache.texts.ids))
+            return 0
+        if args.command == "evaluate":
+            return _evaluate(args)
+        method = ALIASES.get(args.command, args.command)
+        config = _config(args, method)
+        results = trainer.train(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+        summary = {leg: results["test"][leg]["t2i"] for leg in ("dense", "sparse", "integrated")}
+        _logger.info("test (val-selected epoch %d): %s", results["best_epoch"], json.dumps(summary))
+        return 0
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        _logger.error("%s", e)
+        return 2
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from core.atomic import write_text_atomic
+    from core.checkpoint import load_checkpoint
+    from training import trainer
+    from training.evaluate import evaluate_model
+    from training.features import split_features
+
+    config = _config(args, "align")
+    ws = trainer.prepare_workspace(config)
+    checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
+    metrics = evaluate_model(checkpoint.model, split_features(ws.dataset, ws.cache, args.split),
+                             prune_query=args.prune_query, prune_doc=args.prune_doc)
+    text = json.dumps(metrics, indent=2)
+    if args.output:
+        write_text_atomic(args.output, text)
+    sys.stdout.write(text + "\n")
+    return 0

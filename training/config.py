@@ -1,0 +1,132 @@
+"""Training configuration: validated pydantic models, JSON files and ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.config import ModelConfig
+
+Method = Literal["align", "dense", "skd", "no_kd", "frozen_final", "d2s"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset_dir: str = Field("../shared/flickr8k", description="Karpathy-format dataset directory")
+    image_root: str | None = Field(None, description="image folder (default: <dataset_dir>/images)")
+    cache_root: str = Field("artifacts/cache", description="feature cache root")
+    skip_corrupt: bool = Field(False, description="list and skip corrupt images instead of failing")
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(256, ge=2)
+    epochs: int = Field(10, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="LR warm-up share of planned steps")
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm (0 = off)")
+
+
+class LossConfig(_Strict):
+    w_dense: float = Field(0.1, ge=0, description="w1: dense weight in the integrated score (teacher)")
+    w_sparse: float = Field(0.2, ge=0, description="w2: sparse weight in the integrated score")
+    lambda_dense: float = Field(0.7, ge=0, description="lam1")
+    lambda_sparse: float = Field(0.7, ge=0, description="lam2")
+    teacher_grad: Literal["detach", "through"] = Field(
+        "detach", description="'through' = official code (teacher not detached)")
+    t2i_teacher: Literal["transposed", "untransposed"] = Field(
+        "transposed", description="'untransposed' = official code's text-to-image teacher")
+    regularizer: Literal["l1", "flops"] = "l1"
+    eta_text: float = Field(1e-4, ge=0, description="q_reg: text sparsity weight")
+    eta_image: float = Field(2e-5, ge=0, description="d_reg: image sparsity weight")
+    reg_warmup_ratio: float = Field(0.2, ge=0, le=1, description="quadratic warm-up share of planned steps")
+    reg_counts_validation_batches: bool = Field(
+        False, description="official quirk: the regulariser schedule also steps on validation batches")
+    d2s_teacher_temperature: float | None = Field(
+        None, gt=0, description="d2s: teacher temperature (default: the dense base's learned temperature)")
+
+
+class TrainConfig(_Strict):
+    method: Method = "skd"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    init_checkpoint: str | None = Field(
+        None, description="checkpoint whose projections and temperature start this run (the LiT base)")
+    patience: int = Field(5, ge=1, description="early stopping: epochs without val improvement")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.method != "align" and self.init_checkpoint is None:
+            raise ValueError(f"method {self.method!r} starts from the LiT base: set init_checkpoint")
+        return self
+
+    @property
+    def selection_metric(self) -> str:
+        """Early stopping / model selection: val t2i R@1 of the sparse leg (dense leg for dense-only methods)."""
+        return "dense" if self.method in ("align", "dense") else "sparse"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001); values are JSON when they parse as JSON, else strings."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(base: dict[str, Any], *, config_file: str | None = None,
+                 overrides: list[str] | None = None) -> TrainConfig:
+    """Preset <- JSON file <- --set overrides, validated (unknown keys are errors)."""
+    tree = json.loads(json.dumps(base))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            loaded = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"malformed config JSON {path}: {e}") from e
+        _deep_update(tree, loaded)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    return TrainConfig.model_validate(tree)
+
+
+def _deep_update(tree: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _deep_update(tree[key], value)
+        else:
+            tree[key] = value

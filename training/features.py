@@ -1,0 +1,48 @@
+"""Split-level views of cached features: image rows, caption rows, and which image each caption belongs to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.data import KarpathyDataset
+from core.feature_cache import CachedFeatures
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    name: str
+    image_ids: np.ndarray  # (N_img,)
+    caption_ids: np.ndarray  # (N_txt,)
+    image_features: torch.Tensor  # (N_img, D_img)
+    text_features: torch.Tensor  # (N_txt, D_txt)
+    caption_image: torch.Tensor  # (N_txt,) row of each caption's image in image_features
+    caption_tokens: list[str]  # raw caption texts, aligned with caption_ids
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.caption_ids.shape[0])
+
+
+def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str) -> SplitFeatures:
+    """Rows of ``split`` in dataset order; images skipped as corrupt drop out with their captions."""
+    cached_images = {int(i) for i in cache.images.ids}
+    records = [r for r in dataset.split(split) if r.image_id in cached_images]
+    image_ids = np.array([r.image_id for r in records], dtype=np.int64)
+    caption_ids, caption_image, texts = [], [], []
+    for row, record in enumerate(records):
+        for caption in record.captions:
+            caption_ids.append(caption.caption_id)
+            caption_image.append(row)
+            texts.append(caption.text)
+    return SplitFeatures(
+        name=split,
+        image_ids=image_ids,
+        caption_ids=np.array(caption_ids, dtype=np.int64),
+        image_features=cache.images.rows(image_ids),
+        text_features=cache.texts.rows(caption_ids),
+        caption_image=torch.tensor(caption_image, dtype=torch.long),
+        caption_tokens=texts,
+    )

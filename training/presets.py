@@ -1,0 +1,25 @@
+"""Default configuration of each training method (overridable by --config FILE and --set key=value).
+
+Weights and regulariser strengths start from the official blip-flickr config (spec table 2.1); learning rate,
+epochs and schedule are our own, chosen on the val split for the CPU budget (docs/results.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LIT_BASE = "runs/align/best"
+
+_COMMON: dict[str, Any] = {"optim": {"lr": 1e-3, "epochs": 10, "batch_size": 256}}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "align": {"method": "align", "optim": {"lr": 2e-3, "epochs": 20, "batch_size": 256}, "patience": 4},
+    "dense": {"method": "dense", "init_checkpoint": LIT_BASE, **_COMMON},
+    "skd": {"method": "skd", "init_checkpoint": LIT_BASE, **_COMMON},
+    "no_kd": {"method": "no_kd", "init_checkpoint": LIT_BASE, **_COMMON},
+    "frozen_final": {"method": "frozen_final", "init_checkpoint": LIT_BASE, **_COMMON},
+    "d2s": {"method": "d2s", "init_checkpoint": LIT_BASE, **_COMMON},
+}
+
+# CLI spellings
+ALIASES = {"no-kd": "no_kd", "frozen": "frozen_final", "frozen-final": "frozen_final"}
