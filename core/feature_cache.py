@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from core.atomic import atomic_directory, write_text_atomic
 from core.backbone import Backbone
 from core.data import ImageRecord, KarpathyDataset
-from core.progress import progress
+from core.progress import progress_bar
 
 _logger = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class _ShardedWriter:
         from safetensors import safe_open
 
         ids, feats, skipped = [], [], []
+        if count == 0:
+            return FeatureTable(np.zeros(0, dtype=np.int64), torch.zeros(0, 0)), []
         for index in range(count):
             with safe_open(str(self.path(index)), framework="pt") as handle:
                 skipped += json.loads((handle.metadata() or {}).get("skipped", "[]"))
@@ -119,7 +121,8 @@ class _ShardedWriter:
 
 
 def _encode_images(backbone: Backbone, dataset: KarpathyDataset, records: Sequence[ImageRecord],
-                   batch_size: int, skip_corrupt: bool, pool: ThreadPoolExecutor) -> tuple[list[int], torch.Tensor, list[str]]:
+                   batch_size: int, skip_corrupt: bool, pool: ThreadPoolExecutor,
+                   bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
     """Encode one shard; image decoding of the next batch overlaps the forward pass of this one."""
 
     def decode(batch: Sequence[ImageRecord]) -> list[tuple[int, torch.Tensor | None, str | None]]:
@@ -148,6 +151,7 @@ def _encode_images(backbone: Backbone, dataset: KarpathyDataset, records: Sequen
         if good:
             ids += [i for i, _ in good]
             features.append(backbone.image_features(torch.stack([x for _, x in good])).cpu())
+        bar.update(len(decoded))
     width = backbone.image_feature_dim
     return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
 
@@ -176,21 +180,26 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
         if len(todo) < len(image_shards):
             _logger.info("resuming image features: %d of %d shards already done", len(image_shards) - len(todo),
                          len(image_shards))
-        bar = progress(todo, total=len(todo), desc=f"image features ({len(records)} images)", unit="shard")
-        for index in bar:
-            ids, feats, skipped = _encode_images(backbone, dataset, image_shards[index], image_batch_size,
-                                                 skip_corrupt, pool)
-            image_store.write(index, ids, feats, skipped)
-            if after_shard is not None:
-                after_shard("images", index)
+        remaining = sum(len(image_shards[i]) for i in todo)
+        with progress_bar(total=remaining, desc="image features", unit="img") as bar:
+            for index in todo:
+                ids, feats, skipped = _encode_images(backbone, dataset, image_shards[index], image_batch_size,
+                                                     skip_corrupt, pool, bar)
+                image_store.write(index, ids, feats, skipped)
+                if after_shard is not None:
+                    after_shard("images", index)
     todo = [i for i in range(len(text_shards)) if not text_store.done(i)]
-    for index in progress(todo, total=len(todo), desc=f"text features ({len(captions)} captions)", unit="shard"):
-        shard = text_shards[index]
-        feats = [backbone.text_features(backbone.tokenizer([t for _, t in shard[i:i + text_batch_size]])).cpu()
-                 for i in range(0, len(shard), text_batch_size)]
-        text_store.write(index, [c for c, _ in shard], torch.cat(feats), [])
-        if after_shard is not None:
-            after_shard("texts", index)
+    with progress_bar(total=sum(len(text_shards[i]) for i in todo), desc="text features", unit="caption") as bar:
+        for index in todo:
+            shard = text_shards[index]
+            feats = []
+            for i in range(0, len(shard), text_batch_size):
+                chunk = [t for _, t in shard[i:i + text_batch_size]]
+                feats.append(backbone.text_features(backbone.tokenizer(chunk)).cpu())
+                bar.update(len(chunk))
+            text_store.write(index, [c for c, _ in shard], torch.cat(feats), [])
+            if after_shard is not None:
+                after_shard("texts", index)
 
     images, corrupt = image_store.read_all(len(image_shards))
     texts, _ = text_store.read_all(len(text_shards))

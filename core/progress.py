@@ -25,3 +25,9 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str, unit
     disable = logging.getLogger().getEffectiveLevel() > logging.INFO
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
                     mininterval=1.0)
+
+
+def progress_bar(*, total: int, desc: str, unit: str = "it") -> tqdm:
+    """A manually updated bar (``bar.update(n)``), same rules as ``progress``."""
+    disable = logging.getLogger().getEffectiveLevel() > logging.INFO
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, mininterval=1.0)

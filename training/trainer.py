@@ -85,7 +85,10 @@ def term_ids_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) 
 
 
 def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor) -> DuetModel:
-    model = DuetModel(config.model, image_projection=backbone.image_projection,
+    # The checkpoint's default fusion is the integrated score the model was trained with.
+    model_config = config.model.model_copy(update={"fusion_dense_weight": config.loss.w_dense,
+                                                   "fusion_sparse_weight": config.loss.w_sparse})
+    model = DuetModel(model_config, image_projection=backbone.image_projection,
                       text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
                       term_ids=term_ids)
     if config.init_checkpoint is not None:

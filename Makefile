@@ -1,0 +1,26 @@
+# Duet: common tasks. Everything runs in the project's own virtual environment (.venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/flickr8k
+RUNS ?= runs
+
+.PHONY: setup test results clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade "pip>=24"
+	# torch and torchvision pinned together; pip takes both from this machine's disk
+	$(VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The test command (README, CI): offline, CPU, tiny models and generated data.
+test: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+# Reproduce docs/results.md on Flickr8k (feature cache, LiT base, SKD, baselines, ablations, report).
+results: setup
+	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/reproduce_flickr8k.sh

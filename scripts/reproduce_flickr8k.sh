@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduce docs/results.md: feature cache, LiT base, SKD, baselines and ablations on Flickr8k, then the report.
+# Each finished run (results.json present) is kept; an interrupted one resumes.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/flickr8k}
+RUNS=${RUNS:-runs}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+run() {  # run METHOD DIR [extra args...]
+  local method=$1 dir=$2; shift 2
+  if [ -f "$dir/results.json" ]; then echo "== $method: $dir done"; return; fi
+  local resume=()
+  [ -f "$dir/state.pt" ] && resume=(--resume)
+  echo "== $method -> $dir"
+  "$PY" -m training "$method" --data "$DATA" --run-dir "$dir" "${resume[@]}" "$@"
+}
+
+"$PY" -m training cache --data "$DATA"
+run align "$RUNS/align"
+LIT=(--set "init_checkpoint=$RUNS/align/best")
+run skd "$RUNS/skd" "${LIT[@]}"
+run dense "$RUNS/dense" "${LIT[@]}"
+run d2s "$RUNS/d2s" "${LIT[@]}"
+run no-kd "$RUNS/no_kd" "${LIT[@]}"
+run frozen "$RUNS/frozen_final" "${LIT[@]}"
+"$PY" -m training report --data "$DATA" --runs "$RUNS" --output docs/results.md
