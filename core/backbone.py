@@ -42,6 +42,9 @@ class Backbone:
     text_projection: torch.Tensor  # (embed_dim, text_feature_dim)
     fingerprint: str
     description: dict[str, Any]
+    # HF towers mask padding by id, so trailing pad columns can be cut (4x less work on short captions);
+    # open_clip's own text tower uses a fixed-size causal mask and must see the full context.
+    pad_id_for_trimming: int | None = None
 
     @property
     def image_feature_dim(self) -> int:
@@ -75,6 +78,10 @@ class Backbone:
     @torch.inference_mode()
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, text_feature_dim) pre-projection features."""
+        if self.pad_id_for_trimming is not None:
+            used = (tokens != self.pad_id_for_trimming).any(dim=0).nonzero()
+            length = int(used.max()) + 1 if used.numel() else 1
+            tokens = tokens[:, :length]
         return self.clip.encode_text(tokens.to(self.device)).float()
 
 
@@ -212,10 +219,13 @@ def build_backbone(config: BackboneConfig) -> Backbone:
         raise UnsupportedBackboneError(
             f"tokenizer has {len(vocabulary)} tokens but the token embedding has {token_embedding.shape[0]} rows")
     fingerprint = _fingerprint(description, clip, vocabulary)
+    text_tower = getattr(clip, "text", None)
+    pad_id = text_tower.config.pad_token_id if hasattr(text_tower, "config") else None
     _logger.info("backbone %s ready (fingerprint %s)", description, fingerprint)
     return Backbone(clip=clip, tokenizer=tokenizer, preprocess=preprocess, vocabulary=vocabulary,
                     token_embedding=token_embedding, image_projection=image_projection,
-                    text_projection=text_projection, fingerprint=fingerprint, description=description)
+                    text_projection=text_projection, fingerprint=fingerprint, description=description,
+                    pad_id_for_trimming=pad_id)
 
 
 @contextlib.contextmanager

@@ -192,12 +192,14 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
     with progress_bar(total=sum(len(text_shards[i]) for i in todo), desc="text features", unit="caption") as bar:
         for index in todo:
             shard = text_shards[index]
-            feats = []
-            for i in range(0, len(shard), text_batch_size):
-                chunk = [t for _, t in shard[i:i + text_batch_size]]
-                feats.append(backbone.text_features(backbone.tokenizer(chunk)).cpu())
-                bar.update(len(chunk))
-            text_store.write(index, [c for c, _ in shard], torch.cat(feats), [])
+            # Similar lengths share a batch, so little padding is computed; rows go back to shard order.
+            order = sorted(range(len(shard)), key=lambda k: len(shard[k][1]))
+            feats = torch.zeros(len(shard), backbone.text_feature_dim)
+            for i in range(0, len(order), text_batch_size):
+                rows = order[i:i + text_batch_size]
+                feats[rows] = backbone.text_features(backbone.tokenizer([shard[k][1] for k in rows])).cpu()
+                bar.update(len(rows))
+            text_store.write(index, [c for c, _ in shard], feats, [])
             if after_shard is not None:
                 after_shard("texts", index)
 

@@ -62,6 +62,11 @@ def test_every_method_trains_from_the_lit_base(method: str, lit_base: tuple[Path
     projections_moved = not (trained.image_proj.weight.equal(base.image_proj.weight))
     assert projections_moved == (method in ("skd", "dense", "no-kd"))
     assert results["test"]["sparsity"]["active_terms_query"] > 0
+    # the serving default fusion is the val-selected one, stored in the checkpoint
+    chosen = results["fusion"]["val_selected"]
+    assert trained.config.fusion_sparse_weight == chosen["w_sparse"]
+    best_on_val = max(p["integrated"]["t2i"]["R@1"] for p in results["fusion"]["val_sweep"])
+    assert results["val"]["integrated"]["t2i"]["R@1"] == best_on_val
 
 
 def test_resume_continues_an_interrupted_run(lit_base: tuple[Path, Path], synthetic_dataset: Path,

@@ -35,6 +35,8 @@ class OptimConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="LR warm-up share of planned steps")
     schedule: Literal["linear", "cosine", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0, description="max grad norm (0 = off)")
+    projection_lr_scale: float = Field(
+        1.0, gt=0, description="LR multiplier of the projections and temperature (the already aligned final layer)")
 
 
 class LossConfig(_Strict):

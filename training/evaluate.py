@@ -50,3 +50,25 @@ def evaluate_model(model: DuetModel, split: SplitFeatures, *, device: str = "cpu
     return evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
                             w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
                             prune_query=prune_query, prune_doc=prune_doc)
+
+
+# Sparse weight grid for the val-selected fusion (dense weight fixed): powers of two around the teacher's w2.
+FUSION_GRID = tuple(2.0**k for k in range(-8, 5))
+
+
+def tune_fusion(model: DuetModel, split: SplitFeatures, *, device: str = "cpu") -> dict[str, Any]:
+    """Pick w_sparse (w_dense fixed) maximising t2i R@1 of the integrated score on ``split`` (val).
+
+    Returns the chosen weights and the whole sweep (recall vs weight), so the choice can be inspected.
+    """
+    images, texts = encode_split(model, split, device=device)
+    temperature = float(model.temperature.detach())
+    w_dense = model.config.fusion_dense_weight or 1.0
+    sweep = []
+    for factor in FUSION_GRID:
+        w_sparse = w_dense * factor
+        metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=w_dense, w_sparse=w_sparse,
+                                   temperature=temperature)
+        sweep.append({"w_dense": w_dense, "w_sparse": w_sparse, "integrated": metrics["integrated"]})
+    best = max(sweep, key=lambda p: p["integrated"]["t2i"]["R@1"])
+    return {"w_dense": best["w_dense"], "w_sparse": best["w_sparse"], "sweep": sweep}

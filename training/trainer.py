@@ -23,7 +23,7 @@ from core.model import DuetModel
 from core.progress import progress
 from training import schedules
 from training.config import TrainConfig
-from training.evaluate import evaluate_model
+from training.evaluate import evaluate_model, tune_fusion
 from training.features import SplitFeatures, split_features
 from training.losses import JointLossWeights, d2s_loss, info_nce, joint_loss, sparsity_loss
 
@@ -111,6 +111,19 @@ def set_trainable(model: DuetModel, method: str) -> list[torch.nn.Parameter]:
     return chosen
 
 
+def optimizer_groups(model: DuetModel, method: str, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the sparse head at the base LR, projections + temperature at LR * projection_lr_scale."""
+    set_trainable(model, method)
+    groups = model.trainable_groups()
+    scale = config.optim.projection_lr_scale
+    out = []
+    for name, lr_scale in (("sparse_head", 1.0), ("projections", scale), ("temperature", scale)):
+        params = [p for p in groups[name] if p.requires_grad]
+        if params:
+            out.append({"params": params, "lr_scale": lr_scale, "name": name})
+    return out
+
+
 def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: torch.Tensor, config: TrainConfig,
                 *, reg_step: int, reg_warmup_steps: int, d2s_temperature: float) -> dict[str, torch.Tensor]:
     """All named losses of one batch; ``loss`` is what gets back-propagated."""
@@ -178,8 +191,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     train_split = split_features(ws.dataset, ws.cache, config.data.train_split)
     val_split = split_features(ws.dataset, ws.cache, config.data.val_split)
     model = build_model(config, ws.backbone, term_ids_for(config, ws.backbone, train_split)).to(device)
-    params = set_trainable(model, config.method)
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    groups = optimizer_groups(model, config.method, config)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     d2s_temperature = config.loss.d2s_teacher_temperature or float(model.temperature.detach())
 
     batch = min(config.optim.batch_size, train_split.num_pairs)
@@ -216,8 +230,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
                        desc=f"{config.method} epoch {state['epoch'] + 1}/{config.optim.epochs}", unit="step")
         for b in bar:
             idx = order[b * batch:(b + 1) * batch]
+            factor = _lr_factor(config, state["step"], total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = config.optim.lr * _lr_factor(config, state["step"], total_steps)
+                group["lr"] = config.optim.lr * group["lr_scale"] * factor
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 losses = step_losses(model, image_features[caption_image[idx]], text_features[idx], config,
                                      reg_step=state["reg_step"], reg_warmup_steps=reg_warmup_steps,
@@ -262,20 +277,38 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
 
 
 def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the val-selected checkpoint on val and test; write results.json."""
+    """Select the fusion weights on val, evaluate the val-selected checkpoint on val and test, write results.json.
+
+    The integrated leg is reported twice: with the training teacher's weights and with val-selected weights
+    (the latter become the checkpoint's default fusion for serving).
+    """
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
-    results = {
+    val_split = split_features(ws.dataset, ws.cache, config.data.val_split)
+    test_split = split_features(ws.dataset, ws.cache, config.data.test_split)
+    teacher = {"val": evaluate_model(best.model, val_split), "test": evaluate_model(best.model, test_split)}
+    fusion = tune_fusion(best.model, val_split)
+    tuned_config = best.model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
+                                                        "fusion_sparse_weight": fusion["w_sparse"]})
+    best.model.config = tuned_config
+    content_hash = save_checkpoint(run / "best", best.model, backbone_fingerprint=ws.backbone.fingerprint,
+                                   metadata={**best.metadata, "fusion_selected_on": config.data.val_split})
+    results: dict[str, Any] = {
         "method": config.method,
         "checkpoint": str(run / "best"),
-        "content_hash": best.content_hash,
+        "content_hash": content_hash,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "train_seconds": round(sum(state["epoch_seconds"]), 2),
         "epoch_seconds": [round(s, 2) for s in state["epoch_seconds"]],
         "temperature": float(best.model.temperature.detach()),
-        "val": evaluate_model(best.model, split_features(ws.dataset, ws.cache, config.data.val_split)),
-        "test": evaluate_model(best.model, split_features(ws.dataset, ws.cache, config.data.test_split)),
+        "fusion": {"teacher": {"w_dense": config.loss.w_dense, "w_sparse": config.loss.w_sparse},
+                   "val_selected": {"w_dense": fusion["w_dense"], "w_sparse": fusion["w_sparse"]},
+                   "val_sweep": fusion["sweep"]},
         "config": config.model_dump(mode="json"),
     }
+    for split_name, split in (("val", val_split), ("test", test_split)):
+        metrics = evaluate_model(best.model, split)
+        metrics["integrated_teacher_weights"] = teacher[split_name]["integrated"]
+        results[split_name] = metrics
     write_text_atomic(run / RESULTS_FILE, json.dumps(results, indent=2))
     return results
