@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/flickr8k
 RUNS ?= runs
 
-.PHONY: setup test results clean-runs
+.PHONY: setup test results variants sparsity
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,11 @@ test: setup
 # Reproduce docs/results.md on Flickr8k (feature cache, LiT base, SKD, baselines, ablations, report).
 results: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/reproduce_flickr8k.sh
+
+# The official code's options (teacher gradient, t2i teacher, regulariser stepping), one SKD run each.
+variants: setup
+	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/skd_variants.sh
+
+# SKD with stronger sparsity regularisation.
+sparsity: setup
+	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/sparsity_sweep.sh

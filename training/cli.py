@@ -132,7 +132,7 @@ def _report(args: argparse.Namespace) -> int:
     from training import trainer
     from training.evaluate import encode_split, evaluate_encoded
     from training.features import split_features
-    from training.report import results_table, tradeoff_table
+    from training.report import results_table, runs_table, tradeoff_table
 
     runs = Path(args.runs)
     sections = ["# Results on Flickr8k (1K test, val-selected checkpoints)", "",
@@ -143,6 +143,15 @@ def _report(args: argparse.Namespace) -> int:
                 "the top k. Active terms and FLOPs (expected multiplications per query-document pair) are on the "
                 "test split.", "", "## Test", "", results_table(runs, "test"), "",
                 "## Val (model selection split)", "", results_table(runs, "val"), ""]
+    variants = sorted((runs / "variants").glob("*/")) if (runs / "variants").is_dir() else []
+    if variants:
+        sections += ["## Official-code options, one SKD run each (val)", "",
+                     runs_table([(v.name, v) for v in variants], "val"), ""]
+    sweeps = sorted((runs / "sparsity").glob("*/")) if (runs / "sparsity").is_dir() else []
+    if sweeps:
+        rows = [("skd (default eta)", runs / "skd"), *[(s.name, s) for s in sweeps]]
+        for split in ("val", "test"):
+            sections += [f"## Sparsity regulariser sweep ({split})", "", runs_table(rows, split), ""]
     skd = runs / "skd" / "best"
     if skd.is_dir():
         config = _config(args, "align")

@@ -52,3 +52,22 @@ def tradeoff_table(points: list[dict[str, Any]]) -> str:
                      f"{m['sparsity']['flops']:.2f} | {_fmt(m['sparse']['t2i']['R@1'])} | "
                      f"{_fmt(m['sparse']['i2t']['R@1'])} | {_fmt(m['integrated']['t2i']['R@1'])} |")
     return "\n".join(lines)
+
+
+def runs_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
+    """One line per run: t2i R@1 of each leg, i2t R@1 of sparse, active terms; for option and sweep tables."""
+    lines = [f"| run | dense t2i R@1 | sparse t2i R@1 | sparse i2t R@1 | integrated t2i R@1 | terms/caption | "
+             f"terms/image | FLOPs | best epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, run in run_dirs:
+        path = run / "results.json"
+        if not path.is_file():
+            lines.append(f"| {label} | (not run) | | | | | | | |")
+            continue
+        res = json.loads(path.read_text())
+        m = res[split]
+        sp = m["sparsity"]
+        lines.append(f"| {label} | {_fmt(m['dense']['t2i']['R@1'])} | {_fmt(m['sparse']['t2i']['R@1'])} | "
+                     f"{_fmt(m['sparse']['i2t']['R@1'])} | {_fmt(m['integrated']['t2i']['R@1'])} | "
+                     f"{sp['active_terms_query']:.0f} | {sp['active_terms_doc']:.0f} | {sp['flops']:.1f} | "
+                     f"{res['best_epoch']} |")
+    return "\n".join(lines)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# SKD with stronger L1 sparsity (text eta, image eta); docs/results.md "Sparsity regulariser sweep".
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/flickr8k}
+RUNS=${RUNS:-runs}
+for eta in "1e-3 2e-4" "3e-3 6e-4"; do
+  set -- $eta
+  dir="$RUNS/sparsity/eta_$1"
+  [ -f "$dir/results.json" ] && continue
+  "$PY" -m training skd --data "$DATA" --run-dir "$dir" --overwrite --set "init_checkpoint=$RUNS/align/best" \
+    --set "loss.eta_text=$1" --set "loss.eta_image=$2"
+done
