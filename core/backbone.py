@@ -7,7 +7,6 @@ of everything frozen, so features, checkpoints and indexes can be bound to the e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -227,16 +226,3 @@ def build_backbone(config: BackboneConfig) -> Backbone:
                     text_projection=text_projection, fingerprint=fingerprint, description=description,
                     pad_id_for_trimming=pad_id)
 
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Any:
-    """Temporarily set torch's intra-op thread count (None leaves it alone)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

@@ -24,7 +24,3 @@ class Vocabulary:
         """Every token id that may carry weight, ascending."""
         return np.array([i for i in range(len(self.tokens)) if i not in self.special_ids], dtype=np.int64)
 
-
-def quantize_impacts(weights: np.ndarray, scale: float) -> np.ndarray:
-    """Integer impacts for Lucene: round(weight * scale); zero stays zero."""
-    return np.rint(np.asarray(weights, dtype=np.float64) * scale).astype(np.int64)

@@ -24,4 +24,6 @@ run dense "$RUNS/dense" "${LIT[@]}"
 run d2s "$RUNS/d2s" "${LIT[@]}"
 run no-kd "$RUNS/no_kd" "${LIT[@]}"
 run frozen "$RUNS/frozen_final" "${LIT[@]}"
+DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/skd_variants.sh
+DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/sparsity_sweep.sh
 "$PY" -m training report --data "$DATA" --runs "$RUNS" --output docs/results.md

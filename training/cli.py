@@ -146,7 +146,8 @@ def _report(args: argparse.Namespace) -> int:
     variants = sorted((runs / "variants").glob("*/")) if (runs / "variants").is_dir() else []
     if variants:
         sections += ["## Official-code options, one SKD run each (val)", "",
-                     runs_table([(v.name, v) for v in variants], "val"), ""]
+                     runs_table([("default: detach, transposed, train steps", runs / "skd"),
+                                 *[(v.name, v) for v in variants]], "val"), ""]
     sweeps = sorted((runs / "sparsity").glob("*/")) if (runs / "sparsity").is_dir() else []
     if sweeps:
         rows = [("skd (default eta)", runs / "skd"), *[(s.name, s) for s in sweeps]]
