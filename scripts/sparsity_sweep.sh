@@ -11,3 +11,7 @@ for eta in "1e-3 2e-4" "3e-3 6e-4"; do
   "$PY" -m training skd --data "$DATA" --run-dir "$dir" --overwrite --set "init_checkpoint=$RUNS/align/best" \
     --set "loss.eta_text=$1" --set "loss.eta_image=$2"
 done
+# The official teacher (gradient through the teacher) at the stronger sparsity
+dir="$RUNS/sparsity/through_eta_1e-3"
+[ -f "$dir/results.json" ] || "$PY" -m training skd --data "$DATA" --run-dir "$dir" --overwrite \
+  --set "init_checkpoint=$RUNS/align/best" --set loss.teacher_grad=through --set loss.eta_text=1e-3 --set loss.eta_image=2e-4
