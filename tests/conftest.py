@@ -71,3 +71,42 @@ def tiny_backbone():  # type: ignore[no-untyped-def]
     from core.config import BackboneConfig
 
     return build_backbone(BackboneConfig.model_validate(tiny_backbone_config()))
+
+
+def save_tiny_checkpoint(backbone, dataset_dir: Path, out: Path, *, seed: int = 0) -> Path:  # type: ignore[no-untyped-def]
+    """An untrained Duet model on the tiny backbone whose terms are the synthetic captions' tokens."""
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.config import BackboneConfig, ModelConfig
+    from core.data import load_karpathy
+    from core.model import DuetModel
+
+    dataset = load_karpathy(dataset_dir)
+    texts = [c.text for r in dataset.images for c in r.captions]
+    seen = set(backbone.tokenizer(texts).unique().tolist()) - backbone.vocabulary.special_ids
+    term_ids = torch.tensor(sorted(seen), dtype=torch.long)
+    config = ModelConfig(backbone=BackboneConfig.model_validate(tiny_backbone_config()),
+                         fusion_dense_weight=0.1, fusion_sparse_weight=0.2)
+    torch.manual_seed(seed)
+    model = DuetModel(config, image_projection=backbone.image_projection + 0.01 * seed,
+                      text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
+                      term_ids=term_ids)
+    save_checkpoint(out, model, backbone_fingerprint=backbone.fingerprint, metadata={"method": "test"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_backbone, synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    return save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path_factory.mktemp("ckpt") / "best")
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real index (Lucene impact + FAISS) of the synthetic test and val splits."""
+    from indexer.build import IndexBuildConfig, build_index
+
+    root = tmp_path_factory.mktemp("index")
+    build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=root / "synthetic", dataset=synthetic_dataset,
+                                 splits=("test", "val"), cache_root=root / "cache"))
+    return root / "synthetic"

@@ -1,0 +1,129 @@
+"""Encode raw texts, images or cached features into Duet's dense and sparse vectors.
+
+Used by the indexer (collections) and the service (queries). Sparse vectors leave this module as CSR rows over
+*token ids* of the text tower's vocabulary, so any reader can name each term without knowing the sparse head's
+column layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.backbone import Backbone, build_backbone
+from core.checkpoint import Checkpoint, load_checkpoint, read_manifest
+from core.config import BackboneConfig
+from core.model import DuetModel
+from core.sparse_head import top_k_prune
+from core.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """Compressed sparse rows: row i holds token ids ``indices[indptr[i]:indptr[i+1]]`` with ``values``."""
+
+    indptr: np.ndarray  # (N + 1,) int64
+    indices: np.ndarray  # (nnz,) int32 token ids, ascending within a row
+    values: np.ndarray  # (nnz,) float32, > 0
+
+    def __len__(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = int(self.indptr[i]), int(self.indptr[i + 1])
+        return self.indices[start:end], self.values[start:end]
+
+    def terms_per_row(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @staticmethod
+    def concatenate(parts: Sequence[SparseRows]) -> SparseRows:
+        if not parts:
+            return SparseRows(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+        offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
+        indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + off for p, off in zip(parts, offsets)])
+        return SparseRows(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]).astype(np.int32),
+                          np.concatenate([p.values for p in parts]).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    dense: np.ndarray  # (N, embed_dim) float32, unit rows
+    sparse: SparseRows  # N rows over token ids
+
+
+def sparse_rows(weights: torch.Tensor, term_ids: torch.Tensor, *, prune: int | None = None) -> SparseRows:
+    """(N, num_terms) sparse-head output -> CSR over token ids, zeros dropped, optional top-k pruning."""
+    weights = top_k_prune(weights.float().cpu(), prune)
+    order = torch.argsort(term_ids.cpu())  # columns in ascending token-id order
+    weights, ids = weights[:, order], term_ids.cpu()[order]
+    rows, cols = torch.nonzero(weights > 0, as_tuple=True)
+    indptr = np.zeros(weights.shape[0] + 1, dtype=np.int64)
+    np.cumsum(torch.bincount(rows, minlength=weights.shape[0]).numpy(), out=indptr[1:])
+    return SparseRows(indptr, ids[cols].numpy().astype(np.int32), weights[rows, cols].numpy().astype(np.float32))
+
+
+def vocabulary_digest(vocabulary: Vocabulary) -> str:
+    """A short hash of the term strings, so indexes can refuse a model with another vocabulary."""
+    return hashlib.sha256("\n".join(vocabulary.tokens).encode()).hexdigest()[:16]
+
+
+class DuetEncoder:
+    """A trained Duet model on its frozen base model: raw inputs -> dense + sparse vectors."""
+
+    def __init__(self, backbone: Backbone, checkpoint: Checkpoint, *, checkpoint_path: Path | None = None,
+                 device: str = "cpu") -> None:
+        self.backbone = backbone.to(device)
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
+        self.model: DuetModel = checkpoint.model.to(device).eval()
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> DuetEncoder:
+        """Build the base model the checkpoint names, then load the checkpoint (refusing a mismatch)."""
+        manifest = read_manifest(path)
+        backbone = build_backbone(BackboneConfig.model_validate(manifest["model_config"]["backbone"]))
+        checkpoint = load_checkpoint(path, expected_fingerprint=backbone.fingerprint)
+        return cls(backbone, checkpoint, checkpoint_path=Path(path), device=device)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.backbone.vocabulary
+
+    @property
+    def temperature(self) -> float:
+        return float(self.model.temperature.detach())
+
+    @property
+    def fusion_weights(self) -> tuple[float, float]:
+        """(w_dense, w_sparse) of the integrated score w_dense * cos / temperature + w_sparse * sparse."""
+        return self.model.config.fusion_dense_weight, self.model.config.fusion_sparse_weight
+
+    @torch.inference_mode()
+    def _encode(self, dense: torch.Tensor, prune: int | None) -> EncodedItems:
+        sparse = self.model.sparse_head(dense)
+        return EncodedItems(dense.float().cpu().numpy(),
+                            sparse_rows(sparse, self.model.sparse_head.term_ids, prune=prune))
+
+    @torch.inference_mode()
+    def encode_image_features(self, features: torch.Tensor, *, prune: int | None = None) -> EncodedItems:
+        return self._encode(self.model.embed_image(features.to(self.device)), prune)
+
+    @torch.inference_mode()
+    def encode_text_features(self, features: torch.Tensor, *, prune: int | None = None) -> EncodedItems:
+        return self._encode(self.model.embed_text(features.to(self.device)), prune)
+
+    def encode_texts(self, texts: Sequence[str], *, prune: int | None = None) -> EncodedItems:
+        features = self.backbone.text_features(self.backbone.tokenizer(list(texts)))
+        return self.encode_text_features(features, prune=prune)
+
+    def encode_images(self, images: Sequence[Image.Image], *, prune: int | None = None) -> EncodedItems:
+        pixels = torch.stack([self.backbone.preprocess(image.convert("RGB")) for image in images])
+        return self.encode_image_features(self.backbone.image_features(pixels), prune=prune)

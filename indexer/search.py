@@ -1,0 +1,224 @@
+"""The one search path, shared by the service and the benchmarks.
+
+A query (text or image) is encoded by the same checkpoint the index was built with, then searched on one side:
+  dense   FAISS top-k;
+  sparse  Lucene impact top-k with the query's own quantised term weights;
+  hybrid  the top candidate_k of each leg, every candidate rescored exactly on both legs (dense dot product from
+          the stored vectors, sparse dot product from the forward store) and ranked by the paper's integrated score
+          w_dense * dense / temperature + w_sparse * sparse, or by reciprocal-rank fusion.
+Every hit carries its exact dense, sparse and fused scores, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from core.encoder import DuetEncoder, EncodedItems, vocabulary_digest
+from indexer.lucene import ImpactSearcher
+from indexer.store import IndexManifest, IndexUnavailableError, SideStore, check_binding, read_manifest
+
+Mode = Literal["dense", "sparse", "hybrid"]
+Fusion = Literal["weighted", "rrf"]
+RRF_K = 60  # the constant of Cormack et al. (2009)
+
+
+@dataclass(frozen=True)
+class Query:
+    dense: np.ndarray  # (D,) float32 unit vector
+    term_ids: np.ndarray  # (T,) int32 token ids
+    term_weights: np.ndarray  # (T,) float32 > 0
+
+    @classmethod
+    def from_encoded(cls, encoded: EncodedItems, row: int = 0) -> Query:
+        ids, values = encoded.sparse.row(row)
+        return cls(np.asarray(encoded.dense[row], np.float32), ids, values)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    side: Literal["images", "texts"] = "images"
+    mode: Mode = "hybrid"
+    top_k: int = 10
+    offset: int = 0
+    candidate_k: int = 100
+    w_dense: float | None = None  # None: the checkpoint's val-selected weights
+    w_sparse: float | None = None
+    fusion: Fusion = "weighted"
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class TermMatch:
+    term: str
+    token_id: int
+    query_weight: float
+    item_weight: float
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    matched_terms: list[TermMatch]
+    item_terms: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    id: str
+    rank: int
+    dense: float
+    sparse: float
+    fused: float
+    item: dict[str, Any]
+    explanation: Explanation | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    candidates: int
+    weights: dict[str, float]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def exact_sparse_scores(query: Query, store: SideStore, rows: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Float sparse dot product of the query with each stored row (the forward store)."""
+    if rows.size == 0:
+        return np.zeros(0, np.float32)
+    query_vector = np.zeros(vocab_size, np.float32)
+    query_vector[query.term_ids] = query.term_weights
+    indptr = store.sparse.indptr
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    positions = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+    contributions = query_vector[store.sparse.indices[positions]] * store.sparse.values[positions]
+    return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
+                       minlength=rows.size).astype(np.float32)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties broken by position (which is row order)."""
+    order = np.lexsort((np.arange(scores.size), -scores))
+    ranks = np.empty(scores.size, np.int64)
+    ranks[order] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+class SearchEngine:
+    """An index plus the encoder it was built with."""
+
+    def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
+                 checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        self.manifest: IndexManifest = read_manifest(self.index_dir)
+        if encoder is None:
+            path = Path(checkpoint) if checkpoint is not None else Path(self.manifest.checkpoint.path)
+            encoder = DuetEncoder.from_checkpoint(path)
+        check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
+                      backbone_fingerprint=encoder.checkpoint.backbone_fingerprint,
+                      vocabulary_digest=vocabulary_digest(encoder.vocabulary))
+        self.encoder = encoder
+        self.vocab_size = len(encoder.vocabulary)
+        scale = float(self.manifest.quantization["scale"])
+        self.stores: dict[str, SideStore] = {}
+        self.lucene: dict[str, ImpactSearcher] = {}
+        for side, side_manifest in self.manifest.sides.items():
+            if sides is not None and side not in sides:
+                continue
+            self.stores[side] = SideStore.load(self.index_dir / side, side, side_manifest)
+            self.lucene[side] = ImpactSearcher(self.index_dir / side / "lucene", scale)
+            if self.lucene[side].num_docs() != side_manifest.count:
+                raise IndexUnavailableError(f"{self.index_dir / side}/lucene holds {self.lucene[side].num_docs()} "
+                                            f"documents, the manifest {side_manifest.count}")
+
+    # ----- queries -----
+    def encode_text(self, text: str) -> Query:
+        return Query.from_encoded(self.encoder.encode_texts([text]))
+
+    def encode_image(self, image: Image.Image) -> Query:
+        return Query.from_encoded(self.encoder.encode_images([image]))
+
+    def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
+        order = np.argsort(-query.term_weights, kind="stable")[:limit]
+        return [(self.encoder.vocabulary.term(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
+
+    def default_weights(self) -> tuple[float, float]:
+        return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
+
+    # ----- search -----
+    def store(self, side: str) -> SideStore:
+        if side not in self.stores:
+            raise KeyError(f"this index has no {side!r} side (sides: {sorted(self.stores)})")
+        return self.stores[side]
+
+    def search(self, query: Query, params: SearchParams) -> SearchResult:
+        store = self.store(params.side)
+        w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
+        w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
+        needed = params.offset + params.top_k
+        timings: dict[str, float] = {}
+        dense_rows = sparse_rows = np.zeros(0, np.int64)
+        if params.mode in ("dense", "hybrid"):
+            started = time.perf_counter()
+            k = min(max(needed, params.candidate_k if params.mode == "hybrid" else needed), len(store.ids))
+            _, found = store.faiss_index.search(query.dense[None, :].astype(np.float32), k)
+            dense_rows = found[0][found[0] >= 0].astype(np.int64)
+            timings["dense_ms"] = (time.perf_counter() - started) * 1000
+        if params.mode in ("sparse", "hybrid"):
+            started = time.perf_counter()
+            k = min(max(needed, params.candidate_k if params.mode == "hybrid" else needed), len(store.ids))
+            hits = self.lucene[params.side].search(query.term_ids, query.term_weights, k)
+            sparse_rows = np.array([h.row for h in hits], dtype=np.int64)
+            timings["sparse_ms"] = (time.perf_counter() - started) * 1000
+
+        started = time.perf_counter()
+        rows = {"dense": dense_rows, "sparse": sparse_rows}.get(params.mode)
+        if rows is None:
+            rows = np.unique(np.concatenate([dense_rows, sparse_rows]))
+        dense = store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
+        sparse = exact_sparse_scores(query, store, rows, self.vocab_size)
+        weighted = w_dense * dense / self.manifest.temperature + w_sparse * sparse
+        if params.fusion == "rrf":
+            fused = 1.0 / (RRF_K + _ranks(dense)) + 1.0 / (RRF_K + _ranks(sparse))
+        else:
+            fused = weighted
+        ranking = {"dense": dense, "sparse": sparse, "hybrid": fused}[params.mode]
+        order = np.lexsort((rows, -ranking))[params.offset:needed]
+        hits = []
+        for rank, i in enumerate(order, start=params.offset + 1):
+            row = int(rows[i])
+            explanation = self.explain(query, params.side, row) if params.explain else None
+            hits.append(Hit(row, store.ids[row], rank, float(dense[i]), float(sparse[i]), float(fused[i]),
+                            store.items[row], explanation))
+        timings["rescore_ms"] = (time.perf_counter() - started) * 1000
+        return SearchResult(hits, int(rows.size), {"w_dense": w_dense, "w_sparse": w_sparse,
+                                                   "temperature": self.manifest.temperature}, timings)
+
+    def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12) -> Explanation:
+        """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""
+        store = self.store(side)
+        ids, values = store.sparse.row(row)
+        common, q_pos, i_pos = np.intersect1d(query.term_ids, ids, assume_unique=True, return_indices=True)
+        term = self.encoder.vocabulary.term
+        matched = [TermMatch(term(int(t)), int(t), float(query.term_weights[q]), float(values[i]),
+                             float(query.term_weights[q] * values[i])) for t, q, i in zip(common, q_pos, i_pos)]
+        matched.sort(key=lambda m: -m.contribution)
+        top = np.argsort(-values, kind="stable")[:item_terms]
+        return Explanation(matched, [(term(int(ids[i])), float(values[i])) for i in top])
+
+    def item(self, item_id: str) -> tuple[str, dict[str, Any]]:
+        for side, store in self.stores.items():
+            row = store.row_of.get(item_id)
+            if row is not None:
+                return side, store.items[row]
+        raise KeyError(item_id)
+
+    def close(self) -> None:
+        for searcher in self.lucene.values():
+            searcher.close()

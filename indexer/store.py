@@ -1,0 +1,159 @@
+"""On-disk index layout, its manifest, and the readers that refuse anything inconsistent.
+
+  <index>/manifest.json          IndexManifest: checkpoint binding, quantisation, counts, index types, file hashes
+  <index>/<side>/items.jsonl     one item per row: {"id", ...metadata}; row number = FAISS id = Lucene doc id
+  <index>/<side>/dense.npy       (N, D) float32 unit vectors (exact rescoring)
+  <index>/<side>/dense.faiss     FAISS index over the same rows
+  <index>/<side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
+  <index>/<side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
+Sides: ``images`` (targets of text->image and image->image) and ``texts`` (targets of image->text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.encoder import EncodedItems, SparseRows
+
+FORMAT = "duet-index/1"
+MANIFEST = "manifest.json"
+SIDES = ("images", "texts")
+Side = Literal["images", "texts"]
+
+
+class IndexUnavailableError(RuntimeError):
+    """The index is missing, damaged, or bound to another model."""
+
+
+class IndexMismatchError(IndexUnavailableError):
+    """The index was built from another checkpoint, base model or vocabulary than the one in use."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckpointBinding(_Strict):
+    path: str
+    content_hash: str
+    backbone_fingerprint: str
+    vocabulary_digest: str
+    method: str | None = None
+
+
+class SideManifest(_Strict):
+    count: int = Field(ge=0)
+    dense_dim: int = Field(gt=0)
+    faiss_factory: str
+    lucene_docs: int = Field(ge=0)
+    mean_terms: float
+    bytes: dict[str, int]  # "dense_faiss", "dense_store", "sparse_lucene", "sparse_store"
+    files: dict[str, str]  # relative path -> sha256
+
+
+class IndexManifest(_Strict):
+    format: Literal["duet-index/1"] = FORMAT
+    created_at: str
+    checkpoint: CheckpointBinding
+    temperature: float
+    fusion_dense_weight: float
+    fusion_sparse_weight: float
+    quantization: dict[str, Any]  # {"scale": float, "rule": str}
+    pruning: dict[str, int | None]  # {"images": k, "texts": k}
+    collection: dict[str, Any]  # {"name", "source", "root", "splits"}
+    sides: dict[str, SideManifest]
+    build: dict[str, Any] = {}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def side_files(side_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(side_dir)): sha256_file(p) for p in sorted(side_dir.rglob("*")) if p.is_file()
+            and not p.name.endswith(".lock")}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems) -> None:
+    side_dir.mkdir(parents=True, exist_ok=True)
+    with (side_dir / "items.jsonl").open("w", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+    np.save(side_dir / "dense.npy", np.ascontiguousarray(encoded.dense, dtype=np.float32))
+    np.save(side_dir / "sparse.indptr.npy", encoded.sparse.indptr.astype(np.int64))
+    np.save(side_dir / "sparse.indices.npy", encoded.sparse.indices.astype(np.int32))
+    np.save(side_dir / "sparse.values.npy", encoded.sparse.values.astype(np.float32))
+
+
+def read_manifest(index_dir: str | Path) -> IndexManifest:
+    path = Path(index_dir) / MANIFEST
+    if not Path(index_dir).is_dir():
+        raise IndexUnavailableError(f"index directory not found: {index_dir} (build it with `python -m indexer build`)")
+    if not path.is_file():
+        raise IndexUnavailableError(f"not a Duet index (no {MANIFEST}): {index_dir}")
+    try:
+        return IndexManifest.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise IndexUnavailableError(f"invalid index manifest {path}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from e
+
+
+def check_binding(manifest: IndexManifest, *, content_hash: str, backbone_fingerprint: str,
+                  vocabulary_digest: str) -> None:
+    """Refuse an index built with another checkpoint, base model or vocabulary."""
+    bound = manifest.checkpoint
+    for what, expected, actual in (("checkpoint content hash", bound.content_hash, content_hash),
+                                   ("base model fingerprint", bound.backbone_fingerprint, backbone_fingerprint),
+                                   ("vocabulary", bound.vocabulary_digest, vocabulary_digest)):
+        if expected != actual:
+            raise IndexMismatchError(
+                f"index was built with {what} {expected[:16]}, but the loaded model has {actual[:16]}; "
+                f"rebuild the index with this checkpoint (python -m indexer build) or load {bound.path}")
+
+
+@dataclass
+class SideStore:
+    """A loaded side: ids, metadata, dense vectors, the sparse forward store and the FAISS index."""
+
+    side: str
+    ids: list[str]
+    items: list[dict[str, Any]]
+    dense: np.ndarray  # (N, D) float32
+    sparse: SparseRows
+    faiss_index: Any
+    row_of: dict[str, int]
+
+    @classmethod
+    def load(cls, side_dir: Path, side: str, expected: SideManifest) -> SideStore:
+        import faiss
+
+        try:
+            items = [json.loads(line) for line in (side_dir / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+            dense = np.load(side_dir / "dense.npy", mmap_mode="r")
+            sparse = SparseRows(np.load(side_dir / "sparse.indptr.npy"), np.load(side_dir / "sparse.indices.npy"),
+                                np.load(side_dir / "sparse.values.npy"))
+            index = faiss.read_index(str(side_dir / "dense.faiss"))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise IndexUnavailableError(f"cannot read index side {side_dir}: {e}") from e
+        counts = {"items": len(items), "dense rows": dense.shape[0], "sparse rows": len(sparse),
+                  "faiss vectors": int(index.ntotal)}
+        wrong = {k: v for k, v in counts.items() if v != expected.count}
+        if wrong:
+            raise IndexUnavailableError(f"index side {side_dir} is inconsistent: manifest says {expected.count} items, "
+                              f"found {wrong}")
+        ids = [str(item["id"]) for item in items]
+        return cls(side, ids, items, np.asarray(dense), sparse, index, {i: r for r, i in enumerate(ids)})

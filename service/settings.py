@@ -1,0 +1,23 @@
+"""Service settings: where the index is, and the limits every request is held to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index_dir: Path = Field(Path("indexes/flickr8k"), description="Index directory built by `python -m indexer`.")
+    checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")
+    collection_root: Path | None = Field(None, description="Image root (default: the one the index recorded).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Larger images (or decompression bombs) get 413.")
+    max_text_chars: int = Field(1000, gt=0)
+    max_top_k: int = Field(1000, gt=0)
+    max_offset: int = Field(10_000, ge=0)
+    max_candidate_k: int = Field(5000, gt=0)

@@ -1,0 +1,121 @@
+"""The shared search path: Lucene agrees with exact scoring, hybrid rescoring is exact, explanations add up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.search import Query, SearchEngine, SearchParams, exact_sparse_scores
+from indexer.store import IndexMismatchError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_index: Path) -> SearchEngine:
+    return SearchEngine(tiny_index)
+
+
+def _stored_query(engine: SearchEngine, side: str, row: int) -> Query:
+    store = engine.stores[side]
+    ids, values = store.sparse.row(row)
+    return Query(np.asarray(store.dense[row]), ids, values)
+
+
+def _exact_top(engine: SearchEngine, query: Query, side: str, k: int) -> list[int]:
+    store = engine.stores[side]
+    scores = exact_sparse_scores(query, store, np.arange(len(store.ids)), engine.vocab_size)
+    return list(np.lexsort((np.arange(scores.size), -scores))[:k])
+
+
+@pytest.mark.parametrize(("query_side", "target_side"), [("texts", "images"), ("images", "texts")])
+def test_lucene_sparse_ranking_agrees_with_exact_scoring(engine: SearchEngine, query_side: str,
+                                                         target_side: str) -> None:
+    """Lucene's top 10 has the exact top 10's scores, up to the quantisation error bound (tie-aware)."""
+    store = engine.stores[target_side]
+    step = 0.5 / engine.manifest.quantization["scale"]  # rounding error of one impact, in weight units
+    max_doc_mass = max(float(store.sparse.row(r)[1].sum()) for r in range(len(store.ids)))
+    for row in range(len(engine.stores[query_side].ids)):
+        query = _stored_query(engine, query_side, row)
+        lucene = [h.row for h in engine.search(query, SearchParams(side=target_side, mode="sparse", top_k=10)).hits]
+        exact = _exact_top(engine, query, target_side, 10)
+        scores = exact_sparse_scores(query, store, np.arange(len(store.ids)), engine.vocab_size)
+        bound = 2 * step * (float(query.term_weights.sum()) + max_doc_mass) + 2 * query.term_ids.size * step**2
+        assert len(lucene) == len(exact)
+        assert np.all(np.abs(np.sort(scores[lucene]) - np.sort(scores[exact])) <= bound + 1e-6)
+
+
+def test_hybrid_scores_are_exact_and_ranked_by_the_integrated_score(engine: SearchEngine) -> None:
+    query = engine.encode_text("a red square on blue")
+    result = engine.search(query, SearchParams(side="images", mode="hybrid", top_k=8, candidate_k=12))
+    store = engine.stores["images"]
+    w_dense, w_sparse = engine.default_weights()
+    assert result.weights["w_dense"] == w_dense and result.candidates >= 8
+    for hit in result.hits:
+        dense = float(store.dense[hit.row] @ query.dense)
+        sparse = float(exact_sparse_scores(query, store, np.array([hit.row]), engine.vocab_size)[0])
+        assert hit.dense == pytest.approx(dense, abs=1e-5)
+        assert hit.sparse == pytest.approx(sparse, abs=1e-4)
+        assert hit.fused == pytest.approx(w_dense * dense / engine.manifest.temperature + w_sparse * sparse, abs=1e-4)
+    fused = [h.fused for h in result.hits]
+    assert fused == sorted(fused, reverse=True)
+    assert [h.rank for h in result.hits] == list(range(1, 9))
+
+
+def test_dense_mode_matches_brute_force(engine: SearchEngine) -> None:
+    query = engine.encode_text("a green dot")
+    result = engine.search(query, SearchParams(side="texts", mode="dense", top_k=5))
+    scores = engine.stores["texts"].dense @ query.dense
+    assert [h.dense for h in result.hits] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-6)
+
+
+def test_weights_per_request_and_rrf(engine: SearchEngine) -> None:
+    query = engine.encode_text("yellow stripe")
+    dense_only = engine.search(query, SearchParams(mode="hybrid", top_k=5, w_dense=1.0, w_sparse=0.0,
+                                                   candidate_k=32))
+    dense = engine.search(query, SearchParams(mode="dense", top_k=5))
+    # Same ranking; compared by score, since duplicate synthetic images tie exactly.
+    assert [h.dense for h in dense_only.hits] == pytest.approx([h.dense for h in dense.hits], abs=1e-6)
+    rrf = engine.search(query, SearchParams(mode="hybrid", fusion="rrf", top_k=5, candidate_k=32))
+    assert all(0 < h.fused <= 2 / 61 for h in rrf.hits)
+    assert [h.fused for h in rrf.hits] == sorted((h.fused for h in rrf.hits), reverse=True)
+
+
+def test_offset_pages_through_the_same_ranking(engine: SearchEngine) -> None:
+    query = engine.encode_text("a black square")
+    full = engine.search(query, SearchParams(top_k=20, candidate_k=40))
+    page = engine.search(query, SearchParams(top_k=10, offset=10, candidate_k=40))
+    assert [h.id for h in page.hits] == [h.id for h in full.hits[10:20]]
+    assert page.hits[0].rank == 11
+
+
+def test_explanations_add_up_to_the_sparse_score(engine: SearchEngine) -> None:
+    query = engine.encode_text("a blue dot on white")
+    result = engine.search(query, SearchParams(top_k=3, explain=True))
+    vocabulary = set(engine.encoder.vocabulary.tokens)
+    for hit in result.hits:
+        assert hit.explanation is not None
+        assert sum(m.contribution for m in hit.explanation.matched_terms) == pytest.approx(hit.sparse, rel=1e-4)
+        assert all(term in vocabulary for term, _ in hit.explanation.item_terms)
+    assert all(isinstance(t, str) and w > 0 for t, w in engine.query_terms(query))
+
+
+def test_image_queries_search_both_sides(engine: SearchEngine, synthetic_dataset: Path) -> None:
+    from PIL import Image
+
+    item = engine.stores["images"].items[0]
+    image = Image.open(synthetic_dataset / "images" / item["path"])
+    query = engine.encode_image(image)
+    same = engine.search(query, SearchParams(side="images", mode="dense", top_k=1))
+    assert same.hits[0].id == item["id"]  # an indexed image finds itself
+    captions = engine.search(query, SearchParams(side="texts", top_k=5))
+    assert len(captions.hits) == 5 and all("#" in h.id for h in captions.hits)
+
+
+def test_an_index_from_another_checkpoint_is_refused(tiny_index: Path, tiny_backbone, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
+                                                     tmp_path: Path) -> None:
+    from tests.conftest import save_tiny_checkpoint
+
+    other = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path / "other", seed=2)
+    with pytest.raises(IndexMismatchError, match="checkpoint content hash"):
+        SearchEngine(tiny_index, checkpoint=other)
