@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/flickr8k
 RUNS ?= runs
 
-.PHONY: setup test results variants sparsity
+.PHONY: setup browser test demo results variants sparsity
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian's headless Chromium and its driver, for the web page test (installed once, as root).
+browser:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# The main job: train the default checkpoint if none exists, build the Flickr8k indexes, serve on 127.0.0.1:8000.
+demo: setup
+	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/demo.sh
+
 # The test command (README, CI): offline, CPU, tiny models and generated data.
-test: setup
+test: setup browser
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 # Reproduce docs/results.md on Flickr8k (feature cache, LiT base, SKD, baselines, ablations, report).

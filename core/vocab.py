@@ -20,6 +20,12 @@ class Vocabulary:
     def term(self, token_id: int) -> str:
         return self.tokens[token_id]
 
+    def display(self, token_id: int) -> str:
+        """The term as a reader should see it: CLIP's BPE end-of-word marker dropped (BERT's ## kept: it says
+        the piece continues a word)."""
+        token = self.tokens[token_id]
+        return token[:-4] if token.endswith("</w>") and len(token) > 4 else token
+
     def content_ids(self) -> np.ndarray:
         """Every token id that may carry weight, ascending."""
         return np.array([i for i in range(len(self.tokens)) if i not in self.special_ids], dtype=np.int64)

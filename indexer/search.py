@@ -146,7 +146,7 @@ class SearchEngine:
 
     def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
         order = np.argsort(-query.term_weights, kind="stable")[:limit]
-        return [(self.encoder.vocabulary.term(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
+        return [(self.encoder.vocabulary.display(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
 
     def default_weights(self) -> tuple[float, float]:
         return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
@@ -205,7 +205,7 @@ class SearchEngine:
         store = self.store(side)
         ids, values = store.sparse.row(row)
         common, q_pos, i_pos = np.intersect1d(query.term_ids, ids, assume_unique=True, return_indices=True)
-        term = self.encoder.vocabulary.term
+        term = self.encoder.vocabulary.display
         matched = [TermMatch(term(int(t)), int(t), float(query.term_weights[q]), float(values[i]),
                              float(query.term_weights[q] * values[i])) for t, q, i in zip(common, q_pos, i_pos)]
         matched.sort(key=lambda m: -m.contribution)

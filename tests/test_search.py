@@ -92,7 +92,7 @@ def test_offset_pages_through_the_same_ranking(engine: SearchEngine) -> None:
 def test_explanations_add_up_to_the_sparse_score(engine: SearchEngine) -> None:
     query = engine.encode_text("a blue dot on white")
     result = engine.search(query, SearchParams(top_k=3, explain=True))
-    vocabulary = set(engine.encoder.vocabulary.tokens)
+    vocabulary = {engine.encoder.vocabulary.display(i) for i in range(len(engine.encoder.vocabulary))}
     for hit in result.hits:
         assert hit.explanation is not None
         assert sum(m.contribution for m in hit.explanation.matched_terms) == pytest.approx(hit.sparse, rel=1e-4)
