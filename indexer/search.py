@@ -157,48 +157,69 @@ class SearchEngine:
             raise KeyError(f"this index has no {side!r} side (sides: {sorted(self.stores)})")
         return self.stores[side]
 
+    def _leg_k(self, params: SearchParams, count: int) -> int:
+        needed = params.offset + params.top_k
+        return min(max(needed, params.candidate_k) if params.mode == "hybrid" else needed, count)
+
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         store = self.store(params.side)
-        w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
-        w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
-        needed = params.offset + params.top_k
+        k = self._leg_k(params, len(store.ids))
         timings: dict[str, float] = {}
         dense_rows = sparse_rows = np.zeros(0, np.int64)
         if params.mode in ("dense", "hybrid"):
             started = time.perf_counter()
-            k = min(max(needed, params.candidate_k if params.mode == "hybrid" else needed), len(store.ids))
             _, found = store.faiss_index.search(query.dense[None, :].astype(np.float32), k)
             dense_rows = found[0][found[0] >= 0].astype(np.int64)
             timings["dense_ms"] = (time.perf_counter() - started) * 1000
         if params.mode in ("sparse", "hybrid"):
             started = time.perf_counter()
-            k = min(max(needed, params.candidate_k if params.mode == "hybrid" else needed), len(store.ids))
             hits = self.lucene[params.side].search(query.term_ids, query.term_weights, k)
             sparse_rows = np.array([h.row for h in hits], dtype=np.int64)
             timings["sparse_ms"] = (time.perf_counter() - started) * 1000
-
         started = time.perf_counter()
+        result = self._rank(query, store, dense_rows, sparse_rows, params)
+        result.timings_ms = {**timings, "rescore_ms": (time.perf_counter() - started) * 1000}
+        return result
+
+    def search_many(self, queries: list[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
+        """Batched legs (one FAISS call, one Lucene batch call over ``threads``), then per-query rescoring."""
+        store = self.store(params.side)
+        k = self._leg_k(params, len(store.ids))
+        empty = np.zeros(0, np.int64)
+        dense_rows: list[np.ndarray] = [empty] * len(queries)
+        sparse_rows: list[np.ndarray] = [empty] * len(queries)
+        if params.mode in ("dense", "hybrid") and queries:
+            _, found = store.faiss_index.search(np.stack([q.dense for q in queries]).astype(np.float32), k)
+            dense_rows = [row[row >= 0].astype(np.int64) for row in found]
+        if params.mode in ("sparse", "hybrid") and queries:
+            batches = self.lucene[params.side].batch_search([(q.term_ids, q.term_weights) for q in queries], k,
+                                                            threads=threads)
+            sparse_rows = [np.array([h.row for h in hits], dtype=np.int64) for hits in batches]
+        return [self._rank(q, store, d, s, params) for q, d, s in zip(queries, dense_rows, sparse_rows)]
+
+    def _rank(self, query: Query, store: SideStore, dense_rows: np.ndarray, sparse_rows: np.ndarray,
+              params: SearchParams) -> SearchResult:
+        w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
+        w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
         rows = {"dense": dense_rows, "sparse": sparse_rows}.get(params.mode)
         if rows is None:
             rows = np.unique(np.concatenate([dense_rows, sparse_rows]))
         dense = store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
         sparse = exact_sparse_scores(query, store, rows, self.vocab_size)
-        weighted = w_dense * dense / self.manifest.temperature + w_sparse * sparse
         if params.fusion == "rrf":
             fused = 1.0 / (RRF_K + _ranks(dense)) + 1.0 / (RRF_K + _ranks(sparse))
         else:
-            fused = weighted
+            fused = w_dense * dense / self.manifest.temperature + w_sparse * sparse
         ranking = {"dense": dense, "sparse": sparse, "hybrid": fused}[params.mode]
-        order = np.lexsort((rows, -ranking))[params.offset:needed]
+        order = np.lexsort((rows, -ranking))[params.offset:params.offset + params.top_k]
         hits = []
         for rank, i in enumerate(order, start=params.offset + 1):
             row = int(rows[i])
             explanation = self.explain(query, params.side, row) if params.explain else None
             hits.append(Hit(row, store.ids[row], rank, float(dense[i]), float(sparse[i]), float(fused[i]),
                             store.items[row], explanation))
-        timings["rescore_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(hits, int(rows.size), {"w_dense": w_dense, "w_sparse": w_sparse,
-                                                   "temperature": self.manifest.temperature}, timings)
+                                                   "temperature": self.manifest.temperature})
 
     def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12) -> Explanation:
         """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""

@@ -119,3 +119,13 @@ def test_an_index_from_another_checkpoint_is_refused(tiny_index: Path, tiny_back
     other = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path / "other", seed=2)
     with pytest.raises(IndexMismatchError, match="checkpoint content hash"):
         SearchEngine(tiny_index, checkpoint=other)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_batched_search_equals_single_queries(engine: SearchEngine, mode: str) -> None:
+    queries = [_stored_query(engine, "texts", row) for row in range(0, 40, 4)]
+    params = SearchParams(side="images", mode=mode, top_k=5, candidate_k=10)
+    batched = engine.search_many(queries, params, threads=2)
+    for query, result in zip(queries, batched):
+        single = engine.search(query, params)
+        assert [h.fused for h in result.hits] == pytest.approx([h.fused for h in single.hits], abs=1e-6)
