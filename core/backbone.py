@@ -189,7 +189,8 @@ def build_backbone(config: BackboneConfig) -> Backbone:
         torch.manual_seed(config.init_seed)
         if config.kind == "packaged":
             clip = packaged.build_packaged_clip(config.embed_dim, config.context_length)
-            tokenizer = open_clip.tokenizer.HFTokenizer(str(packaged.minilm_path()), context_length=config.context_length)
+            tokenizer = open_clip.tokenizer.HFTokenizer(str(packaged.minilm_path()),
+                                                        context_length=config.context_length)
             preprocess = open_clip.image_transform(packaged.IMAGE_SIZE, is_train=False,
                                                    mean=packaged.IMAGE_MEAN, std=packaged.IMAGE_STD)
             description: dict[str, Any] = {"kind": "packaged", "embed_dim": config.embed_dim,
@@ -205,7 +206,8 @@ def build_backbone(config: BackboneConfig) -> Backbone:
             try:
                 clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
             except RuntimeError as e:
-                raise RuntimeError(f"could not load open_clip model {name!r} with pretrained={pretrained!r}: {e}") from e
+                raise RuntimeError(
+                    f"could not load open_clip model {name!r} with pretrained={pretrained!r}: {e}") from e
             tokenizer = open_clip.get_tokenizer(name)
             description = {"kind": "open_clip", "model_name": name, "pretrained": pretrained}
             if pretrained is None:

@@ -38,7 +38,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -52,7 +52,7 @@ def save_checkpoint(path: str | Path, model: DuetModel, *, backbone_fingerprint:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(path) as tmp:
         save_file(state, str(tmp / WEIGHTS))
-        content_hash = _sha256(tmp / WEIGHTS)
+        content_hash = sha256_file(tmp / WEIGHTS)
         manifest = {
             "format": FORMAT,
             "model_config": model.config.model_dump(mode="json"),
@@ -94,7 +94,7 @@ def load_checkpoint(path: str | Path, *, expected_fingerprint: str | None = None
     weights_path = directory / WEIGHTS
     if not weights_path.is_file():
         raise CheckpointError(f"checkpoint weights missing: {weights_path}")
-    actual = _sha256(weights_path)
+    actual = sha256_file(weights_path)
     if actual != manifest["content_hash"]:
         raise CheckpointError(f"checkpoint {weights_path} is corrupt: content hash {actual[:12]} does not match "
                               f"the manifest's {manifest['content_hash'][:12]}")

@@ -64,7 +64,8 @@ def load_karpathy(dataset_dir: str | Path, *, json_name: str | None = None,
     if json_name is None:
         candidates = sorted(directory.glob("dataset_*.json"))
         if len(candidates) != 1:
-            raise DatasetError(f"expected exactly one dataset_*.json in {directory}, found {[c.name for c in candidates]}")
+            found = [c.name for c in candidates]
+            raise DatasetError(f"expected exactly one dataset_*.json in {directory}, found {found}")
         json_path = candidates[0]
     else:
         json_path = directory / json_name

@@ -47,7 +47,8 @@ class SparseRows:
         if not parts:
             return SparseRows(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
         offsets = np.cumsum([0] + [int(p.indptr[-1]) for p in parts[:-1]])
-        indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + off for p, off in zip(parts, offsets)])
+        shifted = [p.indptr[1:] + off for p, off in zip(parts, offsets, strict=True)]
+        indptr = np.concatenate([parts[0].indptr[:1], *shifted])
         return SparseRows(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]).astype(np.int32),
                           np.concatenate([p.values for p in parts]).astype(np.float32))
 

@@ -28,7 +28,6 @@ from indexer.collection import Collection, load_folder_collection, load_karpathy
 from indexer.lucene import build_impact_index, write_json_vector_collection
 from indexer.store import (
     MANIFEST,
-    SIDES,
     CheckpointBinding,
     IndexManifest,
     IndexUnavailableError,
@@ -106,6 +105,7 @@ def _write_side(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedIte
     collection_dir = side_dir.parent / f"_collection_{side_dir.name}"
     started = time.perf_counter()
     docs = write_json_vector_collection(collection_dir, encoded.sparse, config.sparse_scale)
+    timings[f"{side_dir.name}_sparse_collection_seconds"] = time.perf_counter() - started
     build_impact_index(collection_dir, side_dir / "lucene", threads=config.threads)
     timings[f"{side_dir.name}_sparse_seconds"] = time.perf_counter() - started
     shutil.rmtree(collection_dir)
@@ -147,11 +147,27 @@ def build_index(config: IndexBuildConfig) -> IndexManifest:
                              "encode texts")
     timings["encode_seconds"] = time.perf_counter() - started - timings["features_seconds"]
 
+    sides = {"images": (image_items, images)}
+    if texts is not None:
+        sides["texts"] = (text_items, texts)
+    collection_info = {"name": collection.name, "source": collection.source, "root": str(collection.root.resolve()),
+                       "splits": list(collection.splits), "skipped_images": list(cached.corrupt_images)}
+    return publish_index(config, encoder, sides, collection_info, timings=timings, started=started)
+
+
+def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
+                  sides: dict[str, tuple[list[dict[str, Any]], EncodedItems]], collection: dict[str, Any], *,
+                  timings: dict[str, float] | None = None, started: float | None = None) -> IndexManifest:
+    """Write encoded sides (items + vectors) as an index bound to ``encoder``'s checkpoint, atomically.
+
+    Also used by the benchmarks to index synthetic vectors in the model's space.
+    """
+    timings = dict(timings or {})
+    started = time.perf_counter() if started is None else started
     checkpoint = encoder.checkpoint
     with atomic_directory(config.output) as tmp:
-        sides = {"images": _write_side(tmp / "images", image_items, images, config, timings)}
-        if texts is not None:
-            sides["texts"] = _write_side(tmp / "texts", text_items, texts, config, timings)
+        side_manifests = {side: _write_side(tmp / side, items, encoded, config, timings)
+                          for side, (items, encoded) in sides.items()}
         timings["total_seconds"] = time.perf_counter() - started
         manifest = IndexManifest(
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -165,14 +181,11 @@ def build_index(config: IndexBuildConfig) -> IndexManifest:
             quantization={"scale": config.sparse_scale,
                           "rule": "impact = round(weight * scale); zero impacts dropped; queries quantised alike"},
             pruning={"images": config.prune_image_terms, "texts": config.prune_text_terms},
-            collection={"name": collection.name, "source": collection.source,
-                        "root": str(collection.root.resolve()), "splits": list(collection.splits),
-                        "skipped_images": list(cached.corrupt_images)},
-            sides=sides, build={"timings": timings, "config": json.loads(config.model_dump_json())},
+            collection=collection, sides=side_manifests,
+            build={"timings": timings, "config": json.loads(config.model_dump_json())},
         )
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-    _logger.info("published index %s: %s", config.output,
-                 {side: s.count for side, s in manifest.sides.items()})
+    _logger.info("published index %s: %s", config.output, {side: s.count for side, s in manifest.sides.items()})
     return manifest
 
 
@@ -206,7 +219,8 @@ def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None)
     if checkpoint is not None:
         bound = read_checkpoint_manifest(checkpoint)
         if bound["content_hash"] != manifest.checkpoint.content_hash:
-            raise IndexUnavailableError(f"index {root} was built from checkpoint {manifest.checkpoint.content_hash[:12]}"
+            built_from = manifest.checkpoint.content_hash[:12]
+            raise IndexUnavailableError(f"index {root} was built from checkpoint {built_from}"
                                         f", not from {checkpoint} ({bound['content_hash'][:12]})")
         report["checkpoint"] = "matches"
     report["ok"] = True

@@ -69,7 +69,7 @@ def quantize(values: np.ndarray, scale: float) -> np.ndarray:
 
 def quantized_terms(ids: np.ndarray, values: np.ndarray, scale: float) -> dict[str, int]:
     impacts = quantize(values, scale)
-    return {term_token(int(t)): int(w) for t, w in zip(ids, impacts) if w > 0}
+    return {term_token(int(t)): int(w) for t, w in zip(ids, impacts, strict=True) if w > 0}
 
 
 def write_json_vector_collection(directory: Path, sparse: SparseRows, scale: float, *,

@@ -11,7 +11,6 @@ Sides: ``images`` (targets of text->image and image->image) and ``texts`` (targe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.checkpoint import sha256_file
 from core.encoder import EncodedItems, SparseRows
 
 FORMAT = "duet-index/1"
@@ -72,14 +72,6 @@ class IndexManifest(_Strict):
     build: dict[str, Any] = {}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def side_files(side_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(side_dir)): sha256_file(p) for p in sorted(side_dir.rglob("*")) if p.is_file()
             and not p.name.endswith(".lock")}
@@ -109,7 +101,8 @@ def read_manifest(index_dir: str | Path) -> IndexManifest:
     try:
         return IndexManifest.model_validate_json(path.read_text())
     except ValidationError as e:
-        raise IndexUnavailableError(f"invalid index manifest {path}: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from e
+        first = e.errors()[0]
+        raise IndexUnavailableError(f"invalid index manifest {path}: {first['loc']} {first['msg']}") from e
 
 
 def check_binding(manifest: IndexManifest, *, content_hash: str, backbone_fingerprint: str,

@@ -136,7 +136,8 @@ async def _read_search_request(request: Request) -> tuple[SearchRequest, bytes |
             payload["image_base64"] = ""  # placeholder: the bytes travel separately
     else:
         raise ApiError(415, "unsupported_media_type",
-                       f"unsupported content type {media_type or '(none)'}; send application/json or multipart/form-data")
+                       f"unsupported content type {media_type or '(none)'}; "
+                       "send application/json or multipart/form-data")
     try:
         search = SearchRequest.model_validate(payload)
     except ValidationError as e:
@@ -252,7 +253,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
             decode_ms = (time.perf_counter() - decode_started) * 1000
         params = SearchParams(side=body.side, mode=body.mode, top_k=body.top_k, offset=body.offset,
                               candidate_k=body.candidate_k, w_dense=body.w_dense, w_sparse=body.w_sparse,
-                              fusion=body.fusion, explain=body.explain)
+                              fusion=body.fusion, explain=body.explain, sparse_query_terms=body.sparse_query_terms)
         text = body.text.strip() if body.text is not None else None
 
         def work() -> tuple[Any, Any, float]:

@@ -40,7 +40,7 @@ class Metrics:
                       "# TYPE duet_search_seconds histogram"]
             for (mode, side), count in sorted(self._search_count.items()):
                 labels = f'mode="{mode}",side="{side}"'
-                for bound, n in zip(LATENCY_BUCKETS, self._search_buckets[(mode, side)]):
+                for bound, n in zip(LATENCY_BUCKETS, self._search_buckets[(mode, side)], strict=True):
                     lines.append(f'duet_search_seconds_bucket{{{labels},le="{bound}"}} {n}')
                 lines.append(f'duet_search_seconds_bucket{{{labels},le="+Inf"}} {count}')
                 lines.append(f"duet_search_seconds_sum{{{labels}}} {self._search_sum[(mode, side)]:.6f}")

@@ -22,6 +22,9 @@ class SearchRequest(BaseModel):
     top_k: int = Field(10, ge=1)
     offset: int = Field(0, ge=0)
     candidate_k: int = Field(100, ge=1)
+    sparse_query_terms: int | None = Field(
+        None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
+        "default (32 in hybrid, all in sparse mode); 0: all. Candidates are always rescored with the full query.")
     explain: bool = False
 
     @model_validator(mode="after")

@@ -110,3 +110,16 @@ def tiny_index(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory:
     build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=root / "synthetic", dataset=synthetic_dataset,
                                  splits=("test", "val"), cache_root=root / "cache"))
     return root / "synthetic"
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real uvicorn server (``python -m service``) on 127.0.0.1 over the tiny index."""
+    from tests.server import Server
+
+    running = Server(["--index", str(tiny_index)], tmp_path_factory.mktemp("logs") / "server.log")
+    try:
+        running.wait_started()
+        yield running
+    finally:
+        running.stop()

@@ -126,6 +126,20 @@ def test_batched_search_equals_single_queries(engine: SearchEngine, mode: str) -
     queries = [_stored_query(engine, "texts", row) for row in range(0, 40, 4)]
     params = SearchParams(side="images", mode=mode, top_k=5, candidate_k=10)
     batched = engine.search_many(queries, params, threads=2)
-    for query, result in zip(queries, batched):
+    for query, result in zip(queries, batched, strict=True):
         single = engine.search(query, params)
         assert [h.fused for h in result.hits] == pytest.approx([h.fused for h in single.hits], abs=1e-6)
+
+
+def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None:
+    query = engine.encode_text("a red dot on black")
+    assert query.term_ids.size > 3
+    pruned = engine.search(query, SearchParams(mode="sparse", top_k=5, candidate_k=32, sparse_query_terms=3))
+    full = engine.search(query, SearchParams(mode="sparse", top_k=5, sparse_query_terms=0))
+    store = engine.stores["images"]
+    for hit in pruned.hits:  # scores use the full query whatever reached Lucene
+        exact = exact_sparse_scores(query, store, np.array([hit.row]), engine.vocab_size)[0]
+        assert hit.sparse == pytest.approx(float(exact), abs=1e-4)
+    assert pruned.candidates == 32 and full.candidates == 5
+    # all 32 images are candidates here, so the exact rescoring recovers the full query's top 5
+    assert [h.sparse for h in pruned.hits] == pytest.approx([h.sparse for h in full.hits], abs=1e-4)

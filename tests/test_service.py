@@ -8,23 +8,12 @@ import io
 import json
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.server import Server
-
-
-@pytest.fixture(scope="module")
-def server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(["--index", str(tiny_index)], tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        running.wait_started()
-        yield running
-    finally:
-        running.stop()
 
 
 def _png(width: int, height: int, color: str = "red") -> bytes:
@@ -47,18 +36,18 @@ def _error(reply, status: int, code: str) -> dict:  # type: ignore[no-untyped-de
     return body
 
 
-def test_health_readiness_and_index_summary(server: Server) -> None:
-    assert server.request("GET", "/healthz").json() == {"status": "ok"}
-    ready = server.request("GET", "/readyz")
+def test_health_readiness_and_index_summary(tiny_server: Server) -> None:
+    assert tiny_server.request("GET", "/healthz").json() == {"status": "ok"}
+    ready = tiny_server.request("GET", "/readyz")
     assert ready.status == 200 and ready.json() == {"ready": True, "sides": {"images": 32, "texts": 160}}
-    summary = server.request("GET", "/v1/indexes").json()
+    summary = tiny_server.request("GET", "/v1/indexes").json()
     assert summary["sides"]["images"]["count"] == 32
     assert summary["default_weights"] == {"w_dense": 0.1, "w_sparse": 0.2}
-    assert "/v1/search" in server.request("GET", "/openapi.json").json()["paths"]
+    assert "/v1/search" in tiny_server.request("GET", "/openapi.json").json()["paths"]
 
 
-def test_text_search_returns_scored_hits_with_explanations(server: Server) -> None:
-    reply = server.post_json("/v1/search", {"text": "a red square", "top_k": 5, "explain": True})
+def test_text_search_returns_scored_hits_with_explanations(tiny_server: Server) -> None:
+    reply = tiny_server.post_json("/v1/search", {"text": "a red square", "top_k": 5, "explain": True})
     assert reply.status == 200, reply.body
     body = reply.json()
     assert reply.headers["x-request-id"] == body["request_id"]
@@ -73,39 +62,39 @@ def test_text_search_returns_scored_hits_with_explanations(server: Server) -> No
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
-def test_each_mode_and_both_sides(server: Server, mode: str) -> None:
+def test_each_mode_and_both_sides(tiny_server: Server, mode: str) -> None:
     for side in ("images", "texts"):
-        body = server.post_json("/v1/search", {"text": "green dot", "mode": mode, "side": side, "top_k": 3}).json()
+        body = tiny_server.post_json("/v1/search", {"text": "green dot", "mode": mode, "side": side, "top_k": 3}).json()
         assert body["mode"] == mode and len(body["hits"]) == 3
         assert all(("#" in h["id"]) == (side == "texts") for h in body["hits"])
 
 
-def test_image_query_as_multipart_and_as_base64(server: Server) -> None:
-    multipart = server.post_multipart("/v1/search", {"side": "texts", "top_k": "4", "mode": "hybrid"},
+def test_image_query_as_multipart_and_as_base64(tiny_server: Server) -> None:
+    multipart = tiny_server.post_multipart("/v1/search", {"side": "texts", "top_k": "4", "mode": "hybrid"},
                                       {"image": ("q.jpg", _jpeg(), "image/jpeg")})
     assert multipart.status == 200, multipart.body
     assert multipart.json()["query"]["kind"] == "image" and len(multipart.json()["hits"]) == 4
     encoded = base64.b64encode(_jpeg()).decode()
-    as_json = server.post_json("/v1/search", {"image_base64": encoded, "side": "texts", "top_k": 4}).json()
+    as_json = tiny_server.post_json("/v1/search", {"image_base64": encoded, "side": "texts", "top_k": 4}).json()
     assert [h["id"] for h in as_json["hits"]] == [h["id"] for h in multipart.json()["hits"]]
 
 
-def test_items_and_their_images(server: Server, synthetic_dataset: Path) -> None:
-    hit = server.post_json("/v1/search", {"text": "a yellow stripe", "top_k": 1}).json()["hits"][0]
-    item = server.request("GET", f"/v1/items/{hit['id']}").json()
+def test_items_and_their_images(tiny_server: Server, synthetic_dataset: Path) -> None:
+    hit = tiny_server.post_json("/v1/search", {"text": "a yellow stripe", "top_k": 1}).json()["hits"][0]
+    item = tiny_server.request("GET", f"/v1/items/{hit['id']}").json()
     assert item["id"] == hit["id"] and item["side"] == "images"
-    image = server.request("GET", hit["metadata"]["image_url"])
+    image = tiny_server.request("GET", hit["metadata"]["image_url"])
     assert image.status == 200 and image.body == (synthetic_dataset / "images" / hit["id"]).read_bytes()
-    caption = server.request("GET", f"/v1/items/{hit['id']}%230").json()
+    caption = tiny_server.request("GET", f"/v1/items/{hit['id']}%230").json()
     assert caption["side"] == "texts" and caption["image_id"] == hit["id"]
-    assert server.request("GET", f"/v1/items/{hit['id']}%230/image").status == 200
-    _error(server.request("GET", "/v1/items/no-such-item"), 404, "item_not_found")
-    _error(server.request("GET", "/v1/items/..%2F..%2Fetc%2Fpasswd/image"), 404, "item_not_found")
+    assert tiny_server.request("GET", f"/v1/items/{hit['id']}%230/image").status == 200
+    _error(tiny_server.request("GET", "/v1/items/no-such-item"), 404, "item_not_found")
+    _error(tiny_server.request("GET", "/v1/items/..%2F..%2Fetc%2Fpasswd/image"), 404, "item_not_found")
 
 
-def test_metrics_count_requests_and_searches(server: Server) -> None:
-    server.post_json("/v1/search", {"text": "white square", "mode": "sparse"})
-    text = server.request("GET", "/metrics").body.decode()
+def test_metrics_count_requests_and_searches(tiny_server: Server) -> None:
+    tiny_server.post_json("/v1/search", {"text": "white square", "mode": "sparse"})
+    text = tiny_server.request("GET", "/metrics").body.decode()
     assert 'duet_http_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'duet_search_seconds_count{mode="sparse",side="images"}' in text
 
@@ -125,22 +114,22 @@ def test_metrics_count_requests_and_searches(server: Server) -> None:
     ({"image_base64": base64.b64encode(b"plain text, not an image").decode()}, 415, "not_an_image"),
     ([1, 2], 422, "invalid_request"),
 ])
-def test_bad_json_requests_get_clear_4xx(server: Server, payload: object, status: int, code: str) -> None:
-    _error(server.post_json("/v1/search", payload), status, code)
+def test_bad_json_requests_get_clear_4xx(tiny_server: Server, payload: object, status: int, code: str) -> None:
+    _error(tiny_server.post_json("/v1/search", payload), status, code)
 
 
-def test_bad_bodies_and_content_types(server: Server) -> None:
-    _error(server.request("POST", "/v1/search", b"\xff\xfe{not utf8", {"Content-Type": "application/json"}),
+def test_bad_bodies_and_content_types(tiny_server: Server) -> None:
+    _error(tiny_server.request("POST", "/v1/search", b"\xff\xfe{not utf8", {"Content-Type": "application/json"}),
            400, "invalid_encoding")
-    _error(server.request("POST", "/v1/search", b"{broken", {"Content-Type": "application/json"}),
+    _error(tiny_server.request("POST", "/v1/search", b"{broken", {"Content-Type": "application/json"}),
            400, "malformed_json")
-    _error(server.request("POST", "/v1/search", b"text=hello", {"Content-Type": "text/plain"}),
+    _error(tiny_server.request("POST", "/v1/search", b"text=hello", {"Content-Type": "text/plain"}),
            415, "unsupported_media_type")
 
 
-def test_oversized_bodies_get_413(server: Server) -> None:
+def test_oversized_bodies_get_413(tiny_server: Server) -> None:
     # Announced by Content-Length: refused before the body is read (a raw socket sends only the headers).
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+    with socket.create_connection(("127.0.0.1", tiny_server.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 10485761\r\nConnection: close\r\n\r\n")
         response = b""
@@ -150,7 +139,7 @@ def test_oversized_bodies_get_413(server: Server) -> None:
     assert head.startswith(b"HTTP/1.1 413")
     assert json.loads(body)["error"]["code"] == "body_too_large"
     # Streamed without a length (chunked): counted as it arrives.
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", tiny_server.port, timeout=60)
     chunks = (b"x" * (1024 * 1024) for _ in range(11))
     try:
         connection.request("POST", "/v1/search", body=chunks, encode_chunked=True,
@@ -163,19 +152,19 @@ def test_oversized_bodies_get_413(server: Server) -> None:
         connection.close()
 
 
-def test_bad_images(server: Server) -> None:
+def test_bad_images(tiny_server: Server) -> None:
     truncated = _jpeg(200, 150)[:300]
-    _error(server.post_multipart("/v1/search", {}, {"image": ("t.jpg", truncated, "image/jpeg")}),
+    _error(tiny_server.post_multipart("/v1/search", {}, {"image": ("t.jpg", truncated, "image/jpeg")}),
            422, "corrupt_image")
-    _error(server.post_multipart("/v1/search", {}, {"image": ("x.txt", b"hello", "text/plain")}),
+    _error(tiny_server.post_multipart("/v1/search", {}, {"image": ("x.txt", b"hello", "text/plain")}),
            415, "not_an_image")
     # 8000 x 6000 = 48 megapixels, a few hundred KB as a flat PNG: refused from its header.
-    _error(server.post_multipart("/v1/search", {}, {"image": ("big.png", _png(8000, 6000), "image/png")}),
+    _error(tiny_server.post_multipart("/v1/search", {}, {"image": ("big.png", _png(8000, 6000), "image/png")}),
            413, "image_too_large")
-    _error(server.post_multipart("/v1/search", {}, {"image": ("e.png", b"", "image/png")}), 422, "empty_image")
-    _error(server.post_multipart("/v1/search", {}, {"file": ("e.png", _png(8, 8), "image/png")}),
+    _error(tiny_server.post_multipart("/v1/search", {}, {"image": ("e.png", b"", "image/png")}), 422, "empty_image")
+    _error(tiny_server.post_multipart("/v1/search", {}, {"file": ("e.png", _png(8, 8), "image/png")}),
            422, "invalid_request")
-    ok = server.post_multipart("/v1/search", {"top_k": "2"}, {"image": ("ok.png", _png(30, 20), "image/png")})
+    ok = tiny_server.post_multipart("/v1/search", {"top_k": "2"}, {"image": ("ok.png", _png(30, 20), "image/png")})
     assert ok.status == 200
 
 

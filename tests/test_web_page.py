@@ -35,23 +35,15 @@ def browser() -> Iterator[object]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(["--index", str(tiny_index)], tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        running.wait_started()
-        yield running
-    finally:
-        running.stop()
 
 
-def test_search_page_shows_scored_results(browser, server: Server, synthetic_dataset: Path) -> None:  # type: ignore[no-untyped-def]
+def test_search_page_shows_scored_results(browser, tiny_server: Server, synthetic_dataset: Path) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 60)
-    browser.get(server.base + "/")
+    browser.get(tiny_server.base + "/")
     wait.until(lambda d: "32 images" in d.find_element(By.ID, "index-info").text)
     browser.find_element(By.ID, "text").send_keys("a red square on blue")
     browser.find_element(By.ID, "search").click()

@@ -56,8 +56,8 @@ def tradeoff_table(points: list[dict[str, Any]]) -> str:
 
 def runs_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
     """One line per run: t2i R@1 of each leg, i2t R@1 of sparse, active terms; for option and sweep tables."""
-    lines = [f"| run | dense t2i R@1 | sparse t2i R@1 | sparse i2t R@1 | integrated t2i R@1 | terms/caption | "
-             f"terms/image | FLOPs | best epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | dense t2i R@1 | sparse t2i R@1 | sparse i2t R@1 | integrated t2i R@1 | terms/caption | "
+             "terms/image | FLOPs | best epoch |", "|---|---|---|---|---|---|---|---|---|"]
     for label, run in run_dirs:
         path = run / "results.json"
         if not path.is_file():

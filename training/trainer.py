@@ -261,7 +261,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
             model.to(device)
         else:
             state["bad_epochs"] += 1
-        record = {"epoch": state["epoch"], "seconds": round(seconds, 2), "temperature": float(model.temperature.detach()),
+        record = {"epoch": state["epoch"], "seconds": round(seconds, 2),
+                  "temperature": float(model.temperature.detach()),
                   "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
                   "val": {k: val[k] for k in ("dense", "sparse", "integrated", "sparsity")},
                   "selection": value, "improved": improved}
