@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.encoder import SparseRows
+from core.progress import progress
 
 _logger = logging.getLogger(__name__)
 _JVM_READY = False
@@ -79,7 +81,7 @@ def write_json_vector_collection(directory: Path, sparse: SparseRows, scale: flo
     written = 0
     handle = None
     try:
-        for row in range(len(sparse)):
+        for row in progress(range(len(sparse)), total=len(sparse), desc="Lucene collection", unit="doc"):
             if row % docs_per_file == 0:
                 if handle is not None:
                     handle.close()
@@ -111,10 +113,16 @@ def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 
                "--threads", str(threads), "--impact", "--pretokenized", "--optimize"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
-        raise RuntimeError(f"Lucene indexing failed (exit {result.returncode}):\n{tail}")
+    # Anserini logs its own progress (documents indexed, rate); pass it through and keep the tail for errors.
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            tail.append(line.rstrip())
+            if "IndexCollection" in line and ("indexed" in line.lower() or "Total" in line):
+                _logger.info("lucene: %s", line.strip()[-160:])
+    if child.returncode != 0:
+        raise RuntimeError(f"Lucene indexing failed (exit {child.returncode}):\n" + "\n".join(tail))
 
 
 @dataclass(frozen=True)

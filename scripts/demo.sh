@@ -31,7 +31,7 @@ if [ ! -f "$CKPT/checkpoint.json" ]; then
   train skd "$RUNS/skd" --set "init_checkpoint=$RUNS/align/best"
 fi
 
-if ! "$PY" -m indexer verify --index "$INDEX" --checkpoint "$CKPT" --log-level WARNING > /dev/null 2>&1; then
+if ! "$PY" -m indexer --log-level WARNING verify --index "$INDEX" --checkpoint "$CKPT" > /dev/null 2>&1; then
   echo "== building the indexes of $DATA ($SPLITS) into $INDEX"
   "$PY" -m indexer build --checkpoint "$CKPT" --data "$DATA" --splits "$SPLITS" --out "$INDEX"
 fi
