@@ -167,6 +167,9 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
     final = cache_directory(cache_root, backbone.fingerprint, dataset, splits)
     if (final / "meta.json").is_file():
         return load_feature_cache(final)
+    superset = _superset_cache(final, dataset, splits)
+    if superset is not None:
+        return superset
     records = dataset.split(*splits)
     captions = [(c.caption_id, c.text) for r in records for c in r.captions]
     partial = final.with_name(final.name + ".partial")
@@ -220,6 +223,30 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(partial, ignore_errors=True)
     return CachedFeatures(images=images, texts=texts, directory=final, corrupt_images=corrupt)
+
+
+def _superset_cache(final: Path, dataset: KarpathyDataset, splits: Sequence[str]) -> CachedFeatures | None:
+    """A finished cache of the same dataset and base model covering more splits, cut down to ``splits``."""
+    wanted = set(splits)
+    for candidate in sorted(final.parent.glob(f"{dataset.name}-*")):
+        meta_path = candidate / "meta.json"
+        if candidate == final or not meta_path.is_file():
+            continue
+        meta = json.loads(meta_path.read_text())
+        if meta.get("dataset_json") != str(dataset.json_path) or not wanted <= set(meta.get("splits", [])):
+            continue
+        cached = load_feature_cache(candidate)
+        records = dataset.split(*splits)
+        image_ids = {r.image_id for r in records}
+        caption_ids = {c.caption_id for r in records for c in r.captions}
+        keep_images = np.array([int(i) in image_ids for i in cached.images.ids], dtype=bool)
+        keep_texts = np.array([int(i) in caption_ids for i in cached.texts.ids], dtype=bool)
+        _logger.info("using the feature cache %s for splits %s", candidate, sorted(wanted))
+        return CachedFeatures(
+            images=FeatureTable(cached.images.ids[keep_images], cached.images.features[torch.from_numpy(keep_images)]),
+            texts=FeatureTable(cached.texts.ids[keep_texts], cached.texts.features[torch.from_numpy(keep_texts)]),
+            directory=candidate, corrupt_images=cached.corrupt_images)
+    return None
 
 
 def load_feature_cache(directory: str | Path) -> CachedFeatures:

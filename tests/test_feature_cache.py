@@ -100,3 +100,17 @@ def test_missing_image_is_named(tmp_path: Path, synthetic_dataset: Path, tiny_ba
     victim.unlink()
     with pytest.raises(CorruptImageError, match=f"missing: .*{victim.name}"):
         compute_feature_cache(tiny_backbone, ds, splits=["val"], cache_root=tmp_path / "c")
+
+
+def test_a_cache_of_more_splits_serves_a_subset(tiny_backbone, synthetic_dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dataset = load_karpathy(synthetic_dataset)
+    full = compute_feature_cache(tiny_backbone, dataset, splits=["test", "val"], cache_root=tmp_path)
+    calls: list[str] = []
+    subset = compute_feature_cache(tiny_backbone, dataset, splits=["val"], cache_root=tmp_path,
+                                   after_shard=lambda kind, index: calls.append(kind))
+    assert calls == []  # nothing was encoded again
+    val = dataset.split("val")
+    assert sorted(int(i) for i in subset.images.ids) == sorted(r.image_id for r in val)
+    assert len(subset.texts.ids) == sum(len(r.captions) for r in val)
+    row = int(subset.images.ids[0])
+    assert torch.equal(subset.images.rows([row]), full.images.rows([row]))

@@ -114,3 +114,20 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path: Path, tiny_checkpoint: 
     assert indexer_main(["verify", "--index", str(tmp_path / "absent")]) == 2
     assert "index directory not found" in caplog.text
     assert not (tmp_path / "i").exists()
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat"])
+def test_approximate_dense_indexes_from_a_factory_string(factory: str, tiny_checkpoint: Path,
+                                                         synthetic_dataset: Path, tmp_path: Path) -> None:
+    from indexer.search import SearchEngine, SearchParams
+
+    out = tmp_path / "index"
+    build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset,
+                                 splits=("test", "val"), cache_root=tmp_path / "cache", faiss_factory=factory))
+    engine = SearchEngine(out)
+    assert engine.manifest.sides["images"].faiss_factory == factory
+    query = engine.encode_text("a red square")
+    hits = engine.search(query, SearchParams(mode="dense", top_k=5)).hits
+    assert len(hits) == 5
+    exact = np.sort(engine.stores["images"].dense @ query.dense)[::-1][:5]
+    assert hits[0].dense <= exact[0] + 1e-5  # approximate: never better than exact, scores are exact
