@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
@@ -232,7 +232,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
     }}}
 
     @app.post("/v1/search", response_model=SearchResponse, openapi_extra=search_body, tags=["search"])
-    async def search(request: Request) -> SearchResponse:
+    async def search(request: Request) -> Response:
         """Search one side (images or texts) with a text or an image; dense, sparse or hybrid."""
         started = time.perf_counter()
         engine = engine_of(request)
@@ -276,12 +276,14 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
                                   metadata=_public_item(body.side, hit.item), explanation=explanation))
         total_ms = (time.perf_counter() - started) * 1000
         metrics.observe_search(body.mode, body.side, total_ms / 1000)
-        return SearchResponse(
+        response = SearchResponse(
             request_id=request_id(request) or "", side=body.side, mode=body.mode, fusion=body.fusion,
             query=QueryInfo(kind="text" if text is not None else "image", text=text,
                             terms=[TermWeight(term=t, weight=w) for t, w in engine.query_terms(query)]),
             weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates, hits=hits,
             timings_ms={"decode": decode_ms, "encode": encode_ms, **result.timings_ms, "total": total_ms})
+        # Already a validated model: serialise it once instead of letting FastAPI validate it again.
+        return Response(response.model_dump_json(), media_type="application/json")
 
     def find_item(request: Request, item_id: str) -> tuple[str, dict[str, Any]]:
         try:
