@@ -16,7 +16,7 @@ from typing import Any
 from benchmarks.search_bench import percentiles
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -25,7 +25,7 @@ def _free_port() -> int:
 def http_overhead(index_dir: Path, texts: Sequence[str], *, mode: str = "hybrid", warmup: int = 5,
                   log: Path | None = None) -> dict[str, Any]:
     """Client-observed latency vs the in-process time the server reports (timings_ms.total) per request."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     output = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "service", "--index", str(index_dir), "--port", str(port),

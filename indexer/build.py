@@ -212,7 +212,9 @@ def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None)
         store = SideStore.load(side_dir, side, expected)
         if len(set(store.ids)) != len(store.ids):
             raise IndexUnavailableError(f"{side_dir}: duplicate item ids")
-        lucene_docs = ImpactSearcher(side_dir / "lucene", manifest.quantization["scale"]).num_docs()
+        searcher = ImpactSearcher(side_dir / "lucene", manifest.quantization["scale"])
+        lucene_docs = searcher.num_docs()
+        searcher.close()
         if lucene_docs != expected.count:
             raise IndexUnavailableError(f"{side_dir}/lucene has {lucene_docs} documents, expected {expected.count}")
         report["sides"][side] = {"count": expected.count, "files": len(actual), "lucene_docs": lucene_docs}

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,3 @@ class ImpactSearcher:
     def close(self) -> None:
         self._searcher.close()
 
-
-def iter_rows(sparse: SparseRows) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    for row in range(len(sparse)):
-        yield sparse.row(row)
