@@ -38,11 +38,13 @@ def browser() -> Iterator[object]:
 
 
 def test_search_page_shows_scored_results(browser, tiny_server: Server, synthetic_dataset: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 60)
+    # The grid is re-rendered by each search, so an element found a moment ago may be gone: look again.
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(tiny_server.base + "/")
     wait.until(lambda d: "32 images" in d.find_element(By.ID, "index-info").text)
     browser.find_element(By.ID, "text").send_keys("a red square on blue")
