@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/flickr8k
 RUNS ?= runs
 
-.PHONY: setup browser test demo results variants sparsity
+.PHONY: setup browser test demo results variants sparsity benchmarks check-benchmarks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,14 @@ variants: setup
 # SKD with stronger sparsity regularisation.
 sparsity: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/sparsity_sweep.sh
+
+# The Flickr8k benchmark report (quality, sweeps, efficiency, peers, 10k/100k synthetic scale) of a checkpoint.
+CHECKPOINT ?= $(RUNS)/skd/best
+benchmarks: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks run --checkpoint $(CHECKPOINT) --data $(DATA) \
+		--out docs/benchmarks/flickr8k-test
+
+# Re-run the results matrix's conditions: OK/FAIL per row.
+check-benchmarks: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks check --matrix benchmarks/matrix/flickr8k-test.json \
+		--checkpoint $(CHECKPOINT) --data $(DATA)

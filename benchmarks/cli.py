@@ -1,4 +1,9 @@
-"""``python -m benchmarks search|synthetic ...``: measure quality, latency and size through the real index path."""
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report``: Duet's benchmarks.
+
+``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
+what a results matrix needs and prints OK/FAIL per row; ``search``/``synthetic``/``report`` are the single
+measurements the run is made of, kept for quick looks at an existing index.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_text_atomic
+from core.data import DatasetError
 from core.progress import setup_logging
 from indexer.store import IndexUnavailableError
 
@@ -33,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parsers(sub)
     p = sub.add_parser("search", help="quality (R@1/5/10, both directions), latency, size and HTTP overhead")
     p.add_argument("--index", required=True, help="index of a Karpathy split with both sides (e.g. test)")
     p.add_argument("--output", required=True, help="JSON report path")
@@ -51,8 +58,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", nargs="+", required=True, help="JSONs of `benchmarks search`")
     p.add_argument("--synthetic", nargs="*", default=[], help="JSONs of `benchmarks synthetic`")
     p.add_argument("--output", required=True)
-    p.add_argument("--notes", default="docs/benchmarks/notes.md", help="hand-written analysis appended if present")
+    p.add_argument("--notes", default="docs/benchmarks/earlier/notes.md", help="hand-written notes appended if present")
     return parser
+
+
+def _add_run_parsers(sub: Any) -> None:
+    from benchmarks.runner import RunConfig
+
+    p = sub.add_parser("run", help="the full report for one Karpathy dataset split (JSON, Markdown, PNG plots)")
+    p.add_argument("--checkpoint", required=True, help="Duet checkpoint directory (e.g. runs/skd/best)")
+    p.add_argument("--dataset", default="flickr8k", help="flickr8k | flickr30k | mscoco")
+    p.add_argument("--data", help="dataset directory (Karpathy JSON + images/); default: the preset's")
+    p.add_argument("--image-root", help="image root when not <data>/images (MSCOCO: the folder with val2014/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--work", default=str(RunConfig.model_fields["work"].default))
+    p.add_argument("--index", help="an existing index of the split, bound to --checkpoint")
+    p.add_argument("--cache-root", default=str(RunConfig.model_fields["cache_root"].default),
+                   help="feature cache (shared with training: a trained dataset's cache is reused)")
+    p.add_argument("--peers", default=",".join(RunConfig.model_fields["peers"].default),
+                   help="comma-separated subset of hnsw,milvus,seismic ('' for none)")
+    p.add_argument("--scales", default=",".join(map(str, RunConfig.model_fields["scales"].default)),
+                   help="synthetic corpus sizes, comma-separated ('' for none)")
+    p.add_argument("--stages", default=",".join(RunConfig.model_fields["stages"].default))
+    p.add_argument("--prune-terms", default=",".join(map(str, RunConfig.model_fields["prune_terms"].default)))
+    p.add_argument("--weight-grid", default=",".join(map(str, RunConfig.model_fields["weight_grid"].default)))
+    p.add_argument("--latency-queries", type=int, default=200)
+    p.add_argument("--scale-queries", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1, help="threads for one-query latency (every engine)")
+    p.add_argument("--batch-threads", type=int, default=2, help="threads for batched throughput and builds")
+    p = sub.add_parser("check", help="re-run a results matrix's conditions; OK/FAIL per row, exit 1 on any FAIL")
+    p.add_argument("--matrix", required=True, help="matrix JSON (e.g. benchmarks/matrix/flickr8k-test.json)")
+    p.add_argument("--checkpoint", help="default: the matrix's checkpoint")
+    p.add_argument("--data", help="dataset directory; default: the preset's")
+    p.add_argument("--work", default=str(RunConfig.model_fields["work"].default))
+    p.add_argument("--cache-root", default=str(RunConfig.model_fields["cache_root"].default))
+    p.add_argument("--output", help="also write the verdicts as JSON here")
+    p = sub.add_parser("record-matrix", help="write a results matrix from a run report (expected = measured)")
+    p.add_argument("--report", required=True, help="report.json of `run`")
+    p.add_argument("--output", required=True)
+
+
+def _csv(text: str, kind: type) -> tuple:
+    return tuple(kind(x) for x in text.split(",") if x.strip())
+
+
+def run_config(args: argparse.Namespace) -> Any:
+    from benchmarks.runner import RunConfig
+
+    return RunConfig(checkpoint=args.checkpoint, dataset=args.dataset, data=args.data, image_root=args.image_root,
+                     split=args.split, out=args.out, work=args.work, index=args.index, peers=_csv(args.peers, str),
+                     scales=_csv(args.scales, int), stages=_csv(args.stages, str),
+                     prune_terms=_csv(args.prune_terms, int), weight_grid=_csv(args.weight_grid, float),
+                     latency_queries=args.latency_queries, scale_queries=args.scale_queries, threads=args.threads,
+                     batch_threads=args.batch_threads, cache_root=args.cache_root)
+
+
+def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmarks.plots import write_plots
+    from benchmarks.report import render_run
+    from benchmarks.runner import run
+
+    config = run_config(args)
+    report = run(config)
+    report["command"] = "python -m benchmarks " + " ".join(argv)
+    out = Path(config.out)
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    plots = write_plots(report, out)
+    write_text_atomic(out / "README.md", render_run(report, plots))
+    _logger.info("wrote %s (report.json, README.md, %d plots)", out, len(plots))
+    return 0
+
+
+def command_check(args: argparse.Namespace) -> int:
+    from benchmarks.matrix import ResultsMatrix, check, render
+    from benchmarks.runner import RunConfig, run
+
+    matrix = ResultsMatrix.load(args.matrix)
+    with tempfile.TemporaryDirectory(prefix="duet-check-") as tmp:
+        config = RunConfig(checkpoint=args.checkpoint or matrix.checkpoint, dataset=matrix.dataset, data=args.data,
+                           split=matrix.split, out=tmp, work=args.work, stages=matrix.stages(),
+                           cache_root=args.cache_root)
+        report = run(config)
+    verdicts = check(matrix, report)
+    sys.stdout.write(render(verdicts) + "\n")
+    if args.output:
+        write_text_atomic(args.output, json.dumps({"matrix": args.matrix, "verdicts": verdicts}, indent=2))
+    return 1 if any(v["status"] == "FAIL" for v in verdicts) else 0
 
 
 def render_report(args: argparse.Namespace) -> str:
@@ -138,14 +230,24 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
+        if args.command == "run":
+            return command_run(args, argv)
+        if args.command == "check":
+            return command_check(args)
+        if args.command == "record-matrix":
+            from benchmarks.matrix import record
+
+            write_text_atomic(args.output, record(json.loads(Path(args.report).read_text()), source=args.report))
+            return 0
         if args.command == "report":
             write_text_atomic(args.output, render_report(args))
             return 0
         report = run_search(args) if args.command == "search" else run_synthetic(args)
-    except (IndexUnavailableError, FileNotFoundError, ValueError) as e:
+    except (IndexUnavailableError, DatasetError, FileNotFoundError, ValueError) as e:
         _logger.error("%s", e)
         return 2
     write_text_atomic(args.output, json.dumps(report, indent=2))

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.metrics import recall_at_k
+from benchmarks.recall import KS, recall_at_k
 from indexer.search import Query, SearchEngine, SearchParams, exact_sparse_scores
 from indexer.store import SideStore
 
 MODES = ("dense", "sparse", "hybrid")
-KS = (1, 5, 10)
 
 
 def stored_queries(store: SideStore) -> list[Query]:
@@ -44,13 +43,6 @@ def relevance(engine: SearchEngine) -> tuple[list[set[int]], list[set[int]]]:
     return t2i, i2t
 
 
-def _recalls(rankings: Sequence[Sequence[int]], relevant: Sequence[set[int]]) -> dict[str, float]:
-    # 0-based rank of the first relevant hit in the returned top 10 (10**9 when none is there)
-    ranks = torch.tensor([next((r for r, row in enumerate(ranking) if row in rel), 10**9)
-                          for ranking, rel in zip(rankings, relevant, strict=True)])
-    return recall_at_k(ranks, KS)
-
-
 def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = 100) -> dict[str, Any]:
     t2i_rel, i2t_rel = relevance(engine)
     out: dict[str, Any] = {}
@@ -63,12 +55,12 @@ def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = 100) -
         for mode in MODES:
             params = SearchParams(side=target_side, mode=mode, top_k=10, candidate_k=candidate_k)
             found = engine.search_many(queries, params, threads=threads)
-            result[mode] = _recalls([[h.row for h in r.hits] for r in found], relevant)
+            result[mode] = recall_at_k([[h.row for h in r.hits] for r in found], relevant)
         exact = []
         for query in queries:
             scores = exact_sparse_scores(query, target, rows, engine.vocab_size)
             exact.append(list(np.lexsort((rows, -scores))[:10]))
-        result["sparse_exact"] = _recalls(exact, relevant)
+        result["sparse_exact"] = recall_at_k(exact, relevant)
         result["lucene_minus_exact_R@10"] = result["sparse"]["R@10"] - result["sparse_exact"]["R@10"]
         out[direction] = result
     for mode in (*MODES, "sparse_exact"):
@@ -100,7 +92,6 @@ def time_calls(call: Callable[[Any], object], inputs: Sequence[Any], *, warmup: 
 def single_thread() -> None:
     """One thread for torch and FAISS (Lucene searches on the calling thread already)."""
     import faiss
-    import torch
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The search benchmarks of docs/benchmarks/: quality, latency, size and HTTP overhead on the Flickr8k test indexes
+# The earlier single measurements of docs/benchmarks/earlier/ (the full report is `make benchmarks`): quality, latency, size and HTTP overhead on the Flickr8k test indexes
 # (default SKD model and the FLOPs-regularised variant), and synthetic corpora of 100k and 1M items.
 # Needs indexes/flickr8k-test and indexes/flickr8k-test-flops (python -m indexer build ... --splits test).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-OUT=${OUT:-docs/benchmarks}
+OUT=${OUT:-docs/benchmarks/earlier}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
 step() { local out=$1; shift; [ -f "$out" ] && { echo "== $out exists"; return; }; echo "== $out"; "$PY" -m benchmarks "$@" --output "$out"; }

@@ -1,0 +1,310 @@
+"""Retrieval engines compared on the same vectors: Duet's own path and the peers a user would pick instead.
+
+Every engine answers ``search(query, k) -> rows`` over one side of stored vectors (dense unit rows + sparse
+term weights in the model's vocabulary) with one scoring rule per mode:
+  dense: cosine; sparse: dot product of term weights; hybrid: w_dense * cos / T + w_sparse * sparse (Duet's rule).
+Exact brute force computes those scores over every item and is the ground truth. The peers:
+  - FAISS HNSW (dense), beside Duet's flat FAISS;
+  - milvus-lite (dense FLAT, sparse inverted index, and hybrid_search with its WeightedRanker, which normalises
+    each leg's scores before weighting: a different fusion rule, reported as such);
+  - Seismic (pyseismic-lsr), an approximate learned-sparse index.
+Peers that are not installed raise PeerUnavailableError with the pip command (extra ``duet[bench]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoder import SparseRows
+from indexer.search import Query, SearchEngine, SearchParams
+from indexer.store import directory_bytes
+
+_logger = logging.getLogger("benchmarks.peers")
+
+MODES = ("dense", "sparse", "hybrid")
+
+
+class PeerUnavailableError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Duet's hybrid rule, read from the index manifest so peers score exactly like Duet."""
+
+    w_dense: float
+    w_sparse: float
+    temperature: float
+    vocab_size: int
+
+    @classmethod
+    def of(cls, engine: SearchEngine) -> Scoring:
+        return cls(engine.manifest.fusion_dense_weight, engine.manifest.fusion_sparse_weight,
+                   engine.manifest.temperature, engine.vocab_size)
+
+
+@dataclass
+class Vectors:
+    """One side's stored vectors: what every engine indexes."""
+
+    dense: np.ndarray  # (N, D) float32 unit rows
+    sparse: SparseRows
+
+    def __len__(self) -> int:
+        return int(self.dense.shape[0])
+
+    def sparse_matrix(self, vocab_size: int) -> Any:
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix((self.sparse.values, self.sparse.indices, self.sparse.indptr),
+                          shape=(len(self), vocab_size))
+
+
+class Engine(ABC):
+    """One mode of one engine; ``build_seconds`` and ``size_bytes`` describe its index."""
+
+    name: str
+    mode: str
+    build_seconds: float = 0.0
+
+    @abstractmethod
+    def search(self, query: Query, k: int) -> np.ndarray: ...
+
+    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+        return [self.search(q, k) for q in queries]
+
+    def size_bytes(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# ----- Duet's own path -----
+class DuetEngine(Engine):
+    """The shared search path (FAISS + Lucene + exact rescoring), as the service runs it."""
+
+    def __init__(self, engine: SearchEngine, side: str, mode: str, *, candidate_k: int = 100,
+                 sparse_query_terms: int | None = None, label: str | None = None) -> None:
+        self.engine, self.side, self.mode = engine, side, mode
+        self.name = label or "duet"
+        self.params = dict(side=side, mode=mode, candidate_k=candidate_k, sparse_query_terms=sparse_query_terms)
+
+    def search(self, query: Query, k: int) -> np.ndarray:
+        result = self.engine.search(query, SearchParams(top_k=k, **self.params))
+        return np.array([h.row for h in result.hits], np.int64)
+
+    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+        found = self.engine.search_many(list(queries), SearchParams(top_k=k, **self.params), threads=threads)
+        return [np.array([h.row for h in r.hits], np.int64) for r in found]
+
+    def size_bytes(self) -> int | None:
+        sides = self.engine.manifest.sides[self.side].bytes
+        return {"dense": sides["dense_faiss"], "sparse": sides["sparse_lucene"] + sides["sparse_store"],
+                "hybrid": sides["dense_faiss"] + sides["sparse_lucene"] + sides["sparse_store"]}[self.mode]
+
+
+# ----- exact brute force: the ground truth -----
+class ExactEngine(Engine):
+    name = "exact"
+
+    def __init__(self, vectors: Vectors, mode: str, scoring: Scoring) -> None:
+        started = time.perf_counter()
+        self.mode, self.scoring, self.dense = mode, scoring, vectors.dense
+        self.sparse_t = vectors.sparse_matrix(scoring.vocab_size).T.tocsr()  # (V, N): query row @ this
+        self.build_seconds = time.perf_counter() - started
+
+    def scores(self, queries: Sequence[Query]) -> np.ndarray:
+        from scipy.sparse import csr_matrix
+
+        out = np.zeros((len(queries), self.dense.shape[0]), np.float32)
+        if self.mode in ("dense", "hybrid"):
+            dense = np.stack([q.dense for q in queries]) @ self.dense.T
+            out += (dense / self.scoring.temperature * self.scoring.w_dense) if self.mode == "hybrid" else dense
+        if self.mode in ("sparse", "hybrid"):
+            indptr = np.cumsum([0] + [q.term_ids.size for q in queries])
+            q = csr_matrix((np.concatenate([q.term_weights for q in queries]),
+                            np.concatenate([q.term_ids for q in queries]), indptr),
+                           shape=(len(queries), self.scoring.vocab_size))
+            sparse = (q @ self.sparse_t).toarray()
+            out += sparse * self.scoring.w_sparse if self.mode == "hybrid" else sparse
+        return out
+
+    def search(self, query: Query, k: int) -> np.ndarray:
+        from benchmarks.recall import top_rows
+
+        return top_rows(self.scores([query]), k)[0]
+
+    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+        from benchmarks.recall import top_rows
+
+        rows: list[np.ndarray] = []
+        for start in range(0, len(queries), 256):
+            rows.extend(top_rows(self.scores(queries[start:start + 256]), k))
+        return rows
+
+    def size_bytes(self) -> int | None:
+        dense = self.dense.nbytes
+        sparse = self.sparse_t.data.nbytes + self.sparse_t.indices.nbytes + self.sparse_t.indptr.nbytes
+        return {"dense": dense, "sparse": sparse, "hybrid": dense + sparse}[self.mode]
+
+
+# ----- FAISS HNSW -----
+class HNSWEngine(Engine):
+    mode = "dense"
+
+    def __init__(self, vectors: Vectors, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64) -> None:
+        import faiss
+
+        started = time.perf_counter()
+        self.index = faiss.IndexHNSWFlat(vectors.dense.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = ef_construction
+        self.index.add(np.ascontiguousarray(vectors.dense, np.float32))
+        self.index.hnsw.efSearch = ef_search
+        self.build_seconds = time.perf_counter() - started
+        self.name = f"faiss-hnsw{m}-ef{ef_search}"
+
+    def search(self, query: Query, k: int) -> np.ndarray:
+        _, rows = self.index.search(query.dense[None, :], k)
+        return rows[0][rows[0] >= 0].astype(np.int64)
+
+    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+        _, rows = self.index.search(np.stack([q.dense for q in queries]), k)
+        return [r[r >= 0].astype(np.int64) for r in rows]
+
+    def size_bytes(self) -> int | None:
+        import faiss
+
+        return int(faiss.serialize_index(self.index).size)
+
+
+# ----- milvus-lite -----
+class MilvusLiteStore:
+    """One milvus-lite database with a dense FLAT/IP field and a sparse inverted-index/IP field."""
+
+    COLLECTION = "duet_bench"
+
+    def __init__(self, vectors: Vectors, workdir: Path, *, chunk: int = 2000) -> None:
+        try:
+            from pymilvus import DataType, MilvusClient
+        except ImportError as e:  # milvus-lite 2.5.1 needs pkg_resources (setuptools<81), see deps-notes
+            raise PeerUnavailableError(f"milvus-lite unavailable ({e}); pip install 'duet[bench]'") from e
+        self.directory = Path(tempfile.mkdtemp(prefix="milvus-", dir=workdir))
+        started = time.perf_counter()
+        try:
+            self.client = MilvusClient(str(self.directory / "bench.db"))
+        except Exception as e:  # pymilvus wraps a missing milvus-lite in a generic exception
+            raise PeerUnavailableError(f"milvus-lite could not start: {e}") from e
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=int(vectors.dense.shape[1]))
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        index_params = self.client.prepare_index_params()
+        index_params.add_index("dense", index_type="FLAT", metric_type="IP")
+        index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP",
+                               params={"drop_ratio_build": 0.0})
+        self.client.create_collection(self.COLLECTION, schema=schema, index_params=index_params)
+        sparse = vectors.sparse
+        for start in range(0, len(vectors), chunk):
+            rows = range(start, min(len(vectors), start + chunk))
+            self.client.insert(self.COLLECTION, [
+                {"id": r, "dense": vectors.dense[r].tolist(),
+                 "sparse": dict(zip(*(a.tolist() for a in sparse.row(r)), strict=True))} for r in rows])
+        self.client.flush(self.COLLECTION)
+        self.client.load_collection(self.COLLECTION)
+        self.build_seconds = time.perf_counter() - started
+
+    def size_bytes(self) -> int:
+        return directory_bytes(self.directory)
+
+    def close(self) -> None:
+        self.client.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _sparse_dict(query: Query) -> dict[int, float]:
+    return dict(zip(query.term_ids.tolist(), query.term_weights.tolist(), strict=True))
+
+
+class MilvusLiteEngine(Engine):
+    name = "milvus-lite"
+
+    def __init__(self, store: MilvusLiteStore, mode: str, scoring: Scoring, *, candidate_k: int = 100) -> None:
+        self.store, self.mode, self.scoring, self.candidate_k = store, mode, scoring, candidate_k
+        self.build_seconds = store.build_seconds
+
+    def search(self, query: Query, k: int) -> np.ndarray:
+        client, name = self.store.client, MilvusLiteStore.COLLECTION
+        if self.mode == "hybrid":
+            from pymilvus import AnnSearchRequest, WeightedRanker
+
+            requests = [AnnSearchRequest([query.dense.tolist()], "dense", {"metric_type": "IP"}, self.candidate_k),
+                        AnnSearchRequest([_sparse_dict(query)], "sparse", {"metric_type": "IP"}, self.candidate_k)]
+            hits = client.hybrid_search(name, requests, WeightedRanker(self.scoring.w_dense, self.scoring.w_sparse),
+                                        limit=k)[0]
+        else:
+            data = [query.dense.tolist()] if self.mode == "dense" else [_sparse_dict(query)]
+            hits = client.search(name, data, anns_field=self.mode, limit=k,
+                                 search_params={"metric_type": "IP"})[0]
+        return np.array([h["id"] for h in hits], np.int64)
+
+    def size_bytes(self) -> int | None:
+        return self.store.size_bytes()  # one database serves all three modes
+
+
+# ----- Seismic -----
+class SeismicEngine(Engine):
+    mode = "sparse"
+
+    def __init__(self, vectors: Vectors, workdir: Path, *, query_cut: int = 20, heap_factor: float = 0.7,
+                 n_postings: int | None = None, threads: int = 1) -> None:
+        try:
+            import seismic
+        except ImportError as e:
+            raise PeerUnavailableError(f"pyseismic-lsr unavailable ({e}); pip install 'duet[bench]'") from e
+        self.seismic = seismic
+        started = time.perf_counter()
+        dataset = seismic.SeismicDataset()
+        sparse = vectors.sparse
+        dataset.add_documents_by_id([str(i) for i in range(len(vectors))], sparse.indices.astype(np.int64),
+                                    sparse.values.astype(np.float32), sparse.indptr.astype(np.int64))
+        # Seismic's default keeps ~3500 postings per term; small corpora keep every posting.
+        postings = n_postings or max(3500, int(2 * sparse.values.size / max(1, np.unique(sparse.indices).size)))
+        self.index = seismic.SeismicIndex.build_from_dataset(dataset, n_postings=postings, num_threads=threads)
+        self.build_seconds = time.perf_counter() - started
+        self.query_cut, self.heap_factor = query_cut, heap_factor
+        self.name = f"seismic-q{query_cut}-h{heap_factor}"
+        self.workdir = workdir
+
+    def _components(self, query: Query) -> np.ndarray:
+        return np.array([str(t) for t in query.term_ids.tolist()], dtype=self.seismic.get_seismic_string())
+
+    def search(self, query: Query, k: int) -> np.ndarray:
+        found = self.index.search("q", self._components(query), query.term_weights.astype(np.float32), k,
+                                  self.query_cut, self.heap_factor)
+        return np.array([int(doc) for _, _, doc in found], np.int64)
+
+    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+        found = self.index.batch_search(
+            np.array([str(i) for i in range(len(queries))], dtype=self.seismic.get_seismic_string()),
+            [self._components(q) for q in queries], [q.term_weights.astype(np.float32) for q in queries], k,
+            self.query_cut, self.heap_factor, num_threads=threads)
+        return [np.array([int(doc) for _, _, doc in hits], np.int64) for hits in found]
+
+    def size_bytes(self) -> int | None:
+        directory = Path(tempfile.mkdtemp(prefix="seismic-", dir=self.workdir))
+        try:
+            self.index.save(str(directory / "index"))
+            return directory_bytes(directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,255 @@
+"""``python -m benchmarks run``: the whole report for one Karpathy dataset split and one checkpoint.
+
+Steps, each through the real index and search path:
+  1. index: build the split's index with the checkpoint (or reuse a verified one; a given --index must be bound
+     to the checkpoint, else IndexMismatchError names both);
+  2. quality: t2i and i2t R@1/5/10 and RSUM for dense, sparse (Lucene), hybrid, and exact sparse scoring;
+  3. the dense/sparse weight sweep and recall versus active terms (pruned indexes);
+  4. efficiency: one-thread latency per mode (search only and with text encoding), batched queries per second,
+     bytes per item, build time and rate, image and text encoding throughput;
+  5. peers on the same vectors (t2i): exact brute force, FAISS HNSW, milvus-lite, Seismic;
+  6. scale: synthetic corpora (default 10k and 100k items), every mode and peer.
+The report is JSON (every number plus the machine), Markdown and PNG plots, written atomically into --out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from benchmarks.compare import PEERS, build_engines, compare, set_threads
+from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
+from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
+from benchmarks.sweeps import pruning_sweep, weight_sweep
+from core.encoder import DuetEncoder
+from indexer.build import IndexBuildConfig, build_index, verify_index
+from indexer.search import SearchEngine, SearchParams
+from indexer.store import IndexMismatchError, IndexUnavailableError
+
+_logger = logging.getLogger("benchmarks.runner")
+
+# quality is always measured (the headline); the others can be left out (the matrix check runs quality only)
+STAGES = ("quality", "sweeps", "efficiency", "peers", "scale")
+
+
+class RunConfig(BaseModel):
+    """One benchmark run; every field has a CLI flag of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: Path
+    dataset: str = Field("flickr8k", description=f"one of {sorted(PRESETS)}")
+    data: Path | None = Field(None, description="dataset directory (default: the preset's)")
+    image_root: Path | None = None
+    split: str = "test"
+    out: Path = Field(description="report directory (report.json, README.md, *.png)")
+    work: Path = Field(Path("artifacts/benchmarks"), description="indexes and scratch space (kept for reuse)")
+    index: Path | None = Field(None, description="use this index instead of building one (must match)")
+    candidate_k: int = Field(100, gt=0)
+    latency_queries: int = Field(200, gt=0)
+    threads: int = Field(1, gt=0, description="threads for one-query latency, every engine alike")
+    batch_threads: int = Field(2, gt=0, description="threads for batched throughput and builds")
+    weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    prune_terms: tuple[int, ...] = (8, 16, 32, 64, 128)
+    peers: tuple[str, ...] = PEERS
+    scales: tuple[int, ...] = (10_000, 100_000)
+    scale_queries: int = Field(100, gt=0)
+    encode_samples: int = Field(64, gt=0, description="images (and 8x as many texts) timed for encoding throughput")
+    cache_root: Path = Path("artifacts/cache")
+    stages: tuple[str, ...] = Field(STAGES, description=f"what to measure, a subset of {STAGES}")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise ValueError(f"unknown or no stages {sorted(unknown)}; choose from {list(STAGES)}")
+        return stages
+
+    @field_validator("peers")
+    @classmethod
+    def _known_peers(cls, peers: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(peers) - set(PEERS)
+        if unknown:
+            raise ValueError(f"unknown peers {sorted(unknown)}; choose from {list(PEERS)}")
+        return peers
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _weights_in_range(cls, grid: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= a <= 1.0 for a in grid):
+            raise ValueError("weight_grid values are w_dense shares in [0, 1]")
+        return grid
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": cpu, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else None}
+
+
+def build_config(config: RunConfig, dataset: BenchmarkDataset) -> IndexBuildConfig:
+    return IndexBuildConfig(checkpoint=config.checkpoint, output=config.work / f"index-{config.split}",
+                            dataset=dataset.directory, image_root=config.image_root, splits=(config.split,),
+                            cache_root=config.cache_root, threads=config.batch_threads)
+
+
+def ensure_index(config: RunConfig, dataset: BenchmarkDataset, encoder: DuetEncoder) -> tuple[Path, bool]:
+    """(index dir, built now?). A given index is checked against the checkpoint and the split, never rebuilt."""
+    if config.index is not None:
+        engine = SearchEngine(config.index, encoder=encoder)  # raises IndexMismatchError on another checkpoint
+        splits = engine.manifest.collection.get("splits")
+        engine.close()
+        if splits != [config.split]:
+            raise IndexMismatchError(f"index {config.index} holds splits {splits}, the benchmark needs exactly "
+                                     f"[{config.split!r}] (build one with --splits {config.split})")
+        return config.index, False
+    out = config.work / f"index-{config.split}"
+    try:
+        verify_index(out, checkpoint=config.checkpoint)
+        _logger.info("reusing %s (verified against %s)", out, config.checkpoint)
+        return out, False
+    except (IndexUnavailableError, IndexMismatchError) as e:
+        _logger.info("building %s: %s", out, e)
+    build_index(build_config(config, dataset))
+    return out, True
+
+
+def encoding_throughput(encoder: DuetEncoder, dataset: BenchmarkDataset, samples: int, threads: int) -> dict:
+    """Images (decode + preprocess + both towers' heads) and texts per second, from files, batch 32."""
+    from PIL import Image
+
+    from core.data import load_karpathy
+
+    set_threads(threads)
+    data = load_karpathy(dataset.directory, json_name=dataset.json_name, image_root=dataset.image_root)
+    records = data.split(dataset.split)[:samples]
+    texts = [c.text for r in data.split(dataset.split) for c in r.captions][:samples * 8]
+    started = time.perf_counter()
+    for start in range(0, len(records), 32):
+        images = [Image.open(data.image_path(r)).convert("RGB") for r in records[start:start + 32]]
+        encoder.encode_images(images)
+    image_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(0, len(texts), 256):
+        encoder.encode_texts(texts[start:start + 256])
+    text_seconds = time.perf_counter() - started
+    return {"threads": threads, "images": len(records), "images_per_second": len(records) / image_seconds,
+            "texts": len(texts), "texts_per_second": len(texts) / text_seconds}
+
+
+def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) -> dict[str, Any]:
+    """Queries per second with every caption as a query in one search_many call per mode."""
+    set_threads(threads)
+    queries = stored_queries(engine.stores["texts"])
+    out = {"threads": threads, "queries": len(queries)}
+    for mode in ("dense", "sparse", "hybrid"):
+        params = SearchParams(side="images", mode=mode, top_k=10, candidate_k=candidate_k)
+        started = time.perf_counter()
+        engine.search_many(queries, params, threads=threads)
+        out[f"{mode}_qps"] = len(queries) / (time.perf_counter() - started)
+    return out
+
+
+def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
+    _logger.info("peers on the same vectors: %s", config.peers)
+    engines, notes, closables = build_engines(engine, "images", config.peers, config.work,
+                                              candidate_k=config.candidate_k, threads=config.batch_threads)
+    try:
+        t2i_relevant, _ = relevance(engine)
+        rows = compare(engines, stored_queries(engine.stores["texts"]), relevant=t2i_relevant,
+                       latency_queries=config.latency_queries, threads=config.threads,
+                       batch_threads=config.batch_threads)
+    finally:
+        for closable in closables:
+            closable.close()
+    return {"side": "images", "queries": "every caption of the split (t2i)", "unavailable": notes, "engines": rows}
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    dataset = resolve_dataset(config.dataset, config.data, config.split, image_root=config.image_root)
+    if dataset.protocol_note:
+        _logger.warning("%s", dataset.protocol_note)
+    config.work.mkdir(parents=True, exist_ok=True)
+    encoder = DuetEncoder.from_checkpoint(config.checkpoint)
+    index, built = ensure_index(config, dataset, encoder)
+    engine = SearchEngine(index, encoder=encoder)
+    report: dict[str, Any] = {
+        "dataset": {"name": config.dataset, "directory": str(dataset.directory), "split": config.split,
+                    "images": dataset.images, "captions": dataset.captions, "note": dataset.protocol_note},
+        "checkpoint": {"path": str(config.checkpoint), "content_hash": encoder.checkpoint.content_hash,
+                       "method": encoder.checkpoint.metadata.get("method")},
+        "config": json.loads(config.model_dump_json()), "machine": machine(), "index": str(index),
+        "fusion": {"w_dense": engine.manifest.fusion_dense_weight, "w_sparse": engine.manifest.fusion_sparse_weight,
+                   "temperature": engine.manifest.temperature},
+    }
+    try:
+        timings = engine.manifest.build["timings"]
+        count = sum(s.count for s in engine.manifest.sides.values())
+        report["build"] = {"built_in_this_run": built, "timings": timings, "items": count,
+                           "items_per_second": count / timings["total_seconds"]}
+        report["sizes"] = sizes(engine)
+        _logger.info("quality through the index")
+        set_threads(config.batch_threads)
+        report["quality"] = quality(engine, threads=config.batch_threads, candidate_k=config.candidate_k)
+        if "sweeps" in config.stages:
+            _logger.info("weight sweep over %s", config.weight_grid)
+            report["weight_sweep"] = weight_sweep(engine, config.weight_grid, candidate_k=config.candidate_k,
+                                                  threads=config.batch_threads)
+            _logger.info("recall vs active terms: %s", config.prune_terms)
+            report["pruning"] = pruning_sweep(engine, build_config(config, dataset), config.prune_terms,
+                                              config.work, candidate_k=config.candidate_k,
+                                              threads=config.batch_threads)
+        if "efficiency" in config.stages:
+            _logger.info("efficiency")
+            report["encoding"] = encoding_throughput(encoder, dataset, config.encode_samples, config.batch_threads)
+            report["batched"] = batched_throughput(engine, candidate_k=config.candidate_k,
+                                                   threads=config.batch_threads)
+            set_threads(config.threads)
+            texts = [item["text"] for item in engine.stores["texts"].items]
+            report["latency"] = latency(engine, queries=config.latency_queries, candidate_k=config.candidate_k,
+                                        texts=texts[::max(1, len(texts) // config.latency_queries)])
+            report["latency"]["threads"] = config.threads
+        if "peers" in config.stages:
+            report["peers"] = peers_on_split(engine, config)
+        if "scale" in config.stages:
+            from benchmarks.scale import scale_point
+
+            report["scale"] = []
+            for items in config.scales:
+                _logger.info("synthetic corpus of %d items", items)
+                report["scale"].append(scale_point(engine, items, config.work, peers=config.peers,
+                                                   queries=config.scale_queries, candidate_k=config.candidate_k,
+                                                   threads=config.threads, batch_threads=config.batch_threads))
+    finally:
+        engine.close()
+    report["seconds"] = time.perf_counter() - started
+    report["headline"] = headline(report)
+    return report
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the README shows: R@1/5/10 per mode and direction, RSUM, p50 latency."""
+    q = report["quality"]
+    p50 = report.get("latency", {}).get("search_only", {})
+    return {mode: {"t2i": q["t2i"][mode], "i2t": q["i2t"][mode], "rsum": q["rsum"][mode],
+                   "p50_ms": p50[mode]["p50"] if mode in p50 else None}
+            for mode in ("dense", "sparse", "hybrid")}

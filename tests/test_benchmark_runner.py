@@ -1,0 +1,226 @@
+"""The benchmark runner: recall@K on hand-built rankings, the Karpathy loader on generated MSCOCO/Flickr30k-format
+fixtures, a tiny end-to-end run (tiny model, a few items, every peer, plots, matrix check), and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.cli import main as bench_main
+from benchmarks.datasets import resolve_dataset
+from benchmarks.matrix import ResultsMatrix, check, lookup
+from benchmarks.recall import overlap_at_k, recall_at_k, top_rows
+from core.data import DatasetError
+from tests.conftest import save_tiny_checkpoint
+
+
+# ----- recall@K on hand-built rankings -----
+def test_recall_perfect_ranking() -> None:
+    relevant = [{0}, {1}, {2}]
+    assert recall_at_k([[0, 1, 2], [1, 0, 2], [2, 0, 1]], relevant) == {"R@1": 100.0, "R@5": 100.0, "R@10": 100.0}
+
+
+def test_recall_shuffled_ranking() -> None:
+    relevant = [{q} for q in range(12)]
+    rankings = [[(q + shift) % 12 for shift in range(1, 13)] for q in range(12)]  # own item last (position 11)
+    assert recall_at_k(rankings, relevant) == {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0}
+    rankings[0] = [0, *range(1, 12)]
+    rankings[1] = [0, 2, 3, 4, 1]  # position 4: inside R@5
+    r = recall_at_k(rankings, relevant)
+    assert r["R@1"] == pytest.approx(100 / 12) and r["R@5"] == pytest.approx(200 / 12) and r["R@10"] == r["R@5"]
+
+
+def test_recall_several_relevant_items_per_query() -> None:
+    # image -> its five captions: a hit when any of them is in the top k
+    relevant = [{10, 11, 12, 13, 14}, {20, 21, 22, 23, 24}]
+    rankings = [[99, 98, 13, 97], [20, 11, 12]]
+    assert recall_at_k(rankings, relevant, ks=(1, 3)) == {"R@1": 50.0, "R@3": 100.0}
+
+
+def test_ties_rank_by_lower_row_and_never_help_a_degenerate_scorer() -> None:
+    scores = np.array([[1.0, 3.0, 3.0, 0.5, 3.0]])
+    assert top_rows(scores, 3).tolist() == [[1, 2, 4]]
+    flat = np.zeros((4, 50))  # all scores equal: rows 0..9 are returned, whatever the query
+    found = top_rows(flat, 10)
+    assert recall_at_k(found.tolist(), [{49}, {48}, {3}, {20}]) == {"R@1": 0.0, "R@5": 25.0, "R@10": 25.0}
+
+
+def test_recall_rejects_queries_without_judgements() -> None:
+    with pytest.raises(ValueError, match="at least one relevant"):
+        recall_at_k([[1]], [set()])
+    with pytest.raises(ValueError, match="rankings but"):
+        recall_at_k([[1], [2]], [{1}])
+
+
+def test_overlap_with_ground_truth_counts_ties_as_correct() -> None:
+    scores = np.array([[9.0, 8.0, 7.0, 7.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    # query 0: row 3 ties the exact 3rd score (row 2), so either is right; query 1: one of three is wrong
+    assert overlap_at_k([[0, 1, 3], [0, 1, 4]], scores, k=3) == pytest.approx([1.0, 2 / 3])
+
+
+# ----- the Karpathy loader on generated MSCOCO and Flickr30k layouts -----
+def coco_layout(source: Path, root: Path) -> Path:
+    """Rewrite a generated Karpathy dataset the way dataset_coco.json is laid out: images under filepath
+    val2014/, a restval split, extra fields, and a 6-caption image."""
+    raw = json.loads(next(source.glob("dataset_*.json")).read_text())
+    (root / "images" / "val2014").mkdir(parents=True)
+    splits = ["train", "restval", "val", "test"]
+    for n, entry in enumerate(raw["images"]):
+        shutil.copy(source / "images" / entry["filename"], root / "images" / "val2014" / entry["filename"])
+        entry.update(filepath="val2014", cocoid=100000 + n, split=entry["split"] if entry["split"] in splits
+                     else "restval")
+    extra = raw["images"][-1]
+    extra["split"] = "test"
+    extra["sentences"].append({"raw": "one more caption", "sentid": 10**6, "imgid": extra["imgid"]})
+    (root / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": raw["images"]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def coco_fixture(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return coco_layout(synthetic_dataset, tmp_path_factory.mktemp("coco"))
+
+
+def test_mscoco_layout_loads(coco_fixture: Path) -> None:
+    test = resolve_dataset("mscoco", coco_fixture, "test")
+    assert test.json_name == "dataset_coco.json" and test.images == 17 and test.captions == 17 * 5 + 1
+    assert "not the protocol's 5000" in test.protocol_note
+    assert resolve_dataset("mscoco", coco_fixture, "restval").images > 0
+
+
+def test_flickr30k_layout_loads(synthetic_dataset: Path, tmp_path: Path) -> None:
+    shutil.copytree(synthetic_dataset / "images", tmp_path / "images")
+    raw = json.loads(next(synthetic_dataset.glob("dataset_*.json")).read_text())
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({**raw, "dataset": "flickr30k"}))
+    val = resolve_dataset("flickr30k", tmp_path, "val")
+    assert (val.images, val.captions, val.json_name) == (16, 80, "dataset_flickr30k.json")
+
+
+def test_dataset_errors_name_the_problem(synthetic_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="dataset directory not found: .*nowhere"):
+        resolve_dataset("flickr8k", tmp_path / "nowhere", "test")
+    with pytest.raises(DatasetError, match=r"unknown split 'testing'.*'test': 16"):
+        resolve_dataset("flickr8k", synthetic_dataset, "testing")
+    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'"):
+        resolve_dataset("imagenet", synthetic_dataset, "test")
+
+
+# ----- the runner end to end -----
+TINY_RUN = ["--scales", "300", "--prune-terms", "4", "--weight-grid", "0,0.5,1", "--latency-queries", "8",
+            "--scale-queries", "8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_checkpoint: Path, coco_fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    argv = ["run", "--checkpoint", str(tiny_checkpoint), "--dataset", "mscoco", "--data", str(coco_fixture),
+            "--out", str(root / "report"), "--work", str(root / "work"), "--cache-root", str(root / "cache"), *TINY_RUN]
+    assert bench_main(argv) == 0
+    return root
+
+
+def test_run_writes_every_section(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report" / "report.json").read_text())
+    assert report["dataset"]["images"] == 17 and report["machine"]["cpus"] >= 1
+    for direction in ("t2i", "i2t"):
+        for mode in ("dense", "sparse", "hybrid", "sparse_exact"):
+            r = report["quality"][direction][mode]
+            assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 100
+    # the grid plus the checkpoint's own weight share (0.1 / (0.1 + 0.2))
+    assert [p["w_dense"] for p in report["weight_sweep"]] == pytest.approx([0.0, 1 / 3, 0.5, 1.0])
+    assert [p["default"] for p in report["weight_sweep"]] == [False, True, False, False]
+    assert [p["terms"] for p in report["pruning"]] == [4, None]
+    assert report["pruning"][0]["mean_terms"]["images"] <= 4
+    for key in ("latency", "batched", "encoding", "sizes", "build"):
+        assert key in report
+    assert report["encoding"]["images_per_second"] > 0 and report["batched"]["hybrid_qps"] > 0
+
+
+def test_run_compares_every_peer_on_the_same_vectors(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report" / "report.json").read_text())
+    for rows in (report["peers"]["engines"], report["scale"][0]["engines"]):
+        engines = {(r["engine"], r["mode"]): r for r in rows}
+        assert {e for e, _ in engines} >= {"duet", "exact", "faiss-hnsw32-ef64", "milvus-lite", "seismic-q20-h0.7"}
+        for mode in ("dense", "sparse", "hybrid"):
+            assert engines[("exact", mode)]["overlap@10"] == 100.0  # the ground truth agrees with itself
+            assert engines[("duet", mode)]["latency_p50_vs_duet"] == 1.0
+        assert engines[("duet", "dense")]["overlap@10"] == 100.0  # flat FAISS is exact
+        for row in rows:
+            assert row["latency_ms"]["n"] == 8 and row["batch_qps"] > 0 and 0 <= row["overlap@10"] <= 100
+    assert report["scale"][0]["items"] == 300 and not report["peers"]["unavailable"]
+
+
+def test_run_writes_markdown_and_plots(tiny_run: Path) -> None:
+    out = tiny_run / "report"
+    markdown = (out / "README.md").read_text()
+    for heading in ("## Headline", "## Dense/sparse weight sweep", "## Recall versus active terms", "## Efficiency",
+                    "## Peers on the same vectors", "## Synthetic corpus: 300 items", "python -m benchmarks run"):
+        assert heading in markdown
+    for name in ("recall-vs-weight.png", "recall-vs-terms.png", "latency-vs-size.png", "latency-vs-recall.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in markdown
+
+
+def test_matrix_check_reruns_and_says_ok_or_fail(tiny_run: Path, coco_fixture: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    matrix_path = tiny_run / "matrix.json"
+    assert bench_main(["record-matrix", "--report", str(tiny_run / "report" / "report.json"),
+                       "--output", str(matrix_path)]) == 0
+    matrix = ResultsMatrix.load(matrix_path)
+    assert matrix.stages() == ("quality",)
+    work = ["--work", str(tiny_run / "work"), "--cache-root", str(tiny_run / "cache")]
+    assert bench_main(["check", "--matrix", str(matrix_path), "--data", str(coco_fixture), *work]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+    raw = json.loads(matrix_path.read_text())
+    raw["rows"][0]["expected"] += 50
+    matrix_path.write_text(json.dumps(raw))
+    assert bench_main(["check", "--matrix", str(matrix_path), "--data", str(coco_fixture), *work]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("FAIL") and f"{len(raw['rows']) - 1}/{len(raw['rows'])} OK, 1 FAIL" in out
+
+
+def test_matrix_lookup_and_missing_values() -> None:
+    report = {"quality": {"t2i": {"dense": {"R@1": 12.5}}}, "pruning": [{"terms": 8}]}
+    assert lookup(report, "quality/t2i/dense/R@1") == 12.5 and lookup(report, "pruning/0/terms") == 8.0
+    matrix = ResultsMatrix(dataset="flickr8k", split="test", checkpoint="x", recorded="test",
+                           rows=[{"condition": "gone", "path": "quality/t2i/sparse/R@1", "expected": 1,
+                                  "tolerance": 1}])
+    assert check(matrix, report)[0]["status"] == "FAIL"
+
+
+# ----- bad input -----
+def test_index_from_another_checkpoint_is_refused(tiny_run: Path, tiny_backbone, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
+                                                   coco_fixture: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    other = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path / "other" / "best", seed=3)
+    argv = ["run", "--checkpoint", str(other), "--dataset", "mscoco", "--data", str(coco_fixture),
+            "--index", str(tiny_run / "work" / "index-test"), "--out", str(tmp_path / "out"),
+            "--cache-root", str(tmp_path / "cache"), *TINY_RUN]
+    assert bench_main(argv) == 2
+    assert "index was built with checkpoint content hash" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("data", "split", "message"), [
+    ("missing", "test", "dataset directory not found"),
+    ("coco", "dev", "unknown split 'dev'"),
+])
+def test_bad_dataset_arguments_exit_2(tiny_checkpoint: Path, coco_fixture: Path, tmp_path: Path, data: str,
+                                      split: str, message: str, caplog: pytest.LogCaptureFixture) -> None:
+    directory = coco_fixture if data == "coco" else tmp_path / "missing"
+    argv = ["run", "--checkpoint", str(tiny_checkpoint), "--dataset", "mscoco", "--data", str(directory),
+            "--split", split, "--out", str(tmp_path / "out"), "--cache-root", str(tmp_path / "cache"), *TINY_RUN]
+    assert bench_main(argv) == 2
+    assert message in caplog.text
+
+
+def test_unknown_peer_is_rejected(tiny_checkpoint: Path, coco_fixture: Path, tmp_path: Path,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["run", "--checkpoint", str(tiny_checkpoint), "--dataset", "mscoco", "--data", str(coco_fixture),
+            "--out", str(tmp_path / "out"), "--peers", "hnsw,elastic"]
+    assert bench_main(argv) == 2
+    assert "unknown peers ['elastic']" in caplog.text
