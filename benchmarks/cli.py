@@ -87,6 +87,7 @@ def _add_run_parsers(sub: Any) -> None:
     p.add_argument("--scale-queries", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="threads for one-query latency (every engine)")
     p.add_argument("--batch-threads", type=int, default=2, help="threads for batched throughput and builds")
+    p.add_argument("--resume", action="store_true", help="skip the sections an interrupted run already measured")
     p = sub.add_parser("check", help="re-run a results matrix's conditions; OK/FAIL per row, exit 1 on any FAIL")
     p.add_argument("--matrix", required=True, help="matrix JSON (e.g. benchmarks/matrix/flickr8k-test.json)")
     p.add_argument("--checkpoint", help="default: the matrix's checkpoint")
@@ -94,6 +95,8 @@ def _add_run_parsers(sub: Any) -> None:
     p.add_argument("--work", default=str(RunConfig.model_fields["work"].default))
     p.add_argument("--cache-root", default=str(RunConfig.model_fields["cache_root"].default))
     p.add_argument("--output", help="also write the verdicts as JSON here")
+    p = sub.add_parser("render", help="redraw README.md and the plots of a run from its report.json")
+    p.add_argument("--report", required=True, help="report.json of `run` (outputs go beside it)")
     p = sub.add_parser("record-matrix", help="write a results matrix from a run report (expected = measured)")
     p.add_argument("--report", required=True, help="report.json of `run`")
     p.add_argument("--output", required=True)
@@ -115,19 +118,28 @@ def run_config(args: argparse.Namespace) -> Any:
 
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from benchmarks.plots import write_plots
-    from benchmarks.report import render_run
     from benchmarks.runner import run
 
     config = run_config(args)
-    report = run(config)
+    report = run(config, resume=args.resume)
     report["command"] = "python -m benchmarks " + " ".join(argv)
     out = Path(config.out)
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    render_outputs(out / "report.json")
+    return 0
+
+
+def render_outputs(report_path: Path) -> None:
+    from benchmarks.plots import write_plots
+    from benchmarks.report import render_run
+
+    if not report_path.is_file():
+        raise FileNotFoundError(f"report not found: {report_path}")
+    report = json.loads(report_path.read_text())
+    out = report_path.parent
     plots = write_plots(report, out)
     write_text_atomic(out / "README.md", render_run(report, plots))
-    _logger.info("wrote %s (report.json, README.md, %d plots)", out, len(plots))
-    return 0
+    _logger.info("wrote %s (README.md, %d plots)", out, len(plots))
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -238,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_run(args, argv)
         if args.command == "check":
             return command_check(args)
+        if args.command == "render":
+            render_outputs(Path(args.report))
+            return 0
         if args.command == "record-matrix":
             from benchmarks.matrix import record
 

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from benchmarks.compare import PEERS, build_engines, compare, set_threads
 from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
 from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
 from benchmarks.sweeps import pruning_sweep, weight_sweep
+from core.atomic import write_text_atomic
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
 from indexer.search import SearchEngine, SearchParams
@@ -183,7 +185,36 @@ def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
     return {"side": "images", "queries": "every caption of the split (t2i)", "unavailable": notes, "engines": rows}
 
 
-def run(config: RunConfig) -> dict[str, Any]:
+class PartialReport:
+    """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them.
+
+    A partial report is only reused for the same checkpoint content and the same run configuration.
+    """
+
+    def __init__(self, config: RunConfig, content_hash: str, *, resume: bool) -> None:
+        self.path = Path(config.out) / "report.partial.json"
+        self.key = {"content_hash": content_hash, "config": json.loads(config.model_dump_json(exclude={"out"}))}
+        self.sections: dict[str, Any] = {}
+        if resume and self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("key") == self.key:
+                self.sections = saved["sections"]
+                _logger.info("resuming: %s already measured", sorted(self.sections))
+            else:
+                _logger.warning("ignoring %s: another checkpoint or configuration", self.path)
+
+    def section(self, name: str, measure: Callable[[], Any]) -> Any:
+        if name not in self.sections:
+            _logger.info("measuring: %s", name)
+            self.sections[name] = measure()
+            write_text_atomic(self.path, json.dumps({"key": self.key, "sections": self.sections}))
+        return self.sections[name]
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = resolve_dataset(config.dataset, config.data, config.split, image_root=config.image_root)
     if dataset.protocol_note:
@@ -192,6 +223,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     encoder = DuetEncoder.from_checkpoint(config.checkpoint)
     index, built = ensure_index(config, dataset, encoder)
     engine = SearchEngine(index, encoder=encoder)
+    partial = PartialReport(config, encoder.checkpoint.content_hash, resume=resume)
     report: dict[str, Any] = {
         "dataset": {"name": config.dataset, "directory": str(dataset.directory), "split": config.split,
                     "images": dataset.images, "captions": dataset.captions, "note": dataset.protocol_note},
@@ -201,49 +233,49 @@ def run(config: RunConfig) -> dict[str, Any]:
         "fusion": {"w_dense": engine.manifest.fusion_dense_weight, "w_sparse": engine.manifest.fusion_sparse_weight,
                    "temperature": engine.manifest.temperature},
     }
+    timings = engine.manifest.build["timings"]
+    count = sum(s.count for s in engine.manifest.sides.values())
+    report["build"] = {"built_in_this_run": built, "timings": timings, "items": count,
+                       "items_per_second": count / timings["total_seconds"]}
+    report["sizes"] = sizes(engine)
+    k, threads, batch = config.candidate_k, config.threads, config.batch_threads
     try:
-        timings = engine.manifest.build["timings"]
-        count = sum(s.count for s in engine.manifest.sides.values())
-        report["build"] = {"built_in_this_run": built, "timings": timings, "items": count,
-                           "items_per_second": count / timings["total_seconds"]}
-        report["sizes"] = sizes(engine)
-        _logger.info("quality through the index")
-        set_threads(config.batch_threads)
-        report["quality"] = quality(engine, threads=config.batch_threads, candidate_k=config.candidate_k)
+        set_threads(batch)
+        report["quality"] = partial.section("quality", lambda: quality(engine, threads=batch, candidate_k=k))
         if "sweeps" in config.stages:
-            _logger.info("weight sweep over %s", config.weight_grid)
-            report["weight_sweep"] = weight_sweep(engine, config.weight_grid, candidate_k=config.candidate_k,
-                                                  threads=config.batch_threads)
-            _logger.info("recall vs active terms: %s", config.prune_terms)
-            report["pruning"] = pruning_sweep(engine, build_config(config, dataset), config.prune_terms,
-                                              config.work, candidate_k=config.candidate_k,
-                                              threads=config.batch_threads)
+            report["weight_sweep"] = partial.section("weight_sweep", lambda: weight_sweep(
+                engine, config.weight_grid, candidate_k=k, threads=batch))
+            report["pruning"] = partial.section("pruning", lambda: pruning_sweep(
+                engine, build_config(config, dataset), config.prune_terms, config.work, candidate_k=k,
+                threads=batch))
         if "efficiency" in config.stages:
-            _logger.info("efficiency")
-            report["encoding"] = encoding_throughput(encoder, dataset, config.encode_samples, config.batch_threads)
-            report["batched"] = batched_throughput(engine, candidate_k=config.candidate_k,
-                                                   threads=config.batch_threads)
-            set_threads(config.threads)
-            texts = [item["text"] for item in engine.stores["texts"].items]
-            report["latency"] = latency(engine, queries=config.latency_queries, candidate_k=config.candidate_k,
-                                        texts=texts[::max(1, len(texts) // config.latency_queries)])
-            report["latency"]["threads"] = config.threads
+            report["encoding"] = partial.section("encoding", lambda: encoding_throughput(
+                encoder, dataset, config.encode_samples, batch))
+            report["batched"] = partial.section("batched", lambda: batched_throughput(
+                engine, candidate_k=k, threads=batch))
+            report["latency"] = partial.section("latency", lambda: one_thread_latency(engine, config))
         if "peers" in config.stages:
-            report["peers"] = peers_on_split(engine, config)
+            report["peers"] = partial.section("peers", lambda: peers_on_split(engine, config))
         if "scale" in config.stages:
             from benchmarks.scale import scale_point
 
-            report["scale"] = []
-            for items in config.scales:
-                _logger.info("synthetic corpus of %d items", items)
-                report["scale"].append(scale_point(engine, items, config.work, peers=config.peers,
-                                                   queries=config.scale_queries, candidate_k=config.candidate_k,
-                                                   threads=config.threads, batch_threads=config.batch_threads))
+            report["scale"] = [partial.section(f"scale-{items}", lambda items=items: scale_point(
+                engine, items, config.work, peers=config.peers, queries=config.scale_queries, candidate_k=k,
+                threads=threads, batch_threads=batch)) for items in config.scales]
     finally:
         engine.close()
     report["seconds"] = time.perf_counter() - started
     report["headline"] = headline(report)
+    partial.finish()
     return report
+
+
+def one_thread_latency(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
+    set_threads(config.threads)
+    texts = [item["text"] for item in engine.stores["texts"].items]
+    out = latency(engine, queries=config.latency_queries, candidate_k=config.candidate_k,
+                  texts=texts[::max(1, len(texts) // config.latency_queries)])
+    return {**out, "threads": config.threads}
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -163,6 +163,9 @@ def test_run_writes_markdown_and_plots(tiny_run: Path) -> None:
     for name in ("recall-vs-weight.png", "recall-vs-terms.png", "latency-vs-size.png", "latency-vs-recall.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
+    (out / "README.md").unlink()
+    assert bench_main(["render", "--report", str(out / "report.json")]) == 0
+    assert (out / "README.md").read_text() == markdown
 
 
 def test_matrix_check_reruns_and_says_ok_or_fail(tiny_run: Path, coco_fixture: Path,
@@ -190,6 +193,27 @@ def test_matrix_lookup_and_missing_values() -> None:
                            rows=[{"condition": "gone", "path": "quality/t2i/sparse/R@1", "expected": 1,
                                   "tolerance": 1}])
     assert check(matrix, report)[0]["status"] == "FAIL"
+
+
+def test_an_interrupted_run_resumes_its_finished_sections(tmp_path: Path) -> None:
+    from benchmarks.runner import PartialReport, RunConfig
+
+    config = RunConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "out")
+    first = PartialReport(config, "hash-a", resume=False)
+    assert first.section("quality", lambda: {"R@1": 1.0}) == {"R@1": 1.0}
+    with pytest.raises(RuntimeError):
+        first.section("peers", lambda: (_ for _ in ()).throw(RuntimeError("crash")))
+
+    def never() -> None:
+        raise AssertionError("a finished section was measured again")
+
+    again = PartialReport(config, "hash-a", resume=True)
+    assert again.section("quality", never) == {"R@1": 1.0}
+    assert "peers" not in again.sections
+    other = PartialReport(config, "hash-b", resume=True)  # another checkpoint: nothing is reused
+    assert other.sections == {}
+    again.finish()
+    assert not (tmp_path / "out" / "report.partial.json").exists()
 
 
 # ----- bad input -----
