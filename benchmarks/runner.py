@@ -197,11 +197,17 @@ class PartialReport:
         self.sections: dict[str, Any] = {}
         if resume and self.path.is_file():
             saved = json.loads(self.path.read_text())
-            if saved.get("key") == self.key:
+            if self._comparable(saved.get("key", {})) == self._comparable(self.key):
                 self.sections = saved["sections"]
                 _logger.info("resuming: %s already measured", sorted(self.sections))
             else:
                 _logger.warning("ignoring %s: another checkpoint or configuration", self.path)
+
+    @staticmethod
+    def _comparable(key: dict[str, Any]) -> dict[str, Any]:
+        # which sections run (stages, scale sizes) does not change what a finished section measured
+        config = {k: v for k, v in key.get("config", {}).items() if k not in ("stages", "scales")}
+        return {"content_hash": key.get("content_hash"), "config": config}
 
     def section(self, name: str, measure: Callable[[], Any]) -> Any:
         if name not in self.sections:

@@ -212,6 +212,10 @@ def test_an_interrupted_run_resumes_its_finished_sections(tmp_path: Path) -> Non
     assert "peers" not in again.sections
     other = PartialReport(config, "hash-b", resume=True)  # another checkpoint: nothing is reused
     assert other.sections == {}
+    fewer = RunConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "out", scales=(10_000,), stages=("quality",))
+    assert PartialReport(fewer, "hash-a", resume=True).sections == again.sections  # selection only: reused
+    changed = RunConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "out", candidate_k=50)
+    assert PartialReport(changed, "hash-a", resume=True).sections == {}
     again.finish()
     assert not (tmp_path / "out" / "report.partial.json").exists()
 

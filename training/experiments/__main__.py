@@ -1,0 +1,3 @@
+from training.experiments.cli import main
+
+raise SystemExit(main())

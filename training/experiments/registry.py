@@ -1,0 +1,26 @@
+"""Every registered SKD mini-experiment. Owners add ONE line each to _MODULES (a module defining EXPERIMENT)."""
+
+from __future__ import annotations
+
+import importlib
+
+from training.experiments.harness import Experiment
+
+_MODULES: tuple[str, ...] = (
+    "medivlad", "ctc",  # helper A
+    "sst", "als", "hahn_choi",  # helper C
+    "dd_skd", "drrnet", "xlt_qa",  # helper B
+)
+
+
+def _load() -> dict[str, Experiment]:
+    experiments: dict[str, Experiment] = {}
+    for module in _MODULES:
+        exp = importlib.import_module(f"training.experiments.{module}").EXPERIMENT
+        if exp.name in experiments:
+            raise ValueError(f"duplicate experiment name {exp.name!r}")
+        experiments[exp.name] = exp
+    return experiments
+
+
+EXPERIMENTS: dict[str, Experiment] = _load()

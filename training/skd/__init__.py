@@ -1,0 +1,23 @@
+"""Self-knowledge distillation (SKD): one shared core (divergences, transforms, teachers, weights) for every method.
+
+Method kernels live in ``training.skd.methods.<name>`` (spec /work/shared/specs/skd-methods.md, sections 1-8).
+"""
+
+from training.skd.core import SKDObjective, SKDTerm, masked_mean, soft_ce, soft_kl
+from training.skd.teachers import (
+    DetachedHead,
+    EMATeacher,
+    EmbeddingPrior,
+    IntegratedScore,
+    PredictionBank,
+    SnapshotTeacher,
+    Teacher,
+    ema_update_,
+)
+from training.skd.transforms import align_mask, apply_mask, center_sharpen, temperature, zscore
+from training.skd.weights import clipped_linear, constant, cosine_schedule, cosine_value, linear_ramp
+
+__all__ = ["DetachedHead", "EMATeacher", "EmbeddingPrior", "IntegratedScore", "PredictionBank", "SKDObjective",
+           "SKDTerm", "SnapshotTeacher", "Teacher", "align_mask", "apply_mask", "center_sharpen", "clipped_linear",
+           "constant", "cosine_schedule", "cosine_value", "ema_update_", "linear_ramp", "masked_mean", "soft_ce",
+           "soft_kl", "temperature", "zscore"]
