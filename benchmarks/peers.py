@@ -301,7 +301,12 @@ class SeismicEngine(Engine):
             np.array([str(i) for i in range(len(queries))], dtype=self.seismic.get_seismic_string()),
             [self._components(q) for q in queries], [q.term_weights.astype(np.float32) for q in queries], k,
             self.query_cut, self.heap_factor, num_threads=threads)
-        return [np.array([int(doc) for _, _, doc in hits], np.int64) for hits in found]
+        # parallel batches may come back in another order: place each list by the query id it carries
+        rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
+        for hits in found:
+            if hits:
+                rows[int(hits[0][0])] = np.array([int(doc) for _, _, doc in hits], np.int64)
+        return rows
 
     def size_bytes(self) -> int | None:
         directory = Path(tempfile.mkdtemp(prefix="seismic-", dir=self.workdir))

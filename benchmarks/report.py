@@ -84,7 +84,8 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool) -> list[str]
         cells += [f"{r['overlap@10']:.1f}", _f(lat["p50"], 2), _f(lat["p95"], 2), _f(lat["p99"], 2),
                   _f(r.get("latency_p50_vs_duet"), 2) + "x", _f(r["batch_qps"], 0), _f(r.get("qps_vs_duet"), 2) + "x",
                   _f(None if r["size_bytes"] is None else r["size_bytes"] / 2**20, 2),
-                  _f(r.get("size_vs_duet"), 2) + "x", _f(r["build_seconds"], 1)]
+                  _f(r.get("size_vs_duet"), 2) + "x",
+                  "index build" if r["engine"] == "duet" else _f(r["build_seconds"], 1)]
         out.append(cells)
     header = ["engine", "mode", *(["t2i R@1", "R@5", "R@10"] if with_recall else []), "overlap@10 vs exact",
               "p50 ms", "p95", "p99", "p50 vs Duet", "QPS batched", "QPS vs Duet", "size MiB", "size vs Duet",

@@ -62,6 +62,25 @@ def test_overlap_with_ground_truth_counts_ties_as_correct() -> None:
     assert overlap_at_k([[0, 1, 3], [0, 1, 4]], scores, k=3) == pytest.approx([1.0, 2 / 3])
 
 
+def test_seismic_batch_results_line_up_with_their_queries(tmp_path: Path) -> None:
+    """Seismic's parallel batch_search returns lists out of order; each must still land at its own query."""
+    from benchmarks.peers import SeismicEngine, Vectors
+    from core.encoder import SparseRows
+    from indexer.search import Query
+
+    rng = np.random.default_rng(0)
+    # big enough that two threads finish out of order (checked: the raw batch_search order differs here)
+    counts = rng.integers(40, 80, 2000)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.concatenate([np.sort(rng.choice(300, c, replace=False)) for c in counts]).astype(np.int32)
+    vectors = Vectors(np.eye(2000, 8, dtype=np.float32), SparseRows(indptr, indices, rng.random(indices.size,
+                                                                                                   np.float32) + 0.1))
+    engine = SeismicEngine(vectors, tmp_path, threads=2)
+    queries = [Query(vectors.dense[i], *vectors.sparse.row(i)) for i in range(600)]
+    batched = engine.search_batch(queries, 5, threads=2)
+    assert all(np.array_equal(batched[i], engine.search(queries[i], 5)) for i in range(600))
+
+
 # ----- the Karpathy loader on generated MSCOCO and Flickr30k layouts -----
 def coco_layout(source: Path, root: Path) -> Path:
     """Rewrite a generated Karpathy dataset the way dataset_coco.json is laid out: images under filepath
