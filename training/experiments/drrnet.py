@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from training.experiments.dd_skd import DigitsSplit, digits_split
-from training.experiments.harness import Experiment, SeedResult, seed_mean
+from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
 from training.skd.methods.drrnet import awa_weights, dual_teacher_skd_loss
 from training.skd.teachers import PredictionBank
 
@@ -160,7 +160,7 @@ def extra_rule(results: Sequence[SeedResult]) -> tuple[bool, str]:
     best_single = max(seed_mean(results, "offline"), seed_mean(results, "online"))
     clauses = {"AWA > max(offline, online)": awa > best_single, "max(offline, online) > CE": best_single > ce,
                "AWA >= fixed": awa >= fixed}
-    return all(clauses.values()), "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in clauses.items())
+    return all_clauses(clauses)
 
 
 EXPERIMENT = Experiment(

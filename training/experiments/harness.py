@@ -63,6 +63,11 @@ def seed_mean(results: Sequence[SeedResult], key: str) -> float:
     return statistics.fmean(r.extra[key] for r in results)
 
 
+def all_clauses(clauses: dict[str, bool]) -> tuple[bool, str]:
+    """An extra rule's result from named clauses: (all held, "clause: yes; clause: no; ...")."""
+    return all(clauses.values()), "; ".join(f"{text}: {'yes' if held else 'no'}" for text, held in clauses.items())
+
+
 def required_wins(n: int) -> int:
     return math.ceil(n / 2) + 1 if n > 1 else 1
 

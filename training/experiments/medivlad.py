@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from training.experiments.harness import Experiment, SeedResult, seed_mean
+from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
 from training.skd.methods.medivlad import DualVLAD, dino_loss, ema_update_, multi_crop
 from training.skd.weights import cosine_value, linear_ramp
 
@@ -241,7 +241,7 @@ def extra_rule(results: Sequence[SeedResult]) -> tuple[bool, str]:
             m["video_dualvlad"] >= m["video_mean_pool"] + 3,
         f"DualVLAD >= NetVLAD {m['video_netvlad']:.1f}": m["video_dualvlad"] >= m["video_netvlad"],
     }
-    return all(clauses.values()), "; ".join(f"{text}: {'yes' if ok else 'NO'}" for text, ok in clauses.items())
+    return all_clauses(clauses)
 
 
 EXPERIMENT = Experiment(

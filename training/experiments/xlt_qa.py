@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from training.experiments.harness import Experiment, SeedResult, seed_mean
+from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
 from training.skd.methods.xlt_qa import Coefficient, cross_lingual_pairs, qa_skd_objective
 from training.skd.teachers import SnapshotTeacher
 
@@ -284,7 +284,7 @@ def extra_rule(results: Sequence[SeedResult]) -> tuple[bool, str]:
     clauses = {"G-XLT F1 SKD+mAP >= SKD": m["skd_map_gxlt_f1"] >= m["skd_gxlt_f1"],
                "G-XLT F1 SKD > CE": m["skd_gxlt_f1"] > m["ce_gxlt_f1"],
                "en-en F1 SKD >= CE": m["skd_en_en_f1"] >= m["ce_en_en_f1"]}
-    return all(clauses.values()), "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in clauses.items())
+    return all_clauses(clauses)
 
 
 EXPERIMENT = Experiment(
