@@ -93,6 +93,16 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool) -> list[str]
     return _table(header, out)
 
 
+def statistics_table(real: dict[str, float], synthetic: dict[str, float] | None) -> list[str]:
+    """The sparse statistics the synthetic corpus was drawn from, beside what it came out with."""
+    columns = ["test images", *(["synthetic"] if synthetic else [])]
+    rows = ["| statistic | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for key, value in real.items():
+        cells = [f"{value:.3g}", *([f"{synthetic[key]:.3g}"] if synthetic else [])]
+        rows.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def render_run(report: dict[str, Any], plots: list[str]) -> str:
     d, m = report["dataset"], report["machine"]
     q = report["quality"]
@@ -103,7 +113,7 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
              f"- machine: {m['cpu']}, {m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; Python {m['python']}, "
              f"torch {m['torch']}", f"- index: `{report['index']}`; fusion w_dense {report['fusion']['w_dense']:.3f}, "
              f"w_sparse {report['fusion']['w_sparse']:.3f}, T {report['fusion']['temperature']:.4f}",
-             f"- run time {report['seconds'] / 60:.1f} min", ""]
+             f"- run time {report['seconds'] / 60:.1f} min", *_resumed(report.get("sections", {})), ""]
     if d["note"]:
         lines += [f"**Protocol warning:** {d['note']}.", ""]
     lines += ["## Headline: recall through the index", "", *headline_table(report), "",
@@ -120,8 +130,9 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
         lines += _peers(report["peers"])
     for point in report.get("scale", []):
         lines += [f"## Synthetic corpus: {point['items']:,} items ({point['queries']} real caption queries)", "",
-                  f"Statistics of the test images: {point['statistics']}; Duet sparse build "
+                  "Items mix two real test images in both spaces (benchmarks/synthetic.py). Duet sparse build "
                   f"{point['duet_sparse_build_items_per_second']:,.0f} items/s.", "",
+                  *statistics_table(point["statistics"], point.get("synthetic_statistics")), "",
                   *engines_table(point["engines"], with_recall=False), ""]
         if point["unavailable"]:
             lines += [f"Unavailable: {'; '.join(point['unavailable'])}", ""]
@@ -136,6 +147,16 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
               "- Seismic is approximate (query_cut 20, heap_factor 0.7); exact/FAISS/Lucene use the stated threads.",
               f"- Reproduce: `{report['command']}`" if report.get("command") else "", ""]
     return "\n".join(lines)
+
+
+def _resumed(log: dict[str, dict[str, Any]]) -> list[str]:
+    """A line naming the sections an earlier invocation measured (``--resume``), with when."""
+    earlier = {name: entry["measured_at"] for name, entry in log.items() if entry.get("resumed")}
+    if not earlier:
+        return []
+    return [f"- resumed (`--resume`): {', '.join(f'{name} (measured {at})' for name, at in earlier.items())} "
+            "come from an earlier invocation of the same command and configuration; the run time above is the "
+            "last invocation's"]
 
 
 def _efficiency(report: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ class RunConfig(BaseModel):
     weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     prune_terms: tuple[int, ...] = (8, 16, 32, 64, 128)
     peers: tuple[str, ...] = PEERS
-    scales: tuple[int, ...] = (10_000, 100_000)
+    scales: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     scale_queries: int = Field(100, gt=0)
     encode_samples: int = Field(64, gt=0, description="images (and 8x as many texts) timed for encoding throughput")
     cache_root: Path = Path("artifacts/cache")
@@ -188,17 +189,20 @@ def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
 class PartialReport:
     """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them.
 
-    A partial report is only reused for the same checkpoint content and the same run configuration.
+    A partial report is only reused for the same checkpoint content and the same run configuration. ``log`` says
+    when each section was measured and how long it took, so a resumed report shows what an earlier invocation did.
     """
 
     def __init__(self, config: RunConfig, content_hash: str, *, resume: bool) -> None:
         self.path = Path(config.out) / "report.partial.json"
         self.key = {"content_hash": content_hash, "config": json.loads(config.model_dump_json(exclude={"out"}))}
         self.sections: dict[str, Any] = {}
+        self.log: dict[str, dict[str, Any]] = {}
         if resume and self.path.is_file():
             saved = json.loads(self.path.read_text())
             if self._comparable(saved.get("key", {})) == self._comparable(self.key):
                 self.sections = saved["sections"]
+                self.log = {name: {**entry, "resumed": True} for name, entry in saved.get("log", {}).items()}
                 _logger.info("resuming: %s already measured", sorted(self.sections))
             else:
                 _logger.warning("ignoring %s: another checkpoint or configuration", self.path)
@@ -212,8 +216,10 @@ class PartialReport:
     def section(self, name: str, measure: Callable[[], Any]) -> Any:
         if name not in self.sections:
             _logger.info("measuring: %s", name)
+            started, at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
             self.sections[name] = measure()
-            write_text_atomic(self.path, json.dumps({"key": self.key, "sections": self.sections}))
+            self.log[name] = {"measured_at": at, "seconds": time.perf_counter() - started, "resumed": False}
+            write_text_atomic(self.path, json.dumps({"key": self.key, "sections": self.sections, "log": self.log}))
         return self.sections[name]
 
     def finish(self) -> None:
@@ -271,6 +277,7 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     finally:
         engine.close()
     report["seconds"] = time.perf_counter() - started
+    report["sections"] = partial.log
     report["headline"] = headline(report)
     partial.finish()
     return report

@@ -1,7 +1,8 @@
 """Latency versus corpus size: synthetic corpora that follow the trained model's statistics, every mode and peer.
 
-The corpus (terms per item, term document frequencies, weights, dense vectors near real ones; see synthetic.py)
-is indexed by Duet's own publish path and by each peer; queries are real caption vectors of the benchmark's index.
+The corpus (mixtures of two real items in both spaces, keeping terms per item, term document frequencies and
+weights; see synthetic.py) is indexed by Duet's own publish path and by each peer; queries are real caption
+vectors of the benchmark's index.
 There are no relevance judgements here: quality is overlap@10 with exact brute force of the same scoring rule.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from benchmarks.compare import build_engines, compare
 from benchmarks.search_bench import stored_queries
-from benchmarks.synthetic import CorpusStatistics, generate
+from benchmarks.synthetic import CorpusStatistics, corpus_summary, generate
 from indexer.build import IndexBuildConfig, publish_index
 from indexer.search import SearchEngine
 
@@ -54,6 +55,7 @@ def scale_point(real: SearchEngine, items: int, work: Path, *, peers: Sequence[s
             shutil.rmtree(out, ignore_errors=True)
     timings = manifest.build["timings"]
     return {"items": items, "queries": len(sample), "statistics": stats.summary(),
+            "synthetic_statistics": corpus_summary(encoded.sparse),
             "synthetic_mean_terms": manifest.sides["images"].mean_terms, "duet_build_seconds": build_seconds,
             "duet_sparse_build_items_per_second": items / timings["images_sparse_seconds"],
             "engines": rows, "unavailable": notes}

@@ -228,6 +228,7 @@ def test_an_interrupted_run_resumes_its_finished_sections(tmp_path: Path) -> Non
 
     again = PartialReport(config, "hash-a", resume=True)
     assert again.section("quality", never) == {"R@1": 1.0}
+    assert again.log["quality"]["resumed"] and not first.log["quality"]["resumed"]
     assert "peers" not in again.sections
     other = PartialReport(config, "hash-b", resume=True)  # another checkpoint: nothing is reused
     assert other.sections == {}
