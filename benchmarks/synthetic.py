@@ -70,32 +70,41 @@ def generate(stats: CorpusStatistics, count: int, *, seed: int = 0, noise: float
              mix: tuple[float, float] = (0.3, 0.7), chunk: int = 10_000) -> EncodedItems:
     """``count`` items, each a mixture of two real items (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    sources, vocabulary = stats.sparse.shape
+    sources = stats.sparse.shape[0]
     dense_parts, sparse_parts = [], []
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
         first, second = rng.integers(0, sources, n), rng.integers(0, sources, n)
         lam = rng.uniform(*mix, n).astype(np.float32)[:, None]
-        dense = lam * stats.dense[first] + (1 - lam) * stats.dense[second]
-        dense += rng.normal(0, noise / np.sqrt(dense.shape[1]), dense.shape).astype(np.float32)
-        dense_parts.append((dense / np.linalg.norm(dense, axis=1, keepdims=True)).astype(np.float32))
-
-        first_rows, second_rows = stats.sparse[first], stats.sparse[second]
-        # A term of one source only is kept with that source's share, a shared term always: each term's expected
-        # document frequency and the expected terms per item equal the real ones.
-        keep = rng.random(first_rows.shape) < lam * (first_rows > 0) + (1 - lam) * (second_rows > 0)
-        counts = keep.sum(axis=1)
-        mixed = np.where(keep, lam * first_rows + (1 - lam) * second_rows, -1.0)
-        order = np.argsort(-mixed, axis=1, kind="stable")  # kept terms first, strongest mixed weight first
-        take = np.arange(vocabulary)[None, :] < counts[:, None]
-        # counts[i] observed weights per row, sorted descending, assigned by the mixed weights' rank.
-        ranked_weights = -np.sort(np.where(take, -rng.choice(stats.weights, (n, vocabulary)), np.inf), axis=1)
-        tokens = np.where(take, stats.token_ids[order], _UNUSED)
-        by_token = np.argsort(tokens, axis=1, kind="stable")  # ascending token ids per row, unused slots last
-        tokens = np.take_along_axis(tokens, by_token, axis=1)
-        weights = np.take_along_axis(np.where(take, ranked_weights, 0.0), by_token, axis=1)
-        used = tokens != _UNUSED
-        indptr = np.zeros(n + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        sparse_parts.append(SparseRows(indptr, tokens[used].astype(np.int32), weights[used].astype(np.float32)))
+        dense_parts.append(_mix_dense(stats.dense[first], stats.dense[second], lam, noise, rng))
+        sparse_parts.append(_mix_sparse(stats, stats.sparse[first], stats.sparse[second], lam, rng))
     return EncodedItems(np.concatenate(dense_parts), SparseRows.concatenate(sparse_parts))
+
+
+def _mix_dense(first: np.ndarray, second: np.ndarray, lam: np.ndarray, noise: float,
+               rng: np.random.Generator) -> np.ndarray:
+    dense = lam * first + (1 - lam) * second
+    dense += rng.normal(0, noise / np.sqrt(dense.shape[1]), dense.shape).astype(np.float32)
+    return (dense / np.linalg.norm(dense, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _mix_sparse(stats: CorpusStatistics, first: np.ndarray, second: np.ndarray, lam: np.ndarray,
+                rng: np.random.Generator) -> SparseRows:
+    n, vocabulary = first.shape
+    # A term of one source only is kept with that source's share, a shared term always: each term's expected
+    # document frequency and the expected terms per item equal the real ones.
+    keep = rng.random(first.shape) < lam * (first > 0) + (1 - lam) * (second > 0)
+    counts = keep.sum(axis=1)
+    mixed = np.where(keep, lam * first + (1 - lam) * second, -1.0)
+    order = np.argsort(-mixed, axis=1, kind="stable")  # kept terms first, strongest mixed weight first
+    take = np.arange(vocabulary)[None, :] < counts[:, None]
+    # counts[i] observed weights per row, sorted descending, assigned by the mixed weights' rank.
+    ranked_weights = -np.sort(np.where(take, -rng.choice(stats.weights, (n, vocabulary)), np.inf), axis=1)
+    tokens = np.where(take, stats.token_ids[order], _UNUSED)
+    by_token = np.argsort(tokens, axis=1, kind="stable")  # ascending token ids per row, unused slots last
+    tokens = np.take_along_axis(tokens, by_token, axis=1)
+    weights = np.take_along_axis(np.where(take, ranked_weights, 0.0), by_token, axis=1)
+    used = tokens != _UNUSED
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return SparseRows(indptr, tokens[used].astype(np.int32), weights[used].astype(np.float32))
