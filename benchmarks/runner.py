@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     prune_terms: tuple[int, ...] = (8, 16, 32, 64, 128)
     peers: tuple[str, ...] = PEERS
-    scales: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    scales: tuple[int, ...] = (10_000, 100_000)
     scale_queries: int = Field(100, gt=0)
     encode_samples: int = Field(64, gt=0, description="images (and 8x as many texts) timed for encoding throughput")
     cache_root: Path = Path("artifacts/cache")
