@@ -95,12 +95,9 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool) -> list[str]
 
 def statistics_table(real: dict[str, float], synthetic: dict[str, float] | None) -> list[str]:
     """The sparse statistics the synthetic corpus was drawn from, beside what it came out with."""
-    columns = ["test images", *(["synthetic"] if synthetic else [])]
-    rows = ["| statistic | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for key, value in real.items():
-        cells = [f"{value:.3g}", *([f"{synthetic[key]:.3g}"] if synthetic else [])]
-        rows.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
-    return rows
+    header = ["statistic", "test images", *(["synthetic"] if synthetic else [])]
+    return _table(header, [[key.replace("_", " "), f"{value:.3g}", *([f"{synthetic[key]:.3g}"] if synthetic else [])]
+                           for key, value in real.items()])
 
 
 def render_run(report: dict[str, Any], plots: list[str]) -> str:
