@@ -43,11 +43,13 @@ variants: setup
 sparsity: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/sparsity_sweep.sh
 
-# The Flickr8k benchmark report (quality, sweeps, efficiency, peers, 10k/100k synthetic scale) of a checkpoint.
+# The Flickr8k benchmark report (quality, sweeps, efficiency, peers, 10k/100k/1M synthetic scale) of a checkpoint:
+# about 2 hours on 2 cores, most of it the 1M point. BENCH_ARGS=--resume continues an interrupted run.
 CHECKPOINT ?= $(RUNS)/skd/best
+SCALES ?= 10000,100000,1000000
 benchmarks: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks run --checkpoint $(CHECKPOINT) --data $(DATA) \
-		--out docs/benchmarks/flickr8k-test
+		--out docs/benchmarks/flickr8k-test --scales $(SCALES) $(BENCH_ARGS)
 
 # Re-run the results matrix's conditions: OK/FAIL per row.
 check-benchmarks: setup

@@ -87,7 +87,9 @@ def _add_run_parsers(sub: Any) -> None:
     p.add_argument("--scale-queries", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="threads for one-query latency (every engine)")
     p.add_argument("--batch-threads", type=int, default=2, help="threads for batched throughput and builds")
-    p.add_argument("--resume", action="store_true", help="skip the sections an interrupted run already measured")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the sections an interrupted run (report.partial.json) or, failing that, the finished "
+                        "report.json in --out already measured for this checkpoint and configuration")
     p = sub.add_parser("check", help="re-run a results matrix's conditions; OK/FAIL per row, exit 1 on any FAIL")
     p.add_argument("--matrix", required=True, help="matrix JSON (e.g. benchmarks/matrix/flickr8k-test.json)")
     p.add_argument("--checkpoint", help="default: the matrix's checkpoint")

@@ -7,6 +7,7 @@ batched, build time and index bytes; ratios are to Duet's own path in the same m
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from benchmarks.peers import (
     DuetEngine,
     Engine,
     ExactEngine,
+    ExactScorer,
     HNSWEngine,
     MilvusLiteEngine,
     MilvusLiteStore,
@@ -30,12 +32,13 @@ from benchmarks.peers import (
 )
 from benchmarks.recall import KS, overlap_at_k, recall_at_k
 from benchmarks.search_bench import time_calls
-from core.progress import progress
+from core.progress import progress_bar
 from indexer.search import Query, SearchEngine
 
 _logger = logging.getLogger("benchmarks.compare")
 
 PEERS = ("hnsw", "milvus", "seismic")
+PEER_MODES = {"hnsw": 1, "milvus": len(MODES), "seismic": 1}  # engines (rows) per peer
 TOP_K = max(KS)
 
 
@@ -47,67 +50,98 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def build_engines(engine: SearchEngine, side: str, peers: Sequence[str], work: Path, *, candidate_k: int = 100,
-                  threads: int = 1) -> tuple[list[Engine], list[str], list[Any]]:
-    """Duet's modes, exact per mode, then each requested peer; returns (engines, unavailable notes, closables)."""
+def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, relevant: Sequence[set[int]] | None,
+                 peers: Sequence[str], work: Path, candidate_k: int = 100, latency_queries: int = 200,
+                 threads: int = 1, batch_threads: int = 2) -> tuple[list[dict[str, Any]], list[str]]:
+    """Duet's modes and exact brute force, then each requested peer; returns (rows, unavailable notes).
+
+    Each peer is built, measured and released before the next one is built: at 1M items the peers' indexes
+    together do not fit in 24 GB, one at a time they do. ``relevant`` is None for synthetic corpora.
+    """
     unknown = set(peers) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; choose from {PEERS}")
     store = engine.stores[side]
     vectors = Vectors(np.asarray(store.dense, np.float32), store.sparse)
     scoring = Scoring.of(engine)
-    engines: list[Engine] = [DuetEngine(engine, side, mode, candidate_k=candidate_k) for mode in MODES]
-    engines += [ExactEngine(vectors, mode, scoring) for mode in MODES]
-    notes: list[str] = []
-    closables: list[Any] = []
-    for peer in peers:
-        _logger.info("building peer %s over %d items", peer, len(vectors))
-        try:
-            if peer == "hnsw":
-                engines.append(HNSWEngine(vectors))
-            elif peer == "seismic":
-                engines.append(SeismicEngine(vectors, work, threads=threads))
-            elif peer == "milvus":
-                milvus = MilvusLiteStore(vectors, work)
-                closables.append(milvus)
-                engines += [MilvusLiteEngine(milvus, mode, scoring, candidate_k=candidate_k) for mode in MODES]
-        except PeerUnavailableError as e:
-            _logger.warning("%s", e)
-            notes.append(f"{peer}: {e}")
-    return engines, notes, closables
-
-
-def compare(engines: Sequence[Engine], queries: Sequence[Query], *, relevant: Sequence[set[int]] | None,
-            latency_queries: int = 200, threads: int = 1, batch_threads: int = 2) -> list[dict[str, Any]]:
-    """One row per (engine, mode); ``relevant`` None for synthetic corpora (overlap with exact only)."""
-    exact = {e.mode: e for e in engines if isinstance(e, ExactEngine)}
-    step = max(1, len(queries) // latency_queries)
-    timed = list(queries)[::step][:latency_queries]
+    exact = ExactScorer(vectors, scoring)
+    measure = _Measurement(exact, queries, relevant, latency_queries, threads, batch_threads)
     rows: list[dict[str, Any]] = []
-    for e in progress(engines, desc="engines", unit="engine"):
-        set_threads(batch_threads)
-        started = time.perf_counter()
-        found = e.search_batch(queries, TOP_K, batch_threads)
-        batch_seconds = time.perf_counter() - started
-        set_threads(threads)
-        overlap = ground_truth_overlap(exact[e.mode], queries, found)
-        row: dict[str, Any] = {"engine": e.name, "mode": e.mode, "build_seconds": e.build_seconds,
-                               "size_bytes": e.size_bytes(), "overlap@10": overlap,
-                               "latency_ms": time_calls(lambda q, e=e: e.search(q, TOP_K), timed),
-                               "batch_qps": len(queries) / batch_seconds, "batch_threads": batch_threads}
-        if relevant is not None:
-            row["recall"] = recall_at_k([list(f) for f in found], relevant)
-        rows.append(row)
+    notes: list[str] = []
+    with progress_bar(total=2 * len(MODES) + sum(PEER_MODES[p] for p in peers), desc="engines",
+                      unit="engine") as bar:
+        for mode in MODES:
+            rows.append(measure(DuetEngine(engine, side, mode, candidate_k=candidate_k)))
+            bar.update(1)
+        for mode in MODES:
+            rows.append(measure(ExactEngine(exact, mode)))
+            bar.update(1)
+        for peer in peers:
+            _logger.info("building peer %s over %d items", peer, len(vectors))
+            try:
+                engines, closables = _build_peer(peer, vectors, scoring, work, candidate_k=candidate_k,
+                                                 threads=batch_threads)
+            except PeerUnavailableError as e:
+                _logger.warning("%s", e)
+                notes.append(f"{peer}: {e}")
+                bar.update(PEER_MODES[peer])
+                continue
+            try:
+                for e in engines:
+                    rows.append(measure(e))
+                    bar.update(1)
+            finally:
+                for closable in closables:
+                    closable.close()
+                del engines, closables
+                gc.collect()
     _add_ratios(rows)
-    return rows
+    return rows, notes
 
 
-def ground_truth_overlap(exact: ExactEngine, queries: Sequence[Query], found: Sequence[np.ndarray], *,
+def _build_peer(peer: str, vectors: Vectors, scoring: Scoring, work: Path, *, candidate_k: int,
+                threads: int) -> tuple[list[Engine], list[Any]]:
+    """One peer's engines (one per mode it serves) and what must be closed after measuring them."""
+    if peer == "hnsw":
+        return [HNSWEngine(vectors)], []
+    if peer == "seismic":
+        return [SeismicEngine(vectors, work, threads=threads)], []
+    milvus = MilvusLiteStore(vectors, work)
+    return [MilvusLiteEngine(milvus, mode, scoring, candidate_k=candidate_k) for mode in MODES], [milvus]
+
+
+class _Measurement:
+    """One row per (engine, mode): batched search with overlap (and recall), then one-query latency."""
+
+    def __init__(self, exact: ExactScorer, queries: Sequence[Query], relevant: Sequence[set[int]] | None,
+                 latency_queries: int, threads: int, batch_threads: int) -> None:
+        self.exact, self.queries, self.relevant = exact, list(queries), relevant
+        self.threads, self.batch_threads = threads, batch_threads
+        self.timed = self.queries[::max(1, len(self.queries) // latency_queries)][:latency_queries]
+
+    def __call__(self, e: Engine) -> dict[str, Any]:
+        _logger.info("measuring %s (%s)", e.name, e.mode)
+        set_threads(self.batch_threads)
+        started = time.perf_counter()
+        found = e.search_batch(self.queries, TOP_K, self.batch_threads)
+        batch_seconds = time.perf_counter() - started
+        set_threads(self.threads)
+        row: dict[str, Any] = {"engine": e.name, "mode": e.mode, "build_seconds": e.build_seconds,
+                               "size_bytes": e.size_bytes(),
+                               "overlap@10": ground_truth_overlap(self.exact, e.mode, self.queries, found),
+                               "latency_ms": time_calls(lambda q: e.search(q, TOP_K), self.timed),
+                               "batch_qps": len(self.queries) / batch_seconds, "batch_threads": self.batch_threads}
+        if self.relevant is not None:
+            row["recall"] = recall_at_k([list(f) for f in found], self.relevant)
+        return row
+
+
+def ground_truth_overlap(exact: ExactScorer, mode: str, queries: Sequence[Query], found: Sequence[np.ndarray], *,
                          chunk: int = 256) -> float:
     """Mean overlap@10 with exact brute force, tie-aware, scoring the queries in chunks."""
     shares: list[float] = []
     for start in range(0, len(queries), chunk):
-        shares += overlap_at_k(found[start:start + chunk], exact.scores(queries[start:start + chunk]), TOP_K)
+        shares += overlap_at_k(found[start:start + chunk], exact.scores(queries[start:start + chunk], mode), TOP_K)
     return 100.0 * float(np.mean(shares))
 
 

@@ -151,7 +151,8 @@ def _resumed(log: dict[str, dict[str, Any]]) -> list[str]:
     earlier = {name: entry["measured_at"] for name, entry in log.items() if entry.get("resumed")}
     if not earlier:
         return []
-    return [f"- resumed (`--resume`): {', '.join(f'{name} (measured {at})' for name, at in earlier.items())} "
+    named = ', '.join(f'{name} (measured {at or "at an unrecorded time"})' for name, at in earlier.items())
+    return [f"- resumed (`--resume`): {named} "
             "come from an earlier invocation of the same command and configuration; the run time above is the "
             "last invocation's"]
 

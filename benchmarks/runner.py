@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from benchmarks.compare import PEERS, build_engines, compare, set_threads
+from benchmarks.compare import PEERS, set_threads, side_by_side
 from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
 from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
 from benchmarks.sweeps import pruning_sweep, weight_sweep
@@ -40,6 +40,8 @@ _logger = logging.getLogger("benchmarks.runner")
 
 # quality is always measured (the headline); the others can be left out (the matrix check runs quality only)
 STAGES = ("quality", "sweeps", "efficiency", "peers", "scale")
+# the report's sections besides the scale points (``scale-<items>``), as the partial report names them
+SECTIONS = ("quality", "weight_sweep", "pruning", "encoding", "batched", "latency", "peers")
 
 
 class RunConfig(BaseModel):
@@ -173,21 +175,19 @@ def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) 
 
 def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
     _logger.info("peers on the same vectors: %s", config.peers)
-    engines, notes, closables = build_engines(engine, "images", config.peers, config.work,
-                                              candidate_k=config.candidate_k, threads=config.batch_threads)
-    try:
-        t2i_relevant, _ = relevance(engine)
-        rows = compare(engines, stored_queries(engine.stores["texts"]), relevant=t2i_relevant,
-                       latency_queries=config.latency_queries, threads=config.threads,
-                       batch_threads=config.batch_threads)
-    finally:
-        for closable in closables:
-            closable.close()
+    t2i_relevant, _ = relevance(engine)
+    rows, notes = side_by_side(engine, "images", stored_queries(engine.stores["texts"]), relevant=t2i_relevant,
+                               peers=config.peers, work=config.work, candidate_k=config.candidate_k,
+                               latency_queries=config.latency_queries, threads=config.threads,
+                               batch_threads=config.batch_threads)
     return {"side": "images", "queries": "every caption of the split (t2i)", "unavailable": notes, "engines": rows}
 
 
 class PartialReport:
     """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them.
+
+    Without a partial report, ``--resume`` reuses the sections of a finished ``<out>/report.json`` instead, so a
+    report can be extended (another scale point) without measuring again what it holds.
 
     A partial report is only reused for the same checkpoint content and the same run configuration. ``log`` says
     when each section was measured and how long it took, so a resumed report shows what an earlier invocation did.
@@ -198,14 +198,32 @@ class PartialReport:
         self.key = {"content_hash": content_hash, "config": json.loads(config.model_dump_json(exclude={"out"}))}
         self.sections: dict[str, Any] = {}
         self.log: dict[str, dict[str, Any]] = {}
+        finished = Path(config.out) / "report.json"
         if resume and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if self._comparable(saved.get("key", {})) == self._comparable(self.key):
-                self.sections = saved["sections"]
-                self.log = {name: {**entry, "resumed": True} for name, entry in saved.get("log", {}).items()}
-                _logger.info("resuming: %s already measured", sorted(self.sections))
-            else:
-                _logger.warning("ignoring %s: another checkpoint or configuration", self.path)
+            self._reuse(self.path, json.loads(self.path.read_text()))
+        elif resume and finished.is_file():  # extend a finished report, e.g. with another scale point
+            self._reuse(finished, self._saved_from_report(json.loads(finished.read_text())))
+
+    def _reuse(self, path: Path, saved: dict[str, Any]) -> None:
+        if self._comparable(saved.get("key", {})) != self._comparable(self.key):
+            _logger.warning("ignoring %s: another checkpoint or configuration", path)
+            return
+        self.sections = saved["sections"]
+        self.log = {name: {**saved.get("log", {}).get(name, {"measured_at": None, "seconds": None}), "resumed": True}
+                    for name in self.sections}
+        _logger.info("resuming from %s: %s already measured", path, sorted(self.sections))
+
+    @staticmethod
+    def _saved_from_report(report: dict[str, Any]) -> dict[str, Any]:
+        """A finished report as a partial one: its sections, less scale points of another synthetic generator."""
+        from benchmarks.synthetic import GENERATOR
+
+        sections = {name: report[name] for name in SECTIONS if name in report}
+        sections |= {f"scale-{point['items']}": point for point in report.get("scale", [])
+                     if point.get("generator") == GENERATOR}
+        config = {k: v for k, v in report.get("config", {}).items() if k != "out"}
+        return {"key": {"content_hash": report.get("checkpoint", {}).get("content_hash"), "config": config},
+                "sections": sections, "log": report.get("sections", {})}
 
     @staticmethod
     def _comparable(key: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from core.encoder import EncodedItems, SparseRows
 from indexer.store import SideStore
 
 _UNUSED = np.iinfo(np.int32).max  # sorts after every token id
+# recorded with every scale point: a resumed report reuses only points made by the same generator
+GENERATOR = "pair-mixture-v1"
 
 
 @dataclass(frozen=True)

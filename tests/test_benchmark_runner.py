@@ -240,6 +240,62 @@ def test_an_interrupted_run_resumes_its_finished_sections(tmp_path: Path) -> Non
     assert not (tmp_path / "out" / "report.partial.json").exists()
 
 
+def test_resume_extends_a_finished_report_with_points_of_the_same_generator(tmp_path: Path) -> None:
+    from benchmarks.runner import PartialReport, RunConfig
+    from benchmarks.synthetic import GENERATOR
+
+    config = RunConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "out", scales=(10_000, 1_000_000))
+    finished = {"checkpoint": {"content_hash": "hash-a"},
+                "config": {**json.loads(config.model_dump_json()), "scales": [10_000, 100_000]},
+                "quality": {"R@1": 1.0}, "peers": {"engines": []},
+                "scale": [{"items": 10_000, "generator": GENERATOR}, {"items": 100_000, "generator": "older"}],
+                "sections": {"quality": {"measured_at": "2026-11-28T14:00:00+00:00", "seconds": 3.0,
+                                         "resumed": False}}}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text(json.dumps(finished))
+    extended = PartialReport(config, "hash-a", resume=True)
+    # the 100k point was made by another generator: measured again, not reused
+    assert sorted(extended.sections) == ["peers", "quality", "scale-10000"]
+    assert extended.log["quality"] == {"measured_at": "2026-11-28T14:00:00+00:00", "seconds": 3.0, "resumed": True}
+    assert extended.log["peers"]["resumed"] and extended.log["peers"]["measured_at"] is None
+    assert PartialReport(config, "hash-b", resume=True).sections == {}  # another checkpoint
+    assert PartialReport(config, "hash-a", resume=False).sections == {}  # only with --resume
+
+
+def test_peers_are_built_and_released_one_at_a_time(tiny_index: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1M items the peers' indexes do not fit in memory together: each is closed before the next is built."""
+    import benchmarks.compare as compare
+    from benchmarks.search_bench import stored_queries
+    from indexer.search import SearchEngine
+
+    events: list[str] = []
+    real_build = compare._build_peer
+
+    class Recorded:
+        def __init__(self, peer: str) -> None:
+            self.peer = peer
+
+        def close(self) -> None:
+            events.append(f"close {self.peer}")
+
+    def recording_build(peer: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(f"build {peer}")
+        engines, closables = real_build(peer, *args, **kwargs)
+        return engines, [*closables, Recorded(peer)]
+
+    monkeypatch.setattr(compare, "_build_peer", recording_build)
+    engine = SearchEngine(tiny_index)
+    try:
+        queries = stored_queries(engine.stores["texts"])[:6]
+        rows, notes = compare.side_by_side(engine, "images", queries, relevant=None, peers=("hnsw", "seismic"),
+                                           work=tmp_path, latency_queries=3)
+    finally:
+        engine.close()
+    assert events == ["build hnsw", "close hnsw", "build seismic", "close seismic"] and not notes
+    assert [r["engine"] for r in rows][:6] == ["duet"] * 3 + ["exact"] * 3 and len(rows) == 8
+
+
 # ----- bad input -----
 def test_index_from_another_checkpoint_is_refused(tiny_run: Path, tiny_backbone, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
                                                    coco_fixture: Path, tmp_path: Path,
