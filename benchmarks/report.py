@@ -126,9 +126,13 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
     if "peers" in report:
         lines += _peers(report["peers"])
     for point in report.get("scale", []):
+        took = report.get("sections", {}).get(f"scale-{point['items']}", {}).get("seconds")
         lines += [f"## Synthetic corpus: {point['items']:,} items ({point['queries']} real caption queries)", "",
-                  "Items mix two real test images in both spaces (benchmarks/synthetic.py). Duet sparse build "
-                  f"{point['duet_sparse_build_items_per_second']:,.0f} items/s.", "",
+                  "Items mix two real test images in both spaces (benchmarks/synthetic.py). Duet build "
+                  f"{point['duet_build_seconds'] / 60:.1f} min (sparse "
+                  f"{point['duet_sparse_build_items_per_second']:,.0f} items/s)"
+                  + (f"; the whole point (generation, every build and measurement) took {took / 60:.0f} min."
+                     if took else "."), "",
                   *statistics_table(point["statistics"], point.get("synthetic_statistics")), "",
                   *engines_table(point["engines"], with_recall=False), ""]
         if point["unavailable"]:
