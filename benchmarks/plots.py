@@ -69,12 +69,22 @@ def _series(report: dict[str, Any]) -> dict[tuple[str, str], list[tuple[int, flo
     return series
 
 
+def _engine_colors(engines: list[str]) -> dict[str, Any]:
+    """One colour per engine (modes differ by line style): 11 engine-mode lines would wrap a 10-colour cycle."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"].colors
+    return {engine: palette[i % len(palette)] for i, engine in enumerate(sorted(set(engines)))}
+
+
 def latency_vs_size(report: dict[str, Any], path: Path) -> None:
     fig, ax = _figure()
-    for (engine, mode), values in sorted(_series(report).items()):
+    series = _series(report)
+    colors = _engine_colors([engine for engine, _ in series])
+    for (engine, mode), values in sorted(series.items()):
         values.sort()
         ax.plot([v[0] for v in values], [v[1] for v in values], MODE_STYLE.get(mode, "-"), marker="o",
-                label=f"{engine} {mode}")
+                color=colors[engine], label=f"{engine} {mode}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("corpus size (items; first point = the real test split, then synthetic)")
@@ -90,9 +100,10 @@ def latency_vs_recall(report: dict[str, Any], path: Path) -> None:
     sets = [("test split, overlap@10 with exact", report["peers"]["engines"], "o")]
     if largest:
         sets.append((f"{largest['items']:,} synthetic, overlap@10", largest["engines"], "^"))
+    colors = _engine_colors([row["engine"] for _, rows, _ in sets for row in rows])
     for title, rows, marker in sets:
         for row in rows:
-            ax.scatter(row["overlap@10"], row["latency_ms"]["p50"], marker=marker)
+            ax.scatter(row["overlap@10"], row["latency_ms"]["p50"], marker=marker, color=colors[row["engine"]])
             ax.annotate(f"{row['engine']} {row['mode']}", (row["overlap@10"], row["latency_ms"]["p50"]),
                         fontsize=5)
         ax.scatter([], [], marker=marker, color="grey", label=title)
