@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_parsers(sub: Any) -> None:
+    from benchmarks.knobs import KnobGrid
     from benchmarks.runner import RunConfig
 
     p = sub.add_parser("run", help="the full report for one Karpathy dataset split (JSON, Markdown, PNG plots)")
@@ -80,6 +81,13 @@ def _add_run_parsers(sub: Any) -> None:
                    help="comma-separated subset of hnsw,milvus,seismic ('' for none)")
     p.add_argument("--scales", default=",".join(map(str, RunConfig.model_fields["scales"].default)),
                    help="synthetic corpus sizes, comma-separated ('' for none)")
+    p.add_argument("--knob-scales", default=",".join(map(str, RunConfig.model_fields["knob_scales"].default)),
+                   help="synthetic sizes at which each approximate engine's search-time knob is swept ('' for none)")
+    grid = KnobGrid()
+    p.add_argument("--knob-candidate-k", default=",".join(map(str, grid.candidate_k)),
+                   help="Duet hybrid candidates per leg to sweep")
+    p.add_argument("--knob-ef-search", default=",".join(map(str, grid.ef_search)), help="FAISS HNSW efSearch values")
+    p.add_argument("--knob-query-cut", default=",".join(map(str, grid.query_cut)), help="Seismic query_cut values")
     p.add_argument("--stages", default=",".join(RunConfig.model_fields["stages"].default))
     p.add_argument("--prune-terms", default=",".join(map(str, RunConfig.model_fields["prune_terms"].default)))
     p.add_argument("--weight-grid", default=",".join(map(str, RunConfig.model_fields["weight_grid"].default)))
@@ -109,11 +117,16 @@ def _csv(text: str, kind: type) -> tuple:
 
 
 def run_config(args: argparse.Namespace) -> Any:
+    from benchmarks.knobs import KnobGrid
     from benchmarks.runner import RunConfig
 
     return RunConfig(checkpoint=args.checkpoint, dataset=args.dataset, data=args.data, image_root=args.image_root,
                      split=args.split, out=args.out, work=args.work, index=args.index, peers=_csv(args.peers, str),
-                     scales=_csv(args.scales, int), stages=_csv(args.stages, str),
+                     scales=_csv(args.scales, int), knob_scales=_csv(args.knob_scales, int),
+                     knob_grid=KnobGrid(candidate_k=_csv(args.knob_candidate_k, int),
+                                        ef_search=_csv(args.knob_ef_search, int),
+                                        query_cut=_csv(args.knob_query_cut, int)),
+                     stages=_csv(args.stages, str),
                      prune_terms=_csv(args.prune_terms, int), weight_grid=_csv(args.weight_grid, float),
                      latency_queries=args.latency_queries, scale_queries=args.scale_queries, threads=args.threads,
                      batch_threads=args.batch_threads, cache_root=args.cache_root)

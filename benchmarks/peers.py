@@ -186,9 +186,14 @@ class HNSWEngine(Engine):
         self.index = faiss.IndexHNSWFlat(vectors.dense.shape[1], m, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = ef_construction
         self.index.add(np.ascontiguousarray(vectors.dense, np.float32))
-        self.index.hnsw.efSearch = ef_search
         self.build_seconds = time.perf_counter() - started
-        self.name = f"faiss-hnsw{m}-ef{ef_search}"
+        self.m = m
+        self.set_ef_search(ef_search)
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """The search-time breadth (recall against latency); the graph is not rebuilt."""
+        self.index.hnsw.efSearch = ef_search
+        self.name = f"faiss-hnsw{self.m}-ef{ef_search}"
 
     def search(self, query: Query, k: int) -> np.ndarray:
         _, rows = self.index.search(query.dense[None, :], k)
@@ -298,9 +303,13 @@ class SeismicEngine(Engine):
         # the default model's long lists made builds 4x slower for no recall gain in a 20k-item trial.
         self.index = seismic.SeismicIndex.build_from_dataset(dataset, n_postings=n_postings, num_threads=threads)
         self.build_seconds = time.perf_counter() - started
+        self.workdir = workdir
+        self.set_search(query_cut=query_cut, heap_factor=heap_factor)
+
+    def set_search(self, *, query_cut: int, heap_factor: float) -> None:
+        """Search-time knobs: query terms kept (largest weights first) and the heap's pruning factor."""
         self.query_cut, self.heap_factor = query_cut, heap_factor
         self.name = f"seismic-q{query_cut}-h{heap_factor}"
-        self.workdir = workdir
 
     def _components(self, query: Query) -> np.ndarray:
         return np.array([str(t) for t in query.term_ids.tolist()], dtype=self.seismic.get_seismic_string())

@@ -115,6 +115,30 @@ def latency_vs_recall(report: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def knob_curves(point: dict[str, Any], path: Path) -> None:
+    """Latency against overlap@10 as each engine's knob moves; exact brute force per mode as reference points."""
+    fig, ax = _figure()
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in point["rows"]:
+        curves.setdefault((row["family"], row["mode"]), []).append(row)
+    colors = _engine_colors([family for family, _ in curves])
+    for (family, mode), rows in sorted(curves.items()):
+        x, y = [r["overlap@10"] for r in rows], [r["latency_ms"]["p50"] for r in rows]
+        knob = rows[0]["knob"]
+        if knob is None:
+            ax.plot(x, y, "x", color=colors[family], label=f"{family} {mode}")
+            continue
+        ax.plot(x, y, MODE_STYLE.get(mode, "-"), marker="o", color=colors[family], label=f"{family} {mode} ({knob})")
+        for r in rows:
+            ax.annotate(str(r["value"]), (r["overlap@10"], r["latency_ms"]["p50"]), fontsize=6)
+    ax.set_yscale("log")
+    ax.set_xlabel("overlap@10 with exact brute force of the same scoring (%)")
+    ax.set_ylabel("p50 latency, ms (1 query at a time)")
+    ax.set_title(f"search-time knobs at {point['items']:,} synthetic items")
+    ax.legend(fontsize=6)
+    _save(fig, path)
+
+
 def write_plots(report: dict[str, Any], out: Path) -> list[str]:
     """Draw what the report's stages allow; returns the file names written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -125,4 +149,8 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
         if all(key in report for key in needs):
             draw(report, out / name)
             drawn.append(name)
+    for point in report.get("knobs", []):
+        name = f"knobs-{point['items']}.png"
+        knob_curves(point, out / name)
+        drawn.append(name)
     return drawn

@@ -54,19 +54,19 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def overlap_at_k(found: Sequence[Sequence[int]], scores: np.ndarray, k: int = 10) -> list[float]:
-    """Per query, the share of an engine's top k that belongs to the exact top k (recall against ground truth).
-
-    ``scores`` (Q, N) are the exact scores of the same rule; an item tied with the exact k-th score counts as
-    correct, so a tie broken another way (FAISS vs row order) is not a miss.
-    """
-    if len(found) != scores.shape[0]:
-        raise ValueError(f"{len(found)} result lists but {scores.shape[0]} score rows")
+def exact_top_k(scores: np.ndarray, k: int = 10) -> list[np.ndarray]:
+    """Per query, the rows that count as the exact top k of ``scores`` (Q, N): every row scoring at least the k-th
+    score, so an item tied with it is in (a tie broken another way, FAISS vs row order, is not a miss)."""
     k = min(k, scores.shape[1])
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
-    shares = []
-    for q, rows in enumerate(found):
-        rows = np.asarray(rows[:k], np.int64)
-        tolerance = 1e-5 * max(1.0, abs(float(kth[q])))
-        shares.append(float(np.sum(scores[q, rows] >= kth[q] - tolerance)) / k)
-    return shares
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(kth))
+    return [np.flatnonzero(row >= kth[q] - tolerance[q]) for q, row in enumerate(scores)]
+
+
+def overlap_with(found: Sequence[Sequence[int]], truth: Sequence[np.ndarray], k: int = 10) -> list[float]:
+    """Per query, the share of an engine's top k that is in the exact top k (``exact_top_k``)."""
+    if len(found) != len(truth):
+        raise ValueError(f"{len(found)} result lists but {len(truth)} ground-truth lists")
+    return [float(np.isin(np.asarray(rows[:k], np.int64), exact).sum()) / k
+            for rows, exact in zip(found, truth, strict=True)]
+

@@ -47,6 +47,18 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def _g(value: float | None, digits: int = 2) -> str:
+    """Like _f, but values that would round to zero keep two significant figures (a 0.004x ratio is not 0.00x)."""
+    if value is None or value == 0 or abs(value) >= 10 ** -digits:
+        return _f(value, digits)
+    return f"{value:.2g}"
+
+
+def _qps(value: float | None) -> str:
+    """Whole queries per second, with one decimal below 10 (a 1M corpus gives 0.4, not 0)."""
+    return _f(value, 0) if value is None or value >= 10 else _g(value, 1)
+
+
 def headline_table(report: dict[str, Any]) -> list[str]:
     rows = []
     for mode, h in report["headline"].items():
@@ -74,7 +86,8 @@ def pruning_table(points: list[dict[str, Any]]) -> list[str]:
                    "hybrid", "RSUM sparse", "exact", "hybrid"], rows)
 
 
-def engines_table(rows: list[dict[str, Any]], *, with_recall: bool) -> list[str]:
+def engines_table(rows: list[dict[str, Any]], *, with_recall: bool,
+                  duet_build_seconds: float | None = None) -> list[str]:
     out = []
     for r in rows:
         lat = r["latency_ms"]
@@ -82,10 +95,12 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool) -> list[str]
         if with_recall:
             cells += [f"{r['recall'][f'R@{k}']:.1f}" for k in (1, 5, 10)]
         cells += [f"{r['overlap@10']:.1f}", _f(lat["p50"], 2), _f(lat["p95"], 2), _f(lat["p99"], 2),
-                  _f(r.get("latency_p50_vs_duet"), 2) + "x", _f(r["batch_qps"], 0), _f(r.get("qps_vs_duet"), 2) + "x",
+                  _g(r.get("latency_p50_vs_duet")) + "x", _qps(r["batch_qps"]),
+                  _g(r.get("qps_vs_duet")) + "x",
                   _f(None if r["size_bytes"] is None else r["size_bytes"] / 2**20, 2),
                   _f(r.get("size_vs_duet"), 2) + "x",
-                  "index build" if r["engine"] == "duet" else _f(r["build_seconds"], 1)]
+                  _f(r["build_seconds"] if r["engine"] != "duet" else duet_build_seconds, 1)
+                  if r["engine"] != "duet" or duet_build_seconds is not None else "index build"]
         out.append(cells)
     header = ["engine", "mode", *(["t2i R@1", "R@5", "R@10"] if with_recall else []), "overlap@10 vs exact",
               "p50 ms", "p95", "p99", "p50 vs Duet", "QPS batched", "QPS vs Duet", "size MiB", "size vs Duet",
@@ -134,9 +149,12 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
                   + (f"; the whole point (generation, every build and measurement) took {took / 60:.0f} min."
                      if took else "."), "",
                   *statistics_table(point["statistics"], point.get("synthetic_statistics")), "",
-                  *engines_table(point["engines"], with_recall=False), ""]
+                  *engines_table(point["engines"], with_recall=False,
+                                duet_build_seconds=point["duet_build_seconds"]), ""]
         if point["unavailable"]:
             lines += [f"Unavailable: {'; '.join(point['unavailable'])}", ""]
+    for point in report.get("knobs", []):
+        lines += _knobs(point)
     if plots:
         lines += ["## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     lines += ["## How to read this", "",
@@ -148,6 +166,25 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
               "- Seismic is approximate (query_cut 20, heap_factor 0.7); exact/FAISS/Lucene use the stated threads.",
               f"- Reproduce: `{report['command']}`" if report.get("command") else "", ""]
     return "\n".join(lines)
+
+
+def knobs_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = [[r["engine"], r["mode"], r["knob"] or "(exact)", "" if r["value"] is None else f"{r['value']:,}",
+            f"{r['overlap@10']:.1f}", _f(r["latency_ms"]["p50"], 2), _f(r["latency_ms"]["p95"], 2),
+            _f(r["latency_ms"]["p99"], 2), _qps(r["batch_qps"])] for r in rows]
+    return _table(["engine", "mode", "knob", "value", "overlap@10 vs exact", "p50 ms", "p95", "p99", "QPS batched"],
+                  out)
+
+
+def _knobs(point: dict[str, Any]) -> list[str]:
+    lines = [f"## Search-time knobs: {point['items']:,} synthetic items ({point['queries']} real caption queries)",
+             "", "The same corpus as the scale point of this size; each approximate engine's own search-time knob "
+             "swept on one build (Duet hybrid: candidates per leg; FAISS HNSW: efSearch; Seismic: query_cut, "
+             "heap_factor 0.7). The scale tables' fixed settings are one point on each curve.", "",
+             *knobs_table(point["rows"]), ""]
+    if point["unavailable"]:
+        lines += [f"Unavailable: {'; '.join(point['unavailable'])}", ""]
+    return lines
 
 
 def _resumed(log: dict[str, dict[str, Any]]) -> list[str]:

@@ -8,7 +8,8 @@ Steps, each through the real index and search path:
   4. efficiency: one-thread latency per mode (search only and with text encoding), batched queries per second,
      bytes per item, build time and rate, image and text encoding throughput;
   5. peers on the same vectors (t2i): exact brute force, FAISS HNSW, milvus-lite, Seismic;
-  6. scale: synthetic corpora (default 10k and 100k items), every mode and peer.
+  6. scale: synthetic corpora (default 10k and 100k items), every mode and peer;
+  7. knobs: at chosen sizes (default 100k), each approximate engine's search-time knob against overlap@10.
 The report is JSON (every number plus the machine), Markdown and PNG plots, written atomically into --out.
 """
 
@@ -28,8 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.compare import PEERS, set_threads, side_by_side
 from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
+from benchmarks.knobs import KnobGrid, knob_point
 from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
 from benchmarks.sweeps import pruning_sweep, weight_sweep
+from benchmarks.synthetic import GENERATOR
 from core.atomic import write_text_atomic
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
@@ -39,7 +42,7 @@ from indexer.store import IndexMismatchError, IndexUnavailableError
 _logger = logging.getLogger("benchmarks.runner")
 
 # quality is always measured (the headline); the others can be left out (the matrix check runs quality only)
-STAGES = ("quality", "sweeps", "efficiency", "peers", "scale")
+STAGES = ("quality", "sweeps", "efficiency", "peers", "scale", "knobs")
 # the report's sections besides the scale points (``scale-<items>``), as the partial report names them
 SECTIONS = ("quality", "weight_sweep", "pruning", "encoding", "batched", "latency", "peers")
 
@@ -66,6 +69,8 @@ class RunConfig(BaseModel):
     peers: tuple[str, ...] = PEERS
     scales: tuple[int, ...] = (10_000, 100_000)
     scale_queries: int = Field(100, gt=0)
+    knob_scales: tuple[int, ...] = Field((100_000,), description="synthetic sizes of the knob sweeps")
+    knob_grid: KnobGrid = KnobGrid()
     encode_samples: int = Field(64, gt=0, description="images (and 8x as many texts) timed for encoding throughput")
     cache_root: Path = Path("artifacts/cache")
     stages: tuple[str, ...] = Field(STAGES, description=f"what to measure, a subset of {STAGES}")
@@ -183,6 +188,9 @@ def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
     return {"side": "images", "queries": "every caption of the split (t2i)", "unavailable": notes, "engines": rows}
 
 
+_SELECTION_FIELDS = ("stages", "scales", "knob_scales", "knob_grid")
+
+
 class PartialReport:
     """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them.
 
@@ -215,23 +223,27 @@ class PartialReport:
 
     @staticmethod
     def _saved_from_report(report: dict[str, Any]) -> dict[str, Any]:
-        """A finished report as a partial one: its sections, less scale points of another synthetic generator."""
-        from benchmarks.synthetic import GENERATOR
-
+        """A finished report as a partial one: its sections, less synthetic points of another generator."""
         sections = {name: report[name] for name in SECTIONS if name in report}
-        sections |= {f"scale-{point['items']}": point for point in report.get("scale", [])
-                     if point.get("generator") == GENERATOR}
+        sections |= {f"{kind}-{point['items']}": point for kind in ("scale", "knobs")
+                     for point in report.get(kind, []) if point.get("generator") == GENERATOR}
         config = {k: v for k, v in report.get("config", {}).items() if k != "out"}
         return {"key": {"content_hash": report.get("checkpoint", {}).get("content_hash"), "config": config},
                 "sections": sections, "log": report.get("sections", {})}
 
     @staticmethod
     def _comparable(key: dict[str, Any]) -> dict[str, Any]:
-        # which sections run (stages, scale sizes) does not change what a finished section measured
-        config = {k: v for k, v in key.get("config", {}).items() if k not in ("stages", "scales")}
+        # which sections run (stages, sizes) does not change what a finished section measured; a knob section
+        # carries its own grid and is checked against it (PartialReport.section's ``reusable``)
+        config = {k: v for k, v in key.get("config", {}).items() if k not in _SELECTION_FIELDS}
         return {"content_hash": key.get("content_hash"), "config": config}
 
-    def section(self, name: str, measure: Callable[[], Any]) -> Any:
+    def section(self, name: str, measure: Callable[[], Any], *,
+                reusable: Callable[[Any], bool] = lambda saved: True) -> Any:
+        """A saved section, or ``measure()`` saved now; ``reusable`` can refuse a saved one (another grid)."""
+        if name in self.sections and not reusable(self.sections[name]):
+            _logger.info("%s was measured with other settings: measuring it again", name)
+            del self.sections[name]
         if name not in self.sections:
             _logger.info("measuring: %s", name)
             started, at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -292,6 +304,8 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
             report["scale"] = [partial.section(f"scale-{items}", lambda items=items: scale_point(
                 engine, items, config.work, peers=config.peers, queries=config.scale_queries, candidate_k=k,
                 threads=threads, batch_threads=batch)) for items in config.scales]
+        if "knobs" in config.stages:
+            report["knobs"] = [knob_section(partial, engine, config, items) for items in config.knob_scales]
     finally:
         engine.close()
     report["seconds"] = time.perf_counter() - started
@@ -299,6 +313,14 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     report["headline"] = headline(report)
     partial.finish()
     return report
+
+
+def knob_section(partial: PartialReport, engine: SearchEngine, config: RunConfig, items: int) -> dict[str, Any]:
+    grid = config.knob_grid.model_dump(mode="json")
+    return partial.section(f"knobs-{items}", lambda: knob_point(
+        engine, items, config.work, grid=config.knob_grid, peers=config.peers, queries=config.scale_queries,
+        threads=config.threads, batch_threads=config.batch_threads),
+        reusable=lambda saved: saved.get("grid") == grid and saved.get("generator") == GENERATOR)
 
 
 def one_thread_latency(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:

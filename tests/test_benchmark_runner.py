@@ -13,7 +13,7 @@ import pytest
 from benchmarks.cli import main as bench_main
 from benchmarks.datasets import resolve_dataset
 from benchmarks.matrix import ResultsMatrix, check, lookup
-from benchmarks.recall import overlap_at_k, recall_at_k, top_rows
+from benchmarks.recall import exact_top_k, overlap_with, recall_at_k, top_rows
 from core.data import DatasetError
 from tests.conftest import save_tiny_checkpoint
 
@@ -59,7 +59,11 @@ def test_recall_rejects_queries_without_judgements() -> None:
 def test_overlap_with_ground_truth_counts_ties_as_correct() -> None:
     scores = np.array([[9.0, 8.0, 7.0, 7.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
     # query 0: row 3 ties the exact 3rd score (row 2), so either is right; query 1: one of three is wrong
-    assert overlap_at_k([[0, 1, 3], [0, 1, 4]], scores, k=3) == pytest.approx([1.0, 2 / 3])
+    truth = exact_top_k(scores, k=3)
+    assert [t.tolist() for t in truth] == [[0, 1, 2, 3], [0, 1, 2]]
+    assert overlap_with([[0, 1, 3], [0, 1, 4]], truth, k=3) == pytest.approx([1.0, 2 / 3])
+    with pytest.raises(ValueError, match="ground-truth"):
+        overlap_with([[0]], truth, k=3)
 
 
 def test_seismic_batch_results_line_up_with_their_queries(tmp_path: Path) -> None:
@@ -130,7 +134,8 @@ def test_dataset_errors_name_the_problem(synthetic_dataset: Path, tmp_path: Path
 
 # ----- the runner end to end -----
 TINY_RUN = ["--scales", "300", "--prune-terms", "4", "--weight-grid", "0,0.5,1", "--latency-queries", "8",
-            "--scale-queries", "8"]
+            "--scale-queries", "8", "--knob-scales", "300", "--knob-candidate-k", "5,300", "--knob-ef-search", "4,64",
+            "--knob-query-cut", "2,20"]
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +178,31 @@ def test_run_compares_every_peer_on_the_same_vectors(tiny_run: Path) -> None:
     assert report["scale"][0]["items"] == 300 and not report["peers"]["unavailable"]
 
 
+def test_knob_sweep_moves_each_engine_along_its_own_curve(tiny_run: Path) -> None:
+    point = json.loads((tiny_run / "report" / "report.json").read_text())["knobs"][0]
+    assert point["items"] == 300 and point["grid"]["candidate_k"] == [5, 300] and not point["unavailable"]
+    rows = {(r["family"], r["mode"], r["value"]): r for r in point["rows"]}
+    assert [(r["engine"], r["knob"], r["value"]) for r in point["rows"]] == [
+        ("exact", None, None)] * 3 + [("duet-c5", "candidate_k", 5), ("duet-c300", "candidate_k", 300),
+                                      ("faiss-hnsw32-ef4", "ef_search", 4), ("faiss-hnsw32-ef64", "ef_search", 64),
+                                      ("seismic-q2-h0.7", "query_cut", 2), ("seismic-q20-h0.7", "query_cut", 20)]
+    for mode in ("dense", "sparse", "hybrid"):
+        assert rows[("exact", mode, None)]["overlap@10"] == 100.0
+    # 300 candidates from the dense leg are the whole corpus, all rescored exactly: the exact hybrid top 10
+    assert rows[("duet", "hybrid", 300)]["overlap@10"] == 100.0
+    for row in point["rows"]:
+        assert row["latency_ms"]["n"] == 8 and row["batch_qps"] > 0 and 0 <= row["overlap@10"] <= 100
+
+
 def test_run_writes_markdown_and_plots(tiny_run: Path) -> None:
     out = tiny_run / "report"
     markdown = (out / "README.md").read_text()
     for heading in ("## Headline", "## Dense/sparse weight sweep", "## Recall versus active terms", "## Efficiency",
-                    "## Peers on the same vectors", "## Synthetic corpus: 300 items", "python -m benchmarks run"):
+                    "## Peers on the same vectors", "## Synthetic corpus: 300 items",
+                    "## Search-time knobs: 300 synthetic items", "python -m benchmarks run"):
         assert heading in markdown
-    for name in ("recall-vs-weight.png", "recall-vs-terms.png", "latency-vs-size.png", "latency-vs-recall.png"):
+    for name in ("recall-vs-weight.png", "recall-vs-terms.png", "latency-vs-size.png", "latency-vs-recall.png",
+                 "knobs-300.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in markdown
     (out / "README.md").unlink()
@@ -260,6 +283,35 @@ def test_resume_extends_a_finished_report_with_points_of_the_same_generator(tmp_
     assert extended.log["peers"]["resumed"] and extended.log["peers"]["measured_at"] is None
     assert PartialReport(config, "hash-b", resume=True).sections == {}  # another checkpoint
     assert PartialReport(config, "hash-a", resume=False).sections == {}  # only with --resume
+
+
+def test_a_saved_knob_sweep_of_another_grid_is_measured_again(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.knobs import KnobGrid
+    from benchmarks.runner import PartialReport, RunConfig, knob_section
+    from benchmarks.synthetic import GENERATOR
+
+    config = RunConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "out", knob_grid=KnobGrid(candidate_k=(100,)))
+    finished = {"checkpoint": {"content_hash": "hash-a"},
+                # a report written before the knob settings existed: they do not stop its sections being reused
+                "config": {k: v for k, v in json.loads(config.model_dump_json()).items() if not k.startswith("knob")},
+                "quality": {"R@1": 1.0},
+                "knobs": [{"items": 10_000, "generator": GENERATOR, "grid": {**config.knob_grid.model_dump(
+                    mode="json"), "candidate_k": [100, 300]}}]}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text(json.dumps(finished))
+    partial = PartialReport(config, "hash-a", resume=True)
+    assert sorted(partial.sections) == ["knobs-10000", "quality"]
+    measured: list[int] = []
+
+    def fake_point(engine: object, items: int, work: Path, **kwargs: object) -> dict[str, object]:
+        measured.append(items)
+        return {"items": items, "generator": GENERATOR, "grid": kwargs["grid"].model_dump(mode="json")}
+
+    monkeypatch.setattr("benchmarks.runner.knob_point", fake_point)
+    again = knob_section(partial, None, config, 10_000)  # type: ignore[arg-type]
+    assert measured == [10_000] and again["grid"]["candidate_k"] == [100]
+    assert knob_section(partial, None, config, 10_000) is again and measured == [10_000]  # now reused
 
 
 def test_peers_are_built_and_released_one_at_a_time(tiny_index: Path, tmp_path: Path,
