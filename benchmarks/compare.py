@@ -61,10 +61,7 @@ def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, r
     unknown = set(peers) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peers {sorted(unknown)}; choose from {PEERS}")
-    store = engine.stores[side]
-    vectors = Vectors(np.asarray(store.dense, np.float32), store.sparse)
-    scoring = Scoring.of(engine)
-    exact = ExactScorer(vectors, scoring)
+    vectors, scoring, exact = exact_reference(engine, side)
     measure = Measurement(GroundTruth(exact, queries), relevant, latency_queries, threads, batch_threads)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -97,6 +94,14 @@ def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, r
                 gc.collect()
     _add_ratios(rows)
     return rows, notes
+
+
+def exact_reference(engine: SearchEngine, side: str) -> tuple[Vectors, Scoring, ExactScorer]:
+    """One index side's vectors (what the peers index) and the exact brute force over them (the ground truth)."""
+    store = engine.stores[side]
+    vectors = Vectors(np.asarray(store.dense, np.float32), store.sparse)
+    scoring = Scoring.of(engine)
+    return vectors, scoring, ExactScorer(vectors, scoring)
 
 
 def _build_peer(peer: str, vectors: Vectors, scoring: Scoring, work: Path, *, candidate_k: int,

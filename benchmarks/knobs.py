@@ -19,17 +19,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from benchmarks.compare import GroundTruth, Measurement, set_threads
+from benchmarks.compare import GroundTruth, Measurement, exact_reference, set_threads
 from benchmarks.peers import (
     MODES,
     DuetEngine,
     ExactEngine,
-    ExactScorer,
     HNSWEngine,
     PeerUnavailableError,
-    Scoring,
     SeismicEngine,
-    Vectors,
 )
 from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.synthetic import GENERATOR
@@ -59,9 +56,7 @@ class KnobGrid(BaseModel):
 def knob_sweep(engine: SearchEngine, side: str, queries: Sequence[Query], *, grid: KnobGrid, peers: Sequence[str],
                work: Path, threads: int = 1, batch_threads: int = 2) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of (engine, mode, family, knob, value) with overlap@10 and latency; exact rows have knob None."""
-    store = engine.stores[side]
-    vectors = Vectors(store.dense, store.sparse)
-    exact = ExactScorer(vectors, Scoring.of(engine))
+    vectors, _, exact = exact_reference(engine, side)
     measure = Measurement(GroundTruth(exact, queries), None, len(queries), threads, batch_threads)
     hnsw = grid.ef_search if "hnsw" in peers else ()
     seismic = grid.query_cut if "seismic" in peers else ()

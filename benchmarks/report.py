@@ -91,6 +91,7 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool,
     out = []
     for r in rows:
         lat = r["latency_ms"]
+        build = duet_build_seconds if r["engine"] == "duet" else r["build_seconds"]
         cells = [r["engine"], r["mode"]]
         if with_recall:
             cells += [f"{r['recall'][f'R@{k}']:.1f}" for k in (1, 5, 10)]
@@ -99,8 +100,7 @@ def engines_table(rows: list[dict[str, Any]], *, with_recall: bool,
                   _g(r.get("qps_vs_duet")) + "x",
                   _f(None if r["size_bytes"] is None else r["size_bytes"] / 2**20, 2),
                   _f(r.get("size_vs_duet"), 2) + "x",
-                  _f(r["build_seconds"] if r["engine"] != "duet" else duet_build_seconds, 1)
-                  if r["engine"] != "duet" or duet_build_seconds is not None else "index build"]
+                  "index build" if build is None else _f(build, 1)]
         out.append(cells)
     header = ["engine", "mode", *(["t2i R@1", "R@5", "R@10"] if with_recall else []), "overlap@10 vs exact",
               "p50 ms", "p95", "p99", "p50 vs Duet", "QPS batched", "QPS vs Duet", "size MiB", "size vs Duet",
