@@ -29,6 +29,12 @@ def latency_table(latency: dict[str, Any]) -> list[str]:
             for name, v in latency["search_only"].items()]
     for name, v in latency.get("with_text_encoding", {}).items():
         rows.append([f"{name} + text encoding", f"{v['p50']:.1f}", f"{v['p95']:.1f}", f"{v['p99']:.1f}"])
+    for name, label in (("encode_text", "text encoding (both legs)"),
+                        ("encode_text_sparse", "text encoding, sparse leg only" +
+                         (" (inference-free: no tower forward)" if latency.get("inference_free") else ""))):
+        if name in latency:
+            v = latency[name]
+            rows.append([label, f"{v['p50']:.2f}", f"{v['p95']:.2f}", f"{v['p99']:.2f}"])
     return _table(["configuration (1 thread)", "p50 ms", "p95 ms", "p99 ms"], rows)
 
 
@@ -133,6 +139,8 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
               f"{q['rsum']['sparse_exact']:.1f}; Lucene minus exact R@10: "
               f"t2i {q['t2i']['lucene_minus_exact_R@10']:+.2f}, i2t {q['i2t']['lucene_minus_exact_R@10']:+.2f}.", ""]
     lines += [f"![{name}]({name})" for name in plots[:1]] + [""]
+    if "readability" in report:
+        lines += _readability(report["readability"])
     if "weight_sweep" in report:
         lines += ["## Dense/sparse weight sweep (hybrid)", "", *weight_table(report["weight_sweep"]), "",
                   "## Recall versus active terms (pruned indexes, Lucene)", "", *pruning_table(report["pruning"]), ""]
@@ -219,4 +227,28 @@ def _peers(peers: dict[str, Any]) -> list[str]:
              *engines_table(peers["engines"], with_recall=True), ""]
     if peers["unavailable"]:
         lines += [f"Unavailable: {'; '.join(peers['unavailable'])}", ""]
+    return lines
+
+
+def _readability(section: dict[str, Any]) -> list[str]:
+    r, floor = section["images"], section["frequency_floor"]
+    rows = [["indexed images", *(f"{r[f'GP@{k}']:.3f}" for k in (5, 10, 20)), f"{r['grounded_mass']:.3f}",
+             f"{r['junk_rate@10']:.3f}", f"{r['hub_max_df']:.3f}", f"{r['hub_median_df']:.3f}", r["distinct_terms"]],
+            ["frequency floor", *(f"{floor[f'GP@{k}']:.3f}" for k in (5, 10, 20)), "", "", "", "", ""]]
+    lines = ["## Readability of the sparse terms", "",
+             "GP@k: the share of an image's top-k terms that are content pieces of its own captions (k in the "
+             "denominator); grounded mass: weight on caption words over all weight; junk rate: top-10 terms that "
+             "are no content piece of any training caption; image df: share of images where a term is active. "
+             f"Caption vocabulary and floor from the {section['caption_vocabulary_from']} captions.", "",
+             *_table(["", "GP@5", "GP@10", "GP@20", "grounded mass", "junk rate@10", "largest image df",
+                      "median image df", "distinct terms"], rows), ""]
+    if "texts" in section:
+        t = section["texts"]
+        lines += [f"Indexed captions: {t['mean_terms']:.1f} terms on average, at most {t['max_terms']}; "
+                  f"{100 * t['own_words_share']:.1f}% have only their own tokens as terms.", ""]
+    lines += _table(["query", "strongest terms"], [[e["query"], ", ".join(f"{t} {w:.2f}" for t, w in e["terms"])]
+                                                   for e in section["examples"]])
+    lines += ["", *_table(["image", "first caption", "strongest terms"],
+                          [[e["id"], e["caption"], ", ".join(f"{t} {w:.2f}" for t, w in e["terms"])]
+                           for e in section["image_examples"]]), ""]
     return lines

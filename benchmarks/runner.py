@@ -4,6 +4,8 @@ Steps, each through the real index and search path:
   1. index: build the split's index with the checkpoint (or reuse a verified one; a given --index must be bound
      to the checkpoint, else IndexMismatchError names both);
   2. quality: t2i and i2t R@1/5/10 and RSUM for dense, sparse (Lucene), hybrid, and exact sparse scoring;
+     readability: GP@k, grounded mass, junk rate and hubs of the indexed image vectors, the frequency floor, and
+     whether captions' terms are their own words;
   3. the dense/sparse weight sweep and recall versus active terms (pruned indexes);
   4. efficiency: one-thread latency per mode (search only and with text encoding), batched queries per second,
      bytes per item, build time and rate, image and text encoding throughput;
@@ -42,9 +44,9 @@ from indexer.store import IndexMismatchError, IndexUnavailableError
 _logger = logging.getLogger("benchmarks.runner")
 
 # quality is always measured (the headline); the others can be left out (the matrix check runs quality only)
-STAGES = ("quality", "sweeps", "efficiency", "peers", "scale", "knobs")
+STAGES = ("quality", "readability", "sweeps", "efficiency", "peers", "scale", "knobs")
 # the report's sections besides the scale points (``scale-<items>``), as the partial report names them
-SECTIONS = ("quality", "weight_sweep", "pruning", "encoding", "batched", "latency", "peers")
+SECTIONS = ("quality", "readability", "weight_sweep", "pruning", "encoding", "batched", "latency", "peers")
 
 
 class RunConfig(BaseModel):
@@ -284,6 +286,10 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     try:
         set_threads(batch)
         report["quality"] = partial.section("quality", lambda: quality(engine, threads=batch, candidate_k=k))
+        if "readability" in config.stages:
+            from benchmarks.readability import readability_section
+
+            report["readability"] = partial.section("readability", lambda: readability_section(engine, dataset))
         if "sweeps" in config.stages:
             report["weight_sweep"] = partial.section("weight_sweep", lambda: weight_sweep(
                 engine, config.weight_grid, candidate_k=k, threads=batch))

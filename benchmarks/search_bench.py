@@ -121,6 +121,9 @@ def latency(engine: SearchEngine, *, queries: int = 200, side: str = "images", c
         out["search_only"][name] = time_calls(lambda q, p=params: engine.search(q, p), sample)
     if texts:
         out["encode_text"] = time_calls(engine.encode_text, list(texts)[:queries])
+        # the sparse leg alone: tokens -> learned weights for an inference-free model (no text tower forward)
+        out["encode_text_sparse"] = time_calls(lambda t: engine.encoder.encode_text_terms([t]), list(texts)[:queries])
+        out["inference_free"] = engine.encoder.inference_free
         for mode in MODES:
             params = SearchParams(side=side, mode=mode, top_k=10, candidate_k=candidate_k)
             out["with_text_encoding"][mode] = time_calls(

@@ -59,7 +59,7 @@ def save_checkpoint(path: str | Path, model: DuetModel, *, backbone_fingerprint:
             "backbone_fingerprint": backbone_fingerprint,
             "content_hash": content_hash,
             "dims": {"image_feature": model.image_proj.in_features, "text_feature": model.text_proj.in_features,
-                     "embed": model.image_proj.out_features, "text_width": model.sparse_head.proj.out_features,
+                     "embed": model.image_proj.out_features, "text_width": model.sparse_head.width,
                      "num_terms": model.sparse_head.num_terms},
             "metadata": metadata or {},
         }

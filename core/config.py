@@ -37,13 +37,50 @@ class BackboneConfig(_Frozen):
 
 
 class SparseHeadConfig(_Frozen):
-    """Sparse head over the text vocabulary (spec section 1.3)."""
+    """Sparse head over the text vocabulary (spec section 1.3) and how each side gets its terms."""
 
-    vocabulary: Literal["full", "train_captions"] = Field(
+    vocabulary: Literal["full", "train_captions", "content"] = Field(
         "full",
         description="'full': every non-special token of the text tower; 'train_captions': only tokens that occur "
-        "in the training captions (a smaller, faster output layer).",
+        "in the training captions; 'content': the training captions' content pieces (no special, [unused], "
+        "punctuation, single-character or stopword pieces; core/vocab.py).",
     )
+    min_df: int = Field(1, ge=1, description="'train_captions'/'content': keep pieces in at least this many "
+                        "training captions.")
+    head_input: Literal["dense", "features"] = Field(
+        "dense", description="'dense': the normalised dense vector (the paper; the sparse losses also train the "
+        "projections); 'features': the frozen pre-projection features (one input layer per modality).")
+    input_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the head's input in training ('features': the frozen features "
+        "overfit the training images within a few epochs)")
+    expansion: Literal["off", "d2s", "always"] = Field(
+        "off", description="Text-side expansion control. 'off': captions and queries are expanded over the whole "
+        "vocabulary; 'd2s': masked to their own tokens with a probability decaying 1 -> 0 over 95% of the epochs, "
+        "expanded at inference; 'always': a text is exactly its own content terms, in training and at inference.")
+    query_encoder: Literal["head", "inference_free"] = Field(
+        "head", description="'inference_free': a text's terms are its own content tokens weighted by a learned "
+        "per-term weight (no text tower forward for the sparse leg); needs expansion='always'.")
+    own_text_activation: Literal["relu", "softplus"] = Field(
+        "relu", description="Weight of a text's own term: log1p(relu(logit)) like the rest of the head, or "
+        "log1p(softplus(logit)), which leaves no caption word dead (the mask, not the activation, makes such texts "
+        "sparse). Not for the inference-free encoder.")
+    max_text_terms: int | None = Field(
+        None, ge=1, description="Masked and inference-free texts keep at most this many (strongest) terms.")
+    image_terms: int | None = Field(
+        None, ge=1, description="Image vectors keep their strongest N terms (the budget; training anneals a "
+        "straight-through top-k down to it, so no pruning after the fact).")
+
+    @model_validator(mode="after")
+    def _check_text_side(self) -> SparseHeadConfig:
+        if self.query_encoder == "inference_free" and self.expansion != "always":
+            raise ValueError("sparse_head.query_encoder='inference_free' makes every text its own content terms: "
+                             "set sparse_head.expansion='always' too")
+        return self
+
+    @property
+    def texts_are_own_terms(self) -> bool:
+        """True when a caption or query is scored on its own tokens only (at inference too)."""
+        return self.expansion == "always"
 
 
 class ModelConfig(_Frozen):

@@ -107,23 +107,47 @@ class DuetEncoder:
         """(w_dense, w_sparse) of the integrated score w_dense * cos / temperature + w_sparse * sparse."""
         return self.model.config.fusion_dense_weight, self.model.config.fusion_sparse_weight
 
-    @torch.inference_mode()
-    def _encode(self, dense: torch.Tensor, prune: int | None) -> EncodedItems:
-        sparse = self.model.sparse_head(dense)
+    @property
+    def texts_are_own_terms(self) -> bool:
+        """Captions and queries are scored on their own content terms (expansion control 'always')."""
+        return self.model.texts_are_own_terms
+
+    @property
+    def inference_free(self) -> bool:
+        """Text queries' sparse terms need no text tower forward (a learned weight per own token)."""
+        return self.model.config.sparse_head.query_encoder == "inference_free"
+
+    def _items(self, dense: torch.Tensor, sparse: torch.Tensor, prune: int | None) -> EncodedItems:
         return EncodedItems(dense.float().cpu().numpy(),
                             sparse_rows(sparse, self.model.sparse_head.term_ids, prune=prune))
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.tokenizer(list(texts))
+
     @torch.inference_mode()
     def encode_image_features(self, features: torch.Tensor, *, prune: int | None = None) -> EncodedItems:
-        return self._encode(self.model.embed_image(features.to(self.device)), prune)
+        encoded = self.model.encode_image(features.to(self.device))
+        return self._items(encoded.dense, encoded.sparse, prune)
 
     @torch.inference_mode()
-    def encode_text_features(self, features: torch.Tensor, *, prune: int | None = None) -> EncodedItems:
-        return self._encode(self.model.embed_text(features.to(self.device)), prune)
+    def encode_text_features(self, features: torch.Tensor, *, token_ids: torch.Tensor | None = None,
+                             prune: int | None = None) -> EncodedItems:
+        """Texts from their cached features; models that score texts on their own terms also need the tokens."""
+        encoded = self.model.encode_text(features.to(self.device), token_ids=token_ids)
+        return self._items(encoded.dense, encoded.sparse, prune)
 
     def encode_texts(self, texts: Sequence[str], *, prune: int | None = None) -> EncodedItems:
-        features = self.backbone.text_features(self.backbone.tokenizer(list(texts)))
-        return self.encode_text_features(features, prune=prune)
+        tokens = self.tokenize(texts)
+        return self.encode_text_features(self.backbone.text_features(tokens), token_ids=tokens, prune=prune)
+
+    @torch.inference_mode()
+    def encode_text_terms(self, texts: Sequence[str]) -> SparseRows:
+        """The sparse leg of texts only. Inference-free models need no tower forward: tokens -> learned weights."""
+        if not self.inference_free:
+            return self.encode_texts(texts).sparse
+        head = self.model.sparse_head
+        terms = head.own_text(None, None, head.columns_of(self.tokenize(texts)))
+        return sparse_rows(terms.to_dense(head.num_terms), head.term_ids)
 
     def encode_images(self, images: Sequence[Image.Image], *, prune: int | None = None) -> EncodedItems:
         pixels = torch.stack([self.backbone.preprocess(image.convert("RGB")) for image in images])

@@ -66,8 +66,13 @@ def sparsity_stats(query_weights: torch.Tensor, doc_weights: torch.Tensor) -> di
     d_active = doc_weights > 0
     p_q = q_active.float().mean(dim=0)
     p_d = d_active.float().mean(dim=0)
+    q_terms, d_terms = q_active.sum(dim=1).float(), d_active.sum(dim=1).float()
     return {
-        "active_terms_query": float(q_active.sum(dim=1).float().mean()),
-        "active_terms_doc": float(d_active.sum(dim=1).float().mean()),
+        "active_terms_query": float(q_terms.mean()),
+        "active_terms_doc": float(d_terms.mean()),
+        "max_terms_query": float(q_terms.max()) if q_terms.numel() else 0.0,
+        "max_terms_doc": float(d_terms.max()) if d_terms.numel() else 0.0,
+        "distinct_terms_query": int((p_q > 0).sum()),
+        "distinct_terms_doc": int((p_d > 0).sum()),
         "flops": float((p_q * p_d).sum()),
     }

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig
-from core.sparse_head import SparseHead
+from core.sparse_head import OwnTerms, SparseHead
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,12 @@ class EncodedBatch:
 class DuetModel(nn.Module):
     """Maps frozen pre-projection features to a dense unit vector and a sparse term vector.
 
-    The sparse head sits on top of the normalised dense vector (spec 1.3), so the sparse losses reach the
-    projections too.
+    By default the sparse head sits on top of the normalised dense vector (spec 1.3), so the sparse losses reach
+    the projections too; ``sparse_head.head_input='features'`` reads the frozen features instead.
     """
 
     def __init__(self, config: ModelConfig, *, image_projection: torch.Tensor, text_projection: torch.Tensor,
-                 token_embedding: torch.Tensor, term_ids: torch.Tensor) -> None:
+                 token_embedding: torch.Tensor, term_ids: torch.Tensor, term_idf: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
         embed_dim = image_projection.shape[0]
@@ -37,7 +37,10 @@ class DuetModel(nn.Module):
         with torch.no_grad():
             self.image_proj.weight.copy_(image_projection)
             self.text_proj.weight.copy_(text_projection)
-        self.sparse_head = SparseHead(embed_dim, token_embedding.shape[1], token_embedding, term_ids)
+        self.sparse_head = SparseHead(config.sparse_head, embed_dim=embed_dim,
+                                      image_feature_dim=image_projection.shape[1],
+                                      text_feature_dim=text_projection.shape[1], token_embedding=token_embedding,
+                                      term_ids=term_ids, term_idf=term_idf)
         self.temperature = nn.Parameter(torch.tensor(float(config.temperature_init)))
 
     def clamp_temperature(self) -> torch.Tensor:
@@ -46,6 +49,10 @@ class DuetModel(nn.Module):
             self.temperature.clamp_(self.config.temperature_min, self.config.temperature_max)
         return self.temperature
 
+    @property
+    def texts_are_own_terms(self) -> bool:
+        return self.config.sparse_head.texts_are_own_terms
+
     def embed_image(self, features: torch.Tensor) -> torch.Tensor:
         """Dense leg only: (B, D_img) -> (B, embed_dim) unit vectors."""
         return F.normalize(self.image_proj(features), dim=-1)
@@ -53,13 +60,42 @@ class DuetModel(nn.Module):
     def embed_text(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(features), dim=-1)
 
-    def encode_image(self, features: torch.Tensor) -> EncodedBatch:
-        dense = self.embed_image(features)
-        return EncodedBatch(dense=dense, sparse=self.sparse_head(dense))
+    def encode_image(self, features: torch.Tensor, *, keep: int | None = None) -> EncodedBatch:
+        """Dense + sparse; the sparse vector keeps its ``keep`` strongest terms (default: the model's budget)."""
+        return self.encode_image_with_logits(features, keep=keep)[0]
 
-    def encode_text(self, features: torch.Tensor) -> EncodedBatch:
+    def encode_image_with_logits(self, features: torch.Tensor, *,
+                                 keep: int | None = None) -> tuple[EncodedBatch, torch.Tensor]:
+        """``encode_image`` plus the sparse head's logits over its vocabulary (for word-level losses)."""
+        dense = self.embed_image(features)
+        budget = self.config.sparse_head.image_terms if keep is None else keep
+        logits = self.sparse_head.image_logits(dense, features)
+        return EncodedBatch(dense=dense, sparse=self.sparse_head.image_weights(logits, keep=budget)), logits
+
+    def text_columns(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L_ctx) token ids -> (B, L) head columns of each text's own terms (-1 pads)."""
+        return self.sparse_head.columns_of(token_ids)
+
+    def own_text_terms(self, features: torch.Tensor, columns: torch.Tensor,
+                       dense: torch.Tensor | None = None) -> OwnTerms:
+        """Texts scored on their own terms only (compact). The inference-free head never reads ``features``."""
+        if self.config.sparse_head.query_encoder == "inference_free":
+            return self.sparse_head.own_text(None, None, columns)
+        dense = self.embed_text(features) if dense is None else dense
+        return self.sparse_head.own_text(dense, features, columns)
+
+    def encode_text(self, features: torch.Tensor, *, token_ids: torch.Tensor | None = None,
+                    columns: torch.Tensor | None = None) -> EncodedBatch:
+        """Dense + sparse. Models whose texts are their own terms need the texts' tokens (or their columns)."""
         dense = self.embed_text(features)
-        return EncodedBatch(dense=dense, sparse=self.sparse_head(dense))
+        if not self.texts_are_own_terms:
+            return EncodedBatch(dense=dense, sparse=self.sparse_head.expanded_text(dense, features))
+        if columns is None:
+            if token_ids is None:
+                raise ValueError("this model scores texts on their own terms: pass the texts' token ids")
+            columns = self.text_columns(token_ids)
+        terms = self.own_text_terms(features, columns.to(features.device), dense)
+        return EncodedBatch(dense=dense, sparse=terms.to_dense(self.sparse_head.num_terms))
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, so training methods can freeze by role."""

@@ -1,10 +1,13 @@
-"""Term vocabulary: maps sparse-vector columns to token ids and readable term strings."""
+"""Term vocabulary: maps sparse-vector columns to token ids and readable term strings; the content vocabulary."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
+
+from core.stopwords import STOPWORDS
 
 
 class Vocabulary:
@@ -30,3 +33,53 @@ class Vocabulary:
         """Every token id that may carry weight, ascending."""
         return np.array([i for i in range(len(self.tokens)) if i not in self.special_ids], dtype=np.int64)
 
+
+    def word(self, token_id: int) -> str:
+        """The piece without its sub-word markers (BERT's leading ##, CLIP's trailing </w>), lower case."""
+        token = self.tokens[token_id]
+        if token.startswith("##"):
+            token = token[2:]
+        if token.endswith("</w>"):
+            token = token[:-4]
+        return token.lower()
+
+    def is_content(self, token_id: int) -> bool:
+        """A piece worth a term: not special, at least two characters, some letter or digit, not a stopword."""
+        if token_id in self.special_ids:
+            return False
+        word = self.word(token_id)
+        return len(word) >= 2 and any(c.isalnum() for c in word) and word not in STOPWORDS
+
+    def content_mask(self) -> np.ndarray:
+        """(V,) bool: which token ids are content pieces."""
+        return np.array([self.is_content(i) for i in range(len(self.tokens))], dtype=bool)
+
+
+def document_frequency(token_rows: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """(V,) int64: in how many rows (captions) each token id occurs at least once."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for start in range(0, token_rows.shape[0], 2048):  # chunks: a dense (rows, V) mask of every caption is GBs
+        chunk = token_rows[start:start + 2048].clamp(0, vocab_size - 1)
+        present = torch.zeros(chunk.shape[0], vocab_size, dtype=torch.bool).scatter_(1, chunk, True)
+        counts += present.sum(dim=0)
+    return counts.numpy()
+
+
+def caption_vocabulary(vocabulary: Vocabulary, df: np.ndarray, *, min_df: int = 1,
+                       content_only: bool = True) -> np.ndarray:
+    """Token ids that occur in at least ``min_df`` captions (content pieces only, by default), ascending.
+
+    Special ids never qualify, even when they occur in every caption ([CLS], [SEP], padding).
+    """
+    keep = (df >= min_df) & ~np.isin(np.arange(len(vocabulary)), list(vocabulary.special_ids))
+    if content_only:
+        keep &= vocabulary.content_mask()
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def tokenize_in_batches(tokenizer: Callable[[Sequence[str]], torch.Tensor], texts: Sequence[str],
+                        batch: int = 4096) -> torch.Tensor:
+    """(N, L) token ids of every text; one tokenizer call per batch keeps it fast (L: the tokenizer's context)."""
+    if not texts:
+        return torch.zeros(0, 1, dtype=torch.long)
+    return torch.cat([tokenizer(list(texts[i:i + batch])) for i in range(0, len(texts), batch)])

@@ -13,11 +13,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.atomic import atomic_directory
@@ -71,12 +71,14 @@ def load_collection(config: IndexBuildConfig) -> Collection:
     return load_karpathy_collection(config.dataset, config.splits, image_root=config.image_root)
 
 
-def _encode_rows(encode: Any, features: torch.Tensor, batch_size: int, prune: int | None, desc: str) -> EncodedItems:
+def _encode_rows(encode: Callable[[int, int], EncodedItems], count: int, batch_size: int,
+                 desc: str) -> EncodedItems:
+    """Encode rows [0, count) in batches; ``encode(start, end)`` encodes one batch."""
     dense_parts: list[np.ndarray] = []
     sparse_parts: list[SparseRows] = []
-    with progress_bar(total=features.shape[0], desc=desc, unit="item") as bar:
-        for start in range(0, features.shape[0], batch_size):
-            encoded = encode(features[start:start + batch_size], prune=prune)
+    with progress_bar(total=count, desc=desc, unit="item") as bar:
+        for start in range(0, count, batch_size):
+            encoded = encode(start, min(count, start + batch_size))
             dense_parts.append(encoded.dense)
             sparse_parts.append(encoded.sparse)
             bar.update(encoded.dense.shape[0])
@@ -135,16 +137,24 @@ def build_index(config: IndexBuildConfig) -> IndexManifest:
     timings: dict[str, float] = {"features_seconds": time.perf_counter() - started}
 
     image_rows = cached.images.rows([i.cache_id for i in collection.images])
-    images = _encode_rows(encoder.encode_image_features, image_rows, config.batch_size, config.prune_image_terms,
-                          "encode images")
+    images = _encode_rows(lambda start, end: encoder.encode_image_features(image_rows[start:end],
+                                                                           prune=config.prune_image_terms),
+                          image_rows.shape[0], config.batch_size, "encode images")
     image_items = [{"id": i.id, "path": i.relative_path, "captions": list(i.captions), **i.metadata}
                    for i in collection.images]
     text_items = [{"id": t.id, "text": t.text, "image_id": t.image_id} for t in collection.texts]
     texts = None
     if collection.texts:
         text_rows = cached.texts.rows([t.cache_id for t in collection.texts])
-        texts = _encode_rows(encoder.encode_text_features, text_rows, config.batch_size, config.prune_text_terms,
-                             "encode texts")
+        captions = [t.text for t in collection.texts]
+
+        def encode_texts(start: int, end: int) -> EncodedItems:
+            # models that score texts on their own terms need the tokens beside the cached features
+            tokens = encoder.tokenize(captions[start:end]) if encoder.texts_are_own_terms else None
+            return encoder.encode_text_features(text_rows[start:end], token_ids=tokens,
+                                                prune=config.prune_text_terms)
+
+        texts = _encode_rows(encode_texts, len(captions), config.batch_size, "encode texts")
     timings["encode_seconds"] = time.perf_counter() - started - timings["features_seconds"]
 
     sides = {"images": (image_items, images)}

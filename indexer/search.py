@@ -94,6 +94,26 @@ class SearchResult:
     candidates: int
     weights: dict[str, float]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class EmptySparseQueryError(ValueError):
+    """A sparse-only search for a query with no terms (a text with no content word under a model whose texts
+    are their own terms): nothing could ever match."""
+
+
+EMPTY_SPARSE_WARNING = ("the query has no sparse terms (no content word the model knows), so the sparse leg is "
+                        "empty and the ranking is the dense leg's")
+
+
+def sparse_leg_warnings(query: Query, params: SearchParams) -> list[str]:
+    """Refuse a sparse-only search with no query terms; in hybrid mode, say that only the dense leg ranks."""
+    if query.term_ids.size:
+        return []
+    if params.mode == "sparse":
+        raise EmptySparseQueryError("the query has no sparse terms (no content word the model knows: stopwords, "
+                                    "punctuation and unknown pieces carry no weight); use mode 'hybrid' or 'dense'")
+    return [EMPTY_SPARSE_WARNING] if params.mode == "hybrid" else []
 
 
 def exact_sparse_scores(query: Query, store: SideStore, rows: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -184,6 +204,7 @@ class SearchEngine:
         return query.term_ids[keep], query.term_weights[keep]
 
     def search(self, query: Query, params: SearchParams) -> SearchResult:
+        warnings = sparse_leg_warnings(query, params)
         store = self.store(params.side)
         k = self._leg_k(params, len(store.ids))
         timings: dict[str, float] = {}
@@ -201,10 +222,12 @@ class SearchEngine:
         started = time.perf_counter()
         result = self._rank(query, store, dense_rows, sparse_rows, params)
         result.timings_ms = {**timings, "rescore_ms": (time.perf_counter() - started) * 1000}
+        result.warnings = warnings
         return result
 
     def search_many(self, queries: list[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
         """Batched legs (one FAISS call, one Lucene batch call over ``threads``), then per-query rescoring."""
+        warnings = [sparse_leg_warnings(q, params) for q in queries]
         store = self.store(params.side)
         k = self._leg_k(params, len(store.ids))
         empty = np.zeros(0, np.int64)
@@ -217,7 +240,10 @@ class SearchEngine:
             batches = self.lucene[params.side].batch_search([self._lucene_terms(q, params) for q in queries], k,
                                                             threads=threads)
             sparse_rows = [np.array([h.row for h in hits], dtype=np.int64) for hits in batches]
-        return [self._rank(q, store, d, s, params) for q, d, s in zip(queries, dense_rows, sparse_rows, strict=True)]
+        results = [self._rank(q, store, d, s, params) for q, d, s in zip(queries, dense_rows, sparse_rows, strict=True)]
+        for result, notes in zip(results, warnings, strict=True):
+            result.warnings = notes
+        return results
 
     def _rank(self, query: Query, store: SideStore, dense_rows: np.ndarray, sparse_rows: np.ndarray,
               params: SearchParams) -> SearchResult:

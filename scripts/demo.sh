@@ -10,7 +10,7 @@ SPLITS=${SPLITS:-train,val,test}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-CKPT="$RUNS/skd/best"
+CKPT="$RUNS/grounded/best"  # the default model: grounded sparse terms (readable words)
 
 if [ ! -f "$CKPT/checkpoint.json" ]; then
   if ! compgen -G "$DATA/dataset_*.json" > /dev/null || [ ! -d "$DATA/images" ]; then
@@ -18,7 +18,7 @@ if [ ! -f "$CKPT/checkpoint.json" ]; then
     echo "      Put Flickr8k there (dataset_flickr8k.json + images/) or run: make demo DATA=/path/to/dataset" >&2
     exit 2
   fi
-  echo "== no checkpoint at $CKPT: training the default model on $DATA (feature cache, LiT base, SKD)"
+  echo "== no checkpoint at $CKPT: training the default model on $DATA (feature cache, LiT base, grounded SKD)"
   train() {  # train METHOD DIR [args...]: keep a finished run, resume an interrupted one
     local method=$1 dir=$2; shift 2
     if [ -f "$dir/results.json" ]; then return; fi
@@ -28,7 +28,7 @@ if [ ! -f "$CKPT/checkpoint.json" ]; then
   }
   "$PY" -m training cache --data "$DATA"
   train align "$RUNS/align"
-  train skd "$RUNS/skd" --set "init_checkpoint=$RUNS/align/best"
+  train grounded "$RUNS/grounded" --set "init_checkpoint=$RUNS/align/best"
 fi
 
 if ! "$PY" -m indexer --log-level WARNING verify --index "$INDEX" --checkpoint "$CKPT" > /dev/null 2>&1; then

@@ -20,10 +20,13 @@ run() {  # run METHOD DIR [extra args...]
 run align "$RUNS/align"
 LIT=(--set "init_checkpoint=$RUNS/align/best")
 run skd "$RUNS/skd" "${LIT[@]}"
+run grounded "$RUNS/grounded" "${LIT[@]}"
 run dense "$RUNS/dense" "${LIT[@]}"
 run d2s "$RUNS/d2s" "${LIT[@]}"
 run no-kd "$RUNS/no_kd" "${LIT[@]}"
 run frozen "$RUNS/frozen_final" "${LIT[@]}"
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/skd_variants.sh
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/sparsity_sweep.sh
+DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/grounding_sweep.sh
+"$PY" -m training probe --data "$DATA" --output docs/readability-probe.json
 "$PY" -m training report --data "$DATA" --runs "$RUNS" --output docs/results.md

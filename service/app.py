@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import EmptySparseQueryError, SearchEngine, SearchParams
 from service.errors import ApiError, error_body
 from service.images import decode_image
 from service.metrics import Metrics
@@ -262,7 +262,10 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
             encode_ms = (time.perf_counter() - encode_started) * 1000
             return query, engine.search(query, params), encode_ms
 
-        query, result, encode_ms = await asyncio.get_running_loop().run_in_executor(executor, work)
+        try:
+            query, result, encode_ms = await asyncio.get_running_loop().run_in_executor(executor, work)
+        except EmptySparseQueryError as e:
+            raise ApiError(422, "empty_sparse_query", str(e)) from e
         hits = []
         for hit in result.hits:
             explanation = None
@@ -281,6 +284,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
             query=QueryInfo(kind="text" if text is not None else "image", text=text,
                             terms=[TermWeight(term=t, weight=w) for t, w in engine.query_terms(query)]),
             weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates, hits=hits,
+            warnings=result.warnings,
             timings_ms={"decode": decode_ms, "encode": encode_ms, **result.timings_ms, "total": total_ms})
         # Already a validated model: serialise it once instead of letting FastAPI validate it again.
         return Response(response.model_dump_json(), media_type="application/json")

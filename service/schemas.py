@@ -83,3 +83,5 @@ class SearchResponse(BaseModel):
     candidates: int
     hits: list[SearchHit]
     timings_ms: dict[str, float]
+    warnings: list[str] = Field(default_factory=list, description="Why a leg could not contribute, if one could "
+                                "not (e.g. a text with no content word has an empty sparse leg).")

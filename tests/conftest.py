@@ -73,25 +73,29 @@ def tiny_backbone():  # type: ignore[no-untyped-def]
     return build_backbone(BackboneConfig.model_validate(tiny_backbone_config()))
 
 
-def save_tiny_checkpoint(backbone, dataset_dir: Path, out: Path, *, seed: int = 0) -> Path:  # type: ignore[no-untyped-def]
-    """An untrained Duet model on the tiny backbone whose terms are the synthetic captions' tokens."""
+def save_tiny_checkpoint(backbone, dataset_dir: Path, out: Path, *, seed: int = 0,  # type: ignore[no-untyped-def]
+                         sparse_head: dict[str, object] | None = None) -> Path:
+    """An untrained Duet model on the tiny backbone whose terms are the synthetic captions' tokens (their content
+    pieces when ``sparse_head`` asks for the 'content' vocabulary)."""
     import torch
 
     from core.checkpoint import save_checkpoint
-    from core.config import BackboneConfig, ModelConfig
+    from core.config import BackboneConfig, ModelConfig, SparseHeadConfig
     from core.data import load_karpathy
     from core.model import DuetModel
+    from core.vocab import caption_vocabulary, document_frequency
 
     dataset = load_karpathy(dataset_dir)
     texts = [c.text for r in dataset.images for c in r.captions]
-    seen = set(backbone.tokenizer(texts).unique().tolist()) - backbone.vocabulary.special_ids
-    term_ids = torch.tensor(sorted(seen), dtype=torch.long)
-    config = ModelConfig(backbone=BackboneConfig.model_validate(tiny_backbone_config()),
+    head = SparseHeadConfig.model_validate(sparse_head or {})
+    df = document_frequency(backbone.tokenizer(texts), len(backbone.vocabulary))
+    term_ids = torch.from_numpy(caption_vocabulary(backbone.vocabulary, df, content_only=head.vocabulary == "content"))
+    config = ModelConfig(backbone=BackboneConfig.model_validate(tiny_backbone_config()), sparse_head=head,
                          fusion_dense_weight=0.1, fusion_sparse_weight=0.2)
     torch.manual_seed(seed)
     model = DuetModel(config, image_projection=backbone.image_projection + 0.01 * seed,
                       text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
-                      term_ids=term_ids)
+                      term_ids=term_ids, term_idf=torch.linspace(0.5, 2.0, term_ids.numel()))
     save_checkpoint(out, model, backbone_fingerprint=backbone.fingerprint, metadata={"method": "test"})
     return out
 
@@ -110,6 +114,22 @@ def tiny_index(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory:
     build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=root / "synthetic", dataset=synthetic_dataset,
                                  splits=("test", "val"), cache_root=root / "cache"))
     return root / "synthetic"
+
+
+GROUNDED_HEAD = {"vocabulary": "content", "expansion": "always", "query_encoder": "inference_free"}
+
+
+@pytest.fixture(scope="session")
+def tiny_grounded_index(tiny_backbone, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
+                        tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real index of a model whose texts are their own content words (inference-free text terms)."""
+    from indexer.build import IndexBuildConfig, build_index
+
+    root = tmp_path_factory.mktemp("grounded")
+    checkpoint = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, root / "best", sparse_head=GROUNDED_HEAD)
+    build_index(IndexBuildConfig(checkpoint=checkpoint, output=root / "index", dataset=synthetic_dataset,
+                                 splits=("test",), cache_root=root / "cache"))
+    return root / "index"
 
 
 @pytest.fixture(scope="session")

@@ -161,6 +161,11 @@ def test_run_writes_every_section(tiny_run: Path) -> None:
     assert report["pruning"][0]["mean_terms"]["images"] <= 4
     for key in ("latency", "batched", "encoding", "sizes", "build"):
         assert key in report
+    readable = report["readability"]
+    assert 0 <= readable["images"]["GP@10"] <= 1 and 0 <= readable["frequency_floor"]["GP@10"] <= 1
+    assert readable["caption_vocabulary_from"] == "train"
+    assert readable["texts"]["mean_terms"] > 0 and [e["query"] for e in readable["examples"]][0] == \
+        "a dog running on the beach"
     assert report["encoding"]["images_per_second"] > 0 and report["batched"]["hybrid_qps"] > 0
 
 
@@ -197,7 +202,8 @@ def test_knob_sweep_moves_each_engine_along_its_own_curve(tiny_run: Path) -> Non
 def test_run_writes_markdown_and_plots(tiny_run: Path) -> None:
     out = tiny_run / "report"
     markdown = (out / "README.md").read_text()
-    for heading in ("## Headline", "## Dense/sparse weight sweep", "## Recall versus active terms", "## Efficiency",
+    for heading in ("## Headline", "## Readability of the sparse terms", "## Dense/sparse weight sweep",
+                    "## Recall versus active terms", "## Efficiency",
                     "## Peers on the same vectors", "## Synthetic corpus: 300 items",
                     "## Search-time knobs: 300 synthetic items", "python -m benchmarks run"):
         assert heading in markdown

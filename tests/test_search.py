@@ -143,3 +143,41 @@ def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None
     assert pruned.candidates == 32 and full.candidates == 5
     # all 32 images are candidates here, so the exact rescoring recovers the full query's top 5
     assert [h.sparse for h in pruned.hits] == pytest.approx([h.sparse for h in full.hits], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def grounded_engine(tiny_grounded_index: Path) -> SearchEngine:
+    return SearchEngine(tiny_grounded_index)
+
+
+def test_grounded_query_terms_are_the_querys_own_words(grounded_engine: SearchEngine) -> None:
+    encoder = grounded_engine.encoder
+    assert encoder.texts_are_own_terms and encoder.inference_free
+    query = grounded_engine.encode_text("the red square is on a blue one")
+    words = {encoder.vocabulary.word(int(t)) for t in query.term_ids}
+    assert words and words <= {"red", "square", "blue", "one"}
+    # the sparse leg needs no text tower: the same terms as the full encoding, from the lookup alone
+    terms = encoder.encode_text_terms(["the red square is on a blue one"])
+    assert np.array_equal(terms.indices, query.term_ids) and np.allclose(terms.values, query.term_weights)
+    # indexed captions are their own words too
+    store = grounded_engine.stores["texts"]
+    for row in range(len(store.ids)):
+        ids, _ = store.sparse.row(row)
+        caption_words = set(store.items[row]["text"].lower().replace(".", "").split())
+        assert {encoder.vocabulary.word(int(t)) for t in ids} <= caption_words
+
+
+@pytest.mark.parametrize("text", ["the of a", "!!!"])
+def test_a_query_without_content_words_has_an_empty_sparse_leg(grounded_engine: SearchEngine, text: str) -> None:
+    from indexer.search import EMPTY_SPARSE_WARNING, EmptySparseQueryError
+
+    query = grounded_engine.encode_text(text)
+    assert query.term_ids.size == 0
+    hybrid = grounded_engine.search(query, SearchParams(mode="hybrid", top_k=5))
+    dense = grounded_engine.search(query, SearchParams(mode="dense", top_k=5))
+    assert [h.id for h in hybrid.hits] == [h.id for h in dense.hits]
+    assert hybrid.warnings == [EMPTY_SPARSE_WARNING] and dense.warnings == []
+    with pytest.raises(EmptySparseQueryError, match="no sparse terms"):
+        grounded_engine.search(query, SearchParams(mode="sparse", top_k=5))
+    with pytest.raises(EmptySparseQueryError):
+        grounded_engine.search_many([query], SearchParams(mode="sparse", top_k=5))

@@ -196,3 +196,26 @@ def test_index_replaced_under_a_reader_is_not_needed_for_atomicity(tiny_index: P
         assert server.request("GET", "/readyz").status == 200
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def grounded_server(tiny_grounded_index: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    running = Server(["--index", str(tiny_grounded_index)], tmp_path_factory.mktemp("logs") / "grounded.log")
+    try:
+        running.wait_started()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_grounded_model_serves_word_terms_and_explains_empty_sparse_queries(grounded_server: Server) -> None:
+    reply = grounded_server.post_json("/v1/search", {"text": "a red square", "explain": True, "top_k": 3})
+    assert reply.status == 200, reply.body
+    body = reply.json()
+    assert {t["term"] for t in body["query"]["terms"]} <= {"red</w>", "square</w>", "red", "square"}
+    assert body["warnings"] == []
+    hybrid = grounded_server.post_json("/v1/search", {"text": "the of a", "mode": "hybrid", "top_k": 3})
+    assert hybrid.status == 200, hybrid.body
+    assert hybrid.json()["query"]["terms"] == [] and "sparse leg is empty" in hybrid.json()["warnings"][0]
+    assert len(hybrid.json()["hits"]) == 3
+    _error(grounded_server.post_json("/v1/search", {"text": "!!!", "mode": "sparse"}), 422, "empty_sparse_query")

@@ -2,27 +2,31 @@ from __future__ import annotations
 
 import torch
 
+from core.config import SparseHeadConfig
 from core.sparse_head import SparseHead, top_k_prune
 
 
-def _head(vocab: int = 50, width: int = 8, embed: int = 4) -> tuple[SparseHead, torch.Tensor, torch.Tensor]:
+def _head(vocab: int = 50, width: int = 8, embed: int = 4,
+          config: SparseHeadConfig | None = None) -> tuple[SparseHead, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     embedding = torch.randn(vocab, width, generator=g)
     special = torch.tensor([0, 1, 2, 49])
     term_ids = torch.tensor([i for i in range(vocab) if i not in set(special.tolist())])
-    return SparseHead(embed, width, embedding, term_ids), embedding, special
+    head = SparseHead(config or SparseHeadConfig(), embed_dim=embed, image_feature_dim=6, text_feature_dim=5,
+                      token_embedding=embedding, term_ids=term_ids)
+    return head, embedding, special
 
 
 def test_weights_are_non_negative() -> None:
     head, _, _ = _head()
-    z = head(torch.nn.functional.normalize(torch.randn(32, 4), dim=-1))
+    z = head.image(torch.nn.functional.normalize(torch.randn(32, 4), dim=-1))
     assert (z >= 0).all()
     assert (z > 0).any()
 
 
 def test_special_tokens_never_carry_weight() -> None:
     head, _, special = _head()
-    z = head(torch.randn(16, 4) * 10)
+    z = head.expanded_text(torch.randn(16, 4) * 10)
     full = head.to_vocabulary_space(z, 50)
     assert full[:, special].abs().sum() == 0
     assert full.shape == (16, 50)

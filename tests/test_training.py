@@ -109,3 +109,51 @@ def test_unknown_model_name_is_a_clear_cli_error(tmp_path: Path, synthetic_datas
                  "--set", "model.backbone.kind=open_clip", "--set", "model.backbone.model_name=ViT-Nope"])
     assert code == 2
     assert "ViT-Nope" in caplog.text
+
+
+_CONTENT = ["model.sparse_head.vocabulary=content"]
+_OWN = [*_CONTENT, "model.sparse_head.expansion=always"]
+GROUNDING_OPTIONS: dict[str, list[str]] = {
+    "d2s": [*_CONTENT, "model.sparse_head.expansion=d2s"],
+    "always": [*_OWN, "model.sparse_head.max_text_terms=3"],
+    "inference_free": [*_OWN, "model.sparse_head.query_encoder=inference_free"],
+    "bow": [*_OWN, "loss.bow_weight=1.0", "selection_gp10_floor=0.2", "fusion_metric=rsum"],
+    "word_loss": [*_OWN, "loss.word_loss_weight=1.0", "model.sparse_head.own_text_activation=softplus"],
+    "image_budget": [*_OWN, "model.sparse_head.image_terms=4", "loss.image_topk_start=12",
+                     "loss.regularizer=flops", "loss.image_reg_threshold=2"],
+    "features_input": [*_OWN, "model.sparse_head.head_input=features"],
+}
+
+
+@pytest.mark.parametrize("option", GROUNDING_OPTIONS)
+def test_each_grounding_option_trains_end_to_end(option: str, lit_base: tuple[Path, Path],
+                                                 synthetic_dataset: Path) -> None:
+    work, cache = lit_base
+    run = work / f"grounded_{option}"
+    sets = [arg for kv in GROUNDING_OPTIONS[option] for arg in ("--set", kv)]
+    code = main(["skd", "--run-dir", str(run), *_common(synthetic_dataset, cache),
+                 "--set", f"init_checkpoint={work / 'align' / 'best'}", *sets])
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    test = results["test"]
+    assert 0.0 <= test["readability"]["GP@10"] <= 1.0
+    assert set(test["readability_floor"]) == {"GP@5", "GP@10", "GP@20"}
+    model = load_checkpoint(run / "best").model
+    vocabulary = model.sparse_head.term_ids
+    assert vocabulary.numel() < 30  # the synthetic captions' content pieces only
+    if option == "always":
+        assert test["sparsity"]["max_terms_query"] <= 3
+    if option == "image_budget":
+        assert test["sparsity"]["max_terms_doc"] <= 4
+    if option == "inference_free":
+        assert hasattr(model.sparse_head, "query_weight")
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if option == "bow":
+        assert all(record["train"]["bow_loss"] > 0 for record in log)
+        # the fusion weight maximises RSUM of both directions on val
+        rsum = [p["integrated"]["t2i"]["RSUM"] + p["integrated"]["i2t"]["RSUM"] for p in results["fusion"]["val_sweep"]]
+        val = results["val"]["integrated"]
+        assert results["fusion"]["selected_by"] == "rsum"
+        assert val["t2i"]["RSUM"] + val["i2t"]["RSUM"] == pytest.approx(max(rsum))
+    if option == "word_loss":
+        assert all(record["train"]["word_loss"] > 0 for record in log)

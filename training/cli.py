@@ -21,6 +21,8 @@ METHOD_HELP = {
     "d2s": "baseline: sparse head distilled from the frozen dense model (D2S)",
     "no-kd": "ablation: the joint losses without distillation",
     "frozen": "ablation: SKD with the final layer (projections) frozen",
+    "grounded": "SKD with readable, truly sparse terms: captions and queries are their own content words, images "
+                "ground on caption words within a term budget (the default model)",
 }
 
 
@@ -63,11 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="optimiser steps per method")
     p.add_argument("--init-checkpoint", default="runs/align/best", help="LiT base for the step probe")
     p.add_argument("--output", help="write the measurements JSON here")
+    p = sub.add_parser("probe", help="the readability ceiling: a linear multi-label word probe on the frozen image "
+                       "features (GP@k on val and test)")
+    _add_config_args(p)
+    p.add_argument("--min-df", type=int, default=2, help="probe words: content pieces in at least this many captions")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--output", help="write the probe's figures (JSON) here")
     p = sub.add_parser("report", help="write the results table and the sparsity trade-off (docs/results.md)")
     _add_config_args(p)
     p.add_argument("--runs", default="runs", help="directory holding align/, skd/, dense/, ... run directories")
     p.add_argument("--output", default="docs/results.md")
     p.add_argument("--notes", default="docs/results-notes.md", help="hand-written analysis appended if present")
+    p.add_argument("--probe", default="docs/readability-probe.json",
+                   help="the word probe's figures (python -m training probe --output ...), shown as the ceiling")
     return parser
 
 
@@ -87,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "speed":
             return _speed(args)
         method = ALIASES.get(args.command, args.command)
@@ -110,9 +122,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _config(args, "align")
     ws = trainer.prepare_workspace(config)
     checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
-    metrics = evaluate_model(checkpoint.model, split_features(ws.dataset, ws.cache, args.split),
-                             prune_query=args.prune_query, prune_doc=args.prune_doc)
+    features = split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer)
+    train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
+    metrics = evaluate_model(checkpoint.model, features, prune_query=args.prune_query, prune_doc=args.prune_doc,
+                             grounding=trainer.grounding_reference(ws.backbone, train))
     text = json.dumps(metrics, indent=2)
+    if args.output:
+        write_text_atomic(args.output, text)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from core.atomic import write_text_atomic
+    from training import trainer
+    from training.features import split_features
+    from training.probe import train_probe
+
+    config = _config(args, "align")
+    ws = trainer.prepare_workspace(config)
+    splits = {name: split_features(ws.dataset, ws.cache, getattr(config.data, f"{name}_split"),
+                                   tokenizer=ws.backbone.tokenizer) for name in ("train", "val", "test")}
+    reference = trainer.grounding_reference(ws.backbone, splits["train"])
+    result = train_probe(reference, splits["train"], splits["val"], splits["test"], min_df=args.min_df,
+                         epochs=args.epochs)
+    result["frequency_floor"] = {name: reference.floor(split.caption_token_ids, split.caption_image,
+                                                       len(split.image_ids))
+                                 for name, split in splits.items() if name != "train"}
+    text = json.dumps(result, indent=2)
     if args.output:
         write_text_atomic(args.output, text)
     sys.stdout.write(text + "\n")
@@ -132,7 +169,16 @@ def _report(args: argparse.Namespace) -> int:
     from training import trainer
     from training.evaluate import encode_split, evaluate_encoded
     from training.features import split_features
-    from training.report import results_table, runs_table, tradeoff_table
+    from training.report import (
+        GROUNDING_INTRO,
+        GROUNDING_RUNS,
+        grounding_table,
+        readability_table,
+        results_table,
+        runs_table,
+        tradeoff_plot,
+        tradeoff_table,
+    )
 
     runs = Path(args.runs)
     sections = ["# Results on Flickr8k (1K test, val-selected checkpoints)", "",
@@ -153,22 +199,37 @@ def _report(args: argparse.Namespace) -> int:
         rows = [("skd (default eta)", runs / "skd"), *[(s.name, s) for s in sweeps]]
         for split in ("val", "test"):
             sections += [f"## Sparsity regulariser sweep ({split})", "", runs_table(rows, split), ""]
+    pruned: dict[str, list[dict[str, object]]] = {}
     skd = runs / "skd" / "best"
     if skd.is_dir():
         config = _config(args, "align")
         ws = trainer.prepare_workspace(config)
         model = load_checkpoint(skd, expected_fingerprint=ws.backbone.fingerprint).model
         for split in ("val", "test"):
-            images, texts = encode_split(model, split_features(ws.dataset, ws.cache, split))
-            points = []
-            for prune_query, prune_doc in TRADEOFF_GRID:
-                metrics = evaluate_encoded(images, texts, split_features(ws.dataset, ws.cache, split).caption_image,
-                                           w_dense=model.config.fusion_dense_weight,
-                                           w_sparse=model.config.fusion_sparse_weight,
-                                           temperature=float(model.temperature.detach()),
-                                           prune_query=prune_query, prune_doc=prune_doc)
-                points.append({"prune_query": prune_query, "prune_doc": prune_doc, "metrics": metrics})
-            sections += [f"## Sparsity trade-off of SKD by top-k pruning ({split})", "", tradeoff_table(points), ""]
+            features = split_features(ws.dataset, ws.cache, split, tokenizer=ws.backbone.tokenizer)
+            images, texts = encode_split(model, features)
+            pruned[split] = [{"prune_query": prune_query, "prune_doc": prune_doc, "metrics": evaluate_encoded(
+                images, texts, features.caption_image, w_dense=model.config.fusion_dense_weight,
+                w_sparse=model.config.fusion_sparse_weight, temperature=float(model.temperature.detach()),
+                prune_query=prune_query, prune_doc=prune_doc)} for prune_query, prune_doc in TRADEOFF_GRID]
+    grounding = [(label, runs / "grounding" / name) for name, label in GROUNDING_RUNS
+                 if (runs / "grounding" / name / "results.json").is_file()]
+    if grounding or (runs / "grounded" / "results.json").is_file():
+        rows = [("latent (skd, the paper)", runs / "skd"), *grounding,
+                ("grounded (the default preset)", runs / "grounded")]
+        probe_path = Path(args.probe)
+        probe = json.loads(probe_path.read_text()) if probe_path.is_file() else None
+        sections += ["## Grounded sparse terms (`python -m training grounded`, scripts/grounding_sweep.sh)", "",
+                     GROUNDING_INTRO, ""]
+        plot = Path(args.output).with_name("grounding-tradeoff.png")
+        tradeoff_plot(rows, pruned.get("test", []), plot)
+        sections += [f"![Sparse and hybrid t2i R@1 against FLOPs and GP@10 (test)]({plot.name})", ""]
+        for split in ("test", "val"):
+            sections += [f"### Recall, sparsity and GP@10 ({split})", "", grounding_table(rows, split), "",
+                         f"### Readability of the image vectors ({split})", "",
+                         readability_table(rows, split, probe=probe), ""]
+    for split, points in pruned.items():
+        sections += [f"## Sparsity trade-off of SKD by top-k pruning ({split})", "", tradeoff_table(points), ""]
     notes = Path(args.notes)
     if notes.is_file():
         sections += [notes.read_text()]
@@ -193,12 +254,13 @@ def _speed(args: argparse.Namespace) -> int:
                                           "device": trainer.resolve_device(base.device)}}
     out["throughput"] = tower_throughput(ws, images=args.images)
     steps = {}
-    for method in ("dense", "skd"):
-        config = build_config({**PRESETS[method], "init_checkpoint": args.init_checkpoint},
+    for preset in ("dense", "skd", "grounded"):
+        config = build_config({**PRESETS[preset], "init_checkpoint": args.init_checkpoint},
                               overrides=args.overrides)
-        steps[method] = step_seconds(config, ws, steps=args.steps)
+        steps[preset] = step_seconds(config, ws, steps=args.steps)
     out["step_seconds"] = steps
     out["skd_over_dense_step"] = steps["skd"] / steps["dense"]
+    out["grounded_over_dense_step"] = steps["grounded"] / steps["dense"]
     text = json.dumps(out, indent=2)
     if args.output:
         write_text_atomic(args.output, text)

@@ -56,6 +56,23 @@ class LossConfig(_Strict):
         False, description="official quirk: the regulariser schedule also steps on validation batches")
     d2s_teacher_temperature: float | None = Field(
         None, gt=0, description="d2s: teacher temperature (default: the dense base's learned temperature)")
+    w_sparse_warmup_ratio: float = Field(
+        0.0, ge=0, le=1, description="share of planned steps over which w_sparse in the integrated score (the "
+        "teacher) ramps linearly from 0: a fresh, weak sparse leg then does not drag the teacher down early")
+    image_reg_threshold: int | None = Field(
+        None, ge=0, description="the image regulariser applies only to vectors with more active terms than this")
+    image_topk_start: int = Field(256, ge=1, description="image budget annealing: top-k at the first step")
+    image_topk_anneal_ratio: float = Field(
+        0.5, ge=0, le=1, description="share of planned steps over which top-k falls linearly to the image budget")
+    bow_weight: float = Field(
+        0.0, ge=0, description="weight of the bag-of-words grounding loss: image sparse vectors scored against the "
+        "batch images' IDF-weighted caption words, same-image rows positive (VDR-style; 0 = off)")
+    word_loss_weight: float = Field(
+        0.0, ge=0, description="weight of the caption-word loss: the head's image logits as a word classifier of "
+        "the image's caption words (0 = off)")
+    word_loss: Literal["softmax", "bce"] = Field(
+        "softmax", description="'softmax': over the vocabulary against the IDF-weighted caption words; 'bce': per "
+        "term, like the readability probe (also shortens image vectors)")
 
 
 class TrainConfig(_Strict):
@@ -71,6 +88,12 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     eval_batch_size: int = Field(1024, ge=1)
+    fusion_metric: Literal["t2i_r1", "rsum"] = Field(
+        "t2i_r1", description="what the val-selected fusion weight maximises: text-to-image R@1, or RSUM (R@1/5/10 "
+        "of both directions: the hybrid the service serves for both)")
+    selection_gp10_floor: float | None = Field(
+        None, ge=0, le=1, description="model selection: only epochs whose val GP@10 reaches this floor compete on "
+        "R@1 (below it, higher GP@10 wins), so selection cannot drift back to latent terms")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -8,6 +8,7 @@ import torch
 
 from core.metrics import bidirectional_recall, sparsity_stats
 from core.model import DuetModel, EncodedBatch
+from core.readability import GroundingReference
 from core.sparse_head import top_k_prune
 from training.features import SplitFeatures
 
@@ -16,13 +17,19 @@ from training.features import SplitFeatures
 def encode_split(model: DuetModel, split: SplitFeatures, *, batch_size: int = 1024,
                  device: str = "cpu") -> tuple[EncodedBatch, EncodedBatch]:
     model.eval()
+    if model.texts_are_own_terms and split.caption_token_ids is None:
+        raise ValueError("this model scores captions on their own terms: build the split with a tokenizer")
 
-    def run(encode: Any, features: torch.Tensor) -> EncodedBatch:
-        parts = [encode(features[i:i + batch_size].to(device)) for i in range(0, features.shape[0], batch_size)]
+    def run(encode: Any, features: torch.Tensor, tokens: torch.Tensor | None = None) -> EncodedBatch:
+        parts = []
+        for i in range(0, features.shape[0], batch_size):
+            extra = {} if tokens is None else {"token_ids": tokens[i:i + batch_size].to(device)}
+            parts.append(encode(features[i:i + batch_size].to(device), **extra))
         return EncodedBatch(dense=torch.cat([p.dense for p in parts]).float().cpu(),
                             sparse=torch.cat([p.sparse for p in parts]).float().cpu())
 
-    return run(model.encode_image, split.image_features), run(model.encode_text, split.text_features)
+    tokens = split.caption_token_ids if model.texts_are_own_terms else None
+    return run(model.encode_image, split.image_features), run(model.encode_text, split.text_features, tokens)
 
 
 def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: torch.Tensor, *,
@@ -44,20 +51,35 @@ def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: t
 
 
 def evaluate_model(model: DuetModel, split: SplitFeatures, *, device: str = "cpu",
-                   prune_query: int | None = None, prune_doc: int | None = None) -> dict[str, Any]:
+                   prune_query: int | None = None, prune_doc: int | None = None,
+                   grounding: GroundingReference | None = None) -> dict[str, Any]:
+    """Recall and sparsity; with a grounding reference (and caption tokens), the readability figures too."""
     images, texts = encode_split(model, split, device=device)
     cfg = model.config
-    return evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
-                            w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
-                            prune_query=prune_query, prune_doc=prune_doc)
+    metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
+                               w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
+                               prune_query=prune_query, prune_doc=prune_doc)
+    if grounding is not None and split.caption_token_ids is not None:
+        metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc),
+                                                   model.sparse_head.term_ids.cpu(), split.caption_token_ids,
+                                                   split.caption_image)
+    return metrics
 
 
 # Sparse weight grid for the val-selected fusion (dense weight fixed): powers of two around the teacher's w2.
 FUSION_GRID = tuple(2.0**k for k in range(-8, 5))
 
 
-def tune_fusion(model: DuetModel, split: SplitFeatures, *, device: str = "cpu") -> dict[str, Any]:
-    """Pick w_sparse (w_dense fixed) maximising t2i R@1 of the integrated score on ``split`` (val).
+def fusion_value(integrated: dict[str, dict[str, float]], metric: str) -> float:
+    """The fusion selection criterion: t2i R@1, or RSUM over both directions."""
+    if metric == "rsum":
+        return integrated["t2i"]["RSUM"] + integrated["i2t"]["RSUM"]
+    return integrated["t2i"]["R@1"]
+
+
+def tune_fusion(model: DuetModel, split: SplitFeatures, *, device: str = "cpu",
+                metric: str = "t2i_r1") -> dict[str, Any]:
+    """Pick w_sparse (w_dense fixed) maximising ``metric`` of the integrated score on ``split`` (val).
 
     Returns the chosen weights and the whole sweep (recall vs weight), so the choice can be inspected.
     """
@@ -70,5 +92,5 @@ def tune_fusion(model: DuetModel, split: SplitFeatures, *, device: str = "cpu") 
         metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=w_dense, w_sparse=w_sparse,
                                    temperature=temperature)
         sweep.append({"w_dense": w_dense, "w_sparse": w_sparse, "integrated": metrics["integrated"]})
-    best = max(sweep, key=lambda p: p["integrated"]["t2i"]["R@1"])
-    return {"w_dense": best["w_dense"], "w_sparse": best["w_sparse"], "sweep": sweep}
+    best = max(sweep, key=lambda p: fusion_value(p["integrated"], metric))
+    return {"w_dense": best["w_dense"], "w_sparse": best["w_sparse"], "metric": metric, "sweep": sweep}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from core.data import KarpathyDataset
 from core.feature_cache import CachedFeatures
+from core.vocab import tokenize_in_batches
 
 
 @dataclass(frozen=True)
@@ -19,15 +21,21 @@ class SplitFeatures:
     image_features: torch.Tensor  # (N_img, D_img)
     text_features: torch.Tensor  # (N_txt, D_txt)
     caption_image: torch.Tensor  # (N_txt,) row of each caption's image in image_features
-    caption_tokens: list[str]  # raw caption texts, aligned with caption_ids
+    caption_texts: list[str]  # raw caption texts, aligned with caption_ids
+    caption_token_ids: torch.Tensor | None = None  # (N_txt, L) tokenizer output, when a tokenizer was given
 
     @property
     def num_pairs(self) -> int:
         return int(self.caption_ids.shape[0])
 
 
-def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str) -> SplitFeatures:
-    """Rows of ``split`` in dataset order; images skipped as corrupt drop out with their captions."""
+def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str, *,
+                   tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None) -> SplitFeatures:
+    """Rows of ``split`` in dataset order; images skipped as corrupt drop out with their captions.
+
+    With a tokenizer, the captions' token ids come too (models that score texts on their own terms need them,
+    and so do the readability figures).
+    """
     cached_images = {int(i) for i in cache.images.ids}
     records = [r for r in dataset.split(split) if r.image_id in cached_images]
     image_ids = np.array([r.image_id for r in records], dtype=np.int64)
@@ -44,5 +52,6 @@ def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str) 
         image_features=cache.images.rows(image_ids),
         text_features=cache.texts.rows(caption_ids),
         caption_image=torch.tensor(caption_image, dtype=torch.long),
-        caption_tokens=texts,
+        caption_texts=texts,
+        caption_token_ids=tokenize_in_batches(tokenizer, texts) if tokenizer is not None else None,
     )

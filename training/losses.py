@@ -92,20 +92,68 @@ def d2s_loss(teacher_dense_i2t: torch.Tensor, sparse_i2t: torch.Tensor) -> dict[
     return {"distill_sparse_loss": loss, "relevance": loss}
 
 
-def l1_regularizer(weights: torch.Tensor) -> torch.Tensor:
-    """Mean L1 norm of the rows (spec: mean_i ||z_i||_1)."""
-    return weights.abs().sum(dim=1).mean()
+def multi_positive_info_nce(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where row i may have several positives: -log sum_{j in P(i)} softmax(S_i)_j.
+
+    scores: (B, B); positives: (B, B) bool with at least one True per row and per column.
+    """
+    def one_side(s: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(s, dim=1)
+        return -torch.logsumexp(log_p.masked_fill(~p, float("-inf")), dim=1).mean()
+
+    return 0.5 * (one_side(scores, positives) + one_side(scores.T, positives.T))
 
 
-def flops_regularizer(weights: torch.Tensor) -> torch.Tensor:
-    """FLOPS regulariser (Paria et al. 2020): sum_j (mean_i |z_ij|)^2."""
-    return (weights.abs().mean(dim=0) ** 2).sum()
+def bow_grounding_loss(bow_scores: torch.Tensor, same_image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """VDR-style bag-of-words grounding: image sparse vectors scored against the IDF-weighted words of the
+    batch images' captions (bow_scores[i, j] = z_img_i . bow_j); every row of the same image is a positive."""
+    return {"bow_loss": multi_positive_info_nce(bow_scores, same_image)}
+
+
+def word_loss(image_logits: torch.Tensor, caption_words: torch.Tensor, *,
+              kind: Literal["softmax", "bce"] = "softmax") -> dict[str, torch.Tensor]:
+    """Word-classifier grounding of the head's image logits (one per vocabulary term) on the image's caption words.
+
+    caption_words: (B, num_terms) >= 0, the IDF-weighted words of each image's captions (0: no caption uses it).
+    'softmax': soft cross-entropy of softmax over the vocabulary against the normalised word weights; it ranks
+    caption words first and leaves the rest of the vector free (the image budget stays in use). 'bce': binary
+    cross-entropy per term (the readability probe's loss) summed over the vocabulary and divided by the number
+    of caption words; it also pushes words no caption uses below zero, so image vectors get shorter.
+    """
+    logits = image_logits.float()
+    if kind == "softmax":
+        target = caption_words / caption_words.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return {"word_loss": -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()}
+    targets = (caption_words > 0).float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    return {"word_loss": bce / targets.sum().clamp_min(1.0)}
+
+
+def _row_mask(weights: torch.Tensor, threshold: int | None) -> torch.Tensor:
+    """(B, 1) 1.0 for rows the regulariser applies to: all, or those with more than ``threshold`` active terms."""
+    if threshold is None:
+        return weights.new_ones(weights.shape[0], 1)
+    return ((weights > 0).sum(dim=1, keepdim=True) > threshold).to(weights.dtype)
+
+
+def l1_regularizer(weights: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
+    """Mean L1 norm of the rows (spec: mean_i ||z_i||_1); with a threshold, rows at or under it count as 0."""
+    return (weights.abs() * _row_mask(weights, threshold)).sum(dim=1).mean()
+
+
+def flops_regularizer(weights: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
+    """FLOPS regulariser (Paria et al. 2020): sum_j (mean_i |z_ij|)^2; with a threshold (OpenSearch's
+    flops_threshold), only rows with more active terms than it contribute."""
+    return ((weights.abs() * _row_mask(weights, threshold)).mean(dim=0) ** 2).sum()
 
 
 def sparsity_loss(text_sparse: torch.Tensor, image_sparse: torch.Tensor, *, eta_text: float, eta_image: float,
-                  kind: Literal["l1", "flops"]) -> dict[str, torch.Tensor]:
-    """0.5 * (eta_text * R(z_text) + eta_image * R(z_image)); etas already include their warm-up."""
+                  kind: Literal["l1", "flops"], image_threshold: int | None = None) -> dict[str, torch.Tensor]:
+    """0.5 * (eta_text * R(z_text) + eta_image * R(z_image)); etas already include their warm-up.
+
+    ``image_threshold``: the image term applies only to vectors with more active terms than this.
+    """
     reg = l1_regularizer if kind == "l1" else flops_regularizer
-    text_term, image_term = reg(text_sparse.float()), reg(image_sparse.float())
+    text_term, image_term = reg(text_sparse.float()), reg(image_sparse.float(), image_threshold)
     return {"text_reg": text_term.detach(), "image_reg": image_term.detach(),
             "regularizer": 0.5 * (eta_text * text_term + eta_image * image_term)}

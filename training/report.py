@@ -16,6 +16,28 @@ ROWS = (  # (run directory name, label, legs shown)
 )
 
 
+# The grounded-sparse options of scripts/grounding_sweep.sh, in the order the report shows them: runs/grounding/NAME.
+GROUNDING_RUNS = (
+    ("d2s", "d2s expansion control (expanded at inference)"),
+    ("always", "always: captions are their own words (relu weights)"),
+    ("always_softplus", "always, softplus own-word weights"),
+    ("always_bow", "always softplus + BoW"),
+    ("inference_free_bow", "inference-free queries + BoW"),
+    ("features_bow", "always softplus + BoW, head on the frozen features"),
+    ("features_bow_word", "always softplus + BoW + caption-word loss, frozen features"),
+    ("features_bow_word_bce", "as above, caption-word loss as per-term BCE"),
+    ("no_image_budget", "the default without the image budget (thresholded FLOPs regulariser instead)"),
+)
+
+GROUNDING_INTRO = (
+    "Every grounded run uses the content vocabulary (training-caption pieces in at least 2 captions, no "
+    "stopword, punctuation, single-character or special piece), at most 16 terms per caption and, unless "
+    "noted, an image budget of 64 terms (top-k annealed from 256 with a straight-through gradient); "
+    "'frozen features' runs have input dropout 0.5. The integrated leg is the val-selected fusion of dense and "
+    "sparse (the hybrid the service serves; by t2i R@1, or by RSUM where the run says fusion_metric=rsum). "
+    "GP@k: the share of an image's top-k terms that are content pieces of its own captions.")
+
+
 def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
@@ -71,3 +93,98 @@ def runs_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
                      f"{sp['active_terms_query']:.0f} | {sp['active_terms_doc']:.0f} | {sp['flops']:.1f} | "
                      f"{res['best_epoch']} |")
     return "\n".join(lines)
+
+
+def grounding_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
+    """Grounded-sparse options: recall of the sparse and integrated legs both ways, sparsity and readability."""
+    lines = ["| run | leg | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | RSUM | terms/caption "
+             "(max) | terms/image (max) | FLOPs | distinct terms | GP@10 | best epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, run in run_dirs:
+        path = run / "results.json"
+        if not path.is_file():
+            lines.append(f"| {label} | (not run) |" + " |" * 13)
+            continue
+        res = json.loads(path.read_text())
+        m = res[split]
+        sp = m["sparsity"]
+        gp10 = m.get("readability", {}).get("GP@10")
+        for leg in ("sparse", "integrated"):
+            t2i, i2t = m[leg]["t2i"], m[leg]["i2t"]
+            rsum = t2i["RSUM"] + i2t["RSUM"]
+            lines.append(
+                f"| {label} | {leg} | {_fmt(t2i['R@1'])} | {_fmt(t2i['R@5'])} | {_fmt(t2i['R@10'])} | "
+                f"{_fmt(i2t['R@1'])} | {_fmt(i2t['R@5'])} | {_fmt(i2t['R@10'])} | {rsum:.1f} | "
+                f"{sp['active_terms_query']:.1f} ({sp.get('max_terms_query', float('nan')):.0f}) | "
+                f"{sp['active_terms_doc']:.1f} ({sp.get('max_terms_doc', float('nan')):.0f}) | {sp['flops']:.2f} | "
+                f"{sp.get('distinct_terms_doc', '-')} | {'-' if gp10 is None else f'{gp10:.3f}'} | "
+                f"{res['best_epoch']} |")
+    return "\n".join(lines)
+
+
+def readability_table(run_dirs: list[tuple[str, Path]], split: str, *,
+                      probe: dict[str, Any] | None = None) -> str:
+    """GP@k, grounded mass, junk rate and hubs of image vectors, with the frequency floor and the probe ceiling."""
+    lines = ["| run | GP@5 | GP@10 | GP@20 | grounded mass | junk rate@10 | largest image df | median image df | "
+             "distinct terms |", "|---|---|---|---|---|---|---|---|---|"]
+    floor = None
+    for label, run in run_dirs:
+        path = run / "results.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())[split]
+        r = m.get("readability")
+        if r is None:
+            continue
+        floor = m.get("readability_floor", floor)
+        lines.append(f"| {label} | {r['GP@5']:.3f} | {r['GP@10']:.3f} | {r['GP@20']:.3f} | "
+                     f"{r['grounded_mass']:.3f} | {r['junk_rate@10']:.3f} | {r['hub_max_df']:.3f} | "
+                     f"{r['hub_median_df']:.3f} | {r['distinct_terms']} |")
+    if floor is not None:
+        lines.append(f"| frequency floor (the k most frequent caption pieces) | {floor['GP@5']:.3f} | "
+                     f"{floor['GP@10']:.3f} | {floor['GP@20']:.3f} | | | | | |")
+    if probe is not None and split in probe:
+        ceiling = probe[split]
+        lines.append(f"| linear word probe on the frozen image features (ceiling) | {ceiling['GP@5']:.3f} | "
+                     f"{ceiling['GP@10']:.3f} | {ceiling['GP@20']:.3f} | | | | | |")
+    return "\n".join(lines)
+
+
+def tradeoff_plot(run_dirs: list[tuple[str, Path]], latent_pruned: list[dict[str, Any]], path: Path) -> None:
+    """Sparse and hybrid (integrated) t2i R@1 on test against FLOPs and against GP@10: every run as a point, the
+    latent model's top-k pruning as a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_flops, by_gp) = plt.subplots(1, 2, figsize=(12, 4.8))
+    if latent_pruned:
+        flops = [p["metrics"]["sparsity"]["flops"] for p in latent_pruned]
+        for leg, style in (("sparse", "o--"), ("integrated", "s--")):
+            by_flops.plot(flops, [p["metrics"][leg]["t2i"]["R@1"] for p in latent_pruned], style, color="grey",
+                          label=f"latent, top-k pruned ({'hybrid' if leg == 'integrated' else leg})")
+    for n, (label, run) in enumerate(run_dirs):
+        path_json = run / "results.json"
+        if not path_json.is_file():
+            continue
+        m = json.loads(path_json.read_text())["test"]
+        colour = f"C{n % 10}"
+        gp = m.get("readability", {}).get("GP@10", 0.0)
+        for axis, x in ((by_flops, m["sparsity"]["flops"]), (by_gp, gp)):
+            axis.plot([x], [m["sparse"]["t2i"]["R@1"]], "o", color=colour, label=label if axis is by_gp else None)
+            axis.plot([x], [m["integrated"]["t2i"]["R@1"]], "s", color=colour)
+    by_flops.set_xscale("log")
+    by_flops.set_xlabel("FLOPs (expected multiplications per query-image pair, log)")
+    by_gp.set_xlabel("GP@10 (share of an image's top 10 terms that are its captions' words)")
+    for axis in (by_flops, by_gp):
+        axis.set_ylabel("t2i R@1, test (circles: sparse, squares: hybrid)")
+        axis.grid(alpha=0.3)
+    by_flops.legend(fontsize=7)
+    by_gp.legend(fontsize=6, loc="lower left")
+    figure.tight_layout()
+    from core.atomic import atomic_file
+
+    with atomic_file(path) as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)

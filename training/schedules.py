@@ -25,3 +25,39 @@ def cosine_decay(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# D2S (Nguyen et al., ECIR 2024): the masking probability reaches 0 after 95% of the epochs.
+D2S_DECAY_SHARE = 0.95
+
+
+def text_mask_probability(expansion: str, epoch: int, epochs: int) -> float:
+    """Probability that a batch's captions are masked to their own terms in (0-based) ``epoch``.
+
+    'off': 0; 'always': 1; 'd2s': 1 at the first epoch, falling by 1 / (0.95 * epochs) after each epoch, 0 from
+    95% of the epochs on (the decay the official code computes but never applies).
+    """
+    if expansion == "off":
+        return 0.0
+    if expansion == "always":
+        return 1.0
+    if expansion != "d2s":
+        raise ValueError(f"unknown expansion control {expansion!r}")
+    return max(0.0, 1.0 - epoch / (D2S_DECAY_SHARE * epochs))
+
+
+def annealed_top_k(step: int, total_steps: int, *, start: int, budget: int | None, anneal_ratio: float) -> int:
+    """Image top-k for ``step``: ``start`` falling linearly to ``budget`` over ``anneal_ratio`` of the steps,
+    then the budget (0 = keep everything when there is no budget)."""
+    if budget is None:
+        return 0
+    if start <= budget:
+        return budget
+    span = anneal_ratio * total_steps
+    progress = 1.0 if span <= 0 else min(1.0, step / span)
+    return int(round(start - (start - budget) * progress))
+
+
+def linear_ramp(step: int, ramp_steps: int) -> float:
+    """0 -> 1 linearly over ``ramp_steps`` (1 throughout when there is no ramp)."""
+    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)

@@ -1,5 +1,5 @@
-"""Speed measurements of issue 2 (a benchmark, not a timed test): tower forward vs feature caching throughput,
-and the cost of an SKD step relative to a dense-only step on cached features."""
+"""Speed measurements (a benchmark, not a timed test): tower forward vs feature caching throughput, and the cost
+of an SKD step relative to a dense-only step on cached features."""
 
 from __future__ import annotations
 
@@ -11,9 +11,18 @@ from typing import Any
 import torch
 
 from core.feature_cache import compute_feature_cache
+from core.sparse_head import OwnTerms
 from training.config import TrainConfig
 from training.features import split_features
-from training.trainer import Workspace, build_model, set_trainable, step_losses, term_ids_for
+from training.trainer import (
+    StepPlan,
+    Workspace,
+    build_model,
+    set_trainable,
+    step_losses,
+    term_ids_for,
+    training_texts,
+)
 
 
 def tower_throughput(ws: Workspace, *, images: int, batch_size: int = 64) -> dict[str, float]:
@@ -45,17 +54,28 @@ def _load(ws: Workspace, record: Any) -> Any:
 
 def step_seconds(config: TrainConfig, ws: Workspace, *, steps: int) -> float:
     """Mean seconds of one optimiser step (forward, backward, update) of ``config.method`` on cached features."""
-    train = split_features(ws.dataset, ws.cache, config.data.train_split)
-    model = build_model(config, ws.backbone, term_ids_for(config, ws.backbone, train))
+    train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
+    term_ids, term_idf = term_ids_for(config, ws.backbone, train)
+    model = build_model(config, ws.backbone, term_ids, term_idf)
     params = set_trainable(model, config.method)
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr)
     batch = config.optim.batch_size
+    head = config.model.sparse_head
+    texts = training_texts(model, train, term_idf,
+                           with_bow=config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0)
+    bow = texts.bow
     timings = []
     for step in range(steps + 2):
         idx = torch.randint(0, train.num_pairs, (batch,))
+        rows = train.caption_image[idx]
+        # the step after annealing: the image budget in force, captions masked as the config says at its end
+        plan = StepPlan(reg_step=step, reg_warmup_steps=10, d2s_temperature=0.05, image_keep=head.image_terms or 0,
+                        mask_texts=head.expansion == "always")
         started = time.perf_counter()
-        losses = step_losses(model, train.image_features[train.caption_image[idx]], train.text_features[idx], config,
-                             reg_step=step, reg_warmup_steps=10, d2s_temperature=0.05)
+        losses = step_losses(model, train.image_features[rows], train.text_features[idx], config, plan,
+                             text_columns=texts.caption_columns[idx],
+                             bow=None if bow is None else OwnTerms(bow.columns[rows], bow.weights[rows]),
+                             same_image=rows[:, None] == rows[None, :])
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()

@@ -21,11 +21,22 @@ from core.data import KarpathyDataset, load_karpathy
 from core.feature_cache import CachedFeatures, compute_feature_cache
 from core.model import DuetModel
 from core.progress import progress
+from core.readability import GroundingReference
+from core.sparse_head import OwnTerms
+from core.vocab import caption_vocabulary, document_frequency
 from training import schedules
 from training.config import TrainConfig
 from training.evaluate import evaluate_model, tune_fusion
 from training.features import SplitFeatures, split_features
-from training.losses import JointLossWeights, d2s_loss, info_nce, joint_loss, sparsity_loss
+from training.losses import (
+    JointLossWeights,
+    bow_grounding_loss,
+    d2s_loss,
+    info_nce,
+    joint_loss,
+    sparsity_loss,
+    word_loss,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -72,25 +83,34 @@ def prepare_workspace(config: TrainConfig) -> Workspace:
     return Workspace(backbone=backbone.to("cpu"), dataset=dataset, cache=cache)
 
 
-def term_ids_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) -> torch.Tensor:
-    """Output terms of the sparse head: all content tokens, or those seen in the training captions."""
-    content = torch.from_numpy(backbone.vocabulary.content_ids())
-    if config.model.sparse_head.vocabulary == "full":
-        return content
-    seen: set[int] = set()
-    for start in range(0, len(train.caption_tokens), 4096):
-        seen.update(backbone.tokenizer(train.caption_tokens[start:start + 4096]).unique().tolist())
-    keep = torch.tensor(sorted(seen - backbone.vocabulary.special_ids), dtype=torch.long)
-    return keep
+def term_ids_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output terms of the sparse head and their IDF over the training captions.
+
+    'full': every non-special token; 'train_captions': tokens of the training captions; 'content': their content
+    pieces (core/vocab.py). Both caption vocabularies keep pieces in at least ``min_df`` captions.
+    """
+    head = config.model.sparse_head
+    vocabulary = backbone.vocabulary
+    assert train.caption_token_ids is not None  # the training split is always tokenised
+    df = document_frequency(train.caption_token_ids, len(vocabulary))
+    if head.vocabulary == "full":
+        term_ids = vocabulary.content_ids()
+    else:
+        term_ids = caption_vocabulary(vocabulary, df, min_df=head.min_df, content_only=head.vocabulary == "content")
+    if term_ids.size == 0:
+        raise ValueError(f"the sparse head vocabulary {head.vocabulary!r} (min_df {head.min_df}) is empty")
+    idf = np.log((1 + train.num_pairs) / (1 + df[term_ids]))
+    return torch.from_numpy(term_ids), torch.from_numpy(idf).float()
 
 
-def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor) -> DuetModel:
+def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor,
+                term_idf: torch.Tensor | None = None) -> DuetModel:
     # The checkpoint's default fusion is the integrated score the model was trained with.
     model_config = config.model.model_copy(update={"fusion_dense_weight": config.loss.w_dense,
                                                    "fusion_sparse_weight": config.loss.w_sparse})
     model = DuetModel(model_config, image_projection=backbone.image_projection,
                       text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
-                      term_ids=term_ids)
+                      term_ids=term_ids, term_idf=term_idf)
     if config.init_checkpoint is not None:
         base = load_checkpoint(config.init_checkpoint, expected_fingerprint=backbone.fingerprint).model
         with torch.no_grad():  # the dense base: projections and temperature; the sparse head starts fresh
@@ -98,6 +118,42 @@ def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor)
             model.text_proj.weight.copy_(base.text_proj.weight)
             model.temperature.copy_(base.temperature)
     return model
+
+
+def grounding_reference(backbone: Backbone, train: SplitFeatures) -> GroundingReference:
+    """Readability is measured against the content pieces of the training captions."""
+    assert train.caption_token_ids is not None
+    return GroundingReference(backbone.vocabulary.content_mask(), train.caption_token_ids)
+
+
+@dataclass(frozen=True)
+class TrainingTexts:
+    """Per-caption head columns (texts scored on their own terms) and per-image bag-of-words targets."""
+
+    caption_columns: torch.Tensor  # (N_txt, L) head columns, -1 pads
+    bow: OwnTerms | None  # per image row: IDF-weighted words of all its captions, unit L2 norm
+
+
+def training_texts(model: DuetModel, split: SplitFeatures, term_idf: torch.Tensor, *, with_bow: bool) -> TrainingTexts:
+    assert split.caption_token_ids is not None
+    chunks = [model.text_columns(split.caption_token_ids[i:i + 4096]).cpu() for i in range(0, split.num_pairs, 4096)]
+    width = max((c.shape[1] for c in chunks), default=1)
+    columns = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1) for c in chunks]) \
+        if chunks else torch.zeros(0, 1, dtype=torch.long)
+    if not with_bow:
+        return TrainingTexts(columns, None)
+    num_images, num_terms = len(split.image_ids), model.sparse_head.num_terms
+    counts = torch.zeros(num_images, num_terms + 1)  # the extra column collects the pads
+    safe = torch.where(columns < 0, num_terms, columns)
+    counts.index_put_((split.caption_image[:, None].expand_as(safe).reshape(-1), safe.reshape(-1)),
+                      torch.ones(safe.numel()), accumulate=True)
+    captions_per_image = torch.bincount(split.caption_image, minlength=num_images).clamp_min(1)[:, None]
+    weights = counts[:, :num_terms] / captions_per_image * term_idf[None, :]  # caption share x IDF
+    weights = torch.nn.functional.normalize(weights, dim=1)
+    length = max(1, int((weights > 0).sum(dim=1).max()))
+    values, bow_columns = weights.topk(length, dim=1)
+    bow_columns = torch.where(values > 0, bow_columns, torch.full_like(bow_columns, -1))
+    return TrainingTexts(columns, OwnTerms(bow_columns, values))
 
 
 def set_trainable(model: DuetModel, method: str) -> list[torch.nn.Parameter]:
@@ -124,9 +180,26 @@ def optimizer_groups(model: DuetModel, method: str, config: TrainConfig) -> list
     return out
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What the schedules say for one optimiser step."""
+
+    reg_step: int
+    reg_warmup_steps: int
+    d2s_temperature: float
+    image_keep: int = 0  # image top-k this step (0: keep every term)
+    mask_texts: bool = False  # score captions on their own terms this step
+    sparse_share: float = 1.0  # share of w_sparse in the integrated score this step (its warm-up)
+
+
 def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: torch.Tensor, config: TrainConfig,
-                *, reg_step: int, reg_warmup_steps: int, d2s_temperature: float) -> dict[str, torch.Tensor]:
-    """All named losses of one batch; ``loss`` is what gets back-propagated."""
+                plan: StepPlan, *, text_columns: torch.Tensor | None = None, bow: OwnTerms | None = None,
+                same_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """All named losses of one batch; ``loss`` is what gets back-propagated.
+
+    text_columns: each caption's own head columns (needed when ``plan.mask_texts``); bow and same_image: the
+    batch images' bag-of-words targets and which rows show the same image (the grounding loss).
+    """
     method, lc = config.method, config.loss
     temperature = model.clamp_temperature()
     if method in ("align", "dense"):
@@ -134,19 +207,39 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
         out = {"dense_loss": info_nce(dense_i2t)}
         out["loss"] = out["dense_loss"]
         return out
-    images, texts = model.encode_image(image_features), model.encode_text(text_features)
-    sparse_i2t = images.sparse @ texts.sparse.T  # (B, B)
-    if method == "d2s":
-        out = d2s_loss((images.dense @ texts.dense.T / d2s_temperature).detach(), sparse_i2t)
+    images, image_logits = model.encode_image_with_logits(image_features, keep=plan.image_keep)
+    text_dense = model.embed_text(text_features)
+    if plan.mask_texts:
+        if text_columns is None:
+            raise ValueError("masked captions need their own columns")
+        own = model.own_text_terms(text_features, text_columns, dense=text_dense)
+        sparse_i2t = own.scores(images.sparse)  # (B, B), only the captions' own columns gathered
+        text_sparse = own.to_dense(model.sparse_head.num_terms)
     else:
-        weights = JointLossWeights(w_dense=lc.w_dense, w_sparse=lc.w_sparse, lambda_dense=lc.lambda_dense,
+        text_sparse = model.sparse_head.expanded_text(text_dense, text_features)
+        sparse_i2t = images.sparse @ text_sparse.T  # (B, B)
+    if method == "d2s":
+        out = d2s_loss((images.dense @ text_dense.T / plan.d2s_temperature).detach(), sparse_i2t)
+    else:
+        weights = JointLossWeights(w_dense=lc.w_dense, w_sparse=lc.w_sparse * plan.sparse_share,
+                                   lambda_dense=lc.lambda_dense,
                                    lambda_sparse=lc.lambda_sparse, distill=method != "no_kd",
                                    teacher_grad=lc.teacher_grad, t2i_teacher=lc.t2i_teacher)
-        out = joint_loss(images.dense @ texts.dense.T / temperature, sparse_i2t, weights)
-    out.update(sparsity_loss(texts.sparse, images.sparse, kind=lc.regularizer,
-                             eta_text=schedules.quadratic_warmup(lc.eta_text, reg_step, reg_warmup_steps),
-                             eta_image=schedules.quadratic_warmup(lc.eta_image, reg_step, reg_warmup_steps)))
+        out = joint_loss(images.dense @ text_dense.T / temperature, sparse_i2t, weights)
+    out.update(sparsity_loss(text_sparse, images.sparse, kind=lc.regularizer,
+                             eta_text=schedules.quadratic_warmup(lc.eta_text, plan.reg_step, plan.reg_warmup_steps),
+                             eta_image=schedules.quadratic_warmup(lc.eta_image, plan.reg_step, plan.reg_warmup_steps),
+                             image_threshold=lc.image_reg_threshold))
     out["loss"] = out["relevance"] + out["regularizer"]
+    if lc.bow_weight > 0 or lc.word_loss_weight > 0:
+        if bow is None or same_image is None:
+            raise ValueError("the grounding losses need the batch's bag-of-words targets")
+        if lc.bow_weight > 0:
+            out.update(bow_grounding_loss(bow.scores(images.sparse), same_image))
+            out["loss"] = out["loss"] + lc.bow_weight * out["bow_loss"]
+        if lc.word_loss_weight > 0:
+            out.update(word_loss(image_logits, bow.to_dense(model.sparse_head.num_terms), kind=lc.word_loss))
+            out["loss"] = out["loss"] + lc.word_loss_weight * out["word_loss"]
     return out
 
 
@@ -159,8 +252,14 @@ def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup)) if warmup else 1.0
 
 
-def _selection_value(metrics: dict[str, Any], leg: str) -> float:
-    return float(metrics[leg]["t2i"]["R@1"])
+def selection_value(metrics: dict[str, Any], leg: str, gp10_floor: float | None) -> float:
+    """Val t2i R@1 of the selection leg; with a readability floor, an epoch under it scores 100 * GP@10 - 100
+    (always below any R@1), so the floor is met first and R@1 decides among epochs that meet it."""
+    recall = float(metrics[leg]["t2i"]["R@1"])
+    if gp10_floor is None:
+        return recall
+    gp10 = float(metrics["readability"]["GP@10"])
+    return recall if gp10 >= gp10_floor else 100.0 * gp10 - 100.0
 
 
 def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
@@ -188,9 +287,17 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     torch.manual_seed(config.seed)
 
     ws = workspace or prepare_workspace(config)
-    train_split = split_features(ws.dataset, ws.cache, config.data.train_split)
-    val_split = split_features(ws.dataset, ws.cache, config.data.val_split)
-    model = build_model(config, ws.backbone, term_ids_for(config, ws.backbone, train_split)).to(device)
+    tokenizer = ws.backbone.tokenizer
+    train_split = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=tokenizer)
+    val_split = split_features(ws.dataset, ws.cache, config.data.val_split, tokenizer=tokenizer)
+    term_ids, term_idf = term_ids_for(config, ws.backbone, train_split)
+    model = build_model(config, ws.backbone, term_ids, term_idf).to(device)
+    grounding = grounding_reference(ws.backbone, train_split)
+    head = config.model.sparse_head
+    sparse_method = config.method not in ("align", "dense")
+    grounding_losses = config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0
+    texts = training_texts(model, train_split, term_idf, with_bow=grounding_losses) \
+        if sparse_method and (head.expansion != "off" or grounding_losses) else None
     groups = optimizer_groups(model, config.method, config)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
@@ -203,7 +310,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     # Official quirk: the regulariser also stepped on each validation forward (eval batches of 32).
     val_reg_steps = math.ceil(val_split.num_pairs / 32) + math.ceil(len(val_split.image_ids) / 32)
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "reg_step": 0, "best": -1.0, "best_epoch": 0,
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "reg_step": 0, "best": -1000.0, "best_epoch": 0,
                              "bad_epochs": 0, "epoch_seconds": []}
     if resume and (run / STATE_FILE).is_file():
         saved = torch.load(run / STATE_FILE, map_location=device, weights_only=False)
@@ -216,6 +323,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     image_features = train_split.image_features.to(device)
     text_features = train_split.text_features.to(device)
     caption_image = train_split.caption_image.to(device)
+    caption_columns = texts.caption_columns.to(device) if texts is not None else None
+    bow = OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device)) \
+        if texts is not None and texts.bow is not None else None
     use_amp = config.amp and device == "cuda"
     leg = config.selection_metric
     epochs_this_call = 0
@@ -225,6 +335,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         model.train()
         started = time.perf_counter()
         order = torch.randperm(train_split.num_pairs, device=device)
+        mask_probability = schedules.text_mask_probability(head.expansion, state["epoch"], config.optim.epochs)
         sums: dict[str, float] = {}
         bar = progress(range(steps_per_epoch), total=steps_per_epoch,
                        desc=f"{config.method} epoch {state['epoch'] + 1}/{config.optim.epochs}", unit="step")
@@ -233,10 +344,21 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
             factor = _lr_factor(config, state["step"], total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = config.optim.lr * group["lr_scale"] * factor
+            # one draw per batch decides whether its captions are masked (D2S); none is made when the answer is fixed
+            mask = mask_probability >= 1.0 or (0.0 < mask_probability and float(torch.rand(())) < mask_probability)
+            image_keep = schedules.annealed_top_k(state["step"], total_steps, start=config.loss.image_topk_start,
+                                                  budget=head.image_terms,
+                                                  anneal_ratio=config.loss.image_topk_anneal_ratio)
+            plan = StepPlan(reg_step=state["reg_step"], reg_warmup_steps=reg_warmup_steps,
+                            d2s_temperature=d2s_temperature, image_keep=image_keep, mask_texts=mask,
+                            sparse_share=schedules.linear_ramp(state["step"], int(config.loss.w_sparse_warmup_ratio
+                                                                                  * total_steps)))
+            rows = caption_image[idx]
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = step_losses(model, image_features[caption_image[idx]], text_features[idx], config,
-                                     reg_step=state["reg_step"], reg_warmup_steps=reg_warmup_steps,
-                                     d2s_temperature=d2s_temperature)
+                losses = step_losses(model, image_features[rows], text_features[idx], config, plan,
+                                     text_columns=caption_columns[idx] if caption_columns is not None else None,
+                                     bow=OwnTerms(bow.columns[rows], bow.weights[rows]) if bow is not None else None,
+                                     same_image=rows[:, None] == rows[None, :])
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if config.optim.grad_clip > 0:
@@ -251,8 +373,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         seconds = time.perf_counter() - started
         state["epoch_seconds"].append(seconds)
         state["epoch"] += 1
-        val = evaluate_model(model, val_split, device=device)
-        value = _selection_value(val, leg)
+        val = evaluate_model(model, val_split, device=device, grounding=grounding)
+        value = selection_value(val, leg, config.selection_gp10_floor)
         improved = value > state["best"]
         if improved:
             state.update(best=value, best_epoch=state["epoch"], bad_epochs=0)
@@ -264,13 +386,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         record = {"epoch": state["epoch"], "seconds": round(seconds, 2),
                   "temperature": float(model.temperature.detach()),
                   "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
-                  "val": {k: val[k] for k in ("dense", "sparse", "integrated", "sparsity")},
+                  "val": {k: val[k] for k in ("dense", "sparse", "integrated", "sparsity", "readability")},
                   "selection": value, "improved": improved}
         with (run / METRICS_LOG).open("a") as log:
             log.write(json.dumps(record) + "\n")
-        _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f (best %.2f @ %d), active terms q/d %.0f/%.0f",
-                     state["epoch"], seconds, leg, value, state["best"], state["best_epoch"],
-                     val["sparsity"]["active_terms_query"], val["sparsity"]["active_terms_doc"])
+        _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f, selection %.2f (best %.2f @ %d), active terms q/d "
+                     "%.0f/%.0f, FLOPs %.2f, GP@10 %.3f", state["epoch"], seconds, leg, val[leg]["t2i"]["R@1"],
+                     value, state["best"], state["best_epoch"], val["sparsity"]["active_terms_query"],
+                     val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
                           "torch_rng": torch.get_rng_state()})
         epochs_this_call += 1
@@ -284,10 +407,13 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any])
     (the latter become the checkpoint's default fusion for serving).
     """
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
-    val_split = split_features(ws.dataset, ws.cache, config.data.val_split)
-    test_split = split_features(ws.dataset, ws.cache, config.data.test_split)
+    tokenizer = ws.backbone.tokenizer
+    train_split = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=tokenizer)
+    val_split = split_features(ws.dataset, ws.cache, config.data.val_split, tokenizer=tokenizer)
+    test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=tokenizer)
+    grounding = grounding_reference(ws.backbone, train_split)
     teacher = {"val": evaluate_model(best.model, val_split), "test": evaluate_model(best.model, test_split)}
-    fusion = tune_fusion(best.model, val_split)
+    fusion = tune_fusion(best.model, val_split, metric=config.fusion_metric)
     tuned_config = best.model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
                                                         "fusion_sparse_weight": fusion["w_sparse"]})
     best.model.config = tuned_config
@@ -304,12 +430,16 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any])
         "temperature": float(best.model.temperature.detach()),
         "fusion": {"teacher": {"w_dense": config.loss.w_dense, "w_sparse": config.loss.w_sparse},
                    "val_selected": {"w_dense": fusion["w_dense"], "w_sparse": fusion["w_sparse"]},
+                   "selected_by": fusion["metric"],
                    "val_sweep": fusion["sweep"]},
         "config": config.model_dump(mode="json"),
     }
     for split_name, split in (("val", val_split), ("test", test_split)):
-        metrics = evaluate_model(best.model, split)
+        metrics = evaluate_model(best.model, split, grounding=grounding)
         metrics["integrated_teacher_weights"] = teacher[split_name]["integrated"]
+        assert split.caption_token_ids is not None
+        metrics["readability_floor"] = grounding.floor(split.caption_token_ids, split.caption_image,
+                                                       len(split.image_ids))
         results[split_name] = metrics
     write_text_atomic(run / RESULTS_FILE, json.dumps(results, indent=2))
     return results
