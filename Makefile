@@ -45,7 +45,7 @@ sparsity: setup
 
 # The Flickr8k benchmark report (quality, sweeps, efficiency, peers, 10k/100k/1M synthetic scale) of a checkpoint:
 # about 2 hours on 2 cores, most of it the 1M point. BENCH_ARGS=--resume continues an interrupted run.
-CHECKPOINT ?= $(RUNS)/skd/best
+CHECKPOINT ?= $(RUNS)/grounded/best
 SCALES ?= 10000,100000,1000000
 KNOB_SCALES ?= 100000,1000000
 benchmarks: setup

@@ -135,11 +135,7 @@ def tiny_grounded_index(tiny_backbone, synthetic_dataset: Path,  # type: ignore[
 @pytest.fixture(scope="session")
 def tiny_server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A real uvicorn server (``python -m service``) on 127.0.0.1 over the tiny index."""
-    from tests.server import Server
+    from tests.server import serving
 
-    running = Server(["--index", str(tiny_index)], tmp_path_factory.mktemp("logs") / "server.log")
-    try:
-        running.wait_started()
+    with serving(tiny_index, tmp_path_factory.mktemp("logs") / "server.log") as running:
         yield running
-    finally:
-        running.stop()

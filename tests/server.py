@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,14 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self._log.close()
+
+
+@contextmanager
+def serving(index: Path, log: Path) -> Iterator[Server]:
+    """A started ``python -m service --index INDEX``, stopped on exit."""
+    running = Server(["--index", str(index)], log)
+    try:
+        running.wait_started()
+        yield running
+    finally:
+        running.stop()

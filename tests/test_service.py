@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.server import Server
+from tests.server import Server, serving
 
 
 def _png(width: int, height: int, color: str = "red") -> bytes:
@@ -200,12 +200,8 @@ def test_index_replaced_under_a_reader_is_not_needed_for_atomicity(tiny_index: P
 
 @pytest.fixture(scope="module")
 def grounded_server(tiny_grounded_index: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    running = Server(["--index", str(tiny_grounded_index)], tmp_path_factory.mktemp("logs") / "grounded.log")
-    try:
-        running.wait_started()
+    with serving(tiny_grounded_index, tmp_path_factory.mktemp("logs") / "grounded.log") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_grounded_model_serves_word_terms_and_explains_empty_sparse_queries(grounded_server: Server) -> None:

@@ -213,7 +213,7 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
         if text_columns is None:
             raise ValueError("masked captions need their own columns")
         own = model.own_text_terms(text_features, text_columns, dense=text_dense)
-        sparse_i2t = own.scores(images.sparse)  # (B, B), only the captions' own columns gathered
+        sparse_i2t = own.scores(images.sparse)  # (B, B): zero outside each caption's own columns
         text_sparse = own.to_dense(model.sparse_head.num_terms)
     else:
         text_sparse = model.sparse_head.expanded_text(text_dense, text_features)
