@@ -33,10 +33,16 @@ class OwnTerms:
     def scores(self, docs: torch.Tensor) -> torch.Tensor:
         """(N, num_terms) full vectors -> (N, B) dot products with these texts.
 
-        A dense matmul against the scattered texts: on CPU it was as fast as gathering the texts' columns at 16
-        terms per text and 3x faster at 60 (a bag of words), with far less memory.
+        Only the columns some text uses can contribute, so the product runs over those: ``docs`` restricted to
+        them times the texts scattered over them (a dense matmul; on CPU faster than gathering per text).
         """
-        return docs @ self.to_dense(docs.shape[1]).to(docs.dtype).T
+        used = torch.unique(self.columns[self.columns >= 0])  # ascending
+        if used.numel() == 0:
+            return docs.new_zeros(docs.shape[0], self.columns.shape[0])
+        local = torch.searchsorted(used, self.columns.clamp(min=0))
+        local = torch.where(self.columns < 0, torch.full_like(local, used.numel()), local)
+        texts = self.weights.new_zeros(self.columns.shape[0], used.numel() + 1).scatter_add(1, local, self.weights)
+        return docs[:, used] @ texts[:, :-1].to(docs.dtype).T
 
     def _safe_columns(self, num_terms: int) -> torch.Tensor:
         return torch.where(self.columns < 0, torch.full_like(self.columns, num_terms), self.columns)
