@@ -55,6 +55,7 @@ def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict
     }
     if "texts" in engine.stores:
         out["texts"] = _own_words(engine)
+        out["flops"] = _flops(engine.stores["texts"].sparse, images.sparse, len(vocabulary))
     out["examples"] = [{"query": text, "terms": [[term, round(weight, 3)] for term, weight in
                                                  engine.query_terms(engine.encode_text(text), limit=10)]}
                        for text in EXAMPLE_QUERIES]
@@ -78,3 +79,11 @@ def _own_words(engine: SearchEngine) -> dict[str, float]:
         ids, _ = texts.sparse.row(row)
         own += int(np.isin(ids, tokens[row].numpy()).all())
     return {"mean_terms": float(counts.mean()), "max_terms": int(counts.max()), "own_words_share": own / len(texts.ids)}
+
+
+def _flops(queries: SparseRows, docs: SparseRows, vocab_size: int) -> float:
+    """Expected multiplications per caption-image pair, sum_j p_q(j) p_d(j), over the indexed vectors."""
+    def share(rows: SparseRows) -> np.ndarray:
+        return np.bincount(rows.indices, minlength=vocab_size) / max(1, len(rows))
+
+    return float((share(queries) * share(docs)).sum())

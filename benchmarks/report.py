@@ -245,7 +245,10 @@ def _readability(section: dict[str, Any]) -> list[str]:
     if "texts" in section:
         t = section["texts"]
         lines += [f"Indexed captions: {t['mean_terms']:.1f} terms on average, at most {t['max_terms']}; "
-                  f"{100 * t['own_words_share']:.1f}% have only their own tokens as terms.", ""]
+                  f"{100 * t['own_words_share']:.1f}% have only their own tokens as terms. FLOPs (expected "
+                  f"multiplications per caption-image pair): {section['flops']:.2f}. Sparse and hybrid R@1 against "
+                  "FLOPs and GP@10 for the latent and grounded models: "
+                  "[docs/grounding-tradeoff.png](../../grounding-tradeoff.png) (docs/results.md).", ""]
     lines += _table(["query", "strongest terms"], [[e["query"], ", ".join(f"{t} {w:.2f}" for t, w in e["terms"])]
                                                    for e in section["examples"]])
     lines += ["", *_table(["image", "first caption", "strongest terms"],

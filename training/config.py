@@ -77,6 +77,7 @@ class LossConfig(_Strict):
 
 class TrainConfig(_Strict):
     method: Method = "skd"
+    preset: str | None = Field(None, description="the named preset this run follows (recorded in the checkpoint)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()

@@ -23,7 +23,7 @@ _COMMON: dict[str, Any] = {
 # bag-of-words and caption-word losses; checkpoints compete on sparse R@1 only at val GP@10 >= 0.40, and the
 # served fusion weight maximises val RSUM.
 GROUNDED: dict[str, Any] = {
-    "method": "skd", "init_checkpoint": LIT_BASE,
+    "method": "skd", "preset": "grounded", "init_checkpoint": LIT_BASE,
     "optim": {**_COMMON["optim"]},
     "model": {"sparse_head": {"vocabulary": "content", "min_df": 2, "expansion": "always",
                               "query_encoder": "inference_free", "max_text_terms": 16, "image_terms": 64,

@@ -379,7 +379,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         if improved:
             state.update(best=value, best_epoch=state["epoch"], bad_epochs=0)
             save_checkpoint(run / "best", model.cpu(), backbone_fingerprint=ws.backbone.fingerprint,
-                            metadata={"method": config.method, "epoch": state["epoch"], "val_selection": value})
+                            metadata={"method": config.preset or config.method, "epoch": state["epoch"],
+                                      "val_selection": value})
             model.to(device)
         else:
             state["bad_epochs"] += 1
@@ -421,6 +422,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any])
                                    metadata={**best.metadata, "fusion_selected_on": config.data.val_split})
     results: dict[str, Any] = {
         "method": config.method,
+        "preset": config.preset,
         "checkpoint": str(run / "best"),
         "content_hash": content_hash,
         "best_epoch": state["best_epoch"],
