@@ -44,7 +44,7 @@ sparsity: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/sparsity_sweep.sh
 
 # The Flickr8k benchmark report (quality, sweeps, efficiency, peers, 10k/100k/1M synthetic scale) of a checkpoint:
-# about 2 hours on 2 cores, most of it the 1M point. BENCH_ARGS=--resume continues an interrupted run.
+# about an hour on 2 cores for the grounded model (3 hours for the latent skd one). BENCH_ARGS=--resume continues an interrupted run.
 CHECKPOINT ?= $(RUNS)/grounded/best
 SCALES ?= 10000,100000,1000000
 KNOB_SCALES ?= 100000,1000000

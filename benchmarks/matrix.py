@@ -19,7 +19,7 @@ from benchmarks.datasets import PRESETS
 # which runner stage produces each top-level report key
 STAGE_OF = {"quality": "quality", "headline": "quality", "sizes": "quality", "build": "quality",
             "weight_sweep": "sweeps", "pruning": "sweeps", "encoding": "efficiency", "batched": "efficiency",
-            "latency": "efficiency", "peers": "peers", "scale": "scale"}
+            "latency": "efficiency", "peers": "peers", "scale": "scale", "readability": "readability"}
 
 
 class MatrixRow(BaseModel):
@@ -103,8 +103,9 @@ def dump_rows(report: dict[str, Any], paths: list[tuple[str, str, float]]) -> li
     return rows
 
 
-def default_paths() -> list[tuple[str, str, float]]:
-    """The quality rows a matrix records by default: R@1/5/10 both directions per mode, RSUM, Lucene vs exact."""
+def default_paths(report: dict[str, Any] | None = None) -> list[tuple[str, str, float]]:
+    """The rows a matrix records by default: R@1/5/10 both directions per mode, RSUM, Lucene vs exact, and the
+    sparse terms' readability and sparsity when ``report`` measured them."""
     paths = []
     for direction in ("t2i", "i2t"):
         for mode in ("dense", "sparse", "hybrid", "sparse_exact"):
@@ -115,6 +116,10 @@ def default_paths() -> list[tuple[str, str, float]]:
     for direction in ("t2i", "i2t"):
         paths.append((f"{direction} Lucene minus exact sparse R@10", f"quality/{direction}/lucene_minus_exact_R@10",
                       0.5))
+    if report is not None and "readability" in report:
+        paths += [(f"image terms GP@{k}", f"readability/images/GP@{k}", 0.02) for k in (5, 10, 20)]
+        paths += [("FLOPs per caption-image pair", "readability/flops", 0.2),
+                  ("terms per caption", "readability/texts/mean_terms", 0.5)]
     return paths
 
 
@@ -122,6 +127,6 @@ def record(report: dict[str, Any], *, source: str) -> str:
     """A matrix file (JSON text) with the default rows measured in ``report``."""
     matrix = {"dataset": report["dataset"]["name"], "split": report["dataset"]["split"],
               "checkpoint": report["checkpoint"]["path"], "recorded": source,
-              "rows": dump_rows(report, default_paths())}
+              "rows": dump_rows(report, default_paths(report))}
     ResultsMatrix.model_validate(matrix)
     return json.dumps(matrix, indent=2) + "\n"

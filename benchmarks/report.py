@@ -159,6 +159,7 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
                   *statistics_table(point["statistics"], point.get("synthetic_statistics")), "",
                   *engines_table(point["engines"], with_recall=False,
                                 duet_build_seconds=point["duet_build_seconds"]), ""]
+        lines += _duet_efficiency(point)
         if point["unavailable"]:
             lines += [f"Unavailable: {'; '.join(point['unavailable'])}", ""]
     for point in report.get("knobs", []):
@@ -174,6 +175,25 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
               "- Seismic is approximate (query_cut 20, heap_factor 0.7); exact/FAISS/Lucene use the stated threads.",
               f"- Reproduce: `{report['command']}`" if report.get("command") else "", ""]
     return "\n".join(lines)
+
+
+def _duet_efficiency(point: dict[str, Any]) -> list[str]:
+    """Duet's own path at one size: the sparse leg against exact dense (FAISS flat), hybrid against its slower leg,
+    and the inverted index's bytes against float32 dense vectors."""
+    duet = {row["mode"]: row for row in point["engines"] if row["engine"] == "duet"}
+    if set(duet) != {"dense", "sparse", "hybrid"}:
+        return []
+    p50 = {mode: row["latency_ms"]["p50"] for mode, row in duet.items()}
+    line = (f"Duet at this size: sparse (Lucene) p50 {p50['sparse'] / p50['dense']:.3f}x dense (FAISS flat, exact) "
+            f"p50, with {duet['sparse']['overlap@10']:.1f}% overlap@10 with exact sparse; hybrid p50 "
+            f"{p50['hybrid'] / max(p50['dense'], p50['sparse']):.2f}x its slower leg")
+    per_item = point.get("duet_bytes_per_item")
+    if per_item:
+        lucene, dense = per_item["sparse_lucene"], per_item["dense_faiss"]
+        line += (f"; Lucene {lucene:.0f} B/item, {lucene / dense:.3f}x "
+                 f"the float32 dense vectors (FAISS flat, {dense:.0f} B/item; the sparse forward "
+                 f"store for rescoring and explanations adds {per_item['sparse_store']:.0f} B/item)")
+    return [line + ".", ""]
 
 
 def knobs_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -307,9 +307,11 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         if "scale" in config.stages:
             from benchmarks.scale import scale_point
 
+            # points saved before the index's bytes per item were recorded are measured again
             report["scale"] = [partial.section(f"scale-{items}", lambda items=items: scale_point(
                 engine, items, config.work, peers=config.peers, queries=config.scale_queries, candidate_k=k,
-                threads=threads, batch_threads=batch)) for items in config.scales]
+                threads=threads, batch_threads=batch), reusable=lambda saved: "duet_bytes_per_item" in saved)
+                for items in config.scales]
         if "knobs" in config.stages:
             report["knobs"] = [knob_section(partial, engine, config, items) for items in config.knob_scales]
     finally:

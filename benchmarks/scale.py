@@ -85,5 +85,8 @@ def scale_point(real: SearchEngine, items: int, work: Path, *, peers: Sequence[s
             "synthetic_statistics": built.synthetic_statistics,
             "synthetic_mean_terms": built.engine.manifest.sides["images"].mean_terms,
             "duet_build_seconds": built.build_seconds,
-            "duet_sparse_build_items_per_second": built.sparse_items_per_second, "engines": rows,
+            "duet_sparse_build_items_per_second": built.sparse_items_per_second,
+            "duet_bytes_per_item": {part: size / items for part, size in
+                                    built.engine.manifest.sides["images"].bytes.items()},
+            "engines": rows,
             "unavailable": notes}

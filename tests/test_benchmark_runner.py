@@ -181,6 +181,8 @@ def test_run_compares_every_peer_on_the_same_vectors(tiny_run: Path) -> None:
         for row in rows:
             assert row["latency_ms"]["n"] == 8 and row["batch_qps"] > 0 and 0 <= row["overlap@10"] <= 100
     assert report["scale"][0]["items"] == 300 and not report["peers"]["unavailable"]
+    per_item = report["scale"][0]["duet_bytes_per_item"]
+    assert per_item["sparse_lucene"] > 0 and per_item["dense_faiss"] >= 4 * 32  # float32, embed_dim 32
 
 
 def test_knob_sweep_moves_each_engine_along_its_own_curve(tiny_run: Path) -> None:
@@ -205,7 +207,8 @@ def test_run_writes_markdown_and_plots(tiny_run: Path) -> None:
     for heading in ("## Headline", "## Readability of the sparse terms", "## Dense/sparse weight sweep",
                     "## Recall versus active terms", "## Efficiency",
                     "## Peers on the same vectors", "## Synthetic corpus: 300 items",
-                    "## Search-time knobs: 300 synthetic items", "python -m benchmarks run"):
+                    "## Search-time knobs: 300 synthetic items", "python -m benchmarks run",
+                    "Duet at this size: sparse (Lucene) p50"):
         assert heading in markdown
     for name in ("recall-vs-weight.png", "recall-vs-terms.png", "latency-vs-size.png", "latency-vs-recall.png",
                  "knobs-300.png"):
@@ -222,7 +225,8 @@ def test_matrix_check_reruns_and_says_ok_or_fail(tiny_run: Path, coco_fixture: P
     assert bench_main(["record-matrix", "--report", str(tiny_run / "report" / "report.json"),
                        "--output", str(matrix_path)]) == 0
     matrix = ResultsMatrix.load(matrix_path)
-    assert matrix.stages() == ("quality",)
+    assert matrix.stages() == ("quality", "readability")
+    assert "readability/images/GP@10" in {row.path for row in matrix.rows}
     work = ["--work", str(tiny_run / "work"), "--cache-root", str(tiny_run / "cache")]
     assert bench_main(["check", "--matrix", str(matrix_path), "--data", str(coco_fixture), *work]) == 0
     assert "FAIL" not in capsys.readouterr().out

@@ -157,3 +157,18 @@ def test_each_grounding_option_trains_end_to_end(option: str, lit_base: tuple[Pa
         assert val["t2i"]["RSUM"] + val["i2t"]["RSUM"] == pytest.approx(max(rsum))
     if option == "word_loss":
         assert all(record["train"]["word_loss"] > 0 for record in log)
+
+
+def test_speed_measures_every_step_against_the_dense_step(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    work, cache = lit_base
+    output = tmp_path / "speed.json"
+    code = main(["speed", *_common(synthetic_dataset, cache), "--images", "4", "--steps", "1",
+                 "--init-checkpoint", str(work / "align" / "best"), "--output", str(output)])
+    assert code == 0
+    speed = json.loads(output.read_text())
+    steps = speed["step_seconds"]
+    assert set(steps) == {"dense", "skd", "grounded", "grounded_head_on_dense"}
+    assert all(seconds > 0 for seconds in steps.values())
+    assert speed["over_dense_step"]["grounded"] == pytest.approx(steps["grounded"] / steps["dense"])
+    assert speed["throughput"]["cache_images_per_s"] > 0
