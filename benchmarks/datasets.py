@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.data import DatasetError, load_karpathy
+from core.data import DatasetError, load_karpathy, require_dataset_dir
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,11 @@ class DatasetPreset:
     name: str
     json_name: str
     test_images: int  # the protocol's test split size (5k MSCOCO, 1k Flickr)
-    default_dir: str
+    default_dir: str | None  # None: the DUET_DATA setting
 
 
 PRESETS: dict[str, DatasetPreset] = {
-    "flickr8k": DatasetPreset("flickr8k", "dataset_flickr8k.json", 1000, "../shared/flickr8k"),
+    "flickr8k": DatasetPreset("flickr8k", "dataset_flickr8k.json", 1000, None),
     "flickr30k": DatasetPreset("flickr30k", "dataset_flickr30k.json", 1000, "data/flickr30k"),
     "mscoco": DatasetPreset("mscoco", "dataset_coco.json", 5000, "data/mscoco"),
 }
@@ -53,7 +53,7 @@ def resolve_dataset(name: str, directory: str | Path | None, split: str, *,
     if name not in PRESETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[name]
-    root = Path(directory if directory is not None else preset.default_dir)
+    root = require_dataset_dir(directory if directory is not None else preset.default_dir)
     if not root.is_dir():
         raise DatasetError(f"{name}: dataset directory not found: {root} (pass --data DIR with {preset.json_name} "
                            "and the images)")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.encoder import SparseRows
+from core.fusion import integrated_score
 from indexer.search import Query, SearchEngine, SearchParams
 from indexer.store import directory_bytes
 
@@ -128,20 +129,24 @@ class ExactScorer:
         self.build_seconds = time.perf_counter() - started
 
     def scores(self, queries: Sequence[Query], mode: str) -> np.ndarray:
+        if mode == "dense":
+            return self._dense(queries)
+        if mode == "sparse":
+            return self._sparse(queries)
+        return integrated_score(self._dense(queries), self._sparse(queries), w_dense=self.scoring.w_dense,
+                                w_sparse=self.scoring.w_sparse, temperature=self.scoring.temperature)
+
+    def _dense(self, queries: Sequence[Query]) -> np.ndarray:
+        return (np.stack([q.dense for q in queries]) @ self.dense.T).astype(np.float32, copy=False)
+
+    def _sparse(self, queries: Sequence[Query]) -> np.ndarray:
         from scipy.sparse import csr_matrix
 
-        out = np.zeros((len(queries), self.dense.shape[0]), np.float32)
-        if mode in ("dense", "hybrid"):
-            dense = np.stack([q.dense for q in queries]) @ self.dense.T
-            out += (dense / self.scoring.temperature * self.scoring.w_dense) if mode == "hybrid" else dense
-        if mode in ("sparse", "hybrid"):
-            indptr = np.cumsum([0] + [q.term_ids.size for q in queries])
-            q = csr_matrix((np.concatenate([q.term_weights for q in queries]),
-                            np.concatenate([q.term_ids for q in queries]), indptr),
-                           shape=(len(queries), self.scoring.vocab_size))
-            sparse = (q @ self.sparse_t).toarray()
-            out += sparse * self.scoring.w_sparse if mode == "hybrid" else sparse
-        return out
+        indptr = np.cumsum([0] + [q.term_ids.size for q in queries])
+        q = csr_matrix((np.concatenate([q.term_weights for q in queries]),
+                        np.concatenate([q.term_ids for q in queries]), indptr),
+                       shape=(len(queries), self.scoring.vocab_size))
+        return (q @ self.sparse_t).toarray().astype(np.float32, copy=False)
 
     def size_bytes(self, mode: str) -> int:
         dense = self.dense.nbytes

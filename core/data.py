@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "val", "test", "restval")
+# The setting that names the dataset directory when no flag does (data is never part of the project).
+DATA_ENV = "DUET_DATA"
 
 
 class DatasetError(ValueError):
@@ -52,13 +55,27 @@ def _field(entry: dict[str, Any], key: str, where: str) -> Any:
     return entry[key]
 
 
-def load_karpathy(dataset_dir: str | Path, *, json_name: str | None = None,
+def dataset_dir_setting() -> str | None:
+    """The dataset directory named by the ``DUET_DATA`` setting, if any."""
+    return os.environ.get(DATA_ENV) or None
+
+
+def require_dataset_dir(dataset_dir: str | Path | None) -> Path:
+    """``dataset_dir``, else the ``DUET_DATA`` setting; a DatasetError saying how to name one when neither is set."""
+    chosen = dataset_dir if dataset_dir not in (None, "") else dataset_dir_setting()
+    if chosen is None:
+        raise DatasetError(f"no dataset given: pass --data DIR or set {DATA_ENV} to a Karpathy-format dataset")
+    return Path(chosen)
+
+
+def load_karpathy(dataset_dir: str | Path | None, *, json_name: str | None = None,
                   image_root: str | Path | None = None) -> KarpathyDataset:
-    """Load ``dataset_*.json`` from ``dataset_dir``; images under ``image_root`` (default ``dataset_dir/images``).
+    """Load ``dataset_*.json`` from ``dataset_dir`` (None: the ``DUET_DATA`` setting); images under ``image_root``
+    (default ``dataset_dir/images``).
 
     Entries with a ``filepath`` (MSCOCO: ``val2014``) resolve to ``image_root/filepath/filename``.
     """
-    directory = Path(dataset_dir)
+    directory = require_dataset_dir(dataset_dir)
     if not directory.is_dir():
         raise DatasetError(f"dataset directory not found: {directory} (set --data to a Karpathy-format dataset)")
     if json_name is None:

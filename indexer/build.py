@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.atomic import atomic_directory
+from core.data import DatasetError, dataset_dir_setting
 from core.encoder import DuetEncoder, EncodedItems, SparseRows, vocabulary_digest
 from core.feature_cache import compute_feature_cache
 from core.progress import progress_bar
@@ -50,7 +51,9 @@ class IndexBuildConfig(BaseModel):
     checkpoint: Path = Field(description="Duet checkpoint directory (e.g. runs/skd/best).")
     output: Path = Field(description="Index directory to publish.")
     source: Literal["karpathy", "folder"] = "karpathy"
-    dataset: Path = Field(Path("../shared/flickr8k"), description="Karpathy dataset dir, or the image folder.")
+    dataset: Path | None = Field(default_factory=dataset_dir_setting,
+                                 description="Karpathy dataset dir (default: the DUET_DATA setting), or the image "
+                                 "folder.")
     image_root: Path | None = Field(None, description="Karpathy image root (default <dataset>/images).")
     splits: tuple[str, ...] = ("test",)
     faiss_factory: str = Field("Flat", description="FAISS index_factory string (inner product): Flat, HNSW32, "
@@ -67,6 +70,8 @@ class IndexBuildConfig(BaseModel):
 
 def load_collection(config: IndexBuildConfig) -> Collection:
     if config.source == "folder":
+        if config.dataset is None:
+            raise DatasetError("no image folder given (--folder DIR)")
         return load_folder_collection(config.dataset)
     return load_karpathy_collection(config.dataset, config.splits, image_root=config.image_root)
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="Duet checkpoint directory, e.g. runs/skd/best")
     p.add_argument("--out", required=True, help="index directory to publish (replaced only when complete)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--data", help="Karpathy-format dataset directory (default ../shared/flickr8k)")
+    source.add_argument("--data", help="Karpathy-format dataset directory (default: the DUET_DATA setting)")
     source.add_argument("--folder", help="a plain folder of images (optional metadata.jsonl with captions)")
     p.add_argument("--image-root", help="image root of the Karpathy dataset (default <data>/images)")
     p.add_argument("--splits", default="test", help="comma-separated Karpathy splits, e.g. test or train,val,test")
@@ -58,7 +58,9 @@ def _build_config(args: argparse.Namespace) -> IndexBuildConfig:
     if args.folder:
         fields.update(source="folder", dataset=args.folder)
     else:
-        fields.update(source="karpathy", dataset=args.data or "../shared/flickr8k", image_root=args.image_root)
+        fields.update(source="karpathy", image_root=args.image_root)
+        if args.data:
+            fields["dataset"] = args.data
     return IndexBuildConfig.model_validate(fields)
 
 

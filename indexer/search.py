@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 
 from core.encoder import DuetEncoder, EncodedItems, vocabulary_digest
+from core.fusion import integrated_score, reciprocal_rank_fusion
 from indexer.lucene import ImpactSearcher
 from indexer.store import IndexManifest, IndexUnavailableError, SideStore, check_binding, read_manifest
 
 Mode = Literal["dense", "sparse", "hybrid"]
 Fusion = Literal["weighted", "rrf"]
-RRF_K = 60  # the constant of Cormack et al. (2009)
 # Hybrid sends only the query's 32 strongest terms to Lucene: on Flickr8k val (1K images, 5K captions) hybrid
 # R@1/5/10 in both directions were identical with 16, 32, 64, 128 and all terms (the dense candidates and the exact
 # rescoring carry the ranking); 32 keeps a margin. Sparse-only mode keeps all terms by default.
@@ -128,14 +128,6 @@ def exact_sparse_scores(query: Query, store: SideStore, rows: np.ndarray, vocab_
     contributions = query_vector[store.sparse.indices[positions]] * store.sparse.values[positions]
     return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
                        minlength=rows.size).astype(np.float32)
-
-
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties broken by position (which is row order)."""
-    order = np.lexsort((np.arange(scores.size), -scores))
-    ranks = np.empty(scores.size, np.int64)
-    ranks[order] = np.arange(1, scores.size + 1)
-    return ranks
 
 
 class SearchEngine:
@@ -255,9 +247,10 @@ class SearchEngine:
         dense = store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
         sparse = exact_sparse_scores(query, store, rows, self.vocab_size)
         if params.fusion == "rrf":
-            fused = 1.0 / (RRF_K + _ranks(dense)) + 1.0 / (RRF_K + _ranks(sparse))
+            fused = reciprocal_rank_fusion(dense, sparse)
         else:
-            fused = w_dense * dense / self.manifest.temperature + w_sparse * sparse
+            fused = integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
+                                     temperature=self.manifest.temperature)
         ranking = {"dense": dense, "sparse": sparse, "hybrid": fused}[params.mode]
         order = np.lexsort((rows, -ranking))[params.offset:params.offset + params.top_k]
         hits = []

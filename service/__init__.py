@@ -1,1 +1,1 @@
-"""Duet search service (FastAPI; built under issue 3). Never imports training."""
+"""Duet search service (FastAPI). Never imports training."""

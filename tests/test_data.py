@@ -49,3 +49,19 @@ def test_missing_field_names_the_entry(tmp_path: Path) -> None:
 def test_unknown_split(synthetic_dataset: Path) -> None:
     with pytest.raises(DatasetError, match="unknown split 'dev'"):
         load_karpathy(synthetic_dataset).split("dev")
+
+
+def test_the_dataset_comes_from_the_flag_else_the_setting(monkeypatch: pytest.MonkeyPatch,
+                                                          synthetic_dataset: Path) -> None:
+    from core.data import DATA_ENV, DatasetError, load_karpathy, require_dataset_dir
+    from training.config import DataConfig
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    with pytest.raises(DatasetError, match="pass --data DIR or set DUET_DATA"):
+        load_karpathy(None)
+    assert DataConfig().dataset_dir is None
+    monkeypatch.setenv(DATA_ENV, str(synthetic_dataset))
+    assert require_dataset_dir(None) == synthetic_dataset
+    assert require_dataset_dir("elsewhere") == Path("elsewhere")  # a flag wins over the setting
+    assert DataConfig().dataset_dir == str(synthetic_dataset)
+    assert len(load_karpathy(None).split("test")) > 0

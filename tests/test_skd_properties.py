@@ -1,6 +1,6 @@
 """Shared SKD property tests (spec 0.4 items 1-6), parametrised over every kernel case in tests/skd_cases/.
 
-To add cases: create or extend ``tests/skd_cases/owner_<x>.py`` with ``CASES: list[KernelCase]`` (see the
+To add cases: create or extend a module in ``tests/skd_cases/`` with ``CASES: list[KernelCase]`` (see the
 package docstring of tests/skd_cases for each field). This file needs no edits.
 """
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.config import ModelConfig
+from core.data import dataset_dir_setting
 
 Method = Literal["align", "dense", "skd", "no_kd", "frozen_final", "d2s"]
 
@@ -18,7 +19,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    dataset_dir: str = Field("../shared/flickr8k", description="Karpathy-format dataset directory")
+    dataset_dir: str | None = Field(default_factory=dataset_dir_setting,
+                                    description="Karpathy-format dataset directory (default: the DUET_DATA setting)")
     image_root: str | None = Field(None, description="image folder (default: <dataset_dir>/images)")
     cache_root: str = Field("artifacts/cache", description="feature cache root")
     skip_corrupt: bool = Field(False, description="list and skip corrupt images instead of failing")

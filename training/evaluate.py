@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from core.fusion import integrated_score
 from core.metrics import bidirectional_recall, sparsity_stats
 from core.model import DuetModel, EncodedBatch
 from core.readability import GroundingReference
@@ -40,7 +41,8 @@ def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: t
     image_sparse = top_k_prune(images.sparse, prune_doc)
     dense_t2i = texts.dense @ images.dense.T  # (N_txt, N_img)
     sparse_t2i = text_sparse @ image_sparse.T  # (N_txt, N_img)
-    integrated_t2i = w_dense * dense_t2i / temperature + w_sparse * sparse_t2i
+    integrated_t2i = integrated_score(dense_t2i, sparse_t2i, w_dense=w_dense, w_sparse=w_sparse,
+                                      temperature=temperature)
     return {
         "dense": bidirectional_recall(dense_t2i, caption_image),
         "sparse": bidirectional_recall(sparse_t2i, caption_image),

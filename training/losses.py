@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from core.fusion import integrated_score
+
 TeacherGrad = Literal["detach", "through"]
 T2ITeacher = Literal["transposed", "untransposed"]
 
@@ -65,7 +67,8 @@ def joint_loss(dense_i2t: torch.Tensor, sparse_i2t: torch.Tensor, weights: Joint
     L' = (lam1 * KD_dense + lam2 * KD_sparse) / 2,  teacher = softmax(w1 * dense + w2 * sparse)
     relevance = (L + L') / 2
     """
-    integrated_i2t = weights.w_dense * dense_i2t + weights.w_sparse * sparse_i2t  # (B, B)
+    # dense_i2t is already divided by the temperature
+    integrated_i2t = integrated_score(dense_i2t, sparse_i2t, w_dense=weights.w_dense, w_sparse=weights.w_sparse)
     out = {
         "dense_loss": info_nce(dense_i2t),
         "sparse_loss": info_nce(sparse_i2t),

@@ -1,7 +1,7 @@
 """Kernel cases for the shared SKD property tests (tests/test_skd_properties.py, spec 0.4 items 1-6).
 
-Mechanism: one module per owner in this package (``owner_a.py``, ``owner_b.py``, ``owner_c.py``), each defining
-``CASES: list[KernelCase]``. The property test imports every module here, so nobody edits a shared file.
+Mechanism: one module per family of methods in this package, each defining ``CASES: list[KernelCase]``; the
+property test imports every module here, so a new method adds a module and edits no shared file.
 
 A case describes one kernel call on tiny tensors:
 - ``make_inputs(gen, batch, single_class)`` -> dict of inputs (tensors or anything else). Build every tensor from

@@ -1,4 +1,4 @@
-"""Every registered SKD mini-experiment. Owners add ONE line each to _MODULES (a module defining EXPERIMENT)."""
+"""Every registered SKD mini-experiment. A new experiment adds one entry to _MODULES (a module defining EXPERIMENT)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import importlib
 from training.experiments.harness import Experiment
 
 _MODULES: tuple[str, ...] = (
-    "medivlad", "ctc",  # helper A
-    "sst", "als", "hahn_choi",  # helper C
-    "dd_skd", "drrnet", "xlt_qa",  # helper B
+    "medivlad", "ctc", "sst", "als", "hahn_choi", "dd_skd", "drrnet", "xlt_qa",
 )
 
 

@@ -1,6 +1,6 @@
 """Self-knowledge distillation (SKD): one shared core (divergences, transforms, teachers, weights) for every method.
 
-Method kernels live in ``training.skd.methods.<name>`` (spec /work/shared/specs/skd-methods.md, sections 1-8).
+Method kernels live in ``training.skd.methods.<name>``, one module per method.
 """
 
 from training.skd.core import SKDObjective, SKDTerm, masked_mean, soft_ce, soft_kl

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from core.fusion import integrated_score
 from training.skd.core import soft_ce, soft_kl
 
 Directions = Literal["i2t", "both"]
@@ -29,7 +30,8 @@ def integrated_score_skd_loss(s_dense: torch.Tensor, s_sparse: torch.Tensor, w_d
     """
     if divergence not in ("ce", "kl"):
         raise ValueError(f"unknown divergence {divergence!r}")
-    integrated = (w_dense * s_dense + w_sparse * s_sparse).detach()  # the kernel detaches its teacher itself
+    # the kernel detaches its teacher itself
+    integrated = integrated_score(s_dense, s_sparse, w_dense=w_dense, w_sparse=w_sparse).detach()
 
     def term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if divergence == "ce":

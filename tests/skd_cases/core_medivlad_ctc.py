@@ -1,4 +1,4 @@
-"""Kernel cases of owner A: the shared core (soft_kl, soft_ce, SKDObjective) and spec sections 1 (MeDiVLAD), 3 (CTC)."""
+"""Kernel cases of the shared core (soft_kl, soft_ce, SKDObjective) MeDiVLAD and CTC."""
 
 from __future__ import annotations
 

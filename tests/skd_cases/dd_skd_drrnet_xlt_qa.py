@@ -1,4 +1,4 @@
-"""Kernel cases of owner B: spec sections 2 (SKD-DD), 4 (DRRNet-SKD) and 5 (cross-lingual QA)."""
+"""Kernel cases of SKD-DD, DRRNet-SKD and cross-lingual QA distillation."""
 
 from __future__ import annotations
 

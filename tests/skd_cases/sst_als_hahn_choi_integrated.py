@@ -1,4 +1,4 @@
-"""Kernel cases of owner C: spec sections 6 (SST), 7 (ALS), 8 (Hahn & Choi) and the main paper's integrated score."""
+"""Kernel cases of SST, ALS, Hahn & Choi and the main paper's integrated score."""
 
 from __future__ import annotations
 
