@@ -186,16 +186,21 @@ def test_missing_and_mismatched_index_fail_readiness_and_search(tiny_index: Path
             server.stop()
 
 
-def test_index_replaced_under_a_reader_is_not_needed_for_atomicity(tiny_index: Path, tmp_path: Path) -> None:
-    """A copy of the index serves as well as the original (paths are relative to the index directory)."""
+def test_a_copied_index_serves_the_same_hits(tiny_server: Server, tiny_index: Path, tmp_path: Path) -> None:
     copy = tmp_path / "moved"
     shutil.copytree(tiny_index, copy)
+    query = {"text": "a red square on blue", "mode": "hybrid", "top_k": 5}
     server = Server(["--index", str(copy)], tmp_path / "server.log")
     try:
         server.wait_started()
         assert server.request("GET", "/readyz").status == 200
+        reply = server.post_json("/v1/search", query)
     finally:
         server.stop()
+    assert reply.status == 200, reply.body
+    original = tiny_server.post_json("/v1/search", query).json()["hits"]
+    assert [(h["id"], h["scores"]) for h in reply.json()["hits"]] == [(h["id"], h["scores"]) for h in original]
+    assert len(original) == 5
 
 
 @pytest.fixture(scope="module")

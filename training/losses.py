@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.fusion import integrated_score
+from training.skd.core import soft_cross_entropy_rows
 
 TeacherGrad = Literal["detach", "through"]
 T2ITeacher = Literal["transposed", "untransposed"]
@@ -25,8 +26,9 @@ def info_nce(scores_i2t: torch.Tensor) -> torch.Tensor:
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """-mean_i sum_j P_ij log softmax(S)_ij; equals CE against one-hot targets when P is one-hot."""
-    return -(teacher_probs * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+    """-mean_i sum_j P_ij log softmax(S)_ij; equals CE against one-hot targets when P is one-hot. The teacher is
+    not detached here (teacher_distributions decides)."""
+    return soft_cross_entropy_rows(student_logits, teacher_probs).mean()
 
 
 def teacher_distributions(teacher_i2t: torch.Tensor, *, grad: TeacherGrad,

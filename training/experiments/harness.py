@@ -19,12 +19,6 @@ from core.atomic import write_text_atomic
 _logger = logging.getLogger("training.experiments")
 
 
-def _publish(path: Path, text: str) -> None:
-    """Atomic write, then world-readable (the temporary file of core.atomic is created 0600)."""
-    write_text_atomic(path, text)
-    path.chmod(0o644)
-
-
 @dataclass(frozen=True)
 class SeedResult:
     baseline: float  # the plain baseline's metric on this seed (same data, same budget, no SKD)
@@ -122,7 +116,7 @@ def run_experiment(exp: Experiment, *, seeds: int | None, smoke: bool, threads: 
         "torch_version": torch.__version__,
         "threads": threads,
     }
-    _publish(Path(out) / f"{exp.name}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(Path(out) / f"{exp.name}.json", json.dumps(report, indent=2) + "\n")
     _logger.info("%s: %s (%s)", exp.name, report["verdict"], "; ".join(reasons))
     return report
 
@@ -175,14 +169,12 @@ def write_table(out: Path, readme: Path | None) -> str:
            f"{table}\n\n## Why each verdict\n\n{reasons}\n\n"
            "## Reconstructed details (experiments marked 'in the spirit of')\n\n"
            f"{reconstructed_list(reports)}\n")
-    _publish(Path(out) / "README.md", doc)
+    write_text_atomic(Path(out) / "README.md", doc)
     if readme is not None and readme.exists():
         text = readme.read_text()
         if START in text and END in text and text.index(START) < text.index(END):
             head, rest = text.split(START, 1)
             _, tail = rest.split(END, 1)
-            mode = readme.stat().st_mode & 0o777
             write_text_atomic(readme, f"{head}{START}\n{table}\n{END}{tail}")
-            readme.chmod(mode)
             _logger.info("updated the experiments block of %s", readme)
     return doc

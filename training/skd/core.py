@@ -37,6 +37,14 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: Reductio
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
+def soft_cross_entropy_rows(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """``-sum_k p_k log softmax(student)_k`` per position (class axis last): the one soft cross-entropy.
+
+    Whether the teacher's gradient flows is the caller's choice (``soft_ce`` detaches; the joint loss may not).
+    """
+    return -(teacher_probs * F.log_softmax(student_logits, dim=-1)).sum(dim=-1)
+
+
 def _teacher_log_probs(teacher_logits: torch.Tensor | None, teacher_probs: torch.Tensor | None,
                        tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(p_t, log p_t), detached. Given probabilities are used as they are (tau applies to logits only)."""
@@ -83,9 +91,8 @@ def soft_ce(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None = 
     """-sum_k p_t,k log softmax(student/tau)_k; equals soft_kl('fw') + H(p_t)."""
     if tau <= 0:
         raise ValueError(f"temperature must be > 0, got {tau}")
-    log_q = F.log_softmax(student_logits / tau, dim=-1)
     p, _ = _teacher_log_probs(teacher_logits, teacher_probs, tau)
-    per_pos = -(p * log_q).sum(dim=-1)
+    per_pos = soft_cross_entropy_rows(student_logits / tau, p)
     if scale_tau2:
         per_pos = per_pos * tau**2
     return _reduce(per_pos, mask, reduction)
