@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.encoder import DuetEncoder, EncodedItems, vocabulary_digest
 from core.fusion import integrated_score, reciprocal_rank_fusion
 from indexer.lucene import ImpactSearcher
-from indexer.store import IndexManifest, IndexUnavailableError, SideStore, check_binding, read_manifest
+from indexer.store import IndexManifest, IndexUnavailableError, Side, SideStore, check_binding, read_manifest
 
 Mode = Literal["dense", "sparse", "hybrid"]
 Fusion = Literal["weighted", "rrf"]
@@ -44,21 +45,26 @@ class Query:
         return cls(np.asarray(encoded.dense[row], np.float32), ids, values)
 
 
-@dataclass(frozen=True)
-class SearchParams:
-    side: Literal["images", "texts"] = "images"
+class SearchParams(BaseModel):
+    """How to search: the one definition of the search options and their defaults (the service's request schema
+    extends it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    side: Side = Field("images", description="What to return: images or captions.")
     mode: Mode = "hybrid"
-    top_k: int = 10
-    offset: int = 0
-    candidate_k: int = 100
-    w_dense: float | None = None  # None: the checkpoint's val-selected weights
-    w_sparse: float | None = None
     fusion: Fusion = "weighted"
+    w_dense: float | None = Field(None, ge=0, le=1000, description="Default: the checkpoint's val-selected weight.")
+    w_sparse: float | None = Field(None, ge=0, le=1000)
+    top_k: int = Field(10, ge=1)
+    offset: int = Field(0, ge=0)
+    candidate_k: int = Field(100, ge=1)
+    # Lucene leg only: a little candidate recall for much less Lucene work (one clause per term).
+    sparse_query_terms: int | None = Field(
+        None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
+        f"default ({HYBRID_QUERY_TERMS} in hybrid, all in sparse mode); 0: all. Candidates are always rescored "
+        "with the full query.")
     explain: bool = False
-    # Lucene leg only: send the query's strongest terms. None: the mode's default (HYBRID_QUERY_TERMS in hybrid,
-    # all terms in sparse mode); 0: all. Candidates are still rescored exactly with the full query, so this trades
-    # a little candidate recall for much less Lucene work (one clause per term).
-    sparse_query_terms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.search import EmptySparseQueryError, SearchEngine, SearchParams
+from indexer.search import EmptySparseQueryError, SearchEngine
 from service.errors import ApiError, error_body
 from service.images import decode_image
 from service.metrics import Metrics
@@ -251,9 +251,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
             decode_started = time.perf_counter()
             image = decode_image(image_bytes, max_pixels=settings.max_image_pixels)
             decode_ms = (time.perf_counter() - decode_started) * 1000
-        params = SearchParams(side=body.side, mode=body.mode, top_k=body.top_k, offset=body.offset,
-                              candidate_k=body.candidate_k, w_dense=body.w_dense, w_sparse=body.w_sparse,
-                              fusion=body.fusion, explain=body.explain, sparse_query_terms=body.sparse_query_terms)
+        params = body.params()
         text = body.text.strip() if body.text is not None else None
 
         def work() -> tuple[Any, Any, float]:

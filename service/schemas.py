@@ -6,26 +6,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from indexer.search import SearchParams
 
-class SearchRequest(BaseModel):
-    """A text or an image (base64) query; as JSON, or as multipart form fields beside an image file."""
 
-    model_config = ConfigDict(extra="forbid")
+class SearchRequest(SearchParams):
+    """A text or an image (base64) query with the search options; as JSON, or as multipart form fields beside an
+    image file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     text: str | None = Field(None, description="Text query (1 to 1,000 characters).")
     image_base64: str | None = Field(None, description="Image query, base64-encoded bytes (JPEG, PNG, WEBP, ...).")
-    side: Literal["images", "texts"] = Field("images", description="What to return: images or captions.")
-    mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
-    fusion: Literal["weighted", "rrf"] = "weighted"
-    w_dense: float | None = Field(None, ge=0, le=1000, description="Default: the checkpoint's val-selected weight.")
-    w_sparse: float | None = Field(None, ge=0, le=1000)
-    top_k: int = Field(10, ge=1)
-    offset: int = Field(0, ge=0)
-    candidate_k: int = Field(100, ge=1)
-    sparse_query_terms: int | None = Field(
-        None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
-        "default (32 in hybrid, all in sparse mode); 0: all. Candidates are always rescored with the full query.")
-    explain: bool = False
+
+    def params(self) -> SearchParams:
+        """The search options alone."""
+        return SearchParams(**self.model_dump(include=set(SearchParams.model_fields)))
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
