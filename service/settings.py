@@ -1,14 +1,19 @@
-"""Service settings: where the index is, and the limits every request is held to."""
+"""Service settings: where the index is, and the limits every request is held to.
+
+Each setting comes from a flag of ``python -m service``, else the environment (``DUET_`` + the name in capitals,
+e.g. ``DUET_INDEX_DIR``, ``DUET_MAX_TOP_K``), else its default here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUET_", extra="forbid", frozen=True)
 
     index_dir: Path = Field(Path("indexes/flickr8k"), description="Index directory built by `python -m indexer`.")
     checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")

@@ -220,3 +220,23 @@ def test_grounded_model_serves_word_terms_and_explains_empty_sparse_queries(grou
     assert hybrid.json()["query"]["terms"] == [] and "sparse leg is empty" in hybrid.json()["warnings"][0]
     assert len(hybrid.json()["hits"]) == 3
     _error(grounded_server.post_json("/v1/search", {"text": "!!!", "mode": "sparse"}), 422, "empty_sparse_query")
+
+
+def test_settings_come_from_flags_over_the_environment_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cli import build_parser, settings_from
+    from service.settings import ServiceSettings
+
+    for name in ("DUET_INDEX_DIR", "DUET_PORT", "DUET_MAX_TOP_K"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DUET_DATA", "/elsewhere")  # another component's setting: not the service's business
+    assert ServiceSettings().index_dir == Path("indexes/flickr8k") and ServiceSettings().max_top_k == 1000
+    monkeypatch.setenv("DUET_INDEX_DIR", "indexes/from-env")
+    monkeypatch.setenv("DUET_MAX_TOP_K", "50")
+    monkeypatch.setenv("DUET_PORT", "9001")
+    from_env = settings_from(build_parser().parse_args([]))
+    assert (from_env.index_dir, from_env.port, from_env.max_top_k) == (Path("indexes/from-env"), 9001, 50)
+    flagged = settings_from(build_parser().parse_args(["--index", "indexes/from-flag", "--port", "9002"]))
+    assert (flagged.index_dir, flagged.port, flagged.max_top_k) == (Path("indexes/from-flag"), 9002, 50)
+    monkeypatch.setenv("DUET_MAX_TOP_K", "many")
+    with pytest.raises(ValueError, match="max_top_k"):
+        ServiceSettings()
