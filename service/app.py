@@ -23,6 +23,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +46,7 @@ from service.settings import ServiceSettings
 
 _logger = logging.getLogger("service")
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = "/docs-assets"  # where /docs and /redoc load Swagger UI and ReDoc from
 EngineLoader = Callable[[ServiceSettings], SearchEngine]
 
 
@@ -180,8 +182,9 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
             await asyncio.get_running_loop().run_in_executor(executor, app.state.engine.close)
         executor.shutdown(wait=False)
 
-    app = FastAPI(title="Duet", version="0.1.0", lifespan=lifespan,
-                  description="Hybrid sparse-dense text-image retrieval (Song et al., CIKM 2025).")
+    # /docs and /redoc from assets packaged with fastapi-offline, so the pages need no CDN
+    app = FastAPIOffline(title="Duet", version="0.1.0", lifespan=lifespan, static_url=DOCS_ASSETS,
+                         description="Hybrid sparse-dense text-image retrieval (Song et al., CIKM 2025).")
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 

@@ -44,6 +44,11 @@ def test_health_readiness_and_index_summary(tiny_server: Server) -> None:
     assert summary["sides"]["images"]["count"] == 32
     assert summary["default_weights"] == {"w_dense": 0.1, "w_sparse": 0.2}
     assert "/v1/search" in tiny_server.request("GET", "/openapi.json").json()["paths"]
+    docs = tiny_server.request("GET", "/docs")
+    assert docs.status == 200 and b"/docs-assets/swagger-ui-bundle.js" in docs.body
+    assert tiny_server.request("GET", "/redoc").status == 200
+    bundle = tiny_server.request("GET", "/docs-assets/swagger-ui-bundle.js")
+    assert bundle.status == 200 and len(bundle.body) > 100_000  # the asset itself, served locally
 
 
 def test_text_search_returns_scored_hits_with_explanations(tiny_server: Server) -> None:

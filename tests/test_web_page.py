@@ -84,3 +84,17 @@ def test_search_page_shows_scored_results(browser, tiny_server: Server, syntheti
     browser.execute_script("document.getElementById('text').value += 'yy'")
     browser.find_element(By.ID, "search").click()
     wait.until(lambda d: "Error" in d.find_element(By.ID, "status").text)
+
+
+def test_api_docs_render_offline(browser, tiny_server: Server) -> None:  # type: ignore[no-untyped-def]
+    """/docs renders Swagger UI from this server's own assets (the machine has no route to a CDN)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(tiny_server.base + "/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#swagger-ui .opblock"))
+    assert "/v1/search" in browser.find_element(By.ID, "swagger-ui").text
+    sources = browser.execute_script(
+        "return [...document.scripts].map(s => s.src).concat("
+        "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.href)).filter(Boolean)")
+    assert sources and all(source.startswith(tiny_server.base + "/docs-assets/") for source in sources)
