@@ -340,7 +340,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
 
     @app.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def page() -> HTMLResponse:

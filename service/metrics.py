@@ -1,48 +1,41 @@
-"""Prometheus text exposition for request counts and search latency (no client library needed for this much)."""
+"""Prometheus metrics of one app (prometheus_client): requests by route and status, search latency by mode and
+side, and the client's process, Python and garbage-collector metrics. Each app has its own registry, so several
+apps in one process (tests) do not share counts."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self._search_count: dict[tuple[str, str], int] = defaultdict(int)
-        self._search_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self._search_buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
+        self.registry = CollectorRegistry()
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
+        self._requests = Counter("duet_http_requests", "HTTP requests by method, route and status.",
+                                 ("method", "route", "status"), registry=self.registry)
+        self._search = Histogram("duet_search_seconds", "Search latency (encode to response) by mode and side.",
+                                 ("mode", "side"), buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int) -> None:
-        with self._lock:
-            self._requests[(method, route, status)] += 1
+        self._requests.labels(method, route, str(status)).inc()
 
     def observe_search(self, mode: str, side: str, seconds: float) -> None:
-        key = (mode, side)
-        with self._lock:
-            self._search_count[key] += 1
-            self._search_sum[key] += seconds
-            buckets = self._search_buckets[key]
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    buckets[i] += 1
+        self._search.labels(mode, side).observe(seconds)
 
     def render(self) -> str:
-        lines = ["# HELP duet_http_requests_total HTTP requests by method, route and status.",
-                 "# TYPE duet_http_requests_total counter"]
-        with self._lock:
-            for (method, route, status), n in sorted(self._requests.items()):
-                lines.append(f'duet_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
-            lines += ["# HELP duet_search_seconds Search latency (encode to response) by mode and side.",
-                      "# TYPE duet_search_seconds histogram"]
-            for (mode, side), count in sorted(self._search_count.items()):
-                labels = f'mode="{mode}",side="{side}"'
-                for bound, n in zip(LATENCY_BUCKETS, self._search_buckets[(mode, side)], strict=True):
-                    lines.append(f'duet_search_seconds_bucket{{{labels},le="{bound}"}} {n}')
-                lines.append(f'duet_search_seconds_bucket{{{labels},le="+Inf"}} {count}')
-                lines.append(f"duet_search_seconds_sum{{{labels}}} {self._search_sum[(mode, side)]:.6f}")
-                lines.append(f"duet_search_seconds_count{{{labels}}} {count}")
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

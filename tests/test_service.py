@@ -102,6 +102,7 @@ def test_metrics_count_requests_and_searches(tiny_server: Server) -> None:
     text = tiny_server.request("GET", "/metrics").body.decode()
     assert 'duet_http_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'duet_search_seconds_count{mode="sparse",side="images"}' in text
+    assert "process_cpu_seconds_total" in text and "python_info" in text  # the client library's own metrics
 
 
 @pytest.mark.parametrize(("payload", "status", "code"), [
