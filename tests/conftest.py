@@ -139,3 +139,18 @@ def tiny_server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory):  # 
 
     with serving(tiny_index, tmp_path_factory.mktemp("logs") / "server.log") as running:
         yield running
+
+
+# Test tiers (`pytest -m "not java and not browser and not peers"` runs the in-process tests alone; `make test`
+# runs every tier). A test is in a tier when it uses a fixture that needs it, or its module is marked.
+_TIERS_OF_FIXTURE: dict[str, tuple[str, ...]] = {
+    "tiny_index": ("java",), "tiny_grounded_index": ("java",), "tiny_server": ("java",),
+    "grounded_server": ("java",), "tiny_run": ("java", "peers"), "browser": ("browser", "java"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = {tier for name in getattr(item, "fixturenames", ()) for tier in _TIERS_OF_FIXTURE.get(name, ())}
+        for tier in sorted(tiers):
+            item.add_marker(tier)

@@ -66,6 +66,7 @@ def test_overlap_with_ground_truth_counts_ties_as_correct() -> None:
         overlap_with([[0]], truth, k=3)
 
 
+@pytest.mark.peers
 def test_seismic_batch_results_line_up_with_their_queries(tmp_path: Path) -> None:
     """Seismic's parallel batch_search returns lists out of order; each must still land at its own query."""
     from benchmarks.peers import SeismicEngine, Vectors
@@ -324,6 +325,7 @@ def test_a_saved_knob_sweep_of_another_grid_is_measured_again(tmp_path: Path,
     assert knob_section(partial, None, config, 10_000) is again and measured == [10_000]  # now reused
 
 
+@pytest.mark.peers
 def test_peers_are_built_and_released_one_at_a_time(tiny_index: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """At 1M items the peers' indexes do not fit in memory together: each is closed before the next is built."""

@@ -16,6 +16,8 @@ from indexer.cli import main as indexer_main
 from indexer.collection import load_folder_collection
 from indexer.store import IndexUnavailableError, read_manifest
 
+pytestmark = pytest.mark.java  # every test builds or reads a Lucene index
+
 
 def test_index_has_both_sides_bound_to_the_checkpoint(tiny_index: Path, tiny_checkpoint: Path) -> None:
     manifest = read_manifest(tiny_index)

@@ -10,6 +10,8 @@ import pytest
 from indexer.search import Query, SearchEngine, SearchParams, exact_sparse_scores
 from indexer.store import IndexMismatchError
 
+pytestmark = pytest.mark.java  # every test searches a Lucene index
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_index: Path) -> SearchEngine:

@@ -15,6 +15,8 @@ from PIL import Image
 
 from tests.server import Server, serving
 
+pytestmark = pytest.mark.java  # every test serves a Lucene index
+
 
 def _png(width: int, height: int, color: str = "red") -> bytes:
     buffer = io.BytesIO()

@@ -10,6 +10,8 @@ import pytest
 
 from tests.server import ROOT, Server
 
+pytestmark = [pytest.mark.java, pytest.mark.browser]  # a real browser on a served index
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOTS = ROOT / "artifacts" / "test-screenshots"
