@@ -78,6 +78,11 @@ class SparseHeadConfig(_Frozen):
         return self
 
     @property
+    def inference_free(self) -> bool:
+        """True when texts' sparse terms need no text tower forward (a learned weight per own token)."""
+        return self.query_encoder == "inference_free"
+
+    @property
     def texts_are_own_terms(self) -> bool:
         """True when a caption or query is scored on its own tokens only (at inference too)."""
         return self.expansion == "always"

@@ -115,7 +115,7 @@ class DuetEncoder:
     @property
     def inference_free(self) -> bool:
         """Text queries' sparse terms need no text tower forward (a learned weight per own token)."""
-        return self.model.config.sparse_head.query_encoder == "inference_free"
+        return self.model.config.sparse_head.inference_free
 
     def _items(self, dense: torch.Tensor, sparse: torch.Tensor, prune: int | None) -> EncodedItems:
         return EncodedItems(dense.float().cpu().numpy(),

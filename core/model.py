@@ -79,7 +79,7 @@ class DuetModel(nn.Module):
     def own_text_terms(self, features: torch.Tensor, columns: torch.Tensor,
                        dense: torch.Tensor | None = None) -> OwnTerms:
         """Texts scored on their own terms only (compact). The inference-free head never reads ``features``."""
-        if self.config.sparse_head.query_encoder == "inference_free":
+        if self.config.sparse_head.inference_free:
             return self.sparse_head.own_text(None, None, columns)
         dense = self.embed_text(features) if dense is None else dense
         return self.sparse_head.own_text(dense, features, columns)

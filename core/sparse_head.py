@@ -81,7 +81,7 @@ class SparseHead(nn.Module):
         with torch.no_grad():
             self.vocab_projector.weight.copy_(token_embedding[term_ids])
         self.register_buffer("term_ids", term_ids.to(torch.long).clone())
-        if config.query_encoder == "inference_free":
+        if config.inference_free:
             # OpenSearch's inference-free queries: a learned IDF-like weight per term, started at the IDF scaled to
             # at most 1 (raw IDFs of 2-10 make the first sparse scores so large that the image head's ReLUs die).
             start = term_idf if term_idf is not None else torch.ones(int(term_ids.numel()))
@@ -126,7 +126,7 @@ class SparseHead(nn.Module):
         """Each text's weights on its own columns only (from ``columns_of``); the rest of the vocabulary is 0."""
         present = columns >= 0
         safe = columns.clamp(min=0)
-        if self.config.query_encoder == "inference_free":
+        if self.config.inference_free:
             weights = torch.relu(self.query_weight)[safe]
         else:
             if dense is None:

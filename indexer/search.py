@@ -218,9 +218,8 @@ class SearchEngine:
             sparse_rows = np.array([h.row for h in hits], dtype=np.int64)
             timings["sparse_ms"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        result = self._rank(query, store, dense_rows, sparse_rows, params)
+        result = self._rank(query, store, dense_rows, sparse_rows, params, warnings)
         result.timings_ms = {**timings, "rescore_ms": (time.perf_counter() - started) * 1000}
-        result.warnings = warnings
         return result
 
     def search_many(self, queries: list[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
@@ -238,13 +237,11 @@ class SearchEngine:
             batches = self.lucene[params.side].batch_search([self._lucene_terms(q, params) for q in queries], k,
                                                             threads=threads)
             sparse_rows = [np.array([h.row for h in hits], dtype=np.int64) for hits in batches]
-        results = [self._rank(q, store, d, s, params) for q, d, s in zip(queries, dense_rows, sparse_rows, strict=True)]
-        for result, notes in zip(results, warnings, strict=True):
-            result.warnings = notes
-        return results
+        return [self._rank(q, store, d, s, params, notes)
+                for q, d, s, notes in zip(queries, dense_rows, sparse_rows, warnings, strict=True)]
 
     def _rank(self, query: Query, store: SideStore, dense_rows: np.ndarray, sparse_rows: np.ndarray,
-              params: SearchParams) -> SearchResult:
+              params: SearchParams, warnings: list[str]) -> SearchResult:
         w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
         w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
         rows = {"dense": dense_rows, "sparse": sparse_rows}.get(params.mode)
@@ -266,7 +263,7 @@ class SearchEngine:
             hits.append(Hit(row, store.ids[row], rank, float(dense[i]), float(sparse[i]), float(fused[i]),
                             store.items[row], explanation))
         return SearchResult(hits, int(rows.size), {"w_dense": w_dense, "w_sparse": w_sparse,
-                                                   "temperature": self.manifest.temperature})
+                                                   "temperature": self.manifest.temperature}, warnings=warnings)
 
     def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12) -> Explanation:
         """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""

@@ -128,7 +128,7 @@ def word_loss(image_logits: torch.Tensor, caption_words: torch.Tensor, *,
     logits = image_logits.float()
     if kind == "softmax":
         target = caption_words / caption_words.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return {"word_loss": -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()}
+        return {"word_loss": soft_cross_entropy(logits, target)}
     targets = (caption_words > 0).float()
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
     return {"word_loss": bce / targets.sum().clamp_min(1.0)}

@@ -398,21 +398,18 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
                           "torch_rng": torch.get_rng_state()})
         epochs_this_call += 1
-    return finish(config, run, ws, state)
+    return finish(config, run, ws, state, val_split=val_split, grounding=grounding)
 
 
-def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any]) -> dict[str, Any]:
+def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any], *, val_split: SplitFeatures,
+           grounding: GroundingReference) -> dict[str, Any]:
     """Select the fusion weights on val, evaluate the val-selected checkpoint on val and test, write results.json.
 
     The integrated leg is reported twice: with the training teacher's weights and with val-selected weights
     (the latter become the checkpoint's default fusion for serving).
     """
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
-    tokenizer = ws.backbone.tokenizer
-    train_split = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=tokenizer)
-    val_split = split_features(ws.dataset, ws.cache, config.data.val_split, tokenizer=tokenizer)
-    test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=tokenizer)
-    grounding = grounding_reference(ws.backbone, train_split)
+    test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=ws.backbone.tokenizer)
     teacher = {"val": evaluate_model(best.model, val_split), "test": evaluate_model(best.model, test_split)}
     fusion = tune_fusion(best.model, val_split, metric=config.fusion_metric)
     tuned_config = best.model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
