@@ -18,22 +18,24 @@ import numpy as np
 
 from benchmarks.peers import (
     MODES,
-    DuetEngine,
-    Engine,
     ExactEngine,
     ExactScorer,
     HNSWEngine,
     MilvusLiteEngine,
     MilvusLiteStore,
+    Peer,
     PeerUnavailableError,
     Scoring,
     SeismicEngine,
     Vectors,
+    duet_size_bytes,
 )
 from benchmarks.recall import KS, exact_top_k, overlap_with, recall_at_k
 from benchmarks.search_bench import time_calls
 from core.progress import progress_bar
-from indexer.search import Query, SearchEngine
+from indexer.query import Query
+from indexer.search import SearchEngine, SearchParams
+from indexer.searchers import Searcher, search_one
 
 _logger = logging.getLogger("benchmarks.compare")
 
@@ -68,10 +70,10 @@ def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, r
     with progress_bar(total=2 * len(MODES) + sum(PEER_MODES[p] for p in peers), desc="engines",
                       unit="engine") as bar:
         for mode in MODES:
-            rows.append(measure(DuetEngine(engine, side, mode, candidate_k=candidate_k)))
+            rows.append(measure.duet(engine, SearchParams(side=side, mode=mode, candidate_k=candidate_k)))
             bar.update(1)
         for mode in MODES:
-            rows.append(measure(ExactEngine(exact, mode)))
+            rows.append(measure.peer(ExactEngine(exact, mode)))
             bar.update(1)
         for peer in peers:
             _logger.info("building peer %s over %d items", peer, len(vectors))
@@ -85,7 +87,7 @@ def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, r
                 continue
             try:
                 for e in engines:
-                    rows.append(measure(e))
+                    rows.append(measure.peer(e))
                     bar.update(1)
             finally:
                 for closable in closables:
@@ -105,7 +107,7 @@ def exact_reference(engine: SearchEngine, side: str) -> tuple[Vectors, Scoring, 
 
 
 def _build_peer(peer: str, vectors: Vectors, scoring: Scoring, work: Path, *, candidate_k: int,
-                threads: int) -> tuple[list[Engine], list[Any]]:
+                threads: int) -> tuple[list[Peer], list[Any]]:
     """One peer's engines (one per mode it serves) and what must be closed after measuring them."""
     if peer == "hnsw":
         return [HNSWEngine(vectors)], []
@@ -136,7 +138,8 @@ class GroundTruth:
 
 
 class Measurement:
-    """One row per (engine, mode): batched search with overlap (and recall), then one-query latency."""
+    """One row per (searcher, mode): batched search with overlap (and recall), then one-query latency (the batch
+    of one)."""
 
     def __init__(self, truth: GroundTruth, relevant: Sequence[set[int]] | None, latency_queries: int,
                  threads: int, batch_threads: int) -> None:
@@ -144,20 +147,30 @@ class Measurement:
         self.threads, self.batch_threads = threads, batch_threads
         self.timed = self.queries[::max(1, len(self.queries) // latency_queries)][:latency_queries]
 
-    def __call__(self, e: Engine) -> dict[str, Any]:
-        _logger.info("measuring %s (%s)", e.name, e.mode)
+    def __call__(self, searcher: Searcher, mode: str, *, build_seconds: float,
+                 size_bytes: int | None) -> dict[str, Any]:
+        _logger.info("measuring %s (%s)", searcher.name, mode)
         set_threads(self.batch_threads)
         started = time.perf_counter()
-        found = e.search_batch(self.queries, TOP_K, self.batch_threads)
+        found = [ranking.rows for ranking in searcher.search_batch(self.queries, TOP_K)]
         batch_seconds = time.perf_counter() - started
         set_threads(self.threads)
-        row: dict[str, Any] = {"engine": e.name, "mode": e.mode, "build_seconds": e.build_seconds,
-                               "size_bytes": e.size_bytes(), "overlap@10": self.truth.overlap(e.mode, found),
-                               "latency_ms": time_calls(lambda q: e.search(q, TOP_K), self.timed),
+        row: dict[str, Any] = {"engine": searcher.name, "mode": mode, "build_seconds": build_seconds,
+                               "size_bytes": size_bytes, "overlap@10": self.truth.overlap(mode, found),
+                               "latency_ms": time_calls(lambda q: search_one(searcher, q, TOP_K), self.timed),
                                "batch_qps": len(self.queries) / batch_seconds, "batch_threads": self.batch_threads}
         if self.relevant is not None:
             row["recall"] = recall_at_k([list(f) for f in found], self.relevant)
         return row
+
+    def peer(self, peer: Peer) -> dict[str, Any]:
+        return self(peer, peer.mode, build_seconds=peer.build_seconds, size_bytes=peer.size_bytes())
+
+    def duet(self, engine: SearchEngine, params: SearchParams, *, label: str = "duet") -> dict[str, Any]:
+        """Duet's searcher for ``params`` (its batches on the batch threads), as the service runs it."""
+        searcher = engine.searcher(params, threads=self.batch_threads, name=label)
+        return self(searcher, params.mode, build_seconds=0.0,
+                    size_bytes=duet_size_bytes(engine, params.side, params.mode))
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from benchmarks.compare import GroundTruth, Measurement, exact_reference, set_threads
 from benchmarks.peers import (
     MODES,
-    DuetEngine,
     ExactEngine,
     HNSWEngine,
     PeerUnavailableError,
@@ -31,7 +30,8 @@ from benchmarks.peers import (
 from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.synthetic import GENERATOR
 from core.progress import progress_bar
-from indexer.search import Query, SearchEngine
+from indexer.query import Query
+from indexer.search import SearchEngine, SearchParams
 
 _logger = logging.getLogger("benchmarks.knobs")
 
@@ -70,16 +70,16 @@ def knob_sweep(engine: SearchEngine, side: str, queries: Sequence[Query], *, gri
             bar.update(1)
 
         for mode in MODES:
-            add(measure(ExactEngine(exact, mode)), "exact", None, None)
+            add(measure.peer(ExactEngine(exact, mode)), "exact", None, None)
         for k in grid.candidate_k:
-            add(measure(DuetEngine(engine, side, "hybrid", candidate_k=k, label=f"duet-c{k}")), "duet",
-                "candidate_k", k)
+            add(measure.duet(engine, SearchParams(side=side, mode="hybrid", candidate_k=k), label=f"duet-c{k}"),
+                "duet", "candidate_k", k)
         if hnsw:
             set_threads(batch_threads)
             graph = HNSWEngine(vectors, ef_search=hnsw[0])
             for ef in hnsw:
                 graph.set_ef_search(ef)
-                add(measure(graph), "faiss-hnsw", "ef_search", ef)
+                add(measure.peer(graph), "faiss-hnsw", "ef_search", ef)
             del graph
             gc.collect()
         if seismic:
@@ -92,7 +92,7 @@ def knob_sweep(engine: SearchEngine, side: str, queries: Sequence[Query], *, gri
             else:
                 for cut in seismic:
                     index.set_search(query_cut=cut, heap_factor=index.heap_factor)
-                    add(measure(index), "seismic", "query_cut", cut)
+                    add(measure.peer(index), "seismic", "query_cut", cut)
                 del index
                 gc.collect()
     return rows, notes

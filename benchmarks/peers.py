@@ -1,7 +1,8 @@
-"""Retrieval engines compared on the same vectors: Duet's own path and the peers a user would pick instead.
+"""The peers Duet is compared with on the same vectors, and the exact brute force that is the ground truth.
 
-Every engine answers ``search(query, k) -> rows`` over one side of stored vectors (dense unit rows + sparse
-term weights in the model's vocabulary) with one scoring rule per mode:
+Every peer is a searcher of indexer/searchers.py (``search_batch(queries, k) -> rankings``) over one side of
+stored vectors (dense unit rows + sparse term weights in the model's vocabulary), like Duet's own searcher, with
+one scoring rule per mode:
   dense: cosine; sparse: dot product of term weights; hybrid: w_dense * cos / T + w_sparse * sparse (Duet's rule).
 Exact brute force computes those scores over every item and is the ground truth. The peers:
   - FAISS HNSW (dense), beside Duet's flat FAISS;
@@ -27,7 +28,9 @@ import numpy as np
 
 from core.encoder import SparseRows
 from core.fusion import integrated_score
-from indexer.search import Query, SearchEngine, SearchParams
+from indexer.query import Query
+from indexer.search import SearchEngine
+from indexer.searchers import Ranking, ranking_of
 from indexer.store import directory_bytes
 
 _logger = logging.getLogger("benchmarks.peers")
@@ -71,18 +74,15 @@ class Vectors:
                           shape=(len(self), vocab_size))
 
 
-class Engine(ABC):
-    """One mode of one engine; ``build_seconds`` and ``size_bytes`` describe its index."""
+class Peer(ABC):
+    """A peer's searcher for one mode, with what the report says of its index (build time, size)."""
 
     name: str
     mode: str
     build_seconds: float = 0.0
 
     @abstractmethod
-    def search(self, query: Query, k: int) -> np.ndarray: ...
-
-    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
-        return [self.search(q, k) for q in queries]
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]: ...
 
     def size_bytes(self) -> int | None:
         return None
@@ -91,30 +91,12 @@ class Engine(ABC):
         return None
 
 
-# ----- Duet's own path -----
-class DuetEngine(Engine):
-    """The shared search path (FAISS + Lucene + exact rescoring), as the service runs it."""
-
-    def __init__(self, engine: SearchEngine, side: str, mode: str, *, candidate_k: int = 100,
-                 sparse_query_terms: int | None = None, label: str | None = None) -> None:
-        self.engine, self.side, self.mode = engine, side, mode
-        self.name = label or "duet"
-        self.params = dict(side=side, mode=mode, candidate_k=candidate_k, sparse_query_terms=sparse_query_terms)
-
-    def search(self, query: Query, k: int) -> np.ndarray:
-        result = self.engine.search(query, SearchParams(top_k=k, **self.params))
-        return np.array([h.row for h in result.hits], np.int64)
-
-    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
-        found = self.engine.search_many(list(queries), SearchParams(top_k=k, **self.params), threads=threads)
-        return [np.array([h.row for h in r.hits], np.int64) for r in found]
-
-    def size_bytes(self) -> int | None:
-        # what each mode loads: FAISS; Lucene + the float forward store (exact rescoring); hybrid both plus the
-        # dense store it rescores with
-        b = self.engine.manifest.sides[self.side].bytes
-        return {"dense": b["dense_faiss"], "sparse": b["sparse_lucene"] + b["sparse_store"],
-                "hybrid": b["dense_faiss"] + b["dense_store"] + b["sparse_lucene"] + b["sparse_store"]}[self.mode]
+def duet_size_bytes(engine: SearchEngine, side: str, mode: str) -> int:
+    """What Duet loads per mode: FAISS; Lucene + the float forward store (exact rescoring); hybrid both plus the
+    dense store it rescores with."""
+    b = engine.manifest.sides[side].bytes
+    return {"dense": b["dense_faiss"], "sparse": b["sparse_lucene"] + b["sparse_store"],
+            "hybrid": b["dense_faiss"] + b["dense_store"] + b["sparse_lucene"] + b["sparse_store"]}[mode]
 
 
 # ----- exact brute force: the ground truth -----
@@ -154,7 +136,7 @@ class ExactScorer:
         return {"dense": dense, "sparse": sparse, "hybrid": dense + sparse}[mode]
 
 
-class ExactEngine(Engine):
+class ExactEngine(Peer):
     name = "exact"
 
     def __init__(self, scorer: ExactScorer, mode: str) -> None:
@@ -163,25 +145,22 @@ class ExactEngine(Engine):
     def scores(self, queries: Sequence[Query]) -> np.ndarray:
         return self.scorer.scores(queries, self.mode)
 
-    def search(self, query: Query, k: int) -> np.ndarray:
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
         from benchmarks.recall import top_rows
 
-        return top_rows(self.scores([query]), k)[0]
-
-    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
-        from benchmarks.recall import top_rows
-
-        rows: list[np.ndarray] = []
+        found: list[Ranking] = []
         for start in range(0, len(queries), 256):
-            rows.extend(top_rows(self.scores(queries[start:start + 256]), k))
-        return rows
+            scores = self.scores(queries[start:start + 256])
+            rows = top_rows(scores, k)
+            found.extend(Ranking(r, s) for r, s in zip(rows, np.take_along_axis(scores, rows, axis=1), strict=True))
+        return found
 
     def size_bytes(self) -> int | None:
         return self.scorer.size_bytes(self.mode)
 
 
 # ----- FAISS HNSW -----
-class HNSWEngine(Engine):
+class HNSWEngine(Peer):
     mode = "dense"
 
     def __init__(self, vectors: Vectors, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64) -> None:
@@ -200,13 +179,9 @@ class HNSWEngine(Engine):
         self.index.hnsw.efSearch = ef_search
         self.name = f"faiss-hnsw{self.m}-ef{ef_search}"
 
-    def search(self, query: Query, k: int) -> np.ndarray:
-        _, rows = self.index.search(query.dense[None, :], k)
-        return rows[0][rows[0] >= 0].astype(np.int64)
-
-    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
-        _, rows = self.index.search(np.stack([q.dense for q in queries]), k)
-        return [r[r >= 0].astype(np.int64) for r in rows]
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        scores, rows = self.index.search(np.stack([q.dense for q in queries]), k)
+        return [ranking_of(r, s) for r, s in zip(rows, scores, strict=True)]
 
     def size_bytes(self) -> int | None:
         import faiss
@@ -262,14 +237,17 @@ def _sparse_dict(query: Query) -> dict[int, float]:
     return dict(zip(query.term_ids.tolist(), query.term_weights.tolist(), strict=True))
 
 
-class MilvusLiteEngine(Engine):
+class MilvusLiteEngine(Peer):
     name = "milvus-lite"
 
     def __init__(self, store: MilvusLiteStore, mode: str, scoring: Scoring, *, candidate_k: int = 100) -> None:
         self.store, self.mode, self.scoring, self.candidate_k = store, mode, scoring, candidate_k
         self.build_seconds = store.build_seconds
 
-    def search(self, query: Query, k: int) -> np.ndarray:
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        return [self._search(q, k) for q in queries]
+
+    def _search(self, query: Query, k: int) -> Ranking:
         client, name = self.store.client, MilvusLiteStore.COLLECTION
         if self.mode == "hybrid":
             from pymilvus import AnnSearchRequest, WeightedRanker
@@ -282,14 +260,14 @@ class MilvusLiteEngine(Engine):
             data = [query.dense.tolist()] if self.mode == "dense" else [_sparse_dict(query)]
             hits = client.search(name, data, anns_field=self.mode, limit=k,
                                  search_params={"metric_type": "IP"})[0]
-        return np.array([h["id"] for h in hits], np.int64)
+        return Ranking(np.array([h["id"] for h in hits], np.int64), np.array([h["distance"] for h in hits], np.float32))
 
     def size_bytes(self) -> int | None:
         return self.store.size_bytes()  # one database serves all three modes
 
 
 # ----- Seismic -----
-class SeismicEngine(Engine):
+class SeismicEngine(Peer):
     mode = "sparse"
 
     def __init__(self, vectors: Vectors, workdir: Path, *, query_cut: int = 20, heap_factor: float = 0.7,
@@ -298,7 +276,7 @@ class SeismicEngine(Engine):
             import seismic
         except ImportError as e:
             raise PeerUnavailableError(f"pyseismic-lsr unavailable ({e}); pip install 'duet[bench]'") from e
-        self.seismic = seismic
+        self.seismic, self.threads = seismic, threads
         started = time.perf_counter()
         dataset = seismic.SeismicDataset()
         sparse = vectors.sparse
@@ -319,22 +297,27 @@ class SeismicEngine(Engine):
     def _components(self, query: Query) -> np.ndarray:
         return np.array([str(t) for t in query.term_ids.tolist()], dtype=self.seismic.get_seismic_string())
 
-    def search(self, query: Query, k: int) -> np.ndarray:
-        found = self.index.search("q", self._components(query), query.term_weights.astype(np.float32), k,
-                                  self.query_cut, self.heap_factor)
-        return np.array([int(doc) for _, _, doc in found], np.int64)
+    @staticmethod
+    def _ranking(hits: Sequence[tuple[str, float, str]]) -> Ranking:
+        return Ranking(np.array([int(doc) for _, _, doc in hits], np.int64),
+                       np.array([score for _, score, _ in hits], np.float32))
 
-    def search_batch(self, queries: Sequence[Query], k: int, threads: int) -> list[np.ndarray]:
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        if len(queries) == 1:  # one query: Seismic's direct search, without the batch's thread pool
+            query = queries[0]
+            return [self._ranking(self.index.search("q", self._components(query),
+                                                    query.term_weights.astype(np.float32), k, self.query_cut,
+                                                    self.heap_factor))]
         found = self.index.batch_search(
             np.array([str(i) for i in range(len(queries))], dtype=self.seismic.get_seismic_string()),
             [self._components(q) for q in queries], [q.term_weights.astype(np.float32) for q in queries], k,
-            self.query_cut, self.heap_factor, num_threads=threads)
+            self.query_cut, self.heap_factor, num_threads=self.threads)
         # parallel batches may come back in another order: place each list by the query id it carries
-        rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
+        rankings = [self._ranking([])] * len(queries)
         for hits in found:
             if hits:
-                rows[int(hits[0][0])] = np.array([int(doc) for _, _, doc in hits], np.int64)
-        return rows
+                rankings[int(hits[0][0])] = self._ranking(hits)
+        return rankings
 
     def size_bytes(self) -> int | None:
         directory = Path(tempfile.mkdtemp(prefix="seismic-", dir=self.workdir))

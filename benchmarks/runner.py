@@ -168,14 +168,14 @@ def encoding_throughput(encoder: DuetEncoder, dataset: BenchmarkDataset, samples
 
 
 def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) -> dict[str, Any]:
-    """Queries per second with every caption as a query in one search_many call per mode."""
+    """Queries per second with every caption as a query in one search_batch call per mode."""
     set_threads(threads)
     queries = stored_queries(engine.stores["texts"])
     out = {"threads": threads, "queries": len(queries)}
     for mode in ("dense", "sparse", "hybrid"):
         params = SearchParams(side="images", mode=mode, top_k=10, candidate_k=candidate_k)
         started = time.perf_counter()
-        engine.search_many(queries, params, threads=threads)
+        engine.search_batch(queries, params, threads=threads)
         out[f"{mode}_qps"] = len(queries) / (time.perf_counter() - started)
     return out
 

@@ -23,7 +23,8 @@ from benchmarks.compare import side_by_side
 from benchmarks.search_bench import stored_queries
 from benchmarks.synthetic import GENERATOR, CorpusStatistics, corpus_summary, generate
 from indexer.build import IndexBuildConfig, publish_index
-from indexer.search import Query, SearchEngine
+from indexer.query import Query
+from indexer.search import SearchEngine
 
 _logger = logging.getLogger("benchmarks.scale")
 

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from benchmarks.recall import KS, recall_at_k
-from indexer.search import Query, SearchEngine, SearchParams, exact_sparse_scores
+from indexer.query import Query
+from indexer.search import SearchEngine, SearchParams
+from indexer.searchers import ExactScores
 from indexer.store import SideStore
 
 MODES = ("dense", "sparse", "hybrid")
@@ -50,14 +52,15 @@ def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = 100) -
         queries = stored_queries(engine.stores[query_side])
         target = engine.stores[target_side]
         rows = np.arange(len(target.ids))
+        exact_scores = ExactScores(target, engine.vocab_size)
         result: dict[str, Any] = {}
         for mode in MODES:
             params = SearchParams(side=target_side, mode=mode, top_k=10, candidate_k=candidate_k)
-            found = engine.search_many(queries, params, threads=threads)
+            found = engine.search_batch(queries, params, threads=threads)
             result[mode] = recall_at_k([[h.row for h in r.hits] for r in found], relevant)
         exact = []
         for query in queries:
-            scores = exact_sparse_scores(query, target, rows, engine.vocab_size)
+            scores = exact_scores.sparse(query, rows)
             exact.append(list(np.lexsort((rows, -scores))[:10]))
         result["sparse_exact"] = recall_at_k(exact, relevant)
         result["lucene_minus_exact_R@10"] = result["sparse"]["R@10"] - result["sparse_exact"]["R@10"]

@@ -38,7 +38,7 @@ def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: in
         for name, _, target_side, relevant in directions:
             params = SearchParams(side=target_side, mode="hybrid", top_k=max(KS), candidate_k=candidate_k,
                                   w_dense=a, w_sparse=1 - a)
-            found = engine.search_many(queries[name], params, threads=threads)
+            found = engine.search_batch(queries[name], params, threads=threads)
             point[name] = recall_at_k([[h.row for h in r.hits] for r in found], relevant)
         point["rsum"] = rsum(point["t2i"], point["i2t"])
         points.append(point)

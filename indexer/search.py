@@ -1,4 +1,5 @@
-"""The one search path, shared by the service and the benchmarks.
+"""The one search path, shared by the service and the benchmarks: an index, its encoder, and the searcher a search's
+parameters compose from the legs of indexer/searchers.py.
 
 A query (text or image) is encoded by the same checkpoint the index was built with, then searched on one side:
   dense   FAISS top-k;
@@ -11,7 +12,7 @@ Every hit carries its exact dense, sparse and fused scores, whatever the mode.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +21,20 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.encoder import DuetEncoder, EncodedItems, vocabulary_digest
+from core.encoder import DuetEncoder, vocabulary_digest
 from core.fusion import integrated_score, reciprocal_rank_fusion
 from indexer.lucene import ImpactSearcher
+from indexer.query import Query
+from indexer.searchers import (
+    ExactScores,
+    FaissLeg,
+    Fuse,
+    HybridSearcher,
+    LuceneLeg,
+    Rescored,
+    Searcher,
+    StrongestTerms,
+)
 from indexer.store import IndexManifest, IndexUnavailableError, Side, SideStore, check_binding, read_manifest
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -31,18 +43,6 @@ Fusion = Literal["weighted", "rrf"]
 # R@1/5/10 in both directions were identical with 16, 32, 64, 128 and all terms (the dense candidates and the exact
 # rescoring carry the ranking); 32 keeps a margin. Sparse-only mode keeps all terms by default.
 HYBRID_QUERY_TERMS = 32
-
-
-@dataclass(frozen=True)
-class Query:
-    dense: np.ndarray  # (D,) float32 unit vector
-    term_ids: np.ndarray  # (T,) int32 token ids
-    term_weights: np.ndarray  # (T,) float32 > 0
-
-    @classmethod
-    def from_encoded(cls, encoded: EncodedItems, row: int = 0) -> Query:
-        ids, values = encoded.sparse.row(row)
-        return cls(np.asarray(encoded.dense[row], np.float32), ids, values)
 
 
 class SearchParams(BaseModel):
@@ -122,20 +122,6 @@ def sparse_leg_warnings(query: Query, params: SearchParams) -> list[str]:
     return [EMPTY_SPARSE_WARNING] if params.mode == "hybrid" else []
 
 
-def exact_sparse_scores(query: Query, store: SideStore, rows: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Float sparse dot product of the query with each stored row (the forward store)."""
-    if rows.size == 0:
-        return np.zeros(0, np.float32)
-    query_vector = np.zeros(vocab_size, np.float32)
-    query_vector[query.term_ids] = query.term_weights
-    indptr = store.sparse.indptr
-    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
-    positions = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
-    contributions = query_vector[store.sparse.indices[positions]] * store.sparse.values[positions]
-    return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
-                       minlength=rows.size).astype(np.float32)
-
-
 class SearchEngine:
     """An index plus the encoder it was built with."""
 
@@ -189,81 +175,70 @@ class SearchEngine:
             return HYBRID_QUERY_TERMS if params.mode == "hybrid" else None
         return params.sparse_query_terms or None
 
-    def _leg_k(self, params: SearchParams, count: int) -> int:
-        needed = params.offset + params.top_k
-        widen = params.mode == "hybrid" or (params.mode == "sparse" and self._query_term_limit(params) is not None)
-        return min(max(needed, params.candidate_k) if widen else needed, count)
+    def exact_scores(self, side: str) -> ExactScores:
+        return ExactScores(self.store(side), self.vocab_size)
 
-    def _lucene_terms(self, query: Query, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
-        limit = self._query_term_limit(params)
-        if limit is None or query.term_ids.size <= limit:
-            return query.term_ids, query.term_weights
-        keep = np.sort(np.argsort(-query.term_weights, kind="stable")[:limit])
-        return query.term_ids[keep], query.term_weights[keep]
-
-    def search(self, query: Query, params: SearchParams) -> SearchResult:
-        warnings = sparse_leg_warnings(query, params)
-        store = self.store(params.side)
-        k = self._leg_k(params, len(store.ids))
-        timings: dict[str, float] = {}
-        dense_rows = sparse_rows = np.zeros(0, np.int64)
-        if params.mode in ("dense", "hybrid"):
-            started = time.perf_counter()
-            _, found = store.faiss_index.search(query.dense[None, :].astype(np.float32), k)
-            dense_rows = found[0][found[0] >= 0].astype(np.int64)
-            timings["dense_ms"] = (time.perf_counter() - started) * 1000
-        if params.mode in ("sparse", "hybrid"):
-            started = time.perf_counter()
-            hits = self.lucene[params.side].search(*self._lucene_terms(query, params), k)
-            sparse_rows = np.array([h.row for h in hits], dtype=np.int64)
-            timings["sparse_ms"] = (time.perf_counter() - started) * 1000
-        started = time.perf_counter()
-        result = self._rank(query, store, dense_rows, sparse_rows, params, warnings)
-        result.timings_ms = {**timings, "rescore_ms": (time.perf_counter() - started) * 1000}
-        return result
-
-    def search_many(self, queries: list[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
-        """Batched legs (one FAISS call, one Lucene batch call over ``threads``), then per-query rescoring."""
-        warnings = [sparse_leg_warnings(q, params) for q in queries]
-        store = self.store(params.side)
-        k = self._leg_k(params, len(store.ids))
-        empty = np.zeros(0, np.int64)
-        dense_rows: list[np.ndarray] = [empty] * len(queries)
-        sparse_rows: list[np.ndarray] = [empty] * len(queries)
-        if params.mode in ("dense", "hybrid") and queries:
-            _, found = store.faiss_index.search(np.stack([q.dense for q in queries]).astype(np.float32), k)
-            dense_rows = [row[row >= 0].astype(np.int64) for row in found]
-        if params.mode in ("sparse", "hybrid") and queries:
-            batches = self.lucene[params.side].batch_search([self._lucene_terms(q, params) for q in queries], k,
-                                                            threads=threads)
-            sparse_rows = [np.array([h.row for h in hits], dtype=np.int64) for hits in batches]
-        return [self._rank(q, store, d, s, params, notes)
-                for q, d, s, notes in zip(queries, dense_rows, sparse_rows, warnings, strict=True)]
-
-    def _rank(self, query: Query, store: SideStore, dense_rows: np.ndarray, sparse_rows: np.ndarray,
-              params: SearchParams, warnings: list[str]) -> SearchResult:
+    def weights(self, params: SearchParams) -> tuple[float, float]:
+        """The fusion weights of a search: the request's, else the checkpoint's val-selected ones."""
         w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
         w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
-        rows = {"dense": dense_rows, "sparse": sparse_rows}.get(params.mode)
-        if rows is None:
-            rows = np.unique(np.concatenate([dense_rows, sparse_rows]))
-        dense = store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
-        sparse = exact_sparse_scores(query, store, rows, self.vocab_size)
+        return w_dense, w_sparse
+
+    def fuse(self, params: SearchParams) -> Fuse:
         if params.fusion == "rrf":
-            fused = reciprocal_rank_fusion(dense, sparse)
-        else:
-            fused = integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
-                                     temperature=self.manifest.temperature)
-        ranking = {"dense": dense, "sparse": sparse, "hybrid": fused}[params.mode]
-        order = np.lexsort((rows, -ranking))[params.offset:params.offset + params.top_k]
+            return reciprocal_rank_fusion
+        w_dense, w_sparse = self.weights(params)
+        temperature = self.manifest.temperature
+        return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
+                                                      temperature=temperature)
+
+    def dense_leg(self, side: str) -> FaissLeg:
+        return FaissLeg(self.store(side).faiss_index)
+
+    def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
+        self.store(side)
+        return LuceneLeg(self.lucene[side], threads=threads)
+
+    def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet") -> HybridSearcher:
+        """The searcher a search runs: the mode's legs over one side, every candidate rescored exactly.
+
+        Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
+        to candidate_k too, so the full-query rescoring can recover what the cut missed."""
+        legs: dict[str, Searcher] = {}
+        if params.mode in ("dense", "hybrid"):
+            legs["dense"] = self.dense_leg(params.side)
+        term_limit = self._query_term_limit(params)
+        if params.mode in ("sparse", "hybrid"):
+            legs["sparse"] = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
+        widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
+        return HybridSearcher(legs, self.exact_scores(params.side), self.fuse(params),
+                              rank_by="fused" if params.mode == "hybrid" else params.mode,
+                              candidate_k=params.candidate_k if widen else None, name=name)
+
+    def search(self, query: Query, params: SearchParams) -> SearchResult:
+        return self.search_batch([query], params)[0]
+
+    def search_batch(self, queries: Sequence[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
+        """One batch through the mode's searcher (one FAISS call, one Lucene batch over ``threads``), then the
+        requested page of each ranking as hits."""
+        warnings = [sparse_leg_warnings(q, params) for q in queries]
+        store = self.store(params.side)
+        rankings = self.searcher(params, threads=threads).search_batch(queries, params.offset + params.top_k)
+        w_dense, w_sparse = self.weights(params)
+        weights = {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": self.manifest.temperature}
+        return [SearchResult(self._hits(query, store, ranking, params), ranking.candidates, weights,
+                             timings_ms=dict(ranking.timings_ms), warnings=notes)
+                for query, ranking, notes in zip(queries, rankings, warnings, strict=True)]
+
+    def _hits(self, query: Query, store: SideStore, ranking: Rescored, params: SearchParams) -> list[Hit]:
         hits = []
-        for rank, i in enumerate(order, start=params.offset + 1):
-            row = int(rows[i])
+        for position in range(params.offset, len(ranking)):
+            row = int(ranking.rows[position])
             explanation = self.explain(query, params.side, row) if params.explain else None
-            hits.append(Hit(row, store.ids[row], rank, float(dense[i]), float(sparse[i]), float(fused[i]),
-                            store.items[row], explanation))
-        return SearchResult(hits, int(rows.size), {"w_dense": w_dense, "w_sparse": w_sparse,
-                                                   "temperature": self.manifest.temperature}, warnings=warnings)
+            hits.append(Hit(row, store.ids[row], position + 1, float(ranking.dense[position]),
+                            float(ranking.sparse[position]), float(ranking.fused[position]), store.items[row],
+                            explanation))
+        return hits
 
     def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12) -> Explanation:
         """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""

@@ -71,7 +71,8 @@ def test_seismic_batch_results_line_up_with_their_queries(tmp_path: Path) -> Non
     """Seismic's parallel batch_search returns lists out of order; each must still land at its own query."""
     from benchmarks.peers import SeismicEngine, Vectors
     from core.encoder import SparseRows
-    from indexer.search import Query
+    from indexer.query import Query
+    from indexer.searchers import search_one
 
     rng = np.random.default_rng(0)
     # big enough that two threads finish out of order (checked: the raw batch_search order differs here)
@@ -82,8 +83,11 @@ def test_seismic_batch_results_line_up_with_their_queries(tmp_path: Path) -> Non
                                                                                                    np.float32) + 0.1))
     engine = SeismicEngine(vectors, tmp_path, threads=2)
     queries = [Query(vectors.dense[i], *vectors.sparse.row(i)) for i in range(600)]
-    batched = engine.search_batch(queries, 5, threads=2)
-    assert all(np.array_equal(batched[i], engine.search(queries[i], 5)) for i in range(600))
+    batched = engine.search_batch(queries, 5)
+    single = [search_one(engine, q, 5) for q in queries]
+    assert all(np.array_equal(b.rows, s.rows) and np.allclose(b.scores, s.scores) for b, s in zip(batched, single,
+                                                                                                    strict=True))
+    assert all(b.rows.size == 5 for b in batched)
 
 
 # ----- the Karpathy loader on generated MSCOCO and Flickr30k layouts -----

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.search import Query, SearchEngine, SearchParams, exact_sparse_scores
+from indexer.query import Query
+from indexer.search import SearchEngine, SearchParams
+from indexer.searchers import ExactScores
 from indexer.store import IndexMismatchError
 
 pytestmark = pytest.mark.java  # every test searches a Lucene index
@@ -26,7 +28,7 @@ def _stored_query(engine: SearchEngine, side: str, row: int) -> Query:
 
 def _exact_top(engine: SearchEngine, query: Query, side: str, k: int) -> list[int]:
     store = engine.stores[side]
-    scores = exact_sparse_scores(query, store, np.arange(len(store.ids)), engine.vocab_size)
+    scores = ExactScores(store, engine.vocab_size).sparse(query, np.arange(len(store.ids)))
     return list(np.lexsort((np.arange(scores.size), -scores))[:k])
 
 
@@ -41,7 +43,7 @@ def test_lucene_sparse_ranking_agrees_with_exact_scoring(engine: SearchEngine, q
         query = _stored_query(engine, query_side, row)
         lucene = [h.row for h in engine.search(query, SearchParams(side=target_side, mode="sparse", top_k=10)).hits]
         exact = _exact_top(engine, query, target_side, 10)
-        scores = exact_sparse_scores(query, store, np.arange(len(store.ids)), engine.vocab_size)
+        scores = ExactScores(store, engine.vocab_size).sparse(query, np.arange(len(store.ids)))
         bound = 2 * step * (float(query.term_weights.sum()) + max_doc_mass) + 2 * query.term_ids.size * step**2
         assert len(lucene) == len(exact)
         assert np.all(np.abs(np.sort(scores[lucene]) - np.sort(scores[exact])) <= bound + 1e-6)
@@ -55,7 +57,7 @@ def test_hybrid_scores_are_exact_and_ranked_by_the_integrated_score(engine: Sear
     assert result.weights["w_dense"] == w_dense and result.candidates >= 8
     for hit in result.hits:
         dense = float(store.dense[hit.row] @ query.dense)
-        sparse = float(exact_sparse_scores(query, store, np.array([hit.row]), engine.vocab_size)[0])
+        sparse = float(ExactScores(store, engine.vocab_size).sparse(query, np.array([hit.row]))[0])
         assert hit.dense == pytest.approx(dense, abs=1e-5)
         assert hit.sparse == pytest.approx(sparse, abs=1e-4)
         assert hit.fused == pytest.approx(w_dense * dense / engine.manifest.temperature + w_sparse * sparse, abs=1e-4)
@@ -127,7 +129,7 @@ def test_an_index_from_another_checkpoint_is_refused(tiny_index: Path, tiny_back
 def test_batched_search_equals_single_queries(engine: SearchEngine, mode: str) -> None:
     queries = [_stored_query(engine, "texts", row) for row in range(0, 40, 4)]
     params = SearchParams(side="images", mode=mode, top_k=5, candidate_k=10)
-    batched = engine.search_many(queries, params, threads=2)
+    batched = engine.search_batch(queries, params, threads=2)
     for query, result in zip(queries, batched, strict=True):
         single = engine.search(query, params)
         assert [h.fused for h in result.hits] == pytest.approx([h.fused for h in single.hits], abs=1e-6)
@@ -140,7 +142,7 @@ def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None
     full = engine.search(query, SearchParams(mode="sparse", top_k=5, sparse_query_terms=0))
     store = engine.stores["images"]
     for hit in pruned.hits:  # scores use the full query whatever reached Lucene
-        exact = exact_sparse_scores(query, store, np.array([hit.row]), engine.vocab_size)[0]
+        exact = ExactScores(store, engine.vocab_size).sparse(query, np.array([hit.row]))[0]
         assert hit.sparse == pytest.approx(float(exact), abs=1e-4)
     assert pruned.candidates == 32 and full.candidates == 5
     # all 32 images are candidates here, so the exact rescoring recovers the full query's top 5
@@ -182,4 +184,4 @@ def test_a_query_without_content_words_has_an_empty_sparse_leg(grounded_engine: 
     with pytest.raises(EmptySparseQueryError, match="no sparse terms"):
         grounded_engine.search(query, SearchParams(mode="sparse", top_k=5))
     with pytest.raises(EmptySparseQueryError):
-        grounded_engine.search_many([query], SearchParams(mode="sparse", top_k=5))
+        grounded_engine.search_batch([query], SearchParams(mode="sparse", top_k=5))

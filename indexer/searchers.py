@@ -1,0 +1,170 @@
+"""The searcher protocol: every retrieval backend answers ``search_batch(queries, k)`` with one ranking per query.
+
+A leg is a searcher over one representation: ``FaissLeg`` (dense, FAISS) and ``LuceneLeg`` (sparse, Lucene
+impacts); the benchmarks' peers (HNSW, milvus-lite, Seismic, exact brute force) are searchers too, and a new
+backend is one more class with this method. ``HybridSearcher`` composes legs the way pyserini's HybridSearcher
+composes a dense and a sparse searcher, with Duet's contract on top: every candidate a leg finds is rescored
+exactly on both legs from the forward store, so each hit carries its exact dense, sparse and fused scores.
+Single-query search is the batch of one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from indexer.lucene import ImpactSearcher
+from indexer.query import Query
+from indexer.store import SideStore
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One query's answer: rows best first and the searcher's own score for each (its scale, its tie order)."""
+
+    rows: np.ndarray  # (n,) int64, n <= k
+    scores: np.ndarray  # (n,) float32, non-increasing
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+class Searcher(Protocol):
+    name: str
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]: ...
+
+
+def search_one(searcher: Searcher, query: Query, k: int) -> Ranking:
+    return searcher.search_batch([query], k)[0]
+
+
+def ranking_of(rows: np.ndarray, scores: np.ndarray) -> Ranking:
+    """A backend's raw answer as a Ranking (FAISS pads missing hits with row -1)."""
+    keep = rows >= 0
+    return Ranking(rows[keep].astype(np.int64), scores[keep].astype(np.float32))
+
+
+# ----- Duet's legs -----
+class FaissLeg:
+    """Dense leg: inner-product top-k over the side's FAISS index (flat by default, any index_factory index)."""
+
+    def __init__(self, index: Any, name: str = "faiss") -> None:
+        self.index, self.name = index, name
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        if not queries:
+            return []
+        scores, rows = self.index.search(np.stack([q.dense for q in queries]).astype(np.float32), k)
+        return [ranking_of(r, s) for r, s in zip(rows, scores, strict=True)]
+
+
+class LuceneLeg:
+    """Sparse leg: Lucene impact top-k with the query's quantised term weights; a batch runs on ``threads``."""
+
+    def __init__(self, searcher: ImpactSearcher, *, threads: int = 1, name: str = "lucene") -> None:
+        self.searcher, self.threads, self.name = searcher, threads, name
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        if len(queries) == 1:  # one query: Lucene's direct search, without the batch's thread pool
+            batches = [self.searcher.search(queries[0].term_ids, queries[0].term_weights, k)]
+        else:
+            batches = self.searcher.batch_search([(q.term_ids, q.term_weights) for q in queries], k,
+                                                 threads=self.threads)
+        return [Ranking(np.array([h.row for h in hits], np.int64), np.array([h.score for h in hits], np.float32))
+                for hits in batches]
+
+
+class StrongestTerms:
+    """A sparse leg that sends only each query's ``limit`` strongest terms: much less Lucene work (one clause per
+    term) for a little candidate recall. The hybrid searcher still rescores candidates with the full query."""
+
+    def __init__(self, leg: Searcher, limit: int | None) -> None:
+        self.leg, self.limit, self.name = leg, limit, leg.name
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        return self.leg.search_batch([q.strongest_terms(self.limit) for q in queries], k)
+
+
+# ----- exact rescoring -----
+class ExactScores:
+    """Exact scores of any rows of one side: dense dot products from the stored vectors, sparse dot products from
+    the float forward store (not Lucene's quantised impacts)."""
+
+    def __init__(self, store: SideStore, vocab_size: int) -> None:
+        self.store, self.vocab_size = store, vocab_size
+
+    def __len__(self) -> int:
+        return len(self.store.ids)
+
+    def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        return self.store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
+
+    def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        if rows.size == 0:
+            return np.zeros(0, np.float32)
+        query_vector = np.zeros(self.vocab_size, np.float32)
+        query_vector[query.term_ids] = query.term_weights
+        sparse = self.store.sparse
+        starts, lengths = sparse.indptr[rows], sparse.indptr[rows + 1] - sparse.indptr[rows]
+        positions = (np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+                     + np.arange(lengths.sum()))
+        contributions = query_vector[sparse.indices[positions]] * sparse.values[positions]
+        return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
+                           minlength=rows.size).astype(np.float32)
+
+
+Fuse = Callable[[np.ndarray, np.ndarray], np.ndarray]  # exact (dense, sparse) of a candidate set -> fused
+RankBy = Literal["dense", "sparse", "fused"]
+
+
+@dataclass(frozen=True)
+class Rescored(Ranking):
+    """A ranking whose rows were rescored exactly: each row's dense, sparse and fused score, the number of
+    distinct candidates the legs found, and the batch's time per leg and for the rescoring."""
+
+    dense: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sparse: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    fused: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    candidates: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class HybridSearcher:
+    """Composes legs: each leg's top ``candidate_k`` (at least k), their union rescored exactly on both legs, ranked
+    by ``rank_by`` (the fused score, or one leg's exact score for a single-leg search) with ties by lower row.
+
+    ``legs`` maps a role ("dense", "sparse") to any searcher: Duet's FAISS and Lucene legs, or a peer's.
+    """
+
+    def __init__(self, legs: Mapping[str, Searcher], scores: ExactScores, fuse: Fuse, *, rank_by: RankBy = "fused",
+                 candidate_k: int | None = None, name: str = "hybrid") -> None:
+        if not legs:
+            raise ValueError("a hybrid searcher needs at least one leg")
+        self.legs, self.scores, self.fuse = dict(legs), scores, fuse
+        self.rank_by, self.candidate_k, self.name = rank_by, candidate_k, name
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Rescored]:
+        leg_k = min(max(k, self.candidate_k or 0), len(self.scores))
+        found: list[list[Ranking]] = []
+        timings: dict[str, float] = {}
+        for role, leg in self.legs.items():
+            started = time.perf_counter()
+            found.append(leg.search_batch(queries, leg_k) if queries else [])
+            timings[f"{role}_ms"] = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        results = [self._rescore(q, [leg[n].rows for leg in found], k) for n, q in enumerate(queries)]
+        timings["rescore_ms"] = (time.perf_counter() - started) * 1000
+        return [Rescored(r.rows, r.scores, r.dense, r.sparse, r.fused, r.candidates, timings) for r in results]
+
+    def _rescore(self, query: Query, leg_rows: list[np.ndarray], k: int) -> Rescored:
+        rows = leg_rows[0] if len(leg_rows) == 1 else np.unique(np.concatenate(leg_rows))
+        dense, sparse = self.scores.dense(query, rows), self.scores.sparse(query, rows)
+        fused = self.fuse(dense, sparse)
+        ranking = {"dense": dense, "sparse": sparse, "fused": fused}[self.rank_by]
+        order = np.lexsort((rows, -ranking))[:k]
+        return Rescored(rows[order], ranking[order], dense[order], sparse[order], fused[order], int(rows.size))
