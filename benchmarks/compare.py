@@ -30,8 +30,9 @@ from benchmarks.peers import (
     Vectors,
     duet_size_bytes,
 )
-from benchmarks.recall import KS, exact_top_k, overlap_with, recall_at_k
+from benchmarks.recall import KS, exact_top_k, overlap_with
 from benchmarks.search_bench import time_calls
+from core.metrics import success_of_lists
 from core.progress import progress_bar
 from indexer.query import Query
 from indexer.search import SearchEngine, SearchParams
@@ -152,15 +153,16 @@ class Measurement:
         _logger.info("measuring %s (%s)", searcher.name, mode)
         set_threads(self.batch_threads)
         started = time.perf_counter()
-        found = [ranking.rows for ranking in searcher.search_batch(self.queries, TOP_K)]
+        rankings = searcher.search_batch(self.queries, TOP_K)
         batch_seconds = time.perf_counter() - started
+        found = [ranking.rows for ranking in rankings]
         set_threads(self.threads)
         row: dict[str, Any] = {"engine": searcher.name, "mode": mode, "build_seconds": build_seconds,
                                "size_bytes": size_bytes, "overlap@10": self.truth.overlap(mode, found),
                                "latency_ms": time_calls(lambda q: search_one(searcher, q, TOP_K), self.timed),
                                "batch_qps": len(self.queries) / batch_seconds, "batch_threads": self.batch_threads}
         if self.relevant is not None:
-            row["recall"] = recall_at_k([list(f) for f in found], self.relevant)
+            row["recall"] = success_of_lists(rankings, self.relevant)
         return row
 
     def peer(self, peer: Peer) -> dict[str, Any]:

@@ -1,8 +1,5 @@
-"""Recall@K over ranked lists, as the runner sees them: each engine returns its top-K rows per query.
-
-A query may have several relevant items (image->text: an image's five captions); it counts as a hit at K when
-any relevant item is among the first K returned. Rankings come from the engines, so ties were already broken by
-them (Duet: by row; exact scoring here: by row too, see ``top_rows``).
+"""The benchmarks' ranking helpers: the exact top k of score matrices and overlap with it. R@k (Success@k) itself is
+core.metrics.success_of_lists, the one recall with the one tie rule that training evaluation uses too.
 """
 
 from __future__ import annotations
@@ -11,28 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-KS = (1, 5, 10)
-
-
-def first_relevant_rank(ranking: Sequence[int], relevant: set[int]) -> int | None:
-    """0-based position of the first relevant item in ``ranking``; None when none was returned."""
-    for position, row in enumerate(ranking):
-        if int(row) in relevant:
-            return position
-    return None
-
-
-def recall_at_k(rankings: Sequence[Sequence[int]], relevant: Sequence[set[int]],
-                ks: Sequence[int] = KS) -> dict[str, float]:
-    """R@k in percent for each k; a ranking shorter than k simply has fewer chances."""
-    if len(rankings) != len(relevant):
-        raise ValueError(f"{len(rankings)} rankings but {len(relevant)} relevance sets")
-    if not rankings:
-        raise ValueError("no queries")
-    if any(not rel for rel in relevant):
-        raise ValueError("every query needs at least one relevant item")
-    ranks = [first_relevant_rank(r, rel) for r, rel in zip(rankings, relevant, strict=True)]
-    return {f"R@{k}": 100.0 * sum(1 for r in ranks if r is not None and r < k) / len(ranks) for k in ks}
+from core.metrics import DEFAULT_KS as KS
 
 
 def rsum(t2i: dict[str, float], i2t: dict[str, float], ks: Sequence[int] = KS) -> float:

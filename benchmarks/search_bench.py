@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.recall import KS, recall_at_k
+from benchmarks.recall import KS
+from core.metrics import success_of_lists
 from indexer.query import Query
 from indexer.search import SearchEngine, SearchParams
-from indexer.searchers import ExactScores
+from indexer.searchers import ExactScores, Ranking
 from indexer.store import SideStore
 
 MODES = ("dense", "sparse", "hybrid")
@@ -56,13 +57,10 @@ def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = 100) -
         result: dict[str, Any] = {}
         for mode in MODES:
             params = SearchParams(side=target_side, mode=mode, top_k=10, candidate_k=candidate_k)
-            found = engine.search_batch(queries, params, threads=threads)
-            result[mode] = recall_at_k([[h.row for h in r.hits] for r in found], relevant)
-        exact = []
-        for query in queries:
-            scores = exact_scores.sparse(query, rows)
-            exact.append(list(np.lexsort((rows, -scores))[:10]))
-        result["sparse_exact"] = recall_at_k(exact, relevant)
+            found = engine.searcher(params, threads=threads).search_batch(queries, params.top_k)
+            result[mode] = success_of_lists(found, relevant)
+        exact = [Ranking(rows, exact_scores.sparse(query, rows)) for query in queries]  # every item, scored
+        result["sparse_exact"] = success_of_lists(exact, relevant)
         result["lucene_minus_exact_R@10"] = result["sparse"]["R@10"] - result["sparse_exact"]["R@10"]
         out[direction] = result
     for mode in (*MODES, "sparse_exact"):

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.recall import KS, recall_at_k, rsum
+from benchmarks.recall import KS, rsum
 from benchmarks.search_bench import quality, relevance, stored_queries
+from core.metrics import success_of_lists
 from core.progress import progress
 from indexer.build import IndexBuildConfig, build_index, verify_index
 from indexer.search import SearchEngine, SearchParams
@@ -38,8 +39,8 @@ def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: in
         for name, _, target_side, relevant in directions:
             params = SearchParams(side=target_side, mode="hybrid", top_k=max(KS), candidate_k=candidate_k,
                                   w_dense=a, w_sparse=1 - a)
-            found = engine.search_batch(queries[name], params, threads=threads)
-            point[name] = recall_at_k([[h.row for h in r.hits] for r in found], relevant)
+            found = engine.searcher(params, threads=threads).search_batch(queries[name], params.top_k)
+            point[name] = success_of_lists(found, relevant)
         point["rsum"] = rsum(point["t2i"], point["i2t"])
         points.append(point)
     return points

@@ -1,16 +1,36 @@
-"""Retrieval metrics over exact score matrices, and sparsity statistics. Pure torch/numpy, no I/O.
+"""Retrieval metrics over scores, and sparsity statistics. Pure torch/numpy, no I/O.
 
-Ties are counted against the query: an item scoring equal to the best relevant item ranks ahead of it, so
-a degenerate scorer (all scores equal) gets recall k/N-ish at worst, never a perfect score.
+Duet's R@k is Success@k (the hit rate): a query succeeds at k when a relevant item ranks within its first k.
+One tie rule, pessimistic: an item scoring equal to the best relevant item ranks ahead of it, so a degenerate scorer
+(all scores equal) never scores well. The same rule applies to full score matrices (training evaluation) and to
+the scored lists searchers return (the benchmarks, through the real index): both go through ``ranks_of_relevant``,
+and an item a list does not contain is not found. It equals trec_eval's (ir_measures) Success@k on a run whose
+relevant items sort after the items they tie with (tests/test_metrics.py checks it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
+import numpy as np
 import torch
 
 DEFAULT_KS = (1, 5, 10)
+NOT_FOUND = torch.iinfo(torch.int64).max  # the rank of a query whose list holds no relevant item
+
+
+class ScoredList(Protocol):
+    """What a searcher returns for one query (indexer.searchers.Ranking): rows best first and their scores."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+def _pessimistic_ranks(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    best = scores.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
+    ranks = ((scores >= best) & ~relevant).sum(dim=1)
+    return torch.where(relevant.any(dim=1), ranks, torch.full_like(ranks, NOT_FOUND))
 
 
 def ranks_of_relevant(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
@@ -23,13 +43,37 @@ def ranks_of_relevant(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Ten
         raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} differ in shape")
     if not bool(relevant.any(dim=1).all()):
         raise ValueError("every query needs at least one relevant item")
-    best = scores.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
-    return ((scores >= best) & ~relevant).sum(dim=1)  # (Q,)
+    return _pessimistic_ranks(scores, relevant)
 
 
-def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """R@k in percent: share of queries whose best relevant item ranks within the top k."""
+def ranks_in_lists(lists: Sequence[ScoredList], relevant: Sequence[set[int]]) -> torch.Tensor:
+    """``ranks_of_relevant`` for the top-k lists a searcher returned: each list is a row of its scores, so the
+    same tie rule holds; a query whose list holds none of its relevant items gets NOT_FOUND."""
+    if len(lists) != len(relevant):
+        raise ValueError(f"{len(lists)} rankings but {len(relevant)} relevance sets")
+    if not lists:
+        raise ValueError("no queries")
+    if any(not rel for rel in relevant):
+        raise ValueError("every query needs at least one relevant item")
+    width = max(1, max(len(found.rows) for found in lists))
+    scores = torch.full((len(lists), width), float("-inf"), dtype=torch.float64)
+    mask = torch.zeros((len(lists), width), dtype=torch.bool)
+    for q, (found, rel) in enumerate(zip(lists, relevant, strict=True)):
+        n = len(found.rows)
+        scores[q, :n] = torch.from_numpy(np.asarray(found.scores, np.float64))
+        mask[q, :n] = torch.from_numpy(np.isin(np.asarray(found.rows, np.int64), np.fromiter(rel, np.int64)))
+    return _pessimistic_ranks(scores, mask)
+
+
+def success_at_k(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Success@k in percent, keyed R@k: the share of queries whose best relevant item ranks within the top k."""
     return {f"R@{k}": 100.0 * float((ranks < k).float().mean()) for k in ks}
+
+
+def success_of_lists(lists: Sequence[ScoredList], relevant: Sequence[set[int]],
+                     ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Success@k of searchers' top-k lists (the benchmarks' R@k through the real index)."""
+    return success_at_k(ranks_in_lists(lists, relevant), ks)
 
 
 def bidirectional_recall(scores_t2i: torch.Tensor, caption_image: torch.Tensor,
@@ -50,8 +94,8 @@ def bidirectional_recall(scores_t2i: torch.Tensor, caption_image: torch.Tensor,
     relevant_i2t = torch.zeros_like(scores_i2t, dtype=torch.bool)
     relevant_i2t[caption_image, torch.arange(num_captions)] = True
     i2t_ranks = ranks_of_relevant(scores_i2t, relevant_i2t)
-    t2i = recall_at_k(torch.cat(t2i_ranks), ks)
-    i2t = recall_at_k(i2t_ranks, ks)
+    t2i = success_at_k(torch.cat(t2i_ranks), ks)
+    i2t = success_at_k(i2t_ranks, ks)
     t2i["RSUM"] = sum(t2i[f"R@{k}"] for k in ks)
     i2t["RSUM"] = sum(i2t[f"R@{k}"] for k in ks)
     return {"t2i": t2i, "i2t": i2t}

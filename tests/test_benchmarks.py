@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from benchmarks.cli import main as bench_main
-from benchmarks.recall import recall_at_k, top_rows
 from benchmarks.search_bench import percentiles
 from benchmarks.synthetic import CorpusStatistics, generate
 from core.encoder import SparseRows
+from core.metrics import success_of_lists
 from indexer.search import SearchEngine
+from indexer.searchers import Ranking
 
 
 def test_percentiles() -> None:
@@ -31,7 +32,8 @@ def test_search_report_on_a_real_index(tiny_index: Path, tmp_path: Path) -> None
         images, texts = engine.stores["images"], engine.stores["texts"]
         row_of = {item_id: row for row, item_id in enumerate(images.ids)}
         relevant = [{row_of[text_id.split("#")[0]]} for text_id in texts.ids]
-        exact = recall_at_k(list(top_rows(texts.dense @ images.dense.T, 10)), relevant)
+        scores = texts.dense @ images.dense.T
+        exact = success_of_lists([Ranking(np.arange(len(images.ids)), row) for row in scores], relevant)
     finally:
         engine.close()
     # FAISS and numpy sum float32 products in different orders, so a near-tie may flip: at most one query apart
