@@ -1,6 +1,20 @@
-"""One error shape for every failure: ``{"error": {"code", "message", "request_id"}}`` with a 4xx/5xx status."""
+"""One error shape for every failure: ``{"error": {"code", "message", "request_id"}}`` with a 4xx/5xx status, and
+the handlers that give it to the service's own refusals, FastAPI's validation errors, Starlette's 404/405 and
+anything unexpected."""
 
 from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.request_context import request_id_of
+
+_logger = logging.getLogger("service")
 
 
 class ApiError(Exception):
@@ -15,3 +29,41 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, request_id: str | None) -> dict[str, object]:
     return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+def validation_message(error: ValidationError | RequestValidationError) -> str:
+    """Every failed field as ``where: what``, the body's own name left out."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts)
+
+
+def _reply(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message, request_id_of(request)), status_code=status)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _reply(request, exc.status, exc.code, exc.message)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _reply(request, 422, "invalid_request", validation_message(exc))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _reply(request, exc.status_code, code, str(exc.detail))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    _logger.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _reply(request, 500, "internal_error", "internal error; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.exception_handler(ApiError)(_api_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(Exception)(_internal_error)  # answered outside the middleware: no X-Request-ID header
