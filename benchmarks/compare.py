@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks.peers import (
-    MODES,
     ExactEngine,
     ExactScorer,
     HNSWEngine,
@@ -35,7 +34,7 @@ from benchmarks.search_bench import time_calls
 from core.metrics import success_of_lists
 from core.progress import progress_bar
 from indexer.query import Query
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import MODES, SearchEngine, SearchParams
 from indexer.searchers import Searcher, search_one
 
 _logger = logging.getLogger("benchmarks.compare")

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.compare import GroundTruth, Measurement, exact_reference, set_threads
 from benchmarks.peers import (
-    MODES,
     ExactEngine,
     HNSWEngine,
     PeerUnavailableError,
@@ -31,7 +30,7 @@ from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.synthetic import GENERATOR
 from core.progress import progress_bar
 from indexer.query import Query
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import MODES, SearchEngine, SearchParams
 
 _logger = logging.getLogger("benchmarks.knobs")
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.datasets import PRESETS
+from indexer.search import MODES
 
 # which runner stage produces each top-level report key
 STAGE_OF = {"quality": "quality", "headline": "quality", "sizes": "quality", "build": "quality",
@@ -108,10 +109,10 @@ def default_paths(report: dict[str, Any] | None = None) -> list[tuple[str, str, 
     sparse terms' readability and sparsity when ``report`` measured them."""
     paths = []
     for direction in ("t2i", "i2t"):
-        for mode in ("dense", "sparse", "hybrid", "sparse_exact"):
+        for mode in (*MODES, "sparse_exact"):
             for k in (1, 5, 10):
                 paths.append((f"{direction} {mode} R@{k}", f"quality/{direction}/{mode}/R@{k}", 1.0))
-    for mode in ("dense", "sparse", "hybrid"):
+    for mode in MODES:
         paths.append((f"RSUM {mode}", f"quality/rsum/{mode}", 3.0))
     for direction in ("t2i", "i2t"):
         paths.append((f"{direction} Lucene minus exact sparse R@10", f"quality/{direction}/lucene_minus_exact_R@10",

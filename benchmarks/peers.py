@@ -35,7 +35,6 @@ from indexer.store import directory_bytes
 
 _logger = logging.getLogger("benchmarks.peers")
 
-MODES = ("dense", "sparse", "hybrid")
 
 
 class PeerUnavailableError(RuntimeError):

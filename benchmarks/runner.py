@@ -38,7 +38,7 @@ from benchmarks.synthetic import GENERATOR
 from core.atomic import write_text_atomic
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import MODES, SearchEngine, SearchParams
 from indexer.store import IndexMismatchError, IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks.runner")
@@ -172,7 +172,7 @@ def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) 
     set_threads(threads)
     queries = stored_queries(engine.stores["texts"])
     out = {"threads": threads, "queries": len(queries)}
-    for mode in ("dense", "sparse", "hybrid"):
+    for mode in MODES:
         params = SearchParams(side="images", mode=mode, top_k=10, candidate_k=candidate_k)
         started = time.perf_counter()
         engine.search_batch(queries, params, threads=threads)
@@ -345,4 +345,4 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     p50 = report.get("latency", {}).get("search_only", {})
     return {mode: {"t2i": q["t2i"][mode], "i2t": q["i2t"][mode], "rsum": q["rsum"][mode],
                    "p50_ms": p50[mode]["p50"] if mode in p50 else None}
-            for mode in ("dense", "sparse", "hybrid")}
+            for mode in MODES}

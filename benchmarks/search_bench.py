@@ -20,11 +20,9 @@ import torch
 from benchmarks.recall import KS
 from core.metrics import success_of_lists
 from indexer.query import Query
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import MODES, SearchEngine, SearchParams
 from indexer.searchers import ExactScores, Ranking
 from indexer.store import SideStore
-
-MODES = ("dense", "sparse", "hybrid")
 
 
 def stored_queries(store: SideStore) -> list[Query]:

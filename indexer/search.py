@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,7 @@ from indexer.searchers import (
 from indexer.store import IndexManifest, IndexUnavailableError, Side, SideStore, check_binding, read_manifest
 
 Mode = Literal["dense", "sparse", "hybrid"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 Fusion = Literal["weighted", "rrf"]
 # Hybrid sends only the query's 32 strongest terms to Lucene: on Flickr8k val (1K images, 5K captions) hybrid
 # R@1/5/10 in both directions were identical with 16, 32, 64, 128 and all terms (the dense candidates and the exact

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,8 +24,8 @@ from core.encoder import EncodedItems, SparseRows
 
 FORMAT = "duet-index/1"
 MANIFEST = "manifest.json"
-SIDES = ("images", "texts")
 Side = Literal["images", "texts"]
+SIDES: tuple[Side, ...] = get_args(Side)
 
 
 class IndexUnavailableError(RuntimeError):
