@@ -32,7 +32,7 @@ class UnsupportedBackboneError(ValueError):
 
 @dataclass
 class Backbone:
-    clip: nn.Module  # projections removed; eval mode; no gradients
+    clip: Any  # an open_clip model (nn.Module); projections removed; eval mode; no gradients
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     preprocess: Callable[[Any], torch.Tensor]
     vocabulary: Vocabulary
@@ -93,7 +93,7 @@ def _linear_weight(layer: nn.Module | nn.Parameter) -> torch.Tensor:
     raise UnsupportedBackboneError(f"unsupported projection type {type(layer).__name__}")
 
 
-def _detach_image_projection(clip: nn.Module) -> torch.Tensor:
+def _detach_image_projection(clip: Any) -> torch.Tensor:
     visual = clip.visual
     head = getattr(visual, "head", None)
     if head is not None and isinstance(getattr(head, "proj", None), nn.Linear):  # timm tower
@@ -110,7 +110,7 @@ def _detach_image_projection(clip: nn.Module) -> torch.Tensor:
     )
 
 
-def _detach_text_projection(clip: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _detach_text_projection(clip: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove the text projection; return (projection weight, token embedding weight)."""
     text = getattr(clip, "text", None)
     if text is None:  # open_clip CLIP: text tower parts live on the model itself
@@ -220,8 +220,8 @@ def build_backbone(config: BackboneConfig) -> Backbone:
         raise UnsupportedBackboneError(
             f"tokenizer has {len(vocabulary)} tokens but the token embedding has {token_embedding.shape[0]} rows")
     fingerprint = _fingerprint(description, clip, vocabulary)
-    text_tower = getattr(clip, "text", None)
-    pad_id = text_tower.config.pad_token_id if hasattr(text_tower, "config") else None
+    hf_config = getattr(getattr(clip, "text", None), "config", None)  # HF text towers pad with their own id
+    pad_id = hf_config.pad_token_id if hf_config is not None else None
     _logger.info("backbone %s ready (fingerprint %s)", description, fingerprint)
     return Backbone(clip=clip, tokenizer=tokenizer, preprocess=preprocess, vocabulary=vocabulary,
                     token_embedding=token_embedding, image_projection=image_projection,

@@ -23,7 +23,7 @@ def integrated_score(dense: Scores, sparse: Scores, *, w_dense: float, w_sparse:
     ``dense`` is the raw cosine; pass ``temperature=1.0`` when it is already divided by the temperature (the
     training losses' logits).
     """
-    return w_dense * dense / temperature + w_sparse * sparse  # type: ignore[operator,no-any-return]
+    return w_dense * dense / temperature + w_sparse * sparse  # type: ignore[operator,return-value]
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class DuetModel(nn.Module):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, so training methods can freeze by role."""
         return {
-            "projections": [self.image_proj.weight, self.text_proj.weight],
+            "projections": [cast(nn.Parameter, self.image_proj.weight), cast(nn.Parameter, self.text_proj.weight)],
             "sparse_head": list(self.sparse_head.parameters()),
             "temperature": [self.temperature],
         }

@@ -65,6 +65,8 @@ class SparseHead(nn.Module):
     those can never carry weight.
     """
 
+    term_ids: torch.Tensor  # a buffer: saved and moved with the module, never trained
+
     def __init__(self, config: SparseHeadConfig, *, embed_dim: int, image_feature_dim: int, text_feature_dim: int,
                  token_embedding: torch.Tensor, term_ids: torch.Tensor,
                  term_idf: torch.Tensor | None = None) -> None:

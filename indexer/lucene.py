@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -79,13 +79,14 @@ def write_json_vector_collection(directory: Path, sparse: SparseRows, scale: flo
     """Write rows as pyserini JsonVectorCollection files (doc id = row number); return the number of docs written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
-    handle = None
+    handle: TextIO | None = None
     try:
         for row in progress(range(len(sparse)), total=len(sparse), desc="Lucene collection", unit="doc"):
             if row % docs_per_file == 0:
                 if handle is not None:
                     handle.close()
                 handle = (directory / f"docs-{row // docs_per_file:05d}.jsonl").open("w")
+            assert handle is not None  # opened at row 0
             ids, values = sparse.row(row)
             # An item with no surviving term still gets a document, so Lucene's doc count equals the row count.
             doc = {"id": str(row), "contents": "", "vector": quantized_terms(ids, values, scale)}
