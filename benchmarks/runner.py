@@ -241,7 +241,7 @@ class PartialReport:
         return {"content_hash": key.get("content_hash"), "config": config}
 
     def section(self, name: str, measure: Callable[[], Any], *,
-                reusable: Callable[[Any], bool] = lambda saved: True) -> Any:
+                reusable: Callable[[Any], bool] = lambda _saved: True) -> Any:
         """A saved section, or ``measure()`` saved now; ``reusable`` can refuse a saved one (another grid)."""
         if name in self.sections and not reusable(self.sections[name]):
             _logger.info("%s was measured with other settings: measuring it again", name)

@@ -168,8 +168,8 @@ def train_lm(train: Tensor, val: Tensor, loss_fn: LossFn, cfg: LMConfig, seed: i
 
 
 def als_variant(alpha_max: float, alpha_fn: AlphaFn, use_prior: bool, tau: float = 1.0) -> LossFn:
-    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, teacher: nn.Module | None, step: int,
-                total: int) -> dict[str, Tensor]:
+    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, teacher: nn.Module | None, _step: int,
+                _total: int) -> dict[str, Tensor]:
         logits = model(inputs).reshape(-1, model.out.out_features)
         prior = None
         if use_prior and teacher is not None:
@@ -180,8 +180,8 @@ def als_variant(alpha_max: float, alpha_fn: AlphaFn, use_prior: bool, tau: float
 
 
 def ce_variant(label_smoothing: float = 0.0) -> LossFn:
-    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, teacher: nn.Module | None, step: int,
-                total: int) -> dict[str, Tensor]:
+    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, _teacher: nn.Module | None, _step: int,
+                _total: int) -> dict[str, Tensor]:
         logits = model(inputs).reshape(-1, model.out.out_features)
         return {"loss": F.cross_entropy(logits, targets.reshape(-1), label_smoothing=label_smoothing)}
     return loss_fn

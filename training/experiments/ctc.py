@@ -177,7 +177,7 @@ def run(seed: int, cfg: CTCConfig) -> tuple[SeedResult, dict[str, float]]:
         return Encoder(cfg, layers, heads)
 
     def ctc_only(layer: int) -> LossFn:
-        def fn(m: Encoder, b: Batch, epoch: int) -> torch.Tensor:
+        def fn(m: Encoder, b: Batch, _epoch: int) -> torch.Tensor:
             logits = m(b.x, b.lengths)[layer]  # alpha = 0: the plain CTC of this head
             return skd_ctc_objective(logits, logits, b.targets, b.lengths, b.target_lengths, 0.0)["loss"]
         return fn
@@ -201,7 +201,7 @@ def run(seed: int, cfg: CTCConfig) -> tuple[SeedResult, dict[str, float]]:
     train(teacher, train_data, cfg, ctc_only(top), gen(3))
     t_model = teacher
 
-    def conventional_kd(m: Encoder, b: Batch, epoch: int) -> torch.Tensor:
+    def conventional_kd(m: Encoder, b: Batch, _epoch: int) -> torch.Tensor:
         student = m(b.x, b.lengths)[s]
         with torch.no_grad():
             t_logits = t_model(b.x, b.lengths)[top]

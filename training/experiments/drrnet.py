@@ -63,20 +63,20 @@ class Variant:
     offline: bool = False
     online: bool = False
     # (epoch, epochs, perf of the previous epoch) -> (w_off, w_on)
-    weights: Callable[[int, int, float], tuple[float, float]] = lambda e, n, p: (0.0, 0.0)
+    weights: Callable[[int, int, float], tuple[float, float]] = lambda _e, _n, _p: (0.0, 0.0)
 
 
 def variants(cfg: DRRConfig) -> tuple[Variant, ...]:
     return (
         Variant("ce"),
         Variant("ls", label_smoothing=0.1),
-        Variant("offline", offline=True, weights=lambda e, n, p: (1.0, 0.0)),
-        Variant("online", online=True, weights=lambda e, n, p: (0.0, cfg.online_max * e / n)),
+        Variant("offline", offline=True, weights=lambda _e, _n, _p: (1.0, 0.0)),
+        Variant("online", online=True, weights=lambda e, n, _p: (0.0, cfg.online_max * e / n)),
         Variant("awa_reverse", offline=True, online=True,
-                weights=lambda e, n, p: awa_weights(p, cfg.beta, "reverse")),
+                weights=lambda _e, _n, p: awa_weights(p, cfg.beta, "reverse")),
         Variant("awa_inverse", offline=True, online=True,
-                weights=lambda e, n, p: awa_weights(p, cfg.beta, "inverse")),
-        Variant("fixed", offline=True, online=True, weights=lambda e, n, p: (0.5 * cfg.beta, 0.5 * cfg.beta)),
+                weights=lambda _e, _n, p: awa_weights(p, cfg.beta, "inverse")),
+        Variant("fixed", offline=True, online=True, weights=lambda _e, _n, _p: (0.5 * cfg.beta, 0.5 * cfg.beta)),
     )
 
 

@@ -55,8 +55,8 @@ class HCConfig:
 
 def noise_variant(sigma: float) -> LossFn:
     """CE with N(0, sigma^2) noise added to the output embeddings (and bias untouched) at every training step."""
-    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, teacher: nn.Module | None, step: int,
-                total: int) -> dict[str, Tensor]:
+    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, _teacher: nn.Module | None, _step: int,
+                _total: int) -> dict[str, Tensor]:
         weight = model.out.weight
         noisy = weight + sigma * torch.randn_like(weight)
         logits = F.linear(model.hidden(inputs), noisy, model.out.bias).reshape(-1, weight.shape[0])
@@ -65,7 +65,7 @@ def noise_variant(sigma: float) -> LossFn:
 
 
 def skd_variant(cfg: HCConfig) -> LossFn:
-    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, teacher: nn.Module | None, step: int,
+    def loss_fn(model: GRULM, inputs: Tensor, targets: Tensor, _teacher: nn.Module | None, step: int,
                 total: int) -> dict[str, Tensor]:
         logits = model(inputs).reshape(-1, model.out.out_features)
         alpha = linear_ramp(step, int(cfg.ramp_fraction * total), 0.0, cfg.alpha_max)

@@ -25,10 +25,10 @@ class Teacher(Protocol):
 class _Hooks:
     """No-op hooks for teachers that do not follow the student."""
 
-    def on_step_end(self, student: nn.Module) -> None:
+    def on_step_end(self, student: nn.Module) -> None:  # noqa: ARG002 (the hook protocol's signature)
         return None
 
-    def on_epoch_end(self, student: nn.Module, val_metric: float | None = None) -> None:
+    def on_epoch_end(self, student: nn.Module, val_metric: float | None = None) -> None:  # noqa: ARG002
         return None
 
 
