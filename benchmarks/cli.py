@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmarks.compare import PEERS
+from benchmarks.matrix import ResultsMatrix
+from benchmarks.runner import RunConfig
 from core.atomic import write_text_atomic
+from core.cli_args import Flag, ModelArgs
 from core.data import DatasetError
 from core.progress import setup_logging
 from indexer.store import IndexUnavailableError
@@ -35,101 +41,104 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "processor": platform.processor() or platform.machine()}
 
 
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchOptions(_Options):
+    """``search``: the run's quality and latency measurements on an existing index."""
+
+    index: Path = Field(description="index of a Karpathy split with both sides (e.g. test)")
+    output: Path = Field(description="JSON report path")
+    # the run's own options: one default for both
+    latency_queries: int = RunConfig.model_fields["latency_queries"]
+    candidate_k: int = RunConfig.model_fields["candidate_k"]
+    skip_quality: bool = Field(False, description="latency and size only")
+    http: bool = Field(False, description="also measure HTTP overhead through a uvicorn server")
+
+
+class SyntheticOptions(_Options):
+    """``synthetic``: latency per mode on a synthetic corpus shaped like a real index's images."""
+
+    index: Path = Field(description="real index: statistics of its images side, its captions as queries")
+    items: int = Field(100_000, gt=0, description="synthetic images generated and indexed")
+    work: Path = Field(Path("artifacts/synthetic"), description="where the synthetic index is built (kept)")
+    queries: int = RunConfig.model_fields["scale_queries"]
+    candidate_k: int = RunConfig.model_fields["candidate_k"]
+    output: Path = Field(description="JSON report path")
+
+
+class ReportOptions(_Options):
+    """``report``: JSON reports of ``search`` and ``synthetic`` as Markdown."""
+
+    search: tuple[Path, ...] = Field(min_length=1, description="JSONs of `benchmarks search`")
+    synthetic: tuple[Path, ...] = Field((), description="JSONs of `benchmarks synthetic`")
+    output: Path = Field(description="Markdown path")
+    notes: Path = Field(Path("docs/benchmarks/earlier/notes.md"), description="hand-written notes appended if present")
+
+
+# flags keep the names the Makefile, scripts and docs use; help only where the field has no description
+_RUN_FLAGS: dict[str, str | Flag] = {
+    "checkpoint": Flag(help="Duet checkpoint directory (e.g. runs/skd/best)"),
+    "split": Flag(help="the Karpathy split indexed and measured"),
+    "image_root": Flag(help="image root when not <data>/images (MSCOCO: the folder with val2014/)"),
+    "index": Flag(help="an existing index of the split, bound to --checkpoint"),
+    "cache_root": Flag(help="feature cache (shared with training: a trained dataset's cache is reused)"),
+    "peers": Flag(help=f"engines compared on the same vectors, a subset of {', '.join(PEERS)}; '' for none"),
+    "scales": Flag(help="synthetic corpus sizes; '' for none"),
+    "knob_scales": Flag(help="synthetic sizes at which each approximate engine's search-time knob is swept; "
+                        "'' for none"),
+    "knob_grid": "--knob",
+    "candidate_k": Flag(help="hybrid candidates per leg"),
+    "latency_queries": Flag(help="queries timed one at a time"),
+    "scale_queries": Flag(help="queries timed at each synthetic scale"),
+    "weight_grid": Flag(help="w_dense shares of the weight sweep"),
+    "prune_terms": Flag(help="terms kept per vector in the pruning sweep"),
+}
+RUN_ARGS = ModelArgs(RunConfig, flags=_RUN_FLAGS)
+# ``check``: the matrix fixes dataset, split and stages
+CHECK_ARGS = ModelArgs(RunConfig, include=("checkpoint", "data", "work", "cache_root"), flags={
+    **_RUN_FLAGS, "checkpoint": Flag(required=False, help="default: the matrix's checkpoint")})
+SEARCH_ARGS = ModelArgs(SearchOptions, flags={k: _RUN_FLAGS[k] for k in ("latency_queries", "candidate_k")})
+SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="queries timed per mode"),
+                                                    "candidate_k": _RUN_FLAGS["candidate_k"]})
+REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synthetic": Flag(nargs=True)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_parsers(sub)
-    p = sub.add_parser("search", help="quality (R@1/5/10, both directions), latency, size and HTTP overhead")
-    p.add_argument("--index", required=True, help="index of a Karpathy split with both sides (e.g. test)")
-    p.add_argument("--output", required=True, help="JSON report path")
-    p.add_argument("--latency-queries", type=int, default=200)
-    p.add_argument("--candidate-k", type=int, default=100)
-    p.add_argument("--skip-quality", action="store_true")
-    p.add_argument("--http", action="store_true", help="also measure HTTP overhead through a uvicorn server")
-    p = sub.add_parser("synthetic", help="latency per mode on a synthetic corpus following a real index's statistics")
-    p.add_argument("--index", required=True, help="real index: statistics of its images side, its captions as queries")
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--work", default="artifacts/synthetic", help="where the synthetic index is built (kept)")
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--candidate-k", type=int, default=100)
-    p.add_argument("--output", required=True)
-    p = sub.add_parser("report", help="render JSON reports as Markdown")
-    p.add_argument("--search", nargs="+", required=True, help="JSONs of `benchmarks search`")
-    p.add_argument("--synthetic", nargs="*", default=[], help="JSONs of `benchmarks synthetic`")
-    p.add_argument("--output", required=True)
-    p.add_argument("--notes", default="docs/benchmarks/earlier/notes.md", help="hand-written notes appended if present")
-    return parser
-
-
-def _add_run_parsers(sub: Any) -> None:
-    from benchmarks.knobs import KnobGrid
-    from benchmarks.runner import RunConfig
-
     p = sub.add_parser("run", help="the full report for one Karpathy dataset split (JSON, Markdown, PNG plots)")
-    p.add_argument("--checkpoint", required=True, help="Duet checkpoint directory (e.g. runs/skd/best)")
-    p.add_argument("--dataset", default="flickr8k", help="flickr8k | flickr30k | mscoco")
-    p.add_argument("--data", help="dataset directory (Karpathy JSON + images/); default: the preset's")
-    p.add_argument("--image-root", help="image root when not <data>/images (MSCOCO: the folder with val2014/)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--work", default=str(RunConfig.model_fields["work"].default))
-    p.add_argument("--index", help="an existing index of the split, bound to --checkpoint")
-    p.add_argument("--cache-root", default=str(RunConfig.model_fields["cache_root"].default),
-                   help="feature cache (shared with training: a trained dataset's cache is reused)")
-    p.add_argument("--peers", default=",".join(RunConfig.model_fields["peers"].default),
-                   help="comma-separated subset of hnsw,milvus,seismic ('' for none)")
-    p.add_argument("--scales", default=",".join(map(str, RunConfig.model_fields["scales"].default)),
-                   help="synthetic corpus sizes, comma-separated ('' for none)")
-    p.add_argument("--knob-scales", default=",".join(map(str, RunConfig.model_fields["knob_scales"].default)),
-                   help="synthetic sizes at which each approximate engine's search-time knob is swept ('' for none)")
-    grid = KnobGrid()
-    p.add_argument("--knob-candidate-k", default=",".join(map(str, grid.candidate_k)),
-                   help="Duet hybrid candidates per leg to sweep")
-    p.add_argument("--knob-ef-search", default=",".join(map(str, grid.ef_search)), help="FAISS HNSW efSearch values")
-    p.add_argument("--knob-query-cut", default=",".join(map(str, grid.query_cut)), help="Seismic query_cut values")
-    p.add_argument("--stages", default=",".join(RunConfig.model_fields["stages"].default))
-    p.add_argument("--prune-terms", default=",".join(map(str, RunConfig.model_fields["prune_terms"].default)))
-    p.add_argument("--weight-grid", default=",".join(map(str, RunConfig.model_fields["weight_grid"].default)))
-    p.add_argument("--latency-queries", type=int, default=200)
-    p.add_argument("--scale-queries", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1, help="threads for one-query latency (every engine)")
-    p.add_argument("--batch-threads", type=int, default=2, help="threads for batched throughput and builds")
+    RUN_ARGS.add_to(p)
     p.add_argument("--resume", action="store_true",
                    help="skip the sections an interrupted run (report.partial.json) or, failing that, the finished "
                         "report.json in --out already measured for this checkpoint and configuration")
     p = sub.add_parser("check", help="re-run a results matrix's conditions; OK/FAIL per row, exit 1 on any FAIL")
     p.add_argument("--matrix", required=True, help="matrix JSON (e.g. benchmarks/matrix/flickr8k-test.json)")
-    p.add_argument("--checkpoint", help="default: the matrix's checkpoint")
-    p.add_argument("--data", help="dataset directory; default: the preset's")
-    p.add_argument("--work", default=str(RunConfig.model_fields["work"].default))
-    p.add_argument("--cache-root", default=str(RunConfig.model_fields["cache_root"].default))
+    CHECK_ARGS.add_to(p)
     p.add_argument("--output", help="also write the verdicts as JSON here")
     p = sub.add_parser("render", help="redraw README.md and the plots of a run from its report.json")
     p.add_argument("--report", required=True, help="report.json of `run` (outputs go beside it)")
     p = sub.add_parser("record-matrix", help="write a results matrix from a run report (expected = measured)")
     p.add_argument("--report", required=True, help="report.json of `run`")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="matrix JSON path")
+    SEARCH_ARGS.add_to(sub.add_parser("search", help="quality (R@1/5/10, both directions), latency, size and HTTP "
+                                      "overhead"))
+    SYNTHETIC_ARGS.add_to(sub.add_parser("synthetic", help="latency per mode on a synthetic corpus following a real "
+                                         "index's statistics"))
+    REPORT_ARGS.add_to(sub.add_parser("report", help="render JSON reports as Markdown"))
+    return parser
 
 
-def _csv(text: str, kind: type) -> tuple:
-    return tuple(kind(x) for x in text.split(",") if x.strip())
+def run_config(args: argparse.Namespace) -> RunConfig:
+    return RUN_ARGS.build(args)
 
 
-def run_config(args: argparse.Namespace) -> Any:
-    from benchmarks.knobs import KnobGrid
-    from benchmarks.runner import RunConfig
-
-    return RunConfig(checkpoint=args.checkpoint, dataset=args.dataset, data=args.data, image_root=args.image_root,
-                     split=args.split, out=args.out, work=args.work, index=args.index, peers=_csv(args.peers, str),
-                     scales=_csv(args.scales, int), knob_scales=_csv(args.knob_scales, int),
-                     knob_grid=KnobGrid(candidate_k=_csv(args.knob_candidate_k, int),
-                                        ef_search=_csv(args.knob_ef_search, int),
-                                        query_cut=_csv(args.knob_query_cut, int)),
-                     stages=_csv(args.stages, str),
-                     prune_terms=_csv(args.prune_terms, int), weight_grid=_csv(args.weight_grid, float),
-                     latency_queries=args.latency_queries, scale_queries=args.scale_queries, threads=args.threads,
-                     batch_threads=args.batch_threads, cache_root=args.cache_root)
+def check_config(args: argparse.Namespace, matrix: ResultsMatrix, out: Path) -> RunConfig:
+    """The run a matrix's check re-does: the matrix's dataset, split, stages and (unless given) checkpoint."""
+    return CHECK_ARGS.build(args, checkpoint=matrix.checkpoint, dataset=matrix.dataset, split=matrix.split,
+                            stages=matrix.stages(), out=out)
 
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -158,15 +167,12 @@ def render_outputs(report_path: Path) -> None:
 
 
 def command_check(args: argparse.Namespace) -> int:
-    from benchmarks.matrix import ResultsMatrix, check, render
-    from benchmarks.runner import RunConfig, run
+    from benchmarks.matrix import check, render
+    from benchmarks.runner import run
 
     matrix = ResultsMatrix.load(args.matrix)
     with tempfile.TemporaryDirectory(prefix="duet-check-") as tmp:
-        config = RunConfig(checkpoint=args.checkpoint or matrix.checkpoint, dataset=matrix.dataset, data=args.data,
-                           split=matrix.split, out=tmp, work=args.work, stages=matrix.stages(),
-                           cache_root=args.cache_root)
-        report = run(config)
+        report = run(check_config(args, matrix, Path(tmp)))
     verdicts = check(matrix, report)
     sys.stdout.write(render(verdicts) + "\n")
     if args.output:
@@ -174,12 +180,12 @@ def command_check(args: argparse.Namespace) -> int:
     return 1 if any(v["status"] == "FAIL" for v in verdicts) else 0
 
 
-def render_report(args: argparse.Namespace) -> str:
+def render_report(options: ReportOptions) -> str:
     from benchmarks.report import latency_table, quality_table, size_table
 
     lines = ["# Search benchmarks (generated by `python -m benchmarks report`)", ""]
-    for path in args.search:
-        search = json.loads(Path(path).read_text())
+    for path in options.search:
+        search = json.loads(path.read_text())
         lines += [f"## Index `{search['index']}`", "", f"Machine: {search['machine']}.", "",
                   "### Quality through the index (Lucene impact search, FAISS, hybrid rescoring)", "",
                   *quality_table(search), "",
@@ -190,70 +196,70 @@ def render_report(args: argparse.Namespace) -> str:
             lines += ["### HTTP overhead (uvicorn, 127.0.0.1, hybrid text queries)", "",
                       f"client p50 {h['client_ms']['p50']:.1f} ms, server-side p50 {h['server_ms']['p50']:.1f} ms: "
                       f"overhead {h['overhead_p50_ms']:.1f} ms = {100 * h['overhead_share_of_p50']:.1f}% of p50.", ""]
-    for path in args.synthetic:
-        syn = json.loads(Path(path).read_text())
+    for path in options.synthetic:
+        syn = json.loads(path.read_text())
         lines += [f"## Synthetic corpus, {syn['items']:,} items, statistics of `{syn['statistics_of']}` images", "",
                   f"Statistics: {syn['statistics']}; synthetic mean terms {syn['synthetic_mean_terms']:.1f}; "
                   f"Lucene build {syn['sparse_build_items_per_second']:.0f} items/s on 2 threads "
                   f"(collection writing included, encoding excluded).", "",
                   *latency_table(syn["latency_one_thread"]), "", *size_table(syn["sizes"]), ""]
-    notes = Path(args.notes)
-    if notes.is_file():
-        lines += [notes.read_text()]
+    if options.notes.is_file():
+        lines += [options.notes.read_text()]
     return "\n".join(lines)
 
 
-def run_search(args: argparse.Namespace) -> dict[str, Any]:
+def run_search(options: SearchOptions) -> dict[str, Any]:
     from benchmarks.search_bench import latency, quality, single_thread, sizes
     from indexer.search import SearchEngine
 
-    engine = SearchEngine(args.index)
-    report: dict[str, Any] = {"index": args.index, "machine": machine(), "manifest_build": engine.manifest.build}
+    engine = SearchEngine(options.index)
+    report: dict[str, Any] = {"index": str(options.index), "machine": machine(),
+                              "manifest_build": engine.manifest.build}
     report["sizes"] = sizes(engine)
-    if not args.skip_quality:
+    if not options.skip_quality:
         started = time.perf_counter()
-        report["quality"] = quality(engine, candidate_k=args.candidate_k)
+        report["quality"] = quality(engine, candidate_k=options.candidate_k)
         report["quality_seconds"] = time.perf_counter() - started
     texts = [item["text"] for item in engine.stores["texts"].items]
-    step = max(1, len(texts) // args.latency_queries)
-    sample = texts[::step][:args.latency_queries]
+    step = max(1, len(texts) // options.latency_queries)
+    sample = texts[::step][:options.latency_queries]
     single_thread()
-    report["latency_one_thread"] = latency(engine, queries=args.latency_queries, candidate_k=args.candidate_k,
+    report["latency_one_thread"] = latency(engine, queries=options.latency_queries, candidate_k=options.candidate_k,
                                            texts=sample)
-    if args.http:
+    if options.http:
         from benchmarks.http_bench import http_overhead
 
-        report["http"] = http_overhead(Path(args.index), sample[:100])
+        report["http"] = http_overhead(options.index, sample[:100])
     return report
 
 
-def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
+def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
     from benchmarks.search_bench import latency, single_thread, sizes
     from benchmarks.synthetic import CorpusStatistics, generate
     from indexer.build import IndexBuildConfig, publish_index
     from indexer.search import SearchEngine
 
-    real = SearchEngine(args.index)
+    items, statistics_of = options.items, str(options.index)
+    real = SearchEngine(options.index)
     stats = CorpusStatistics.of(real.stores["images"])
-    encoded = generate(stats, args.items)
-    out = Path(args.work) / f"synthetic-{args.items}"
+    encoded = generate(stats, items)
+    out = options.work / f"synthetic-{items}"
     config = IndexBuildConfig(checkpoint=Path(real.manifest.checkpoint.path), output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]))
     started = time.perf_counter()
-    manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(args.items)],
-                                                               encoded)},
-                             {"name": f"synthetic-{args.items}", "source": "synthetic", "root": tempfile.gettempdir(),
-                              "splits": [], "statistics_of": args.index})
+    manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(items)], encoded)},
+                             {"name": f"synthetic-{items}", "source": "synthetic", "root": tempfile.gettempdir(),
+                              "splits": [], "statistics_of": statistics_of})
     build_seconds = time.perf_counter() - started
     synthetic = SearchEngine(out, encoder=real.encoder)
     # Queries: the real index's captions (stored vectors), searched against the synthetic images.
     synthetic.stores["texts"] = real.stores["texts"]
     single_thread()
-    return {"items": args.items, "statistics_of": args.index, "machine": machine(), "statistics": stats.summary(),
+    return {"items": items, "statistics_of": statistics_of, "machine": machine(), "statistics": stats.summary(),
             "synthetic_mean_terms": manifest.sides["images"].mean_terms, "build_seconds": build_seconds,
             "build_timings": manifest.build["timings"], "sizes": sizes(synthetic),
-            "sparse_build_items_per_second": args.items / manifest.build["timings"]["images_sparse_seconds"],
-            "latency_one_thread": latency(synthetic, queries=args.queries, candidate_k=args.candidate_k)}
+            "sparse_build_items_per_second": items / manifest.build["timings"]["images_sparse_seconds"],
+            "latency_one_thread": latency(synthetic, queries=options.queries, candidate_k=options.candidate_k)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,14 +280,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_text_atomic(args.output, record(json.loads(Path(args.report).read_text()), source=args.report))
             return 0
         if args.command == "report":
-            write_text_atomic(args.output, render_report(args))
+            options = REPORT_ARGS.build(args)
+            write_text_atomic(options.output, render_report(options))
             return 0
-        report = run_search(args) if args.command == "search" else run_synthetic(args)
+        if args.command == "search":
+            search = SEARCH_ARGS.build(args)
+            output, report = search.output, run_search(search)
+        else:
+            synthetic = SYNTHETIC_ARGS.build(args)
+            output, report = synthetic.output, run_synthetic(synthetic)
     except (IndexUnavailableError, DatasetError, FileNotFoundError, ValueError) as e:
         _logger.error("%s", e)
         return 2
-    write_text_atomic(args.output, json.dumps(report, indent=2))
-    _logger.info("wrote %s", args.output)
+    write_text_atomic(output, json.dumps(report, indent=2))
+    _logger.info("wrote %s", output)
     return 0
 
 

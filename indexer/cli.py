@@ -7,11 +7,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from core.checkpoint import CheckpointError
+from core.cli_args import Flag, ModelArgs
 from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
@@ -23,45 +23,38 @@ USER_ERRORS = (DatasetError, CheckpointError, CorruptImageError, IndexUnavailabl
                ValidationError, ValueError)
 
 
+# flags keep the names scripts and docs use; --data/--folder (dataset and source together) are added by hand
+BUILD_ARGS = ModelArgs(IndexBuildConfig, exclude=("source", "dataset"), flags={
+    "output": Flag(("--out",), help="index directory to publish (replaced only when complete)"),
+    "sparse_scale": "--scale",
+    "splits": Flag(help="Karpathy splits, e.g. test or train,val,test"),
+    "cache_root": Flag(help="feature cache root (shared with training)"),
+    "threads": Flag(help="threads of the Lucene index build"),
+    "batch_size": Flag(help="images or captions encoded per batch"),
+    "device": Flag(help="torch device of the encoder, e.g. cuda"),
+})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="encode a collection and publish its indexes (atomically)")
-    p.add_argument("--checkpoint", required=True, help="Duet checkpoint directory, e.g. runs/skd/best")
-    p.add_argument("--out", required=True, help="index directory to publish (replaced only when complete)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", help="Karpathy-format dataset directory (default: the DUET_DATA setting)")
     source.add_argument("--folder", help="a plain folder of images (optional metadata.jsonl with captions)")
-    p.add_argument("--image-root", help="image root of the Karpathy dataset (default <data>/images)")
-    p.add_argument("--splits", default="test", help="comma-separated Karpathy splits, e.g. test or train,val,test")
-    p.add_argument("--faiss-factory", default="Flat", help="FAISS index_factory string (inner product)")
-    p.add_argument("--scale", type=float, default=100.0, help="sparse impact quantisation: round(weight * scale)")
-    p.add_argument("--prune-image-terms", type=int, help="keep each image's top-k terms")
-    p.add_argument("--prune-text-terms", type=int, help="keep each text's top-k terms")
-    p.add_argument("--cache-root", default="artifacts/cache", help="feature cache root (shared with training)")
-    p.add_argument("--skip-corrupt", action="store_true", help="list and skip unreadable images")
-    p.add_argument("--threads", type=int, default=2)
+    BUILD_ARGS.add_to(p)
     p = sub.add_parser("verify", help="check an index's counts, ids and file hashes")
-    p.add_argument("--index", required=True)
+    p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--checkpoint", help="also check the index was built from this checkpoint")
     return parser
 
 
-def _build_config(args: argparse.Namespace) -> IndexBuildConfig:
-    fields: dict[str, object] = {
-        "checkpoint": args.checkpoint, "output": args.out, "splits": tuple(s for s in args.splits.split(",") if s),
-        "faiss_factory": args.faiss_factory, "sparse_scale": args.scale, "prune_image_terms": args.prune_image_terms,
-        "prune_text_terms": args.prune_text_terms, "cache_root": args.cache_root, "skip_corrupt": args.skip_corrupt,
-        "threads": args.threads,
-    }
+def build_config(args: argparse.Namespace) -> IndexBuildConfig:
     if args.folder:
-        fields.update(source="folder", dataset=args.folder)
-    else:
-        fields.update(source="karpathy", image_root=args.image_root)
-        if args.data:
-            fields["dataset"] = args.data
-    return IndexBuildConfig.model_validate(fields)
+        return BUILD_ARGS.build(args, source="folder", dataset=args.folder)
+    # no --data: the field's own default (the DUET_DATA setting) applies
+    return BUILD_ARGS.build(args, source="karpathy", **({"dataset": args.data} if args.data else {}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         if args.command == "build":
-            manifest = build_index(_build_config(args))
+            config = build_config(args)
+            manifest = build_index(config)
             summary = {side: {"count": s.count, "mean_terms": round(s.mean_terms, 1), "bytes": s.bytes}
                        for side, s in manifest.sides.items()}
-            print(json.dumps({"index": str(Path(args.out)), "sides": summary,  # noqa: T201
+            print(json.dumps({"index": str(config.output), "sides": summary,  # noqa: T201
                               "timings": manifest.build["timings"]}, indent=2))
         else:
             print(json.dumps(verify_index(args.index, checkpoint=args.checkpoint), indent=2))  # noqa: T201

@@ -3,42 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Sequence
 
+from core.cli_args import Flag, ModelArgs
 from core.progress import setup_logging
 from service.settings import ServiceSettings
+
+_logger = logging.getLogger("service")
+# one flag per setting; an absent flag leaves it to DUET_* in the environment, else ServiceSettings' default
+SETTINGS_ARGS = ModelArgs(ServiceSettings, flags={
+    "index_dir": "--index", "host": Flag(help="address to listen on"), "port": Flag(help="port to listen on")})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    # no defaults here: an absent flag leaves the setting to DUET_* in the environment, else ServiceSettings
-    parser.add_argument("--index", dest="index_dir", help="index directory built by `python -m indexer` "
-                        "(DUET_INDEX_DIR; default indexes/flickr8k)")
-    parser.add_argument("--checkpoint", help="checkpoint to load (DUET_CHECKPOINT; default: the one the index was "
-                        "built from)")
-    parser.add_argument("--collection-root", help="image root (DUET_COLLECTION_ROOT; default: the one recorded in "
-                        "the index)")
-    parser.add_argument("--host", help="DUET_HOST; default 127.0.0.1")
-    parser.add_argument("--port", type=int, help="DUET_PORT; default 8000")
+    SETTINGS_ARGS.add_to(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> ServiceSettings:
     """The flags given, over the environment's DUET_* settings, over the defaults."""
-    flags = {name: getattr(args, name) for name in ("index_dir", "checkpoint", "collection_root", "host", "port")}
-    return ServiceSettings(**{name: value for name, value in flags.items() if value is not None})
+    return SETTINGS_ARGS.build(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    try:
+        settings = settings_from(args)
+    except ValueError as e:  # a flag or DUET_* value the settings reject
+        _logger.error("%s", e)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import uvicorn
 
     from service.app import create_app
 
-    settings = settings_from(args)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower())
     return 0
