@@ -7,23 +7,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from core.progress import setup_logging
 from training.config import TrainConfig, build_config
-from training.presets import ALIASES, PRESETS
+from training.methods import METHODS
+from training.presets import LIT_BASE, PRESETS, STANDALONE_PRESETS
 
 _logger = logging.getLogger("training")
-
-METHOD_HELP = {
-    "align": "LiT-style alignment of the frozen towers' projections (the dense base)",
-    "skd": "the paper's joint sparse-dense training with self-knowledge distillation",
-    "dense": "baseline: projections only, dense InfoNCE",
-    "d2s": "baseline: sparse head distilled from the frozen dense model (D2S)",
-    "no-kd": "ablation: the joint losses without distillation",
-    "frozen": "ablation: SKD with the final layer (projections) frozen",
-    "grounded": "SKD with readable, truly sparse terms: captions and queries are their own content words, images "
-                "ground on caption words within a term budget (the default model)",
-}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -33,23 +24,33 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset directory (shortcut for --set data.dataset_dir=...)")
 
 
-def _config(args: argparse.Namespace, method: str) -> TrainConfig:
+def _config(args: argparse.Namespace, base: dict[str, Any]) -> TrainConfig:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.dataset_dir={args.data}")
-    return build_config(PRESETS[method], config_file=args.config, overrides=overrides)
+    return build_config(base, config_file=args.config, overrides=overrides)
+
+
+def _add_train_args(p: argparse.ArgumentParser, base: dict[str, Any]) -> None:
+    _add_config_args(p)
+    p.add_argument("--run-dir", required=True, help="output directory (best/, results.json, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --run-dir")
+    p.set_defaults(train_base=base)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in METHOD_HELP.items():
-        p = sub.add_parser(name, help=text, description=text)
-        _add_config_args(p)
-        p.add_argument("--run-dir", required=True, help="output directory (best/, results.json, metrics.jsonl)")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-        p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --run-dir")
+    # One training command per registered method (its preset, or the bare method), then the named presets.
+    for m in METHODS.values():
+        base = PRESETS[m.preset] if m.preset is not None else {"method": m.name}
+        _add_train_args(sub.add_parser(m.name, help=m.description, description=m.description), base)
+        for alias in m.aliases:  # accepted, but without help= argparse leaves them out of the command list
+            _add_train_args(sub.add_parser(alias, description=m.description), base)
+    for name, text in STANDALONE_PRESETS.items():
+        _add_train_args(sub.add_parser(name, help=text, description=text), PRESETS[name])
     p = sub.add_parser("cache", help="compute the feature cache of a dataset (resumable)")
     _add_config_args(p)
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split (exact scoring)")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--images", type=int, default=512, help="images for the throughput probe")
     p.add_argument("--steps", type=int, default=20, help="optimiser steps per method")
-    p.add_argument("--init-checkpoint", default="runs/align/best", help="LiT base for the step probe")
+    p.add_argument("--init-checkpoint", default=LIT_BASE, help="LiT base for the step probe")
     p.add_argument("--output", help="write the measurements JSON here")
     p = sub.add_parser("probe", help="the readability ceiling: a linear multi-label word probe on the frozen image "
                        "features (GP@k on val and test)")
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default="docs/results-notes.md", help="hand-written analysis appended if present")
     p.add_argument("--probe", default="docs/readability-probe.json",
                    help="the word probe's figures (python -m training probe --output ...), shown as the ceiling")
+    # the usage line lists the commands shown in the help, not the older spellings
+    aliases = {alias for m in METHODS.values() for alias in m.aliases}
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in aliases) + "}"
     return parser
 
 
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "cache":
-            config = _config(args, "align")
+            config = _config(args, PRESETS["align"])
             ws = trainer.prepare_workspace(config)
             _logger.info("feature cache ready: %s (%d images, %d captions)", ws.cache.directory,
                          len(ws.cache.images.ids), len(ws.cache.texts.ids))
@@ -101,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _probe(args)
         if args.command == "speed":
             return _speed(args)
-        method = ALIASES.get(args.command, args.command)
-        config = _config(args, method)
+        config = _config(args, args.train_base)
         results = trainer.train(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
         summary = {leg: results["test"][leg]["t2i"] for leg in ("dense", "sparse", "integrated")}
         _logger.info("test (val-selected epoch %d): %s", results["best_epoch"], json.dumps(summary))
@@ -119,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_model
     from training.features import split_features
 
-    config = _config(args, "align")
+    config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
     features = split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer)
@@ -139,7 +142,7 @@ def _probe(args: argparse.Namespace) -> int:
     from training.features import split_features
     from training.probe import train_probe
 
-    config = _config(args, "align")
+    config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     splits = {name: split_features(ws.dataset, ws.cache, getattr(config.data, f"{name}_split"),
                                    tokenizer=ws.backbone.tokenizer) for name in ("train", "val", "test")}
@@ -202,7 +205,7 @@ def _report(args: argparse.Namespace) -> int:
     pruned: dict[str, list[dict[str, object]]] = {}
     skd = runs / "skd" / "best"
     if skd.is_dir():
-        config = _config(args, "align")
+        config = _config(args, PRESETS["align"])
         ws = trainer.prepare_workspace(config)
         model = load_checkpoint(skd, expected_fingerprint=ws.backbone.fingerprint).model
         for split in ("val", "test"):
@@ -247,7 +250,7 @@ def _speed(args: argparse.Namespace) -> int:
     from training import trainer
     from training.speed import step_seconds, tower_throughput
 
-    base = _config(args, "align")
+    base = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(base)
     out: dict[str, object] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                           "torch_threads": torch.get_num_threads(),

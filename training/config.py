@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.config import ModelConfig
 from core.data import dataset_dir_setting
-
-Method = Literal["align", "dense", "skd", "no_kd", "frozen_final", "d2s"]
+from training.methods import METHODS, TrainingMethod, method
 
 
 class _Strict(BaseModel):
@@ -78,7 +77,7 @@ class LossConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    method: Method = "skd"
+    method: str = Field("skd", description=f"training method: one of {', '.join(METHODS)}")
     preset: str | None = Field(None, description="the named preset this run follows (recorded in the checkpoint)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -98,16 +97,26 @@ class TrainConfig(_Strict):
         None, ge=0, le=1, description="model selection: only epochs whose val GP@10 reaches this floor compete on "
         "R@1 (below it, higher GP@10 wins), so selection cannot drift back to latent terms")
 
+    @field_validator("method")
+    @classmethod
+    def _canonical_method(cls, name: str) -> str:
+        # older spellings in config files and --set are read as the method they name, stored under its name
+        return method(name).name
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.method != "align" and self.init_checkpoint is None:
+        if self.training_method.from_lit_base and self.init_checkpoint is None:
             raise ValueError(f"method {self.method!r} starts from the LiT base: set init_checkpoint")
         return self
 
     @property
+    def training_method(self) -> TrainingMethod:
+        return METHODS[self.method]
+
+    @property
     def selection_metric(self) -> str:
-        """Early stopping / model selection: val t2i R@1 of the sparse leg (dense leg for dense-only methods)."""
-        return "dense" if self.method in ("align", "dense") else "sparse"
+        """Early stopping / model selection: val t2i R@1 of the method's selection leg."""
+        return self.training_method.selection_leg
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.methods import METHODS, TrainingMethod
+
 LIT_BASE = "runs/align/best"
 
 # Chosen on val (docs/results.md): large in-batch negatives, a 10x smaller LR for the already aligned
@@ -33,15 +35,23 @@ GROUNDED: dict[str, Any] = {
     "selection_gp10_floor": 0.40,
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "align": {"method": "align", "optim": {"lr": 2e-3, "epochs": 20, "batch_size": 4096}, "patience": 4},
-    "dense": {"method": "dense", "init_checkpoint": LIT_BASE, **_COMMON},
-    "skd": {"method": "skd", "init_checkpoint": LIT_BASE, **_COMMON},
-    "no_kd": {"method": "no_kd", "init_checkpoint": LIT_BASE, **_COMMON},
-    "frozen_final": {"method": "frozen_final", "init_checkpoint": LIT_BASE, **_COMMON},
-    "d2s": {"method": "d2s", "init_checkpoint": LIT_BASE, **_COMMON},
-    "grounded": GROUNDED,
+# A method that does not start from the LiT base (align: it makes that base) trains the projections from their
+# initial weights, at a higher LR on larger batches; every other method's preset starts from the LiT base.
+_FROM_SCRATCH: dict[str, Any] = {"optim": {"lr": 2e-3, "epochs": 20, "batch_size": 4096}, "patience": 4}
+
+# Named presets that are not one method's default, with their one-line description (the CLI offers each).
+STANDALONE_PRESETS: dict[str, str] = {
+    "grounded": "SKD with readable, truly sparse terms: captions and queries are their own content words, images "
+                "ground on caption words within a term budget (the default model)",
 }
 
-# CLI spellings
-ALIASES = {"no-kd": "no_kd", "frozen": "frozen_final", "frozen-final": "frozen_final"}
+
+def _method_preset(method: TrainingMethod) -> dict[str, Any]:
+    start = {"init_checkpoint": LIT_BASE, **_COMMON} if method.from_lit_base else _FROM_SCRATCH
+    return {"method": method.name, **start}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    **{m.preset: _method_preset(m) for m in METHODS.values() if m.preset is not None},
+    "grounded": GROUNDED,
+}

@@ -6,15 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ROWS = (  # (run directory name, label, legs shown)
-    ("align", "LiT base (align)", ("dense",)),
-    ("dense", "dense baseline", ("dense",)),
-    ("d2s", "D2S (sparse from frozen dense)", ("sparse",)),
-    ("no_kd", "no-KD ablation", ("dense", "sparse", "integrated")),
-    ("frozen_final", "frozen final layer", ("dense", "sparse", "integrated")),
-    ("skd", "SKD (ours)", ("dense", "sparse", "integrated")),
-)
-
+from training.methods import METHODS, TrainingMethod
 
 # The grounded-sparse options of scripts/grounding_sweep.sh, in the order the report shows them: runs/grounding/NAME.
 GROUNDING_RUNS = (
@@ -42,12 +34,22 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
+def method_run(runs: Path, method: TrainingMethod) -> Path:
+    """runs/<name>, or a run directory under an older spelling of the method when only that one exists."""
+    for name in (method.name, *method.aliases):
+        if (runs / name / "results.json").is_file():
+            return runs / name
+    return runs / method.name
+
+
 def results_table(runs: Path, split: str = "test") -> str:
+    """One row per registered method and leg it trains, from runs/<method>/results.json."""
     header = ("| model | leg | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | terms/caption | "
               "terms/image | FLOPs | best epoch | train s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for name, label, legs in ROWS:
-        path = runs / name / "results.json"
+    for method in METHODS.values():
+        label, legs = method.label, method.trained_legs
+        path = method_run(runs, method) / "results.json"
         if not path.is_file():
             lines.append(f"| {label} | (not run: {path} missing) |" + " |" * 11)
             continue

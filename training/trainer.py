@@ -37,22 +37,13 @@ from training.losses import (
     sparsity_loss,
     word_loss,
 )
+from training.methods import method
 
 _logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 RESULTS_FILE = "results.json"
 METRICS_LOG = "metrics.jsonl"
-
-# Which parameter groups each method trains (DuetModel.trainable_groups names).
-TRAINABLE: dict[str, tuple[str, ...]] = {
-    "align": ("projections", "temperature"),
-    "dense": ("projections", "temperature"),
-    "skd": ("projections", "sparse_head", "temperature"),
-    "no_kd": ("projections", "sparse_head", "temperature"),
-    "frozen_final": ("sparse_head", "temperature"),
-    "d2s": ("sparse_head",),
-}
 
 
 class RunDirectoryError(ValueError):
@@ -156,20 +147,21 @@ def training_texts(model: DuetModel, split: SplitFeatures, term_idf: torch.Tenso
     return TrainingTexts(columns, OwnTerms(bow_columns, values))
 
 
-def set_trainable(model: DuetModel, method: str) -> list[torch.nn.Parameter]:
+def set_trainable(model: DuetModel, name: str) -> list[torch.nn.Parameter]:
+    """Freeze every parameter group but the ones the method ``name`` trains; return those parameters."""
     groups = model.trainable_groups()
     for params in groups.values():
         for p in params:
             p.requires_grad_(False)
-    chosen = [p for name in TRAINABLE[method] for p in groups[name]]
+    chosen = [p for part in method(name).trainable for p in groups[part]]
     for p in chosen:
         p.requires_grad_(True)
     return chosen
 
 
-def optimizer_groups(model: DuetModel, method: str, config: TrainConfig) -> list[dict[str, Any]]:
+def optimizer_groups(model: DuetModel, name: str, config: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: the sparse head at the base LR, projections + temperature at LR * projection_lr_scale."""
-    set_trainable(model, method)
+    set_trainable(model, name)
     groups = model.trainable_groups()
     scale = config.optim.projection_lr_scale
     out = []
@@ -200,9 +192,9 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
     text_columns: each caption's own head columns (needed when ``plan.mask_texts``); bow and same_image: the
     batch images' bag-of-words targets and which rows show the same image (the grounding loss).
     """
-    method, lc = config.method, config.loss
+    spec, lc = config.training_method, config.loss
     temperature = model.clamp_temperature()
-    if method in ("align", "dense"):
+    if spec.relevance == "dense":  # no sparse head in the step
         dense_i2t = model.embed_image(image_features) @ model.embed_text(text_features).T / temperature
         out = {"dense_loss": info_nce(dense_i2t)}
         out["loss"] = out["dense_loss"]
@@ -218,12 +210,12 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
     else:
         text_sparse = model.sparse_head.expanded_text(text_dense, text_features)
         sparse_i2t = images.sparse @ text_sparse.T  # (B, B)
-    if method == "d2s":
+    if spec.relevance == "d2s":
         out = d2s_loss((images.dense @ text_dense.T / plan.d2s_temperature).detach(), sparse_i2t)
     else:
         weights = JointLossWeights(w_dense=lc.w_dense, w_sparse=lc.w_sparse * plan.sparse_share,
                                    lambda_dense=lc.lambda_dense,
-                                   lambda_sparse=lc.lambda_sparse, distill=method != "no_kd",
+                                   lambda_sparse=lc.lambda_sparse, distill=spec.self_distill,
                                    teacher_grad=lc.teacher_grad, t2i_teacher=lc.t2i_teacher)
         out = joint_loss(images.dense @ text_dense.T / temperature, sparse_i2t, weights)
     out.update(sparsity_loss(text_sparse, images.sparse, kind=lc.regularizer,
@@ -294,7 +286,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     model = build_model(config, ws.backbone, term_ids, term_idf).to(device)
     grounding = grounding_reference(ws.backbone, train_split)
     head = config.model.sparse_head
-    sparse_method = config.method not in ("align", "dense")
+    sparse_method = config.training_method.sparse
     grounding_losses = config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0
     texts = training_texts(model, train_split, term_idf, with_bow=grounding_losses) \
         if sparse_method and (head.expansion != "off" or grounding_losses) else None
