@@ -23,8 +23,8 @@ run skd "$RUNS/skd" "${LIT[@]}"
 run grounded "$RUNS/grounded" "${LIT[@]}"
 run dense "$RUNS/dense" "${LIT[@]}"
 run d2s "$RUNS/d2s" "${LIT[@]}"
-run no-kd "$RUNS/no_kd" "${LIT[@]}"
-run frozen "$RUNS/frozen_final" "${LIT[@]}"
+run no_kd "$RUNS/no_kd" "${LIT[@]}"
+run frozen_final "$RUNS/frozen_final" "${LIT[@]}"
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/skd_variants.sh
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/sparsity_sweep.sh
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/grounding_sweep.sh
