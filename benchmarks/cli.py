@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.compare import PEERS
 from benchmarks.matrix import ResultsMatrix
 from benchmarks.runner import RunConfig
 from core.atomic import write_text_atomic
@@ -77,31 +76,14 @@ class ReportOptions(_Options):
     notes: Path = Field(Path("docs/benchmarks/earlier/notes.md"), description="hand-written notes appended if present")
 
 
-# flags keep the names the Makefile, scripts and docs use; help only where the field has no description
-_RUN_FLAGS: dict[str, str | Flag] = {
-    "checkpoint": Flag(help="Duet checkpoint directory (e.g. runs/skd/best)"),
-    "split": Flag(help="the Karpathy split indexed and measured"),
-    "image_root": Flag(help="image root when not <data>/images (MSCOCO: the folder with val2014/)"),
-    "index": Flag(help="an existing index of the split, bound to --checkpoint"),
-    "cache_root": Flag(help="feature cache (shared with training: a trained dataset's cache is reused)"),
-    "peers": Flag(help=f"engines compared on the same vectors, a subset of {', '.join(PEERS)}; '' for none"),
-    "scales": Flag(help="synthetic corpus sizes; '' for none"),
-    "knob_scales": Flag(help="synthetic sizes at which each approximate engine's search-time knob is swept; "
-                        "'' for none"),
-    "knob_grid": "--knob",
-    "candidate_k": Flag(help="hybrid candidates per leg"),
-    "latency_queries": Flag(help="queries timed one at a time"),
-    "scale_queries": Flag(help="queries timed at each synthetic scale"),
-    "weight_grid": Flag(help="w_dense shares of the weight sweep"),
-    "prune_terms": Flag(help="terms kept per vector in the pruning sweep"),
-}
+# flags keep the names the Makefile, scripts and docs use; help comes from the fields' descriptions
+_RUN_FLAGS: dict[str, str | Flag] = {"knob_grid": "--knob"}
 RUN_ARGS = ModelArgs(RunConfig, flags=_RUN_FLAGS)
 # ``check``: the matrix fixes dataset, split and stages
 CHECK_ARGS = ModelArgs(RunConfig, include=("checkpoint", "data", "work", "cache_root"), flags={
     **_RUN_FLAGS, "checkpoint": Flag(required=False, help="default: the matrix's checkpoint")})
-SEARCH_ARGS = ModelArgs(SearchOptions, flags={k: _RUN_FLAGS[k] for k in ("latency_queries", "candidate_k")})
-SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="queries timed per mode"),
-                                                    "candidate_k": _RUN_FLAGS["candidate_k"]})
+SEARCH_ARGS = ModelArgs(SearchOptions)
+SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="queries timed per mode")})
 REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synthetic": Flag(nargs=True)})
 
 

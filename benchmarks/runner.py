@@ -54,27 +54,33 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    checkpoint: Path
+    checkpoint: Path = Field(description="Duet checkpoint directory (e.g. runs/grounded/best)")
     dataset: str = Field("flickr8k", description=f"one of {sorted(PRESETS)}")
     data: Path | None = Field(None, description="dataset directory (default: the preset's)")
-    image_root: Path | None = None
-    split: str = "test"
+    image_root: Path | None = Field(None, description="image root when not <data>/images (MSCOCO: the folder with "
+                                    "val2014/)")
+    split: str = Field("test", description="the Karpathy split indexed and measured")
     out: Path = Field(description="report directory (report.json, README.md, *.png)")
     work: Path = Field(Path("artifacts/benchmarks"), description="indexes and scratch space (kept for reuse)")
-    index: Path | None = Field(None, description="use this index instead of building one (must match)")
-    candidate_k: int = Field(100, gt=0)
-    latency_queries: int = Field(200, gt=0)
+    index: Path | None = Field(None, description="an existing index of the split, bound to --checkpoint, used "
+                               "instead of building one")
+    candidate_k: int = Field(100, gt=0, description="hybrid candidates per leg")
+    latency_queries: int = Field(200, gt=0, description="queries timed one at a time")
     threads: int = Field(1, gt=0, description="threads for one-query latency, every engine alike")
     batch_threads: int = Field(2, gt=0, description="threads for batched throughput and builds")
-    weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    prune_terms: tuple[int, ...] = (8, 16, 32, 64, 128)
-    peers: tuple[str, ...] = PEERS
-    scales: tuple[int, ...] = (10_000, 100_000)
-    scale_queries: int = Field(100, gt=0)
-    knob_scales: tuple[int, ...] = Field((100_000,), description="synthetic sizes of the knob sweeps")
+    weight_grid: tuple[float, ...] = Field((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                                           description="w_dense shares of the weight sweep")
+    prune_terms: tuple[int, ...] = Field((8, 16, 32, 64, 128), description="terms kept per vector in the pruning sweep")
+    peers: tuple[str, ...] = Field(PEERS, description=f"engines compared on the same vectors, a subset of "
+                                   f"{', '.join(PEERS)}; '' for none")
+    scales: tuple[int, ...] = Field((10_000, 100_000), description="synthetic corpus sizes; '' for none")
+    scale_queries: int = Field(100, gt=0, description="queries timed at each synthetic scale")
+    knob_scales: tuple[int, ...] = Field((100_000,), description="synthetic sizes at which each approximate "
+                                         "engine's search-time knob is swept; '' for none")
     knob_grid: KnobGrid = KnobGrid()
     encode_samples: int = Field(64, gt=0, description="images (and 8x as many texts) timed for encoding throughput")
-    cache_root: Path = Path("artifacts/cache")
+    cache_root: Path = Field(Path("artifacts/cache"), description="feature cache (shared with training: a trained "
+                             "dataset's cache is reused)")
     stages: tuple[str, ...] = Field(STAGES, description=f"what to measure, a subset of {STAGES}")
 
     @field_validator("stages")
