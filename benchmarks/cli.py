@@ -237,7 +237,7 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     stats = CorpusStatistics.of(real.stores["images"])
     encoded = generate(stats, args.items)
     out = Path(args.work) / f"synthetic-{args.items}"
-    config = IndexBuildConfig(checkpoint=Path(real.manifest.checkpoint.path), output=out,
+    config = IndexBuildConfig(checkpoint=real.checkpoint_dir, output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]))
     started = time.perf_counter()
     manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(args.items)],

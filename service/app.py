@@ -303,7 +303,7 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
         if side == "texts":
             side, item = find_item(request, item["image_id"])
         engine = engine_of(request)
-        root = Path(settings.collection_root or engine.manifest.collection["root"]).resolve()
+        root = Path(settings.collection_root or engine.collection_root).resolve()
         path = (root / str(item.get("path", ""))).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise ApiError(404, "image_not_found", f"the image of {item_id!r} is not available in the collection")
