@@ -226,7 +226,7 @@ def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
     stats = CorpusStatistics.of(real.stores["images"])
     encoded = generate(stats, items)
     out = options.work / f"synthetic-{items}"
-    config = IndexBuildConfig(checkpoint=Path(real.manifest.checkpoint.path), output=out,
+    config = IndexBuildConfig(checkpoint=real.checkpoint_dir, output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]))
     started = time.perf_counter()
     manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(items)], encoded)},

@@ -48,7 +48,7 @@ def synthetic_index(real: SearchEngine, items: int, work: Path, *, batch_threads
     stats = CorpusStatistics.of(real.stores["images"])
     encoded = generate(stats, items)
     out = work / f"synthetic-{items}"
-    config = IndexBuildConfig(checkpoint=Path(real.manifest.checkpoint.path), output=out,
+    config = IndexBuildConfig(checkpoint=real.checkpoint_dir, output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]), threads=batch_threads)
     started = time.perf_counter()
     manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(items)], encoded)},

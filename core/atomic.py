@@ -1,13 +1,38 @@
-"""Atomic publication of files and directories: write to a temporary sibling, then rename.
+"""Atomic publication of files and directories.
 
-The temporary file or directory is created private (0600 / 0700); before the rename it gets the mode a plain
+``atomic_file`` / ``atomic_directory``: write to a temporary sibling, then rename over the target. Replacing an
+existing directory takes two renames (the old one aside, the new one in), so a reader can briefly find nothing:
+good enough for a checkpoint or a feature cache, which are read once at start.
+
+``versioned_directory``: for a directory that readers open while it is republished (an index). The path is a
+real directory holding its versions and a link to the live one:
+
+  <path>/current          symlink -> versions/<id> (relative, so the tree can be moved or copied whole)
+  <path>/versions/<id>/   one complete version each
+  <path>/versions/.<id>.tmp   a version being written (removed if the writer fails)
+
+A new version is written beside the live one, then ``current`` is replaced by a fresh symlink with one
+``os.replace``: a reader resolving ``current`` finds the old complete version or the new one, never nothing.
+Old versions are then removed, except any a reader is still opening (``reading_version`` holds a shared lock
+on it; the next publication removes it) and, with ``keep_previous``, the one just replaced (a rollback is then
+one link away; it costs the disk of a version). A path that is still a plain directory from before (its contents
+at the top) is migrated by the first publication: ``current`` appears with the one rename (readers prefer it),
+and the old contents stay until the next publication removes them. (A copy made by following links holds
+``current`` as a directory: its first publication moves that into ``versions/`` before the link appears, the one
+moment it shows no version.)
+
+The temporary file or directory is created private (0600 / 0700); before it is published it gets the mode a plain
 ``open`` or ``mkdir`` would have given it (the process umask), or the mode of the file it replaces.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fcntl
+import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -74,3 +99,164 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+CURRENT = "current"
+VERSIONS = "versions"
+_LOCK = ".publish.lock"
+_READERS = ".readers.lock"  # in each version: readers hold it shared while they open the version
+_PLAIN = ".plain-entries.json"  # in versions/: the top-level names of contents from before versions
+
+
+def current_version(path: str | Path) -> Path:
+    """The directory to read: the version ``path/current`` links to (read once, so every later read of the caller
+    stays in that version), else ``path`` itself (a plain directory, or a version directory opened directly)."""
+    root = Path(path)
+    link = root / CURRENT
+    if link.is_symlink():
+        return root / os.readlink(link)
+    return link if link.is_dir() else root  # a copy that followed the link holds ``current`` as a directory
+
+
+@contextlib.contextmanager
+def reading_version(path: str | Path) -> Iterator[Path]:
+    """The live version (as ``current_version``), held for the block: no publication removes it meanwhile. A
+    reader needs it only while it opens its files (an open or mapped file outlives its removal)."""
+    while True:
+        version = current_version(path)
+        lock = version / _READERS
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            if current_version(path) != version:
+                continue  # removed after a newer one went live: read that one
+            yield version  # a plain directory (no versions): nothing removes it under a reader
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                held = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                held = False  # removed while we waited for the lock
+            if held:
+                yield version
+                return
+        finally:
+            os.close(fd)
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def new_version(path: str | Path) -> Path:
+    """A fresh private directory ``path/versions/.<id>.tmp`` to write a version into (at the depth the published
+    version will have)."""
+    versions = Path(path) / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{_stamp()}-", suffix=".tmp", dir=versions))
+    (staged / _READERS).touch()
+    return staged
+
+
+def discard_version(staged: Path) -> None:
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_link(root: Path, target: str) -> None:
+    """Point ``root/current`` at ``target`` with one rename of a fresh symlink over it."""
+    fresh = root / f".{CURRENT}.{secrets.token_hex(4)}.tmp"
+    os.symlink(target, fresh)
+    try:
+        os.replace(fresh, root / CURRENT)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh)
+        raise
+    _fsync_directory(root)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    elif entry.exists() or entry.is_symlink():
+        entry.unlink()
+
+
+def _remove_unless_read(version: Path) -> None:
+    """Remove an old version unless a reader holds it (a later publication removes it then)."""
+    try:
+        fd = os.open(version / _READERS, os.O_RDONLY)
+    except FileNotFoundError:
+        _remove(version)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        _remove(version)
+    finally:
+        os.close(fd)
+
+
+def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = False) -> Path:
+    """Publish the version written in ``staged`` (from ``new_version``) as ``path``'s live one; return its
+    directory. Versions other than the new one (and the previous one, with ``keep_previous``) are removed."""
+    root = Path(path)
+    version = staged.with_name(staged.name.removeprefix(".").removesuffix(".tmp"))
+    staged.chmod(DIRECTORY_MODE)
+    os.replace(staged, version)
+    link, versions, plain_list = root / CURRENT, root / VERSIONS, root / VERSIONS / _PLAIN
+    with (root / _LOCK).open("a") as lock:
+        # one publisher at a time swaps and cleans up, so none removes a version another just made live
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous: str | None = None
+        legacy: list[str] = []
+        if link.is_symlink():
+            previous = os.readlink(link)
+        elif link.is_dir():
+            # a copy that followed the link: its live version moves into versions/ (the one moment with none)
+            previous = f"{VERSIONS}/{_stamp()}-copied"
+            os.replace(link, root / previous)
+        else:
+            legacy = [p.name for p in root.iterdir()
+                      if p.name not in (CURRENT, VERSIONS) and not p.name.startswith(".")]
+        if plain_list.is_file():  # contents from before versions, kept at the top for one more publication
+            for name in json.loads(plain_list.read_text()):
+                _remove(root / name)
+            plain_list.unlink()
+        _swap_link(root, f"{VERSIONS}/{version.name}")
+        if legacy:
+            # no lock guards them: readers that found no link may still be opening them; the next publication
+            # removes them
+            write_text_atomic(plain_list, json.dumps(legacy))
+        kept = {version.name} | ({Path(previous).name} if keep_previous and previous else set())
+        for entry in versions.iterdir():
+            if entry.name not in kept and not entry.name.startswith("."):
+                _remove_unless_read(entry)
+    return version
+
+
+@contextlib.contextmanager
+def versioned_directory(path: str | Path, *, keep_previous: bool = False) -> Iterator[Path]:
+    """Yield a fresh version directory of ``path``; on success publish it (one rename of ``path/current``).
+
+    A crash inside the block leaves the live version untouched and removes the new one.
+    """
+    staged = new_version(path)
+    try:
+        yield staged
+    except BaseException:
+        discard_version(staged)
+        raise
+    publish_version(path, staged, keep_previous=keep_previous)

@@ -1,8 +1,9 @@
-"""Feature cache: pre-final-layer features of every image and caption of a dataset, computed once.
+"""Feature cache: pre-final-layer features of a list of images and texts, computed once.
 
-Keyed by the backbone fingerprint, so features of another base model are never mixed in. Computation runs in
-shards; each finished shard is written atomically, so an interrupted run resumes where it stopped. The final
-cache directory is published atomically:
+The input is a ``FeatureInputs``: image files and texts, each with an integer id (a Karpathy split gives one
+through ``karpathy_inputs``; any other collection builds its own). Keyed by the backbone fingerprint, so features
+of another base model are never mixed in. Computation runs in shards; each finished shard is written atomically,
+so an interrupted run resumes where it stopped. The final cache directory is published atomically:
 
   <root>/<fingerprint>/<dataset>-<splits>/images.safetensors   {"features": (N, D) float32, "ids": (N,) int64}
   <root>/<fingerprint>/<dataset>-<splits>/texts.safetensors    {"features": (M, D') float32, "ids": (M,) int64}
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from core.atomic import atomic_directory, write_text_atomic
 from core.backbone import Backbone
-from core.data import ImageRecord, KarpathyDataset
+from core.data import KarpathyDataset
 from core.progress import progress_bar
 
 _logger = logging.getLogger(__name__)
@@ -36,6 +38,43 @@ _logger = logging.getLogger(__name__)
 
 class CorruptImageError(ValueError):
     """An image file is missing, truncated or not an image."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    id: int  # the cache key of its features (a Karpathy imgid)
+    path: Path
+
+
+@dataclass(frozen=True)
+class TextInput:
+    id: int  # the cache key of its features (a Karpathy sentid)
+    text: str
+    image_id: int  # the image it describes: it is dropped with that image when the image is unreadable
+
+
+@dataclass(frozen=True)
+class FeatureInputs:
+    """What to compute features of, and under which name the result is cached.
+
+    ``dataset``, ``origin`` and ``splits`` name the cache: a finished cache of the same dataset and origin whose
+    splits include these serves them without encoding anything again.
+    """
+
+    dataset: str  # a name unique to the item list's source (a folder's includes a digest of its listing)
+    origin: str  # the file the items were read from (the dataset JSON), recorded and matched on reuse
+    splits: tuple[str, ...]
+    images: tuple[ImageInput, ...]
+    texts: tuple[TextInput, ...]
+
+
+def karpathy_inputs(dataset: KarpathyDataset, splits: Sequence[str]) -> FeatureInputs:
+    """The images and captions of ``splits`` of a Karpathy dataset, in dataset order."""
+    records = dataset.split(*splits)
+    return FeatureInputs(
+        dataset.name, str(dataset.json_path), tuple(sorted(splits)),
+        tuple(ImageInput(r.image_id, dataset.image_path(r)) for r in records),
+        tuple(TextInput(c.caption_id, c.text, r.image_id) for r in records for c in r.captions))
 
 
 @dataclass(frozen=True)
@@ -69,8 +108,8 @@ def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.T
         raise CorruptImageError(f"corrupt or unreadable image {path}: {e}") from e
 
 
-def cache_directory(root: str | Path, fingerprint: str, dataset: KarpathyDataset, splits: Sequence[str]) -> Path:
-    return Path(root) / fingerprint / f"{dataset.name}-{'+'.join(sorted(splits))}"
+def cache_directory(root: str | Path, fingerprint: str, inputs: FeatureInputs) -> Path:
+    return Path(root) / fingerprint / f"{inputs.dataset}-{'+'.join(sorted(inputs.splits))}"
 
 
 def _plan_hash(kind: str, ids: Sequence[int], shard_size: int) -> str:
@@ -120,24 +159,22 @@ class _ShardedWriter:
         return FeatureTable(torch.cat(ids).numpy(), torch.cat(feats).float()), skipped
 
 
-def _encode_images(backbone: Backbone, dataset: KarpathyDataset, records: Sequence[ImageRecord],
-                   batch_size: int, skip_corrupt: bool, pool: ThreadPoolExecutor,
-                   bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
+def _encode_images(backbone: Backbone, images: Sequence[ImageInput], batch_size: int, skip_corrupt: bool,
+                   pool: ThreadPoolExecutor, bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
     """Encode one shard; image decoding of the next batch overlaps the forward pass of this one."""
 
-    def decode(batch: Sequence[ImageRecord]) -> list[tuple[int, torch.Tensor | None, str | None]]:
+    def decode(batch: Sequence[ImageInput]) -> list[tuple[int, torch.Tensor | None, str | None]]:
         out: list[tuple[int, torch.Tensor | None, str | None]] = []
-        for record in batch:
-            path = dataset.image_path(record)
+        for image in batch:
             try:
-                out.append((record.image_id, load_image(path, backbone.preprocess), None))
+                out.append((image.id, load_image(image.path, backbone.preprocess), None))
             except CorruptImageError as e:
                 if not skip_corrupt:
                     raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
-                out.append((record.image_id, None, str(path)))
+                out.append((image.id, None, str(image.path)))
         return out
 
-    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     ids: list[int] = []
     features: list[torch.Tensor] = []
     skipped: list[str] = []
@@ -160,22 +197,31 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
                           cache_root: str | Path, image_batch_size: int = 64, text_batch_size: int = 256,
                           shard_size: int = 1024, skip_corrupt: bool = False,
                           after_shard: Callable[[str, int], None] | None = None) -> CachedFeatures:
-    """Compute (or resume, or reuse) the cache for ``splits`` of ``dataset``; return it loaded.
+    """``compute_features`` for ``splits`` of a Karpathy dataset."""
+    return compute_features(backbone, karpathy_inputs(dataset, splits), cache_root=cache_root,
+                            image_batch_size=image_batch_size, text_batch_size=text_batch_size,
+                            shard_size=shard_size, skip_corrupt=skip_corrupt, after_shard=after_shard)
+
+
+def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: str | Path,
+                     image_batch_size: int = 64, text_batch_size: int = 256, shard_size: int = 1024,
+                     skip_corrupt: bool = False,
+                     after_shard: Callable[[str, int], None] | None = None) -> CachedFeatures:
+    """Compute (or resume, or reuse) the cache of ``inputs``; return it loaded.
 
     ``after_shard(kind, index)`` is called after each shard is stored (progress hooks, interruption tests).
     """
-    final = cache_directory(cache_root, backbone.fingerprint, dataset, splits)
+    final = cache_directory(cache_root, backbone.fingerprint, inputs)
     if (final / "meta.json").is_file():
         return load_feature_cache(final)
-    superset = _superset_cache(final, dataset, splits)
+    superset = _superset_cache(final, inputs)
     if superset is not None:
         return superset
-    records = dataset.split(*splits)
-    captions = [(c.caption_id, c.text) for r in records for c in r.captions]
+    captions = [(t.id, t.text) for t in inputs.texts]
     partial = final.with_name(final.name + ".partial")
-    image_store = _ShardedWriter(partial, "images", [r.image_id for r in records], shard_size)
+    image_store = _ShardedWriter(partial, "images", [i.id for i in inputs.images], shard_size)
     text_store = _ShardedWriter(partial, "texts", [c for c, _ in captions], shard_size)
-    image_shards = _shards(records, shard_size)
+    image_shards = _shards(inputs.images, shard_size)
     text_shards = _shards(captions, shard_size)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -186,7 +232,7 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
         remaining = sum(len(image_shards[i]) for i in todo)
         with progress_bar(total=remaining, desc="image features", unit="img") as bar:
             for index in todo:
-                ids, feats, skipped = _encode_images(backbone, dataset, image_shards[index], image_batch_size,
+                ids, feats, skipped = _encode_images(backbone, image_shards[index], image_batch_size,
                                                      skip_corrupt, pool, bar)
                 image_store.write(index, ids, feats, skipped)
                 if after_shard is not None:
@@ -211,34 +257,44 @@ def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, split
     if corrupt:
         _logger.warning("skipped %d corrupt images (listed in meta.json): %s", len(corrupt), corrupt[:5])
         kept_images = {int(i) for i in images.ids}
-        caption_image = {c.caption_id: r.image_id for r in records for c in r.captions}
+        caption_image = {t.id: t.image_id for t in inputs.texts}
         keep = [k for k, cid in enumerate(texts.ids) if caption_image[int(cid)] in kept_images]
         texts = FeatureTable(texts.ids[keep], texts.features[keep])
     with atomic_directory(final) as tmp:
         save_file({"ids": torch.from_numpy(images.ids), "features": images.features}, str(tmp / "images.safetensors"))
         save_file({"ids": torch.from_numpy(texts.ids), "features": texts.features}, str(tmp / "texts.safetensors"))
         meta = {"backbone_fingerprint": backbone.fingerprint, "backbone": backbone.description,
-                "dataset": dataset.name, "dataset_json": str(dataset.json_path), "splits": sorted(splits),
+                "dataset": inputs.dataset, "dataset_json": inputs.origin, "splits": sorted(inputs.splits),
                 "num_images": int(len(images.ids)), "num_texts": int(len(texts.ids)), "corrupt_images": corrupt}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(partial, ignore_errors=True)
     return CachedFeatures(images=images, texts=texts, directory=final, corrupt_images=corrupt)
 
 
-def _superset_cache(final: Path, dataset: KarpathyDataset, splits: Sequence[str]) -> CachedFeatures | None:
-    """A finished cache of the same dataset and base model covering more splits, cut down to ``splits``."""
-    wanted = set(splits)
-    for candidate in sorted(final.parent.glob(f"{dataset.name}-*")):
+def _same_file(recorded: str | None, origin: str) -> bool:
+    """Whether a cache's recorded origin names ``origin``: as the same string, or as another path to the same file
+    (one given relative, the other absolute)."""
+    if recorded is None or recorded == origin:
+        return recorded is not None
+    try:
+        return os.path.samefile(recorded, origin)
+    except OSError:
+        return False
+
+
+def _superset_cache(final: Path, inputs: FeatureInputs) -> CachedFeatures | None:
+    """A finished cache of the same dataset and base model covering more splits, cut down to ``inputs``."""
+    wanted = set(inputs.splits)
+    for candidate in sorted(final.parent.glob(f"{inputs.dataset}-*")):
         meta_path = candidate / "meta.json"
         if candidate == final or not meta_path.is_file():
             continue
         meta = json.loads(meta_path.read_text())
-        if meta.get("dataset_json") != str(dataset.json_path) or not wanted <= set(meta.get("splits", [])):
+        if not _same_file(meta.get("dataset_json"), inputs.origin) or not wanted <= set(meta.get("splits", [])):
             continue
         cached = load_feature_cache(candidate)
-        records = dataset.split(*splits)
-        image_ids = {r.image_id for r in records}
-        caption_ids = {c.caption_id for r in records for c in r.captions}
+        image_ids = {i.id for i in inputs.images}
+        caption_ids = {t.id for t in inputs.texts}
         keep_images = np.array([int(i) in image_ids for i in cached.images.ids], dtype=bool)
         keep_texts = np.array([int(i) in caption_ids for i in cached.texts.ids], dtype=bool)
         _logger.info("using the feature cache %s for splits %s", candidate, sorted(wanted))

@@ -1,9 +1,19 @@
 """Build both sides of an index from a collection and a checkpoint; publish atomically; verify.
 
-Encoding goes through the shared feature cache (resumable, keyed by base model), so an interrupted build resumes
-its slow part, and a dataset already cached for training is not encoded again. Everything is written into a
-temporary sibling directory and renamed over the target only when complete: an interrupted build never replaces
-or damages the live index.
+A build is a pipeline of stages, each a function of the previous one's output (so shards could run them apart):
+
+  load_collection      IndexBuildConfig              -> Collection          images and texts with ids
+  extract_features     Collection                    -> CollectionFeatures  frozen backbone features, via the cache
+  encode_collection    CollectionFeatures            -> EncodedCollection   dense + sparse vectors per side
+  write_side           EncodedSide                   -> WrittenSide         forward store, FAISS, Lucene
+  copy_checkpoint      DuetEncoder                   -> CheckpointBinding   the checkpoint, copied into the index
+  make_manifest        sides, binding, collection    -> IndexManifest       every path relative to the index
+  publish_index        all of the above, written into a new version, made live in one rename
+
+Features go through the shared feature cache (resumable, keyed by base model), so an interrupted build resumes
+its slow part, and a dataset already cached for training is not encoded again. Each build writes a new version
+beside the live one and publishes it by replacing the ``current`` link (core/atomic.py ``versioned_directory``):
+an interrupted build never replaces or damages the live index, and a reader never finds none.
 """
 
 from __future__ import annotations
@@ -13,34 +23,49 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.atomic import atomic_directory
+from core.atomic import versioned_directory
+from core.backbone import Backbone
+from core.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
+from core.checkpoint import WEIGHTS, sha256_file
 from core.data import DatasetError, dataset_dir_setting
 from core.encoder import DuetEncoder, EncodedItems, SparseRows, vocabulary_digest
-from core.feature_cache import compute_feature_cache
+from core.feature_cache import compute_features
 from core.progress import progress_bar
 from indexer.collection import Collection, load_folder_collection, load_karpathy_collection
 from indexer.lucene import build_impact_index, write_json_vector_collection
 from indexer.store import (
+    CHECKPOINT_DIR,
     MANIFEST,
     CheckpointBinding,
     IndexManifest,
     IndexUnavailableError,
     SideManifest,
     SideStore,
+    check_publishable,
     directory_bytes,
+    manifest_path,
+    opening_index,
     read_manifest,
+    relative_to,
     side_files,
     write_side_store,
 )
 
 _logger = logging.getLogger(__name__)
+
+
+def _setting_path(value: str | None) -> Path | None:
+    # a default_factory's value is not validated, so the setting's string becomes a Path here
+    return Path(value) if value else None
 
 
 class IndexBuildConfig(BaseModel):
@@ -51,7 +76,7 @@ class IndexBuildConfig(BaseModel):
     checkpoint: Path = Field(description="Duet checkpoint directory (e.g. runs/skd/best).")
     output: Path = Field(description="Index directory to publish.")
     source: Literal["karpathy", "folder"] = "karpathy"
-    dataset: Path | None = Field(default_factory=dataset_dir_setting,
+    dataset: Path | None = Field(default_factory=lambda: _setting_path(dataset_dir_setting()),
                                  description="Karpathy dataset dir (default: the DUET_DATA setting), or the image "
                                  "folder.")
     image_root: Path | None = Field(None, description="Karpathy image root (default <dataset>/images).")
@@ -66,14 +91,64 @@ class IndexBuildConfig(BaseModel):
     threads: int = Field(2, gt=0)
     batch_size: int = Field(1024, gt=0)
     device: str = "cpu"
+    keep_previous: bool = Field(False, description="Keep the version this build replaces (a rollback is one link "
+                                "away, for the disk of one more index); older versions are removed.")
 
 
+# ----- stage outputs -----
+@dataclass(frozen=True)
+class CollectionFeatures:
+    """Frozen backbone features of a collection, one row per item, in the collection's order."""
+
+    collection: Collection  # less the images that could not be read (and their captions)
+    images: torch.Tensor  # (N, D_image)
+    texts: torch.Tensor  # (M, D_text)
+    skipped_images: tuple[str, ...]  # unreadable images, relative to the collection root
+
+
+@dataclass(frozen=True)
+class EncodedSide:
+    items: list[dict[str, Any]]  # one per row: what items.jsonl stores
+    encoded: EncodedItems
+
+
+@dataclass(frozen=True)
+class EncodedCollection:
+    collection: Collection
+    sides: dict[str, EncodedSide]  # "images", and "texts" when the collection has any
+    skipped_images: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WrittenSide:
+    manifest: SideManifest
+    timings: dict[str, float]  # "<side>_dense_seconds", "<side>_sparse_collection_seconds", "<side>_sparse_seconds"
+
+
+# ----- stages -----
 def load_collection(config: IndexBuildConfig) -> Collection:
     if config.source == "folder":
         if config.dataset is None:
             raise DatasetError("no image folder given (--folder DIR)")
         return load_folder_collection(config.dataset)
     return load_karpathy_collection(config.dataset, config.splits, image_root=config.image_root)
+
+
+def extract_features(collection: Collection, backbone: Backbone, *, cache_root: Path,
+                     skip_corrupt: bool = False) -> CollectionFeatures:
+    """The collection's features from the shared cache (computed and cached first where missing)."""
+    cached = compute_features(backbone, collection.feature_inputs(), cache_root=cache_root,
+                              skip_corrupt=skip_corrupt)
+    readable = collection.restricted_to({int(i) for i in cached.images.ids})
+    kept = {i.id for i in readable.images}
+    skipped = tuple(i.relative_path for i in collection.images if i.id not in kept)
+    if skipped:
+        _logger.warning("indexing without %d unreadable images: %s", len(skipped), list(skipped[:5]))
+    if not readable.images:
+        raise ValueError(f"nothing to index: no readable images in {collection.root}")
+    texts = (cached.texts.rows([t.cache_id for t in readable.texts]) if readable.texts
+             else torch.zeros(0, backbone.text_feature_dim))
+    return CollectionFeatures(readable, cached.images.rows([i.cache_id for i in readable.images]), texts, skipped)
 
 
 def _encode_rows(encode: Callable[[int, int], EncodedItems], count: int, batch_size: int,
@@ -91,6 +166,31 @@ def _encode_rows(encode: Callable[[int, int], EncodedItems], count: int, batch_s
     return EncodedItems(dense, SparseRows.concatenate(sparse_parts))
 
 
+def encode_collection(features: CollectionFeatures, encoder: DuetEncoder, *, batch_size: int = 1024,
+                      prune_image_terms: int | None = None,
+                      prune_text_terms: int | None = None) -> EncodedCollection:
+    """Dense and sparse vectors of every item, with the rows items.jsonl stores, per side."""
+    collection = features.collection
+    images = _encode_rows(lambda start, end: encoder.encode_image_features(features.images[start:end],
+                                                                           prune=prune_image_terms),
+                          features.images.shape[0], batch_size, "encode images")
+    image_items = [{"id": i.id, "path": i.relative_path, "captions": list(i.captions), **i.metadata}
+                   for i in collection.images]
+    sides = {"images": EncodedSide(image_items, images)}
+    if collection.texts:
+        captions = [t.text for t in collection.texts]
+
+        def encode_texts(start: int, end: int) -> EncodedItems:
+            # models that score texts on their own terms need the tokens beside the cached features
+            tokens = encoder.tokenize(captions[start:end]) if encoder.texts_are_own_terms else None
+            return encoder.encode_text_features(features.texts[start:end], token_ids=tokens, prune=prune_text_terms)
+
+        texts = _encode_rows(encode_texts, len(captions), batch_size, "encode texts")
+        sides["texts"] = EncodedSide([{"id": t.id, "text": t.text, "image_id": t.image_id}
+                                      for t in collection.texts], texts)
+    return EncodedCollection(collection, sides, features.skipped_images)
+
+
 def _build_faiss(dense: np.ndarray, factory: str) -> Any:
     import faiss
 
@@ -101,107 +201,140 @@ def _build_faiss(dense: np.ndarray, factory: str) -> Any:
     return index
 
 
-def _write_side(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems,
-                config: IndexBuildConfig, timings: dict[str, float]) -> SideManifest:
+def write_dense_leg(side_dir: Path, dense: np.ndarray, factory: str) -> None:
     import faiss
 
-    write_side_store(side_dir, items, encoded)
-    started = time.perf_counter()
-    faiss.write_index(_build_faiss(encoded.dense, config.faiss_factory), str(side_dir / "dense.faiss"))
-    timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
+    faiss.write_index(_build_faiss(dense, factory), str(side_dir / "dense.faiss"))
+
+
+def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, threads: int) -> tuple[int, float]:
+    """The Lucene impact index of ``sparse``; return its document count and the seconds its input took to write."""
     collection_dir = side_dir.parent / f"_collection_{side_dir.name}"
     started = time.perf_counter()
-    docs = write_json_vector_collection(collection_dir, encoded.sparse, config.sparse_scale)
-    timings[f"{side_dir.name}_sparse_collection_seconds"] = time.perf_counter() - started
-    build_impact_index(collection_dir, side_dir / "lucene", threads=config.threads)
-    timings[f"{side_dir.name}_sparse_seconds"] = time.perf_counter() - started
+    docs = write_json_vector_collection(collection_dir, sparse, scale)
+    collection_seconds = time.perf_counter() - started
+    build_impact_index(collection_dir, side_dir / "lucene", threads=threads)
     shutil.rmtree(collection_dir)
+    return docs, collection_seconds
+
+
+def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat", sparse_scale: float = 100.0,
+               threads: int = 2) -> WrittenSide:
+    """Every leg of one side: the forward store, the FAISS index and the Lucene impact index."""
+    items, encoded = side.items, side.encoded
+    timings: dict[str, float] = {}
+    write_side_store(side_dir, items, encoded)
+    started = time.perf_counter()
+    write_dense_leg(side_dir, encoded.dense, faiss_factory)
+    timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    docs, timings[f"{side_dir.name}_sparse_collection_seconds"] = write_sparse_leg(
+        side_dir, encoded.sparse, scale=sparse_scale, threads=threads)
+    timings[f"{side_dir.name}_sparse_seconds"] = time.perf_counter() - started
     sparse_store = sum((side_dir / f"sparse.{n}.npy").stat().st_size for n in ("indptr", "indices", "values"))
-    return SideManifest(
-        count=len(items), dense_dim=int(encoded.dense.shape[1]), faiss_factory=config.faiss_factory,
+    manifest = SideManifest(
+        count=len(items), dense_dim=int(encoded.dense.shape[1]), faiss_factory=faiss_factory,
         lucene_docs=docs, mean_terms=float(encoded.sparse.terms_per_row().mean()) if len(items) else 0.0,
         bytes={"dense_faiss": (side_dir / "dense.faiss").stat().st_size,
                "dense_store": (side_dir / "dense.npy").stat().st_size,
                "sparse_lucene": directory_bytes(side_dir / "lucene"), "sparse_store": sparse_store},
         files=side_files(side_dir))
+    return WrittenSide(manifest, timings)
 
 
-def build_index(config: IndexBuildConfig) -> IndexManifest:
-    """Encode the collection, write both sides, publish atomically; return the manifest."""
-    started = time.perf_counter()
-    collection = load_collection(config)
-    encoder = DuetEncoder.from_checkpoint(config.checkpoint, device=config.device)
-    cached = compute_feature_cache(encoder.backbone, collection.dataset, splits=collection.splits,
-                                   cache_root=config.cache_root, skip_corrupt=config.skip_corrupt)
-    collection = collection.restricted_to({int(i) for i in cached.images.ids})
-    if cached.corrupt_images:
-        _logger.warning("indexing without %d unreadable images: %s", len(cached.corrupt_images),
-                        cached.corrupt_images[:5])
-    if not collection.images:
-        raise ValueError(f"nothing to index: no readable images in {config.dataset}")
-    timings: dict[str, float] = {"features_seconds": time.perf_counter() - started}
+def copy_checkpoint(encoder: DuetEncoder, source: Path, contents_dir: Path) -> CheckpointBinding:
+    """Copy the checkpoint (weights + manifest, a few MB) into the index, refusing a copy that is not the one the
+    vectors were encoded with (it may have been republished since it was loaded)."""
+    target = contents_dir / CHECKPOINT_DIR
+    target.mkdir()
+    for name in (WEIGHTS, CHECKPOINT_MANIFEST):
+        shutil.copyfile(source / name, target / name)  # not copy2: the index's files get the umask's modes
+    checkpoint = encoder.checkpoint
+    if sha256_file(target / WEIGHTS) != checkpoint.content_hash:
+        raise IndexUnavailableError(f"checkpoint {source} changed during the build (its weights no longer hash to "
+                                    f"{checkpoint.content_hash[:12]}); build again")
+    return CheckpointBinding(path=CHECKPOINT_DIR, content_hash=checkpoint.content_hash,
+                             backbone_fingerprint=checkpoint.backbone_fingerprint,
+                             vocabulary_digest=vocabulary_digest(encoder.vocabulary),
+                             method=checkpoint.metadata.get("method"))
 
-    image_rows = cached.images.rows([i.cache_id for i in collection.images])
-    images = _encode_rows(lambda start, end: encoder.encode_image_features(image_rows[start:end],
-                                                                           prune=config.prune_image_terms),
-                          image_rows.shape[0], config.batch_size, "encode images")
-    image_items = [{"id": i.id, "path": i.relative_path, "captions": list(i.captions), **i.metadata}
-                   for i in collection.images]
-    text_items = [{"id": t.id, "text": t.text, "image_id": t.image_id} for t in collection.texts]
-    texts = None
-    if collection.texts:
-        text_rows = cached.texts.rows([t.cache_id for t in collection.texts])
-        captions = [t.text for t in collection.texts]
 
-        def encode_texts(start: int, end: int) -> EncodedItems:
-            # models that score texts on their own terms need the tokens beside the cached features
-            tokens = encoder.tokenize(captions[start:end]) if encoder.texts_are_own_terms else None
-            return encoder.encode_text_features(text_rows[start:end], token_ids=tokens,
-                                                prune=config.prune_text_terms)
+def collection_record(encoded: EncodedCollection) -> dict[str, Any]:
+    collection = encoded.collection
+    return {"name": collection.name, "source": collection.source, "root": str(collection.root),
+            "splits": list(collection.splits), "skipped_images": list(encoded.skipped_images)}
 
-        texts = _encode_rows(encode_texts, len(captions), config.batch_size, "encode texts")
-    timings["encode_seconds"] = time.perf_counter() - started - timings["features_seconds"]
 
-    sides = {"images": (image_items, images)}
-    if texts is not None:
-        sides["texts"] = (text_items, texts)
-    collection_info = {"name": collection.name, "source": collection.source, "root": str(collection.root.resolve()),
-                       "splits": list(collection.splits), "skipped_images": list(cached.corrupt_images)}
-    return publish_index(config, encoder, sides, collection_info, timings=timings, started=started)
+_CONFIG_PATHS = ("checkpoint", "dataset", "image_root", "cache_root")
+
+
+def make_manifest(*, config: IndexBuildConfig, encoder: DuetEncoder, binding: CheckpointBinding,
+                  sides: Mapping[str, SideManifest], collection: Mapping[str, Any],
+                  timings: Mapping[str, float]) -> IndexManifest:
+    """The manifest of a new version of ``config.output``, with every path relative to the index (the image root
+    and the recorded build inputs to the index directory, the checkpoint to the version)."""
+    collection = dict(collection)
+    if collection.get("root") is not None:
+        collection["root"] = relative_to(config.output, collection["root"])
+    recorded = json.loads(config.model_dump_json(exclude={"output"}))
+    for name in _CONFIG_PATHS:
+        if recorded.get(name) is not None:
+            recorded[name] = relative_to(config.output, recorded[name])
+    return IndexManifest(
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        checkpoint=binding, temperature=encoder.temperature,
+        fusion_dense_weight=encoder.fusion_weights[0], fusion_sparse_weight=encoder.fusion_weights[1],
+        quantization={"scale": config.sparse_scale,
+                      "rule": "impact = round(weight * scale); zero impacts dropped; queries quantised alike"},
+        pruning={"images": config.prune_image_terms, "texts": config.prune_text_terms},
+        collection=collection, sides=dict(sides), build={"timings": dict(timings), "config": recorded},
+    )
 
 
 def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
-                  sides: dict[str, tuple[list[dict[str, Any]], EncodedItems]], collection: dict[str, Any], *,
-                  timings: dict[str, float] | None = None, started: float | None = None) -> IndexManifest:
-    """Write encoded sides (items + vectors) as an index bound to ``encoder``'s checkpoint, atomically.
+                  sides: Mapping[str, EncodedSide | tuple[list[dict[str, Any]], EncodedItems]],
+                  collection: Mapping[str, Any], *, timings: Mapping[str, float] | None = None,
+                  started: float | None = None) -> IndexManifest:
+    """Write encoded sides (items + vectors) as a new version of ``config.output``, bound to ``encoder``'s
+    checkpoint (copied in), and make it the live one.
 
     Also used by the benchmarks to index synthetic vectors in the model's space.
     """
     timings = dict(timings or {})
     started = time.perf_counter() if started is None else started
-    checkpoint = encoder.checkpoint
-    with atomic_directory(config.output) as tmp:
-        side_manifests = {side: _write_side(tmp / side, items, encoded, config, timings)
-                          for side, (items, encoded) in sides.items()}
+    check_publishable(config.output)
+    source = encoder.checkpoint_path or config.checkpoint
+    with versioned_directory(config.output, keep_previous=config.keep_previous) as contents:
+        side_manifests = {}
+        for name, side in sides.items():
+            written = write_side(contents / name, side if isinstance(side, EncodedSide) else EncodedSide(*side),
+                                 faiss_factory=config.faiss_factory, sparse_scale=config.sparse_scale,
+                                 threads=config.threads)
+            side_manifests[name] = written.manifest
+            timings.update(written.timings)
+        binding = copy_checkpoint(encoder, Path(source), contents)
         timings["total_seconds"] = time.perf_counter() - started
-        manifest = IndexManifest(
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            checkpoint=CheckpointBinding(path=str(Path(config.checkpoint).resolve()),
-                                         content_hash=checkpoint.content_hash,
-                                         backbone_fingerprint=checkpoint.backbone_fingerprint,
-                                         vocabulary_digest=vocabulary_digest(encoder.vocabulary),
-                                         method=checkpoint.metadata.get("method")),
-            temperature=encoder.temperature,
-            fusion_dense_weight=encoder.fusion_weights[0], fusion_sparse_weight=encoder.fusion_weights[1],
-            quantization={"scale": config.sparse_scale,
-                          "rule": "impact = round(weight * scale); zero impacts dropped; queries quantised alike"},
-            pruning={"images": config.prune_image_terms, "texts": config.prune_text_terms},
-            collection=collection, sides=side_manifests,
-            build={"timings": timings, "config": json.loads(config.model_dump_json())},
-        )
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        manifest = make_manifest(config=config, encoder=encoder, binding=binding, sides=side_manifests,
+                                 collection=collection, timings=timings)
+        (contents / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     _logger.info("published index %s: %s", config.output, {side: s.count for side, s in manifest.sides.items()})
     return manifest
+
+
+def build_index(config: IndexBuildConfig) -> IndexManifest:
+    """Run every stage: collection, features, vectors, then the index's legs and manifest, published at once."""
+    started = time.perf_counter()
+    check_publishable(config.output)  # before the slow stages, not after them
+    collection = load_collection(config)
+    encoder = DuetEncoder.from_checkpoint(config.checkpoint, device=config.device)
+    features = extract_features(collection, encoder.backbone, cache_root=config.cache_root,
+                                skip_corrupt=config.skip_corrupt)
+    timings = {"features_seconds": time.perf_counter() - started}
+    encoded = encode_collection(features, encoder, batch_size=config.batch_size,
+                                prune_image_terms=config.prune_image_terms, prune_text_terms=config.prune_text_terms)
+    timings["encode_seconds"] = time.perf_counter() - started - timings["features_seconds"]
+    return publish_index(config, encoder, encoded.sides, collection_record(encoded), timings=timings,
+                         started=started)
 
 
 def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None) -> dict[str, Any]:
@@ -209,12 +342,16 @@ def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None)
 
     Returns a report; raises IndexUnavailableError on the first inconsistency.
     """
+    with opening_index(index_dir) as root:  # held: a publication meanwhile leaves this version in place
+        return _verify_version(root, str(index_dir), checkpoint)
+
+
+def _verify_version(root: Path, index_dir: str, checkpoint: str | Path | None) -> dict[str, Any]:
     from core.checkpoint import read_manifest as read_checkpoint_manifest
     from indexer.lucene import ImpactSearcher
 
-    root = Path(index_dir)
     manifest = read_manifest(root)
-    report: dict[str, Any] = {"index": str(root), "sides": {}}
+    report: dict[str, Any] = {"index": index_dir, "version": str(root), "sides": {}}
     for side, expected in manifest.sides.items():
         side_dir = root / side
         actual = side_files(side_dir)
@@ -233,6 +370,12 @@ def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None)
         if lucene_docs != expected.count:
             raise IndexUnavailableError(f"{side_dir}/lucene has {lucene_docs} documents, expected {expected.count}")
         report["sides"][side] = {"count": expected.count, "files": len(actual), "lucene_docs": lucene_docs}
+    if manifest.format != "duet-index/1":  # format 1 named the checkpoint where it was built from, not a copy
+        own = manifest_path(root, manifest.checkpoint.path)
+        weights = own / WEIGHTS
+        if not weights.is_file() or sha256_file(weights) != manifest.checkpoint.content_hash:
+            raise IndexUnavailableError(f"{own}: the index's checkpoint is missing or not the one it was built with")
+        report["own_checkpoint"] = "matches"
     if checkpoint is not None:
         bound = read_checkpoint_manifest(checkpoint)
         if bound["content_hash"] != manifest.checkpoint.content_hash:

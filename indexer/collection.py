@@ -5,19 +5,21 @@
     ``{"file": "relative/path.jpg", "captions": ["...", ...], ...any other fields}``.
 
 Item ids are strings, unique across both sides: an image's id is its path relative to the collection root and a
-caption's id is ``<image id>#<n>`` (the Flickr convention). Both inputs are also exposed as a KarpathyDataset, so
-the shared feature cache (resumable, keyed by base model) does the encoding.
+caption's id is ``<image id>#<n>`` (the Flickr convention). Either way a collection is a list of images and texts;
+``feature_inputs`` hands that list to the shared feature cache (resumable, keyed by base model).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data import Caption, DatasetError, ImageRecord, KarpathyDataset, load_karpathy
+from core.data import DatasetError, ImageRecord, load_karpathy
+from core.feature_cache import FeatureInputs, ImageInput, TextInput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 METADATA_FILE = "metadata.jsonl"
@@ -27,7 +29,7 @@ METADATA_FILE = "metadata.jsonl"
 class ImageItem:
     id: str
     relative_path: str
-    cache_id: int  # the KarpathyDataset imgid (feature cache key)
+    cache_id: int  # feature cache key (the Karpathy imgid; a folder numbers its files)
     captions: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -37,18 +39,28 @@ class TextItem:
     id: str
     text: str
     image_id: str
-    cache_id: int  # the KarpathyDataset sentid
+    cache_id: int  # feature cache key (the Karpathy sentid; a folder numbers its captions)
 
 
 @dataclass(frozen=True)
 class Collection:
-    name: str
+    name: str  # also names its feature cache: unique to the source (a folder's includes a listing digest)
     source: str  # "karpathy" | "folder"
     root: Path  # image root
     splits: tuple[str, ...]
-    dataset: KarpathyDataset
+    origin: Path  # the file the items were read from (dataset JSON, metadata.jsonl): part of the cache identity
     images: tuple[ImageItem, ...]
     texts: tuple[TextItem, ...]
+
+    def image_path(self, image: ImageItem) -> Path:
+        return self.root / image.relative_path
+
+    def feature_inputs(self) -> FeatureInputs:
+        """The images and texts to compute features of, by cache id."""
+        cache_id = {i.id: i.cache_id for i in self.images}
+        return FeatureInputs(self.name, str(self.origin), self.splits,
+                             tuple(ImageInput(i.cache_id, self.image_path(i)) for i in self.images),
+                             tuple(TextInput(t.cache_id, t.text, cache_id[t.image_id]) for t in self.texts))
 
     def restricted_to(self, readable_image_ids: set[int]) -> Collection:
         """The collection less images the encoder could not read (and their captions)."""
@@ -57,28 +69,27 @@ class Collection:
             return self
         kept = {i.id for i in images}
         texts = tuple(t for t in self.texts if t.image_id in kept)
-        return Collection(self.name, self.source, self.root, self.splits, self.dataset, images, texts)
+        return dataclasses.replace(self, images=images, texts=texts)
 
 
-def _items(dataset: KarpathyDataset, records: tuple[ImageRecord, ...],
-           metadata: dict[str, dict[str, Any]] | None = None) -> tuple[tuple[ImageItem, ...], tuple[TextItem, ...]]:
-    images, texts = [], []
+def _karpathy_items(records: tuple[ImageRecord, ...]) -> tuple[tuple[ImageItem, ...], tuple[TextItem, ...]]:
+    images: list[ImageItem] = []
+    texts: list[TextItem] = []
     for record in records:
         image_id = record.relative_path
-        extra = {"split": record.split, **((metadata or {}).get(image_id, {}))}
         images.append(ImageItem(image_id, record.relative_path, record.image_id,
-                                tuple(c.text for c in record.captions), extra))
+                                tuple(c.text for c in record.captions), {"split": record.split}))
         texts.extend(TextItem(f"{image_id}#{n}", c.text, image_id, c.caption_id)
                      for n, c in enumerate(record.captions))
     return tuple(images), tuple(texts)
 
 
-def load_karpathy_collection(dataset_dir: str | Path, splits: tuple[str, ...], *,
+def load_karpathy_collection(dataset_dir: str | Path | None, splits: tuple[str, ...], *,
                              image_root: str | Path | None = None) -> Collection:
     dataset = load_karpathy(dataset_dir, image_root=image_root)
-    records = dataset.split(*splits)
-    images, texts = _items(dataset, records)
-    return Collection(dataset.name, "karpathy", dataset.image_root, tuple(sorted(splits)), dataset, images, texts)
+    images, texts = _karpathy_items(dataset.split(*splits))
+    return Collection(dataset.name, "karpathy", dataset.image_root, tuple(sorted(splits)), dataset.json_path,
+                      images, texts)
 
 
 def _read_metadata(path: Path) -> dict[str, dict[str, Any]]:
@@ -112,19 +123,18 @@ def load_folder_collection(folder: str | Path) -> Collection:
     unknown = sorted(set(metadata) - set(files))
     if unknown:
         raise DatasetError(f"{metadata_path}: entries for files that are not images under {root}: {unknown[:5]}")
-    records, sentid = [], 0
+    images: list[ImageItem] = []
+    texts: list[TextItem] = []
     for imgid, relative in enumerate(files):
-        captions = []
-        for text in metadata.get(relative, {}).get("captions", []):
-            captions.append(Caption(sentid, text.strip()))
-            sentid += 1
-        records.append(ImageRecord(imgid, relative, "all", tuple(captions)))
+        entry = metadata.get(relative, {})
+        captions = tuple(text.strip() for text in entry.get("captions", []))
+        # "split" is the Karpathy items' field; a folder has no splits
+        extra = {f: v for f, v in entry.items() if f not in ("file", "captions", "split")}
+        images.append(ImageItem(relative, relative, imgid, captions, extra))
+        first = len(texts)  # caption cache ids run on across the folder, in file order
+        texts.extend(TextItem(f"{relative}#{n}", text, relative, first + n) for n, text in enumerate(captions))
     # The cache key must change when the folder's listing or captions change.
     digest = hashlib.sha256(json.dumps([files, {k: v.get("captions", []) for k, v in metadata.items()}],
                                        sort_keys=True).encode()).hexdigest()[:12]
-    dataset = KarpathyDataset(f"{root.name or 'folder'}-{digest}", metadata_path, root, tuple(records))
-    extra = {k: {f: v for f, v in m.items() if f not in ("file", "captions")} for k, m in metadata.items()}
-    images, texts = _items(dataset, dataset.images, extra)
-    images = tuple(ImageItem(i.id, i.relative_path, i.cache_id, i.captions,
-                             {k: v for k, v in i.metadata.items() if k != "split"}) for i in images)
-    return Collection(dataset.name, "folder", root, ("all",), dataset, images, texts)
+    return Collection(f"{root.name or 'folder'}-{digest}", "folder", root, ("all",), metadata_path, tuple(images),
+                      tuple(texts))

@@ -35,7 +35,16 @@ from indexer.searchers import (
     Searcher,
     StrongestTerms,
 )
-from indexer.store import IndexManifest, IndexUnavailableError, Side, SideStore, check_binding, read_manifest
+from indexer.store import (
+    IndexManifest,
+    IndexUnavailableError,
+    Side,
+    SideStore,
+    check_binding,
+    manifest_path,
+    opening_index,
+    read_manifest,
+)
 
 Mode = Literal["dense", "sparse", "hybrid"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -129,10 +138,15 @@ class SearchEngine:
     def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
                  checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None) -> None:
         self.index_dir = Path(index_dir)
-        self.manifest: IndexManifest = read_manifest(self.index_dir)
+        # the live version, resolved once and held while it is opened: every read comes from it
+        with opening_index(self.index_dir) as directory:
+            self.directory = directory
+            self._open(encoder, checkpoint, sides)
+
+    def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None) -> None:
+        self.manifest: IndexManifest = read_manifest(self.directory)
         if encoder is None:
-            path = Path(checkpoint) if checkpoint is not None else Path(self.manifest.checkpoint.path)
-            encoder = DuetEncoder.from_checkpoint(path)
+            encoder = DuetEncoder.from_checkpoint(Path(checkpoint) if checkpoint is not None else self.checkpoint_dir)
         check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
                       backbone_fingerprint=encoder.checkpoint.backbone_fingerprint,
                       vocabulary_digest=vocabulary_digest(encoder.vocabulary))
@@ -144,11 +158,21 @@ class SearchEngine:
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
-            self.stores[side] = SideStore.load(self.index_dir / side, side, side_manifest)
-            self.lucene[side] = ImpactSearcher(self.index_dir / side / "lucene", scale)
+            self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
+            self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             if self.lucene[side].num_docs() != side_manifest.count:
-                raise IndexUnavailableError(f"{self.index_dir / side}/lucene holds {self.lucene[side].num_docs()} "
+                raise IndexUnavailableError(f"{self.directory / side}/lucene holds {self.lucene[side].num_docs()} "
                                             f"documents, the manifest {side_manifest.count}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The checkpoint the index was built with (its own copy; format 1: where it was built from)."""
+        return manifest_path(self.directory, self.manifest.checkpoint.path)
+
+    @property
+    def collection_root(self) -> Path:
+        """Where the index's image files are, as recorded at build time (relative to the index directory)."""
+        return manifest_path(self.index_dir, self.manifest.collection["root"])
 
     # ----- queries -----
     def encode_text(self, text: str) -> Query:

@@ -1,29 +1,43 @@
 """On-disk index layout, its manifest, and the readers that refuse anything inconsistent.
 
-  <index>/manifest.json          IndexManifest: checkpoint binding, quantisation, counts, index types, file hashes
-  <index>/<side>/items.jsonl     one item per row: {"id", ...metadata}; row number = FAISS id = Lucene doc id
-  <index>/<side>/dense.npy       (N, D) float32 unit vectors (exact rescoring)
-  <index>/<side>/dense.faiss     FAISS index over the same rows
-  <index>/<side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
-  <index>/<side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
+An index directory holds its versions and a link to the live one (core/atomic.py ``versioned_directory``):
+  <index>/current -> versions/<id>   replaced in one rename when a build publishes
+  <index>/versions/<id>/             the contents of one build, self-contained:
+    manifest.json          IndexManifest: checkpoint binding, quantisation, counts, index types, file hashes
+    checkpoint/            a copy of the checkpoint the index was built with (loaded by default)
+    <side>/items.jsonl     one item per row: {"id", ...metadata}; row number = FAISS id = Lucene doc id
+    <side>/dense.npy       (N, D) float32 unit vectors (exact rescoring)
+    <side>/dense.faiss     FAISS index over the same rows
+    <side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
+    <side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
+Readers resolve ``current`` once (``index_contents``) and read everything from that version. A directory with the
+contents at its top (built before versions, or a version copied out on its own) opens as it is.
+No path in the manifest is absolute, so an index opens wherever it is moved or mounted: the checkpoint's is
+relative to the version (it is inside it); the image root's is relative to the index directory (the one readers
+open), so it stays right while the images move along with the index, and a setting names it otherwise.
+Manifests of format duet-index/1 recorded absolute paths, which are used as they are.
 Sides: ``images`` (targets of text->image and image->image) and ``texts`` (targets of image->text).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.atomic import CURRENT, VERSIONS, current_version, reading_version
 from core.checkpoint import sha256_file
 from core.encoder import EncodedItems, SparseRows
 
-FORMAT = "duet-index/1"
+FORMAT: Final = "duet-index/2"
 MANIFEST = "manifest.json"
+CHECKPOINT_DIR = "checkpoint"
 Side = Literal["images", "texts"]
 SIDES: tuple[Side, ...] = get_args(Side)
 
@@ -41,7 +55,7 @@ class _Strict(BaseModel):
 
 
 class CheckpointBinding(_Strict):
-    path: str
+    path: str  # the index's own copy, relative to the version (duet-index/1: the absolute source path)
     content_hash: str
     backbone_fingerprint: str
     vocabulary_digest: str
@@ -59,7 +73,7 @@ class SideManifest(_Strict):
 
 
 class IndexManifest(_Strict):
-    format: Literal["duet-index/1"] = FORMAT
+    format: Literal["duet-index/1", "duet-index/2"] = FORMAT
     created_at: str
     checkpoint: CheckpointBinding
     temperature: float
@@ -67,9 +81,43 @@ class IndexManifest(_Strict):
     fusion_sparse_weight: float
     quantization: dict[str, Any]  # {"scale": float, "rule": str}
     pruning: dict[str, int | None]  # {"images": k, "texts": k}
-    collection: dict[str, Any]  # {"name", "source", "root", "splits"}
+    # {"name", "source", "root" (relative to the index directory), "splits", "skipped_images" (relative to root)}
+    collection: dict[str, Any]
     sides: dict[str, SideManifest]
     build: dict[str, Any] = {}
+
+
+def index_contents(index_dir: str | Path) -> Path:
+    """The directory holding the live version's manifest and sides (resolved once: read everything from it)."""
+    return current_version(index_dir)
+
+
+def opening_index(index_dir: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """``index_contents``, held for the block: a publication meanwhile does not remove the version being opened."""
+    return reading_version(index_dir)
+
+
+def manifest_path(base: str | Path, recorded: str) -> Path:
+    """A path recorded in a manifest, relative to ``base``; absolute ones (duet-index/1) stay as they are."""
+    return Path(base) / recorded
+
+
+def relative_to(base: str | Path, path: str | Path) -> str:
+    """``path`` as recorded relative to ``base`` (symlinks resolved first, as the kernel resolves ``..``)."""
+    return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+
+
+def check_publishable(index_dir: str | Path) -> None:
+    """Refuse to publish over a directory that is neither an index nor empty (it would be moved aside)."""
+    root = Path(index_dir)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise IndexUnavailableError(f"cannot publish an index at {root}: it is not a directory")
+    entries = {p.name for p in root.iterdir() if not p.name.startswith(".")}
+    if entries and not (entries & {CURRENT, VERSIONS, MANIFEST}):
+        raise IndexUnavailableError(f"cannot publish an index at {root}: the directory holds other files "
+                                    f"({sorted(entries)[:5]}); choose an empty or new directory")
 
 
 def side_files(side_dir: Path) -> dict[str, str]:
@@ -93,13 +141,16 @@ def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: Encod
 
 
 def read_manifest(index_dir: str | Path) -> IndexManifest:
-    path = Path(index_dir) / MANIFEST
+    """The live version's manifest (``index_dir`` may also be a version directory itself)."""
     if not Path(index_dir).is_dir():
         raise IndexUnavailableError(f"index directory not found: {index_dir} (build it with `python -m indexer build`)")
-    if not path.is_file():
-        raise IndexUnavailableError(f"not a Duet index (no {MANIFEST}): {index_dir}")
+    with opening_index(index_dir) as contents:
+        path = contents / MANIFEST
+        if not path.is_file():
+            raise IndexUnavailableError(f"not a Duet index (no {MANIFEST}): {index_dir}")
+        text = path.read_text()
     try:
-        return IndexManifest.model_validate_json(path.read_text())
+        return IndexManifest.model_validate_json(text)
     except ValidationError as e:
         first = e.errors()[0]
         raise IndexUnavailableError(f"invalid index manifest {path}: {first['loc']} {first['msg']}") from e
@@ -115,7 +166,8 @@ def check_binding(manifest: IndexManifest, *, content_hash: str, backbone_finger
         if expected != actual:
             raise IndexMismatchError(
                 f"index was built with {what} {expected[:16]}, but the loaded model has {actual[:16]}; "
-                f"rebuild the index with this checkpoint (python -m indexer build) or load {bound.path}")
+                f"rebuild the index with this checkpoint (python -m indexer build) or load the one it was built "
+                f"with (the index's own copy, the default)")
 
 
 @dataclass

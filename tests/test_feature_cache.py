@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from core.data import load_karpathy
-from core.feature_cache import CorruptImageError, cache_directory, compute_feature_cache, load_feature_cache
+from core.feature_cache import (
+    CorruptImageError,
+    FeatureInputs,
+    ImageInput,
+    TextInput,
+    cache_directory,
+    compute_feature_cache,
+    compute_features,
+    karpathy_inputs,
+    load_feature_cache,
+)
 
 SPLITS = ["train", "val", "test"]
 
@@ -47,7 +57,7 @@ def test_resume_after_interruption(tmp_path: Path, synthetic_dataset: Path, tiny
     with pytest.raises(Interrupt):
         compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "run", shard_size=16,
                               after_shard=crash_on_third)
-    final = cache_directory(tmp_path / "run", tiny_backbone.fingerprint, ds, SPLITS)
+    final = cache_directory(tmp_path / "run", tiny_backbone.fingerprint, karpathy_inputs(ds, SPLITS))
     assert not final.exists()  # nothing half-written is published
 
     computed: list[tuple[str, int]] = []
@@ -77,7 +87,7 @@ def test_corrupt_image_fails_with_its_name(tmp_path: Path, synthetic_dataset: Pa
     bad = ds.image_path(ds.split("test")[0]).name
     with pytest.raises(CorruptImageError, match=bad):
         compute_feature_cache(tiny_backbone, ds, splits=["test"], cache_root=tmp_path / "c")
-    assert not cache_directory(tmp_path / "c", tiny_backbone.fingerprint, ds, ["test"]).exists()
+    assert not cache_directory(tmp_path / "c", tiny_backbone.fingerprint, karpathy_inputs(ds, ["test"])).exists()
 
 
 def test_corrupt_images_listed_and_skipped_with_flag(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
@@ -114,3 +124,36 @@ def test_a_cache_of_more_splits_serves_a_subset(tiny_backbone, synthetic_dataset
     assert len(subset.texts.ids) == sum(len(r.captions) for r in val)
     row = int(subset.images.ids[0])
     assert torch.equal(subset.images.rows([row]), full.images.rows([row]))
+
+
+def test_features_of_any_item_list(tiny_backbone, synthetic_dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The cache takes a plain list of image files and texts with ids; a Karpathy split is one such list."""
+    dataset = load_karpathy(synthetic_dataset)
+    split = karpathy_inputs(dataset, ["val"])
+    assert split.splits == ("val",) and split.origin == str(dataset.json_path)
+    assert [i.id for i in split.images] == [r.image_id for r in dataset.split("val")]
+    assert split.images[0].path == dataset.image_path(dataset.split("val")[0])
+    assert [(t.id, t.image_id) for t in split.texts[:2]] == [(c.caption_id, dataset.split("val")[0].image_id)
+                                                             for c in dataset.split("val")[0].captions[:2]]
+    listed = FeatureInputs("my-list", "made by hand", ("all",),
+                           tuple(ImageInput(100 + n, i.path) for n, i in enumerate(split.images[:3])),
+                           (TextInput(7, "a red square", 101), TextInput(8, split.texts[0].text, 100)))
+    ours = compute_features(tiny_backbone, listed, cache_root=tmp_path, shard_size=2)
+    assert ours.directory == cache_directory(tmp_path, tiny_backbone.fingerprint, listed)
+    assert ours.directory.name == "my-list-all"
+    reference = compute_features(tiny_backbone, split, cache_root=tmp_path)
+    assert torch.equal(ours.images.rows([100, 102]), reference.images.rows([split.images[0].id, split.images[2].id]))
+    # texts are batched with others (padded alike), so equal up to rounding
+    assert torch.allclose(ours.texts.rows([8]), reference.texts.rows([split.texts[0].id]), atol=1e-5)
+    assert sorted(ours.texts.ids.tolist()) == [7, 8]
+
+
+def test_a_cache_recorded_with_a_relative_dataset_path_serves_an_absolute_one(
+        tiny_backbone, synthetic_dataset, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(synthetic_dataset.parent)
+    compute_feature_cache(tiny_backbone, load_karpathy(Path(synthetic_dataset.name)), splits=["test", "val"],
+                          cache_root=tmp_path)
+    calls: list[str] = []
+    subset = compute_feature_cache(tiny_backbone, load_karpathy(synthetic_dataset.resolve()), splits=["val"],
+                                   cache_root=tmp_path, after_shard=lambda kind, index: calls.append(kind))
+    assert calls == [] and len(subset.images.ids) == 16  # nothing was encoded again

@@ -6,6 +6,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -194,21 +195,30 @@ def test_missing_and_mismatched_index_fail_readiness_and_search(tiny_index: Path
             server.stop()
 
 
-def test_a_copied_index_serves_the_same_hits(tiny_server: Server, tiny_index: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "moved"
-    shutil.copytree(tiny_index, copy)
+def test_a_moved_index_serves_the_same_hits_and_its_images(tiny_server: Server, tiny_index: Path,
+                                                           synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The index and its image folder moved together (a plain copy, following links): the index's own checkpoint
+    is loaded and the images are served from where they now are."""
+    common = Path(os.path.commonpath([tiny_index, synthetic_dataset]))
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_index, moved / tiny_index.relative_to(common))
+    shutil.copytree(synthetic_dataset / "images", moved / synthetic_dataset.relative_to(common) / "images")
     query = {"text": "a red square on blue", "mode": "hybrid", "top_k": 5}
-    server = Server(["--index", str(copy)], tmp_path / "server.log")
+    original = tiny_server.post_json("/v1/search", query).json()["hits"]
+    moved_image = moved / synthetic_dataset.relative_to(common) / "images" / original[0]["id"]
+    moved_image.write_bytes(_png(8, 8))  # tells the moved folder's file from the original
+    server = Server(["--index", str(moved / tiny_index.relative_to(common))], tmp_path / "server.log")
     try:
         server.wait_started()
         assert server.request("GET", "/readyz").status == 200
         reply = server.post_json("/v1/search", query)
+        image = server.request("GET", original[0]["metadata"]["image_url"])
     finally:
         server.stop()
     assert reply.status == 200, reply.body
-    original = tiny_server.post_json("/v1/search", query).json()["hits"]
     assert [(h["id"], h["scores"]) for h in reply.json()["hits"]] == [(h["id"], h["scores"]) for h in original]
     assert len(original) == 5
+    assert image.status == 200 and image.body == moved_image.read_bytes()
 
 
 @pytest.fixture(scope="module")

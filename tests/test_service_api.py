@@ -93,6 +93,10 @@ class FakeEngine:
             sides={side: SideManifest(count=len(store.ids), dense_dim=4, faiss_factory="Flat", lucene_docs=len(
                 store.ids), mean_terms=3.0, bytes={"dense_store": 1}, files={}) for side, store in self.stores.items()})
 
+    @property
+    def collection_root(self) -> Path:
+        return self.root
+
     def _term(self, word: str) -> int:
         if word not in self.vocabulary:
             self.vocabulary.append(word)

@@ -40,7 +40,7 @@ def item_image(item_id: str, engine: EngineDep, settings: SettingsDep) -> FileRe
     side, item = _find(engine, item_id)
     if side == "texts":
         side, item = _find(engine, item["image_id"])
-    root = Path(settings.collection_root or engine.manifest.collection["root"]).resolve()
+    root = Path(settings.collection_root or engine.collection_root).resolve()
     path = (root / str(item.get("path", ""))).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         raise ApiError(404, "image_not_found", f"the image of {item_id!r} is not available in the collection")
