@@ -259,13 +259,8 @@ def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
         torch.save(state, handle)
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          workspace: Workspace | None = None, max_epochs_this_call: int | None = None) -> dict[str, Any]:
-    """Train ``config.method``; write run_dir/{best/, state.pt, metrics.jsonl, results.json}; return results.
-
-    ``max_epochs_this_call`` stops after that many epochs without finishing (used to test resuming).
-    """
-    run = Path(run_dir)
+def _open_run_dir(run: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    """The run directory, refused when it holds another run (unless resumed or overwritten), with config.json."""
     if run.exists() and any(run.iterdir()) and not (resume or overwrite):
         raise RunDirectoryError(f"run directory {run} is not empty: pass --resume to continue or --overwrite")
     if overwrite and not resume:
@@ -273,6 +268,58 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
             (run / name).unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run / "config.json", config.model_dump_json(indent=2))
+    return run
+
+
+def _restored_loop(run: Path, model: DuetModel, optimizer: torch.optim.Optimizer,
+                   device: str) -> dict[str, Any] | None:
+    """Model, optimizer and RNG from the last finished epoch's state; the loop counters, or None when none saved."""
+    if not (run / STATE_FILE).is_file():
+        return None
+    saved = torch.load(run / STATE_FILE, map_location=device, weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    state: dict[str, Any] = saved["loop"]
+    _logger.info("resumed %s at epoch %d (best val %.2f)", run, state["epoch"], state["best"])
+    return state
+
+
+def _close_epoch(config: TrainConfig, run: Path, ws: Workspace, model: DuetModel, state: dict[str, Any], *,
+                 val_split: SplitFeatures, grounding: GroundingReference, device: str, seconds: float,
+                 train_means: dict[str, float]) -> None:
+    """Validate, keep the checkpoint when the selection value improved (else count a bad epoch), log the epoch."""
+    leg = config.selection_metric
+    val = evaluate_model(model, val_split, device=device, grounding=grounding)
+    value = selection_value(val, leg, config.selection_gp10_floor)
+    improved = value > state["best"]
+    if improved:
+        state.update(best=value, best_epoch=state["epoch"], bad_epochs=0)
+        save_checkpoint(run / "best", model.cpu(), backbone_fingerprint=ws.backbone.fingerprint,
+                        metadata={"method": config.preset or config.method, "epoch": state["epoch"],
+                                  "val_selection": value})
+        model.to(device)
+    else:
+        state["bad_epochs"] += 1
+    record = {"epoch": state["epoch"], "seconds": round(seconds, 2), "temperature": float(model.temperature.detach()),
+              "train": train_means,
+              "val": {k: val[k] for k in ("dense", "sparse", "integrated", "sparsity", "readability")},
+              "selection": value, "improved": improved}
+    with (run / METRICS_LOG).open("a") as log:
+        log.write(json.dumps(record) + "\n")
+    _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f, selection %.2f (best %.2f @ %d), active terms q/d "
+                 "%.0f/%.0f, FLOPs %.2f, GP@10 %.3f", state["epoch"], seconds, leg, val[leg]["t2i"]["R@1"],
+                 value, state["best"], state["best_epoch"], val["sparsity"]["active_terms_query"],
+                 val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          workspace: Workspace | None = None, max_epochs_this_call: int | None = None) -> dict[str, Any]:
+    """Train ``config.method``; write run_dir/{best/, state.pt, metrics.jsonl, results.json}; return results.
+
+    ``max_epochs_this_call`` stops after that many epochs without finishing (used to test resuming).
+    """
+    run = _open_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     device = resolve_device(config.device)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -302,15 +349,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     # Official quirk: the regulariser also stepped on each validation forward (eval batches of 32).
     val_reg_steps = math.ceil(val_split.num_pairs / 32) + math.ceil(len(val_split.image_ids) / 32)
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "reg_step": 0, "best": -1000.0, "best_epoch": 0,
-                             "bad_epochs": 0, "epoch_seconds": []}
-    if resume and (run / STATE_FILE).is_file():
-        saved = torch.load(run / STATE_FILE, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["loop"]
-        torch.set_rng_state(saved["torch_rng"])
-        _logger.info("resumed %s at epoch %d (best val %.2f)", run, state["epoch"], state["best"])
+    state = _restored_loop(run, model, optimizer, device) if resume else None
+    if state is None:
+        state = {"epoch": 0, "step": 0, "reg_step": 0, "best": -1000.0, "best_epoch": 0, "bad_epochs": 0,
+                 "epoch_seconds": []}
 
     image_features = train_split.image_features.to(device)
     text_features = train_split.text_features.to(device)
@@ -319,7 +361,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     bow = OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device)) \
         if texts is not None and texts.bow is not None else None
     use_amp = config.amp and device == "cuda"
-    leg = config.selection_metric
     epochs_this_call = 0
     while state["epoch"] < config.optim.epochs and state["bad_epochs"] < config.patience:
         if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
@@ -365,28 +406,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         seconds = time.perf_counter() - started
         state["epoch_seconds"].append(seconds)
         state["epoch"] += 1
-        val = evaluate_model(model, val_split, device=device, grounding=grounding)
-        value = selection_value(val, leg, config.selection_gp10_floor)
-        improved = value > state["best"]
-        if improved:
-            state.update(best=value, best_epoch=state["epoch"], bad_epochs=0)
-            save_checkpoint(run / "best", model.cpu(), backbone_fingerprint=ws.backbone.fingerprint,
-                            metadata={"method": config.preset or config.method, "epoch": state["epoch"],
-                                      "val_selection": value})
-            model.to(device)
-        else:
-            state["bad_epochs"] += 1
-        record = {"epoch": state["epoch"], "seconds": round(seconds, 2),
-                  "temperature": float(model.temperature.detach()),
-                  "train": {k: v / max(1, steps_per_epoch) for k, v in sums.items()},
-                  "val": {k: val[k] for k in ("dense", "sparse", "integrated", "sparsity", "readability")},
-                  "selection": value, "improved": improved}
-        with (run / METRICS_LOG).open("a") as log:
-            log.write(json.dumps(record) + "\n")
-        _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f, selection %.2f (best %.2f @ %d), active terms q/d "
-                     "%.0f/%.0f, FLOPs %.2f, GP@10 %.3f", state["epoch"], seconds, leg, val[leg]["t2i"]["R@1"],
-                     value, state["best"], state["best_epoch"], val["sparsity"]["active_terms_query"],
-                     val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
+        train_means = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        _close_epoch(config, run, ws, model, state, val_split=val_split, grounding=grounding, device=device,
+                     seconds=seconds, train_means=train_means)
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
                           "torch_rng": torch.get_rng_state()})
         epochs_this_call += 1
