@@ -29,6 +29,7 @@ demo: setup
 # The test command (README, CI): offline, CPU, tiny models and generated data.
 test: setup browser
 	$(VENV)/bin/ruff check core training indexer service benchmarks tests
+	$(PY) -m mypy core indexer service
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 # Reproduce docs/results.md on Flickr8k (feature cache, LiT base, SKD, baselines, ablations, report).

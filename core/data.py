@@ -68,6 +68,36 @@ def require_dataset_dir(dataset_dir: str | Path | None) -> Path:
     return Path(chosen)
 
 
+def _dataset_json(directory: Path, json_name: str | None) -> Path:
+    """The dataset's JSON: ``json_name``, else the folder's one ``dataset_*.json``."""
+    if json_name is None:
+        candidates = sorted(directory.glob("dataset_*.json"))
+        if len(candidates) != 1:
+            found = [c.name for c in candidates]
+            raise DatasetError(f"expected exactly one dataset_*.json in {directory}, found {found}")
+        return candidates[0]
+    json_path = directory / json_name
+    if not json_path.is_file():
+        raise DatasetError(f"dataset JSON not found: {json_path}")
+    return json_path
+
+
+def _image_record(entry: object, where: str) -> ImageRecord:
+    """One ``images[]`` entry; ``filepath`` (MSCOCO: ``val2014``) prefixes the file name."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object")
+    image_id = int(_field(entry, "imgid", where))
+    filename = str(_field(entry, "filename", where))
+    relative = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
+    sentences = _field(entry, "sentences", where)
+    if not isinstance(sentences, list):
+        raise DatasetError(f"{where}: 'sentences' must be a list")
+    captions = tuple(Caption(int(_field(s, "sentid", f"{where} sentence {j}")),
+                             str(_field(s, "raw", f"{where} sentence {j}")).strip())
+                     for j, s in enumerate(sentences))
+    return ImageRecord(image_id, relative, str(_field(entry, "split", where)), captions)
+
+
 def load_karpathy(dataset_dir: str | Path | None, *, json_name: str | None = None,
                   image_root: str | Path | None = None) -> KarpathyDataset:
     """Load ``dataset_*.json`` from ``dataset_dir`` (None: the ``DUET_DATA`` setting); images under ``image_root``
@@ -78,16 +108,7 @@ def load_karpathy(dataset_dir: str | Path | None, *, json_name: str | None = Non
     directory = require_dataset_dir(dataset_dir)
     if not directory.is_dir():
         raise DatasetError(f"dataset directory not found: {directory} (set --data to a Karpathy-format dataset)")
-    if json_name is None:
-        candidates = sorted(directory.glob("dataset_*.json"))
-        if len(candidates) != 1:
-            found = [c.name for c in candidates]
-            raise DatasetError(f"expected exactly one dataset_*.json in {directory}, found {found}")
-        json_path = candidates[0]
-    else:
-        json_path = directory / json_name
-    if not json_path.is_file():
-        raise DatasetError(f"dataset JSON not found: {json_path}")
+    json_path = _dataset_json(directory, json_name)
     try:
         raw = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -97,22 +118,11 @@ def load_karpathy(dataset_dir: str | Path | None, *, json_name: str | None = Non
     records = []
     seen_ids: set[int] = set()
     for index, entry in enumerate(raw["images"]):
-        where = f"{json_path} images[{index}]"
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{where}: expected an object")
-        image_id = int(_field(entry, "imgid", where))
-        if image_id in seen_ids:
-            raise DatasetError(f"{where}: duplicate imgid {image_id}")
-        seen_ids.add(image_id)
-        filename = str(_field(entry, "filename", where))
-        relative = f"{entry['filepath']}/{filename}" if entry.get("filepath") else filename
-        sentences = _field(entry, "sentences", where)
-        if not isinstance(sentences, list):
-            raise DatasetError(f"{where}: 'sentences' must be a list")
-        captions = tuple(Caption(int(_field(s, "sentid", f"{where} sentence {j}")),
-                                 str(_field(s, "raw", f"{where} sentence {j}")).strip())
-                         for j, s in enumerate(sentences))
-        records.append(ImageRecord(image_id, relative, str(_field(entry, "split", where)), captions))
+        record = _image_record(entry, f"{json_path} images[{index}]")
+        if record.image_id in seen_ids:
+            raise DatasetError(f"{json_path} images[{index}]: duplicate imgid {record.image_id}")
+        seen_ids.add(record.image_id)
+        records.append(record)
     root = Path(image_root) if image_root is not None else directory / "images"
     if not root.is_dir():
         raise DatasetError(f"image root not found: {root}")

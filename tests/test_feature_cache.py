@@ -117,7 +117,7 @@ def test_a_cache_of_more_splits_serves_a_subset(tiny_backbone, synthetic_dataset
     full = compute_feature_cache(tiny_backbone, dataset, splits=["test", "val"], cache_root=tmp_path)
     calls: list[str] = []
     subset = compute_feature_cache(tiny_backbone, dataset, splits=["val"], cache_root=tmp_path,
-                                   after_shard=lambda kind, index: calls.append(kind))
+                                   after_shard=lambda kind, _index: calls.append(kind))
     assert calls == []  # nothing was encoded again
     val = dataset.split("val")
     assert sorted(int(i) for i in subset.images.ids) == sorted(r.image_id for r in val)
@@ -155,5 +155,5 @@ def test_a_cache_recorded_with_a_relative_dataset_path_serves_an_absolute_one(
                           cache_root=tmp_path)
     calls: list[str] = []
     subset = compute_feature_cache(tiny_backbone, load_karpathy(synthetic_dataset.resolve()), splits=["val"],
-                                   cache_root=tmp_path, after_shard=lambda kind, index: calls.append(kind))
+                                   cache_root=tmp_path, after_shard=lambda kind, _index: calls.append(kind))
     assert calls == [] and len(subset.images.ids) == 16  # nothing was encoded again

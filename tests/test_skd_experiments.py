@@ -16,8 +16,8 @@ def _exp(results: list[tuple[float, float]], *, higher: bool = True, paired: boo
          extra_ok: bool | None = None) -> Experiment:
     return Experiment(name="fake", title="Fake", metric="m", higher_is_better=higher, claim="c", in_spirit_of=True,
                       reconstructed=("r",), seeds=len(results), paired_rule=paired,
-                      run_seed=lambda seed, smoke: SeedResult(*results[seed], loss_decreased=True, extra={"x": 1.0}),
-                      extra_rule=None if extra_ok is None else (lambda rs: (extra_ok, "extra")))
+                      run_seed=lambda seed, _smoke: SeedResult(*results[seed], loss_decreased=True, extra={"x": 1.0}),
+                      extra_rule=None if extra_ok is None else (lambda _results: (extra_ok, "extra")))
 
 
 def test_pass_rules() -> None:
