@@ -74,23 +74,23 @@ class IndexBuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     checkpoint: Path = Field(description="Duet checkpoint directory (e.g. runs/skd/best).")
-    output: Path = Field(description="Index directory to publish.")
+    output: Path = Field(description="Index directory to publish (its new version goes live only when complete).")
     source: Literal["karpathy", "folder"] = "karpathy"
     dataset: Path | None = Field(default_factory=lambda: _setting_path(dataset_dir_setting()),
                                  description="Karpathy dataset dir (default: the DUET_DATA setting), or the image "
                                  "folder.")
     image_root: Path | None = Field(None, description="Karpathy image root (default <dataset>/images).")
-    splits: tuple[str, ...] = ("test",)
+    splits: tuple[str, ...] = Field(("test",), description="Karpathy splits, e.g. test or train,val,test.")
     faiss_factory: str = Field("Flat", description="FAISS index_factory string (inner product): Flat, HNSW32, "
                                "IVF256,Flat, ...")
     sparse_scale: float = Field(100.0, gt=0, le=10_000, description="Lucene impact = round(weight * scale).")
     prune_image_terms: int | None = Field(None, gt=0, description="Keep each image's top-k terms only.")
     prune_text_terms: int | None = Field(None, gt=0, description="Keep each text's top-k terms only.")
-    cache_root: Path = Path("artifacts/cache")
+    cache_root: Path = Field(Path("artifacts/cache"), description="Feature cache root (shared with training).")
     skip_corrupt: bool = Field(False, description="List and skip unreadable images instead of failing.")
-    threads: int = Field(2, gt=0)
-    batch_size: int = Field(1024, gt=0)
-    device: str = "cpu"
+    threads: int = Field(2, gt=0, description="Threads of the Lucene index build.")
+    batch_size: int = Field(1024, gt=0, description="Images or captions encoded per batch.")
+    device: str = Field("cpu", description="Torch device of the encoder, e.g. cuda.")
     keep_previous: bool = Field(False, description="Keep the version this build replaces (a rollback is one link "
                                 "away, for the disk of one more index); older versions are removed.")
 

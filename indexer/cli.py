@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from core.checkpoint import CheckpointError
-from core.cli_args import Flag, ModelArgs
+from core.cli_args import ModelArgs
 from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
@@ -24,15 +24,8 @@ USER_ERRORS = (DatasetError, CheckpointError, CorruptImageError, IndexUnavailabl
 
 
 # flags keep the names scripts and docs use; --data/--folder (dataset and source together) are added by hand
-BUILD_ARGS = ModelArgs(IndexBuildConfig, exclude=("source", "dataset"), flags={
-    "output": Flag(("--out",), help="index directory to publish (replaced only when complete)"),
-    "sparse_scale": "--scale",
-    "splits": Flag(help="Karpathy splits, e.g. test or train,val,test"),
-    "cache_root": Flag(help="feature cache root (shared with training)"),
-    "threads": Flag(help="threads of the Lucene index build"),
-    "batch_size": Flag(help="images or captions encoded per batch"),
-    "device": Flag(help="torch device of the encoder, e.g. cuda"),
-})
+BUILD_ARGS = ModelArgs(IndexBuildConfig, exclude=("source", "dataset"), flags={"output": "--out",
+                                                                               "sparse_scale": "--scale"})
 
 
 def build_parser() -> argparse.ArgumentParser:
