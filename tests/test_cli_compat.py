@@ -33,10 +33,10 @@ def _both(old: argparse.ArgumentParser, new: argparse.ArgumentParser,
 
 INDEXER_BUILDS = [
     # README.md
-    "build --checkpoint runs/grounded/best --data ../shared/flickr8k --splits test --out indexes/f8k-test",
+    "build --checkpoint runs/grounded/best --data data/flickr8k --splits test --out indexes/f8k-test",
     "build --checkpoint runs/grounded/best --folder /home/u/photos --out indexes/photos",
     # scripts/demo.sh (its SPLITS default)
-    "build --checkpoint runs/grounded/best --data ../shared/flickr8k --splits train,val,test --out indexes/flickr8k",
+    "build --checkpoint runs/grounded/best --data data/flickr8k --splits train,val,test --out indexes/flickr8k",
     # tests/test_indexer.py
     "build --checkpoint ckpt --folder folder --out out --cache-root tmp/cache",
     "build --checkpoint ckpt --data data --splits nosuch --out i",
@@ -74,11 +74,11 @@ TINY_RUN = ("--scales 300 --prune-terms 4 --weight-grid 0,0.5,1 --latency-querie
             "--knob-scales 300 --knob-candidate-k 5,300 --knob-ef-search 4,64 --knob-query-cut 2,20")
 RUNS = [
     # Makefile (benchmarks, with and without BENCH_ARGS=--resume); docs/benchmarks/*/README.md's Reproduce lines
-    "run --checkpoint runs/grounded/best --data ../shared/flickr8k --out docs/benchmarks/flickr8k-test "
+    "run --checkpoint runs/grounded/best --data data/flickr8k --out docs/benchmarks/flickr8k-test "
     "--scales 10000,100000,1000000 --knob-scales 100000,1000000",
-    "run --checkpoint runs/skd/best --data ../shared/flickr8k --out docs/benchmarks/flickr8k-test --resume "
+    "run --checkpoint runs/skd/best --data data/flickr8k --out docs/benchmarks/flickr8k-test --resume "
     "--scales 10000,100000,1000000 --knob-scales 100000,1000000",
-    "run --checkpoint runs/grounded/best --data ../shared/flickr8k --out o --knob-scales 100000",
+    "run --checkpoint runs/grounded/best --data data/flickr8k --out o --knob-scales 100000",
     # docs/benchmarks/README.md: other datasets
     "run --checkpoint runs/grounded/best --dataset mscoco --data data/mscoco --split test "
     "--out docs/benchmarks/mscoco-5k",
@@ -120,7 +120,7 @@ def test_benchmark_run_lines_rejected_before_are_rejected(line: str) -> None:
 
 @pytest.mark.parametrize("line", [
     # Makefile check-benchmarks
-    "check --matrix benchmarks/matrix/flickr8k-test.json --checkpoint runs/grounded/best --data ../shared/flickr8k",
+    "check --matrix benchmarks/matrix/flickr8k-test.json --checkpoint runs/grounded/best --data data/flickr8k",
     # tests/test_benchmark_runner.py
     "check --matrix benchmarks/matrix/flickr8k-test-latent.json --data coco --work w --cache-root c",
     "check --matrix benchmarks/matrix/flickr8k-test.json --output verdicts.json",
