@@ -209,9 +209,11 @@ def _remove_unless_read(version: Path) -> None:
         os.close(fd)
 
 
-def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = False) -> Path:
+def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = False,
+                    keep_at_top: tuple[str, ...] = ()) -> Path:
     """Publish the version written in ``staged`` (from ``new_version``) as ``path``'s live one; return its
-    directory. Versions other than the new one (and the previous one, with ``keep_previous``) are removed."""
+    directory. Versions other than the new one (and the previous one, with ``keep_previous``) are removed;
+    ``keep_at_top`` names entries beside the versions that belong to the path, not to a pre-version layout."""
     root = Path(path)
     version = staged.with_name(staged.name.removeprefix(".").removesuffix(".tmp"))
     staged.chmod(DIRECTORY_MODE)
@@ -230,7 +232,7 @@ def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = Fal
             os.replace(link, root / previous)
         else:
             legacy = [p.name for p in root.iterdir()
-                      if p.name not in (CURRENT, VERSIONS) and not p.name.startswith(".")]
+                      if p.name not in (CURRENT, VERSIONS, *keep_at_top) and not p.name.startswith(".")]
         if plain_list.is_file():  # contents from before versions, kept at the top for one more publication
             for name in json.loads(plain_list.read_text()):
                 _remove(root / name)
@@ -248,7 +250,8 @@ def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = Fal
 
 
 @contextlib.contextmanager
-def versioned_directory(path: str | Path, *, keep_previous: bool = False) -> Iterator[Path]:
+def versioned_directory(path: str | Path, *, keep_previous: bool = False,
+                        keep_at_top: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh version directory of ``path``; on success publish it (one rename of ``path/current``).
 
     A crash inside the block leaves the live version untouched and removes the new one.
@@ -259,4 +262,4 @@ def versioned_directory(path: str | Path, *, keep_previous: bool = False) -> Ite
     except BaseException:
         discard_version(staged)
         raise
-    publish_version(path, staged, keep_previous=keep_previous)
+    publish_version(path, staged, keep_previous=keep_previous, keep_at_top=keep_at_top)

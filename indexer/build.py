@@ -294,17 +294,20 @@ def make_manifest(*, config: IndexBuildConfig, encoder: DuetEncoder, binding: Ch
 def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
                   sides: Mapping[str, EncodedSide | tuple[list[dict[str, Any]], EncodedItems]],
                   collection: Mapping[str, Any], *, timings: Mapping[str, float] | None = None,
-                  started: float | None = None) -> IndexManifest:
+                  started: float | None = None, wal_seq: int = 0,
+                  keep_at_top: tuple[str, ...] = ()) -> IndexManifest:
     """Write encoded sides (items + vectors) as a new version of ``config.output``, bound to ``encoder``'s
     checkpoint (copied in), and make it the live one.
 
-    Also used by the benchmarks to index synthetic vectors in the model's space.
+    Also used by the benchmarks to index synthetic vectors in the model's space, and by a live collection's
+    compaction (``wal_seq``: the last write-ahead-log record the version includes; ``keep_at_top``: the
+    collection's own entries beside the versions).
     """
     timings = dict(timings or {})
     started = time.perf_counter() if started is None else started
     check_publishable(config.output)
     source = encoder.checkpoint_path or config.checkpoint
-    with versioned_directory(config.output, keep_previous=config.keep_previous) as contents:
+    with versioned_directory(config.output, keep_previous=config.keep_previous, keep_at_top=keep_at_top) as contents:
         side_manifests = {}
         for name, side in sides.items():
             written = write_side(contents / name, side if isinstance(side, EncodedSide) else EncodedSide(*side),
@@ -315,7 +318,7 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
         binding = copy_checkpoint(encoder, Path(source), contents)
         timings["total_seconds"] = time.perf_counter() - started
         manifest = make_manifest(config=config, encoder=encoder, binding=binding, sides=side_manifests,
-                                 collection=collection, timings=timings)
+                                 collection=collection, timings=timings).model_copy(update={"wal_seq": wal_seq})
         (contents / MANIFEST).write_text(manifest.model_dump_json(indent=2))
     _logger.info("published index %s: %s", config.output, {side: s.count for side, s in manifest.sides.items()})
     return manifest

@@ -32,9 +32,11 @@ from indexer.searchers import (
     HybridSearcher,
     LuceneLeg,
     Rescored,
+    RowScorer,
     Searcher,
     StrongestTerms,
 )
+from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView
 from indexer.store import (
     IndexManifest,
     IndexUnavailableError,
@@ -155,6 +157,7 @@ class SearchEngine:
         scale = float(self.manifest.quantization["scale"])
         self.stores: dict[str, SideStore] = {}
         self.lucene: dict[str, ImpactSearcher] = {}
+        self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
@@ -203,6 +206,16 @@ class SearchEngine:
     def exact_scores(self, side: str) -> ExactScores:
         return ExactScores(self.store(side), self.vocab_size)
 
+    def view(self, side: str) -> SideView:
+        """The side as a search sees it now: the base index and the live segment (writes since, deletes)."""
+        return SideView(self.store(side), self.segments.get(side))
+
+    def set_segment(self, side: str, segment: Segment) -> None:
+        """Make a side's changes visible to every later search (one reference swap: a search in flight keeps the
+        segment it took)."""
+        self.store(side)
+        self.segments = {**self.segments, side: segment}
+
     def weights(self, params: SearchParams) -> tuple[float, float]:
         """The fusion weights of a search: the request's, else the checkpoint's val-selected ones."""
         w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
@@ -224,21 +237,39 @@ class SearchEngine:
         self.store(side)
         return LuceneLeg(self.lucene[side], threads=threads)
 
-    def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet") -> HybridSearcher:
+    def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
+                 view: SideView | None = None) -> HybridSearcher:
         """The searcher a search runs: the mode's legs over one side, every candidate rescored exactly.
 
         Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
-        to candidate_k too, so the full-query rescoring can recover what the cut missed."""
+        to candidate_k too, so the full-query rescoring can recover what the cut missed. On a side that changed
+        since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
+        score the mode ranks by."""
+        view = view or self.view(params.side)
         legs: dict[str, Searcher] = {}
         if params.mode in ("dense", "hybrid"):
             legs["dense"] = self.dense_leg(params.side)
         term_limit = self._query_term_limit(params)
         if params.mode in ("sparse", "hybrid"):
             legs["sparse"] = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
+        legs, scores = self._with_changes(legs, view)
         widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
-        return HybridSearcher(legs, self.exact_scores(params.side), self.fuse(params),
+        return HybridSearcher(legs, scores, self.fuse(params),
                               rank_by="fused" if params.mode == "hybrid" else params.mode,
                               candidate_k=params.candidate_k if widen else None, name=name)
+
+    def _with_changes(self, legs: dict[str, Searcher], view: SideView) -> tuple[dict[str, Searcher], RowScorer]:
+        """The base legs without deleted rows, plus the delta as a leg per score; the scorer over both parts."""
+        segment, base_scores = view.segment, self.exact_scores(view.base.side)
+        if segment.deleted.size:
+            legs = {role: Excluding(leg, segment.deleted) for role, leg in legs.items()}
+        if not segment.delta.count:
+            return legs, base_scores
+        delta = ExactScores(segment.delta, self.vocab_size)
+        for by in ("dense", "sparse"):
+            if by in legs:
+                legs[f"delta_{by}"] = DeltaLeg(delta, segment, by)
+        return legs, SegmentScores(base_scores, delta, view.base_count)
 
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         return self.search_batch([query], params)[0]
@@ -247,28 +278,29 @@ class SearchEngine:
         """One batch through the mode's searcher (one FAISS call, one Lucene batch over ``threads``), then the
         requested page of each ranking as hits."""
         warnings = [sparse_leg_warnings(q, params) for q in queries]
-        store = self.store(params.side)
-        rankings = self.searcher(params, threads=threads).search_batch(queries, params.offset + params.top_k)
+        view = self.view(params.side)
+        searcher = self.searcher(params, threads=threads, view=view)
+        rankings = searcher.search_batch(queries, params.offset + params.top_k)
         w_dense, w_sparse = self.weights(params)
         weights = {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": self.manifest.temperature}
-        return [SearchResult(self._hits(query, store, ranking, params), ranking.candidates, weights,
+        return [SearchResult(self._hits(query, view, ranking, params), ranking.candidates, weights,
                              timings_ms=dict(ranking.timings_ms), warnings=notes)
                 for query, ranking, notes in zip(queries, rankings, warnings, strict=True)]
 
-    def _hits(self, query: Query, store: SideStore, ranking: Rescored, params: SearchParams) -> list[Hit]:
+    def _hits(self, query: Query, view: SideView, ranking: Rescored, params: SearchParams) -> list[Hit]:
         hits = []
         for position in range(params.offset, len(ranking)):
             row = int(ranking.rows[position])
-            explanation = self.explain(query, params.side, row) if params.explain else None
-            hits.append(Hit(row, store.ids[row], position + 1, float(ranking.dense[position]),
-                            float(ranking.sparse[position]), float(ranking.fused[position]), store.items[row],
+            explanation = self.explain(query, params.side, row, view=view) if params.explain else None
+            hits.append(Hit(row, view.id(row), position + 1, float(ranking.dense[position]),
+                            float(ranking.sparse[position]), float(ranking.fused[position]), view.item(row),
                             explanation))
         return hits
 
-    def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12) -> Explanation:
+    def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12,
+                view: SideView | None = None) -> Explanation:
         """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""
-        store = self.store(side)
-        ids, values = store.sparse.row(row)
+        ids, values = (view or self.view(side)).sparse_row(row)
         common, q_pos, i_pos = np.intersect1d(query.term_ids, ids, assume_unique=True, return_indices=True)
         term = self.encoder.vocabulary.display
         matched = [TermMatch(term(int(t)), int(t), float(query.term_weights[q]), float(values[i]),
@@ -279,10 +311,12 @@ class SearchEngine:
         return Explanation(matched, [(term(int(ids[i])), float(values[i])) for i in top])
 
     def item(self, item_id: str) -> tuple[str, dict[str, Any]]:
-        for side, store in self.stores.items():
-            row = store.row_of.get(item_id)
+        """The live item with this id and its side (a deleted item is gone)."""
+        for side in self.stores:
+            view = self.view(side)
+            row = view.row_of(item_id)
             if row is not None:
-                return side, store.items[row]
+                return side, view.item(row)
         raise KeyError(item_id)
 
     def close(self) -> None:

@@ -17,9 +17,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from core.encoder import SparseRows
 from indexer.lucene import ImpactSearcher
 from indexer.query import Query
-from indexer.store import SideStore
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,33 @@ class StrongestTerms:
 
 
 # ----- exact rescoring -----
+class StoredVectors(Protocol):
+    """What exact scoring reads: a side's stored vectors (an index side, or the delta written since)."""
+
+    @property
+    def dense(self) -> np.ndarray: ...  # (N, D) float32 unit rows
+
+    @property
+    def sparse(self) -> SparseRows: ...
+
+
+class RowScorer(Protocol):
+    def __len__(self) -> int: ...
+
+    def dense(self, query: Query, rows: np.ndarray) -> np.ndarray: ...
+
+    def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray: ...
+
+
 class ExactScores:
     """Exact scores of any rows of one side: dense dot products from the stored vectors, sparse dot products from
     the float forward store (not Lucene's quantised impacts)."""
 
-    def __init__(self, store: SideStore, vocab_size: int) -> None:
+    def __init__(self, store: StoredVectors, vocab_size: int) -> None:
         self.store, self.vocab_size = store, vocab_size
 
     def __len__(self) -> int:
-        return len(self.store.ids)
+        return int(self.store.dense.shape[0])
 
     def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
         return self.store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
@@ -141,7 +159,7 @@ class HybridSearcher:
     ``legs`` maps a role ("dense", "sparse") to any searcher: Duet's FAISS and Lucene legs, or a peer's.
     """
 
-    def __init__(self, legs: Mapping[str, Searcher], scores: ExactScores, fuse: Fuse, *, rank_by: RankBy = "fused",
+    def __init__(self, legs: Mapping[str, Searcher], scores: RowScorer, fuse: Fuse, *, rank_by: RankBy = "fused",
                  candidate_k: int | None = None, name: str = "hybrid") -> None:
         if not legs:
             raise ValueError("a hybrid searcher needs at least one leg")

@@ -85,6 +85,8 @@ class IndexManifest(_Strict):
     collection: dict[str, Any]
     sides: dict[str, SideManifest]
     build: dict[str, Any] = {}
+    # the last write-ahead-log record this version includes (a compaction's); a built index includes none
+    wal_seq: int = 0
 
 
 def index_contents(index_dir: str | Path) -> Path:

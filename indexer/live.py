@@ -1,0 +1,549 @@
+"""A collection that changes while it serves: add, replace and delete items, with nothing acknowledged lost.
+
+Layout beside the index's versions (``<index>/current -> versions/<id>``):
+  live/wal.jsonl      the write-ahead log: one record per write, ``<crc32> <json>`` a line, fsynced before the
+                      write is acknowledged; the vectors are in the record, so replay needs no encoder pass
+  live/uploads/       uploaded image files (content-addressed), fsynced before their record
+  live/.writer.lock   held by the one process that writes the collection
+
+A write is encoded, logged, then applied to each side's segment (indexer/segments.py): the delta it appends and
+the rows it deletes are searchable from the next search on. Opening a collection replays the records its live
+version does not include (``manifest.wal_seq``); a torn last line (a write that was never acknowledged) is cut.
+``compact`` writes base + delta - deletes as a new version through the build's publication (one link swap, while
+searches go on), opens it, re-applies the writes that arrived meanwhile, swaps it in and rewrites the log to
+those writes only. A crash at any point leaves the old version with its full log, or the new one with a log
+whose already-included records are skipped by sequence number.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from core.atomic import atomic_file
+from core.encoder import DuetEncoder, EncodedItems, SparseRows
+from indexer.build import EncodedSide, IndexBuildConfig, publish_index
+from indexer.search import SearchEngine
+from indexer.segments import Delta, Segment, SideView
+from indexer.store import SIDES
+
+_logger = logging.getLogger(__name__)
+LIVE = "live"
+WAL = "wal.jsonl"
+UPLOADS = "uploads"
+LOCK = ".writer.lock"
+MAX_ID_CHARS = 512
+
+
+class ItemNotFoundError(KeyError):
+    """No live item has this id."""
+
+
+class WriteRejectedError(ValueError):
+    """A write the collection refuses as given (the input is wrong, not the collection)."""
+
+
+class CollectionLockedError(RuntimeError):
+    """Another process writes this collection."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    seq: int
+    op: Literal["upsert", "delete"]
+    id: str
+    side: str
+    replaced: bool
+    written: dict[str, list[str]]  # side -> ids added
+    deleted: dict[str, list[str]]  # side -> ids removed (a replaced item, an image's captions)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    generation: str
+    counts: dict[str, int]
+    seconds: float
+    wal_seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----- the log -----
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _array(text: str, dtype: type) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
+
+
+def _line(record: Mapping[str, Any]) -> bytes:
+    body = json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+    return f"{zlib.crc32(body.encode('ascii')):08x} {body}\n".encode("ascii")
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The log's intact records in order, and the byte length they span (a torn or corrupt tail ends the log)."""
+    records: list[dict[str, Any]] = []
+    good = 0
+    if not path.is_file():
+        return records, 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n") or len(raw) < 10:
+                break
+            crc, body = raw[:8], raw[9:-1]
+            try:
+                if int(crc, 16) != zlib.crc32(body):
+                    break
+                records.append(json.loads(body))
+            except ValueError:
+                break
+            good += len(raw)
+    return records, good
+
+
+class WriteAheadLog:
+    """Append-only, one fsync per record: a record is durable when ``append`` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        records, good = read_log(path)
+        if path.is_file() and path.stat().st_size != good:
+            _logger.warning("%s: cutting %d bytes after the last intact record", path, path.stat().st_size - good)
+            with path.open("r+b") as handle:
+                handle.truncate(good)
+                os.fsync(handle.fileno())
+        self.records = records
+        self._handle = path.open("ab")
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._handle.write(_line(record))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def rewrite(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the log with ``records`` (atomically: the old log until the new one is complete)."""
+        self._handle.close()
+        with atomic_file(self.path) as handle:
+            for record in records:
+                handle.write(_line(record))  # type: ignore[attr-defined]
+        self._handle = self.path.open("ab")
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+# ----- one side's changes -----
+class DeltaBuffer:
+    """The writer's side of a segment: append-only buffers (grown by doubling) and the deleted rows."""
+
+    def __init__(self, view: SideView) -> None:
+        self.base = view.base
+        self.base_count = len(view.base.ids)
+        dim = int(view.base.dense.shape[1])
+        self.dense = np.zeros((16, dim), np.float32)
+        self.indptr = np.zeros(17, np.int64)
+        self.indices = np.zeros(64, np.int32)
+        self.values = np.zeros(64, np.float32)
+        self.ids: list[str] = []
+        self.items: list[dict[str, Any]] = []
+        self.count = 0
+        self.deleted: np.ndarray = np.zeros(0, np.int64)
+        self.row_of: dict[str, int] = {}
+        self.removed: set[str] = set()
+
+    def live_row(self, item_id: str) -> int | None:
+        if item_id in self.row_of:
+            return self.row_of[item_id]
+        if item_id in self.removed:
+            return None
+        return self.base.row_of.get(item_id)
+
+    def item(self, row: int) -> dict[str, Any]:
+        return self.base.items[row] if row < self.base_count else self.items[row - self.base_count]
+
+    def delete(self, item_id: str) -> bool:
+        row = self.live_row(item_id)
+        if row is None:
+            return False
+        self.deleted = np.union1d(self.deleted, [row]).astype(np.int64)
+        self.row_of.pop(item_id, None)
+        self.removed.add(item_id)
+        return True
+
+    @staticmethod
+    def _grown(array: np.ndarray, needed: int) -> np.ndarray:
+        if needed <= array.shape[0]:
+            return array
+        grown = np.zeros((max(needed, 2 * array.shape[0]), *array.shape[1:]), array.dtype)
+        grown[:array.shape[0]] = array  # a new buffer: snapshots keep the old one, still valid for their rows
+        return grown
+
+    def append(self, item: dict[str, Any], dense: np.ndarray, term_ids: np.ndarray, weights: np.ndarray) -> None:
+        n, start = self.count, int(self.indptr[self.count])
+        self.dense = self._grown(self.dense, n + 1)
+        self.indptr = self._grown(self.indptr, n + 2)
+        self.indices = self._grown(self.indices, start + term_ids.size)
+        self.values = self._grown(self.values, start + term_ids.size)
+        self.dense[n] = dense
+        self.indices[start:start + term_ids.size] = term_ids
+        self.values[start:start + term_ids.size] = weights
+        self.indptr[n + 1] = start + term_ids.size
+        self.ids.append(str(item["id"]))
+        self.items.append(item)
+        self.count = n + 1
+        self.row_of[str(item["id"])] = self.base_count + n
+        self.removed.discard(str(item["id"]))
+
+    def snapshot(self) -> Segment:
+        n = self.count
+        nnz = int(self.indptr[n])
+        delta = Delta(self.dense[:n], SparseRows(self.indptr[:n + 1], self.indices[:nnz], self.values[:nnz]),
+                      self.ids, self.items, n)
+        return Segment(self.base_count, delta, self.deleted, dict(self.row_of), frozenset(self.removed))
+
+    def live_rows(self) -> tuple[list[dict[str, Any]], EncodedItems]:
+        """Every live item in row order (base, then delta) with its vectors: what a compaction publishes."""
+        rows = np.arange(self.base_count + self.count, dtype=np.int64)
+        rows = rows[~np.isin(rows, self.deleted)]
+        base_rows, delta_rows = rows[rows < self.base_count], rows[rows >= self.base_count] - self.base_count
+        dense = np.concatenate([np.asarray(self.base.dense[base_rows], np.float32), self.dense[delta_rows]])
+        parts = [self.base.sparse.row(int(r)) for r in base_rows]
+        parts += [(self.indices[self.indptr[r]:self.indptr[r + 1]], self.values[self.indptr[r]:self.indptr[r + 1]])
+                  for r in delta_rows]
+        indptr = np.concatenate([[0], np.cumsum([ids.size for ids, _ in parts])]).astype(np.int64)
+        indices = np.concatenate([ids for ids, _ in parts]) if parts else np.zeros(0, np.int32)
+        values = np.concatenate([v for _, v in parts]) if parts else np.zeros(0, np.float32)
+        items = [self.item(int(r)) for r in rows]
+        return items, EncodedItems(dense, SparseRows(indptr, indices.astype(np.int32), values.astype(np.float32)))
+
+
+@dataclass
+class _Generation:
+    """One published version in use: its engine, the writer's buffers over it, and who still reads it."""
+
+    engine: SearchEngine
+    buffers: dict[str, DeltaBuffer]
+    readers: int = 0
+    retired: bool = False
+
+
+def _entry(side: str, item: dict[str, Any], encoded: EncodedItems, row: int) -> dict[str, Any]:
+    ids, weights = encoded.sparse.row(row)
+    return {"side": side, "item": item, "dense": _b64(encoded.dense[row].astype(np.float32)),
+            "terms": _b64(ids.astype(np.int32)), "weights": _b64(weights.astype(np.float32))}
+
+
+class LiveCollection:
+    """An index plus its write-ahead log: searches see every acknowledged write; see the module docstring."""
+
+    def __init__(self, index_dir: Path, engine: SearchEngine, wal: WriteAheadLog, lock_handle: io.BufferedWriter,
+                 *, auto_compact_ratio: float | None) -> None:
+        self.index_dir, self.wal, self._lock_handle = index_dir, wal, lock_handle
+        self.auto_compact_ratio = auto_compact_ratio
+        self._lock = threading.RLock()  # writes, swaps and reader counts
+        self._compacting = threading.Lock()  # one compaction at a time
+        self._generation = self._new_generation(engine)
+        self.last_seq = engine.manifest.wal_seq
+        for record in wal.records:
+            if record["seq"] > engine.manifest.wal_seq:
+                self._apply(self._generation, record)
+                self.last_seq = record["seq"]
+        self._publish_segments(self._generation)
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None, encoder: DuetEncoder | None = None,
+             auto_compact_ratio: float | None = 0.1) -> LiveCollection:
+        """Open a built index for writing (it becomes live: ``live/`` appears beside its versions)."""
+        root = Path(index_dir)
+        engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
+        live = root / LIVE
+        (live / UPLOADS).mkdir(parents=True, exist_ok=True)
+        handle = (live / LOCK).open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            handle.close()
+            engine.close()
+            raise CollectionLockedError(f"{root} is being written by another process (it holds {live / LOCK})") \
+                from e
+        try:
+            return cls(root, engine, WriteAheadLog(live / WAL), handle, auto_compact_ratio=auto_compact_ratio)
+        except BaseException:
+            handle.close()
+            engine.close()
+            raise
+
+    # ----- reading -----
+    @property
+    def engine(self) -> SearchEngine:
+        return self._generation.engine
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[SearchEngine]:
+        """The current generation's engine, kept open until the block ends even if a compaction replaces it."""
+        with self._lock:
+            generation = self._generation
+            generation.readers += 1
+        try:
+            yield generation.engine
+        finally:
+            with self._lock:
+                generation.readers -= 1
+                if generation.retired and generation.readers == 0:
+                    generation.engine.close()
+
+    def image_path(self, side: str, item: dict[str, Any]) -> Path | None:
+        """Where an image item's file is: an upload, or under the collection root (never outside it)."""
+        if side != "images":
+            return None
+        if item.get("upload"):
+            path = self.index_dir / LIVE / UPLOADS / str(item["upload"])
+            return path if path.is_file() and path.parent == self.index_dir / LIVE / UPLOADS else None
+        root = self.engine.collection_root.resolve()
+        path = (root / str(item.get("path", ""))).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            generation = self._generation
+            sides = {side: {"base": buffer.base_count, "delta": buffer.count, "deleted": int(buffer.deleted.size),
+                            "live": buffer.base_count + buffer.count - int(buffer.deleted.size)}
+                     for side, buffer in generation.buffers.items()}
+            return {"generation": generation.engine.directory.name, "sides": sides, "wal_bytes": self.wal.size(),
+                    "last_seq": self.last_seq, "base_wal_seq": generation.engine.manifest.wal_seq,
+                    "needs_compaction": self.needs_compaction()}
+
+    def needs_compaction(self) -> bool:
+        if self.auto_compact_ratio is None:
+            return False
+        with self._lock:
+            buffers = self._generation.buffers.values()
+            changed = sum(b.count + int(b.deleted.size) for b in buffers)
+            base = sum(b.base_count for b in buffers)
+        return changed > 0 and changed >= self.auto_compact_ratio * max(base, 1)
+
+    # ----- writing -----
+    def add_image(self, data: bytes, *, item_id: str | None = None, captions: Sequence[str] = (),
+                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
+        """An image (its file's bytes) and its captions; a live item with the same id is replaced, captions too."""
+        image, suffix = self._decoded(data)
+        digest = hashlib.sha256(data).hexdigest()
+        item_id = self._checked_id(item_id if item_id is not None else f"{digest[:24]}{suffix}")
+        texts = [self._checked_text(c, "caption") for c in captions]
+        extra = self._checked_metadata(metadata)
+        engine = self.engine
+        prune = engine.manifest.pruning
+        encoded_image = engine.encoder.encode_images([image], prune=prune.get("images"))
+        upload = f"{digest}{suffix}"
+        self._store_upload(upload, data)
+        item = {"id": item_id, "upload": upload, "captions": texts, **({"metadata": extra} if extra else {})}
+        entries = [_entry("images", item, encoded_image, 0)]
+        if texts and "texts" in engine.stores:
+            encoded_texts = engine.encoder.encode_texts(texts, prune=prune.get("texts"))
+            entries += [_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, encoded_texts, n)
+                        for n, text in enumerate(texts)]
+        return self._write("upsert", "images", item_id, entries)
+
+    def add_text(self, text: str, *, item_id: str | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> WriteResult:
+        """A text item of its own on the texts side; a live text with the same id is replaced."""
+        text = self._checked_text(text, "text")
+        if "texts" not in self.engine.stores:
+            raise WriteRejectedError("this collection has no texts side")
+        item_id = self._checked_id(item_id if item_id is not None else
+                                   f"text-{hashlib.sha256(text.encode()).hexdigest()[:24]}")
+        extra = self._checked_metadata(metadata)
+        encoded = self.engine.encoder.encode_texts([text], prune=self.engine.manifest.pruning.get("texts"))
+        item = {"id": item_id, "text": text, **({"metadata": extra} if extra else {})}
+        return self._write("upsert", "texts", item_id, [_entry("texts", item, encoded, 0)])
+
+    def delete(self, item_id: str) -> WriteResult:
+        """Remove a live item (an image with its captions)."""
+        with self._lock:
+            side = self._side_of(self._generation, item_id)
+            if side is None:
+                raise ItemNotFoundError(item_id)
+            return self._write("delete", side, item_id, [])
+
+    def _write(self, op: Literal["upsert", "delete"], side: str, item_id: str,
+               entries: list[dict[str, Any]]) -> WriteResult:
+        with self._lock:
+            generation = self._generation
+            deletes = self._displaced(generation, side, item_id)
+            seq = self.last_seq + 1
+            record: dict[str, Any] = {"seq": seq, "op": op, "side": side, "id": item_id, "deletes": deletes,
+                                      "entries": entries, "at": time.time()}
+            self.wal.append(record)  # durable from here on: the write is acknowledged after this returns
+            self.last_seq = seq
+            self._apply(generation, record)
+            self._publish_segments(generation)
+        written: dict[str, list[str]] = {}
+        for entry in entries:
+            written.setdefault(entry["side"], []).append(entry["item"]["id"])
+        deleted: dict[str, list[str]] = {}
+        for gone_side, gone_id in deletes:
+            deleted.setdefault(gone_side, []).append(gone_id)
+        replaced = op == "upsert" and [side, item_id] in deletes
+        return WriteResult(seq, op, item_id, side, replaced, written, deleted)
+
+    def _side_of(self, generation: _Generation, item_id: str) -> str | None:
+        for side, buffer in generation.buffers.items():
+            if buffer.live_row(item_id) is not None:
+                return side
+        return None
+
+    @staticmethod
+    def _displaced(generation: _Generation, side: str, item_id: str) -> list[list[str]]:
+        """What a write of ``item_id`` on ``side`` removes: the live item of that id and, for an image, its
+        captions (the caption items ``<id>#<n>``)."""
+        buffers = generation.buffers
+        if buffers[side].live_row(item_id) is None:
+            return []
+        gone = [[side, item_id]]
+        if side == "images" and "texts" in buffers:
+            item = buffers["images"].item(int(buffers["images"].live_row(item_id)))  # type: ignore[arg-type]
+            gone += [["texts", f"{item_id}#{n}"] for n in range(len(item.get("captions", [])))
+                     if buffers["texts"].live_row(f"{item_id}#{n}") is not None]
+        return gone
+
+    @staticmethod
+    def _apply(generation: _Generation, record: Mapping[str, Any]) -> None:
+        """A logged write onto the buffers (the same on replay as when it was written)."""
+        buffers = generation.buffers
+        for side, item_id in record["deletes"]:
+            buffers[side].delete(item_id)
+        for entry in record["entries"]:
+            buffers[entry["side"]].append(entry["item"], _array(entry["dense"], np.float32),
+                                          _array(entry["terms"], np.int32), _array(entry["weights"], np.float32))
+
+    @staticmethod
+    def _publish_segments(generation: _Generation) -> None:
+        for side, buffer in generation.buffers.items():
+            generation.engine.set_segment(side, buffer.snapshot())
+
+    def _new_generation(self, engine: SearchEngine) -> _Generation:
+        return _Generation(engine, {side: DeltaBuffer(engine.view(side)) for side in SIDES if side in engine.stores})
+
+    # ----- input checks -----
+    @staticmethod
+    def _decoded(data: bytes) -> tuple[Image.Image, str]:
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            raise WriteRejectedError(f"not a readable image: {e}") from e
+        suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}.get(
+            image.format or "", ".img")
+        return image, suffix
+
+    @staticmethod
+    def _checked_id(item_id: str) -> str:
+        if not item_id or len(item_id) > MAX_ID_CHARS or not item_id.isprintable() or "#" in item_id:
+            raise WriteRejectedError(f"an item id is 1 to {MAX_ID_CHARS} printable characters without '#' "
+                                     f"('#' marks caption ids): {item_id[:80]!r}")
+        return item_id
+
+    @staticmethod
+    def _checked_text(text: str, what: str) -> str:
+        text = text.strip() if isinstance(text, str) else ""
+        if not text:
+            raise WriteRejectedError(f"a {what} must be non-empty text")
+        return text
+
+    @staticmethod
+    def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, Mapping):
+            raise WriteRejectedError("metadata must be a JSON object")
+        try:
+            return dict(json.loads(json.dumps(dict(metadata))))
+        except (TypeError, ValueError) as e:
+            raise WriteRejectedError(f"metadata must be JSON-serialisable: {e}") from e
+
+    def _store_upload(self, name: str, data: bytes) -> None:
+        path = self.index_dir / LIVE / UPLOADS / name
+        if path.is_file():
+            return  # content-addressed: the same bytes are already stored
+        with atomic_file(path) as handle:
+            handle.write(data)  # type: ignore[attr-defined]
+        fd = os.open(path.parent, os.O_RDONLY)  # the rename itself must survive a crash before the log record
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ----- compaction -----
+    def compact(self) -> CompactionResult:
+        """Publish base + delta - deletes as a new version and switch to it; searches and writes go on meanwhile
+        (writes wait only for the final switch)."""
+        with self._compacting:
+            started = time.perf_counter()
+            with self._lock:
+                generation, seq = self._generation, self.last_seq
+                sides = {side: EncodedSide(*buffer.live_rows()) for side, buffer in generation.buffers.items()}
+            old = generation.engine
+            config = self._build_config(old)
+            collection = {**old.manifest.collection, "root": str(old.collection_root)}
+            publish_index(config, old.encoder, sides, collection, wal_seq=seq, keep_at_top=(LIVE,))
+            fresh = SearchEngine(self.index_dir, encoder=old.encoder)
+            with self._lock:
+                replacement = self._new_generation(fresh)
+                tail = [r for r in read_log(self.wal.path)[0] if r["seq"] > seq]
+                for record in tail:
+                    self._apply(replacement, record)
+                self._publish_segments(replacement)
+                self._generation = replacement
+                self.wal.rewrite(tail)
+                generation.retired = True
+                if generation.readers == 0:
+                    old.close()
+            result = CompactionResult(fresh.directory.name, {s: len(sides[s].items) for s in sides},
+                                      time.perf_counter() - started, seq)
+            _logger.info("compacted %s into %s: %s in %.1fs (%d writes since carried over)", self.index_dir,
+                         result.generation, result.counts, result.seconds, len(tail))
+            return result
+
+    @staticmethod
+    def _build_config(engine: SearchEngine) -> IndexBuildConfig:
+        """The new version is built like the old one: its FAISS factory, impact scale and pruning."""
+        manifest = engine.manifest
+        recorded = manifest.build.get("config", {})
+        factories = {s.faiss_factory for s in manifest.sides.values()}
+        return IndexBuildConfig(checkpoint=engine.checkpoint_dir, output=engine.index_dir,
+                                faiss_factory=factories.pop() if len(factories) == 1 else "Flat",
+                                sparse_scale=float(manifest.quantization["scale"]),
+                                prune_image_terms=manifest.pruning.get("images"),
+                                prune_text_terms=manifest.pruning.get("texts"),
+                                threads=int(recorded.get("threads", 2)), dataset=None)
+
+    def close(self) -> None:
+        with self._lock:
+            self.wal.close()
+            self._generation.engine.close()
+            self._lock_handle.close()

@@ -1,0 +1,152 @@
+"""What a side holds beyond its published index while it changes: a delta of items written since, and deletes.
+
+Rows are global: the base index's rows 0..N-1, then the delta's N..N+M-1 in write order. A ``Segment`` is an
+immutable snapshot (a search takes one and sees one state throughout); the writer builds the next one with
+``DeltaBuffer.snapshot`` and swaps it in. The delta only ever grows by appending, so a snapshot's views of the
+buffers stay valid while later rows are written beyond them.
+
+Searching a changed side composes the searcher protocol: each base leg is wrapped by ``Excluding`` (deleted rows
+never reach ranking), the delta is one more leg (``DeltaLeg``: exact scores over its live rows), and the exact
+rescoring reads rows of either part (``SegmentScores``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from core.encoder import SparseRows
+from indexer.query import Query
+from indexer.searchers import ExactScores, Ranking, Searcher
+from indexer.store import SideStore
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The items written since the base generation, ``count`` rows (views into the writer's buffers)."""
+
+    dense: np.ndarray  # (M, D) float32
+    sparse: SparseRows
+    ids: list[str]  # shared with the writer: only the first ``count`` entries belong to this snapshot
+    items: list[dict[str, Any]]
+    count: int
+
+    @classmethod
+    def empty(cls, dim: int) -> Delta:
+        return cls(np.zeros((0, dim), np.float32), SparseRows.concatenate([]), [], [], 0)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One side's changes over its base index: the delta and the deleted global rows (sorted)."""
+
+    base_count: int
+    delta: Delta
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row_of: dict[str, int] = field(default_factory=dict)  # id -> live global row, for ids the changes touched
+    removed: frozenset[str] = frozenset()  # ids deleted and not written again
+
+    @property
+    def changed(self) -> bool:
+        return self.delta.count > 0 or self.deleted.size > 0
+
+    def is_deleted(self, rows: np.ndarray) -> np.ndarray:
+        return np.isin(rows, self.deleted, assume_unique=False)
+
+
+class SideView:
+    """A side as one search sees it: the base store and one segment, addressed by global row."""
+
+    def __init__(self, base: SideStore, segment: Segment | None = None) -> None:
+        self.base = base
+        self.segment = segment or Segment(len(base.ids), Delta.empty(int(base.dense.shape[1])))
+        self.base_count = len(base.ids)
+
+    def __len__(self) -> int:
+        return self.base_count + self.segment.delta.count
+
+    def id(self, row: int) -> str:
+        return self.base.ids[row] if row < self.base_count else self.segment.delta.ids[row - self.base_count]
+
+    def item(self, row: int) -> dict[str, Any]:
+        return self.base.items[row] if row < self.base_count else self.segment.delta.items[row - self.base_count]
+
+    def sparse_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        if row < self.base_count:
+            return self.base.sparse.row(row)
+        return self.segment.delta.sparse.row(row - self.base_count)
+
+    def row_of(self, item_id: str) -> int | None:
+        """The live row of an id, or None (never written, or deleted)."""
+        segment = self.segment
+        if item_id in segment.row_of:
+            return segment.row_of[item_id]
+        if item_id in segment.removed:
+            return None
+        return self.base.row_of.get(item_id)
+
+
+class SegmentScores:
+    """Exact scores of global rows: base rows from the base store, delta rows from the delta."""
+
+    def __init__(self, base: ExactScores, delta: ExactScores, base_count: int) -> None:
+        self.base, self.delta, self.base_count = base, delta, base_count
+
+    def __len__(self) -> int:
+        return self.base_count + len(self.delta)
+
+    def _split(self, rows: np.ndarray, score: str, query: Query) -> np.ndarray:
+        out = np.zeros(rows.size, np.float32)
+        in_delta = rows >= self.base_count
+        out[~in_delta] = getattr(self.base, score)(query, rows[~in_delta])
+        out[in_delta] = getattr(self.delta, score)(query, rows[in_delta] - self.base_count)
+        return out
+
+    def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        return self._split(rows, "dense", query)
+
+    def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        return self._split(rows, "sparse", query)
+
+
+class Excluding:
+    """A base leg whose deleted rows never reach ranking: it asks for k plus the number deleted, then drops them,
+    so at least k live rows come back whenever the leg has them."""
+
+    def __init__(self, leg: Searcher, deleted: np.ndarray) -> None:
+        self.leg, self.deleted, self.name = leg, deleted, leg.name
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        found = self.leg.search_batch(queries, k + int(self.deleted.size))
+        out = []
+        for ranking in found:
+            keep = ~np.isin(ranking.rows, self.deleted)
+            out.append(Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k]))
+        return out
+
+
+class DeltaLeg:
+    """The delta as a leg: every live delta row scored exactly, its top k by the dense or the sparse score (the
+    sparse leg, like an inverted index, finds only rows sharing a term with the query)."""
+
+    def __init__(self, delta: ExactScores, segment: Segment, by: Literal["dense", "sparse"]) -> None:
+        self.delta, self.by, self.name = delta, by, f"delta-{by}"
+        base = segment.base_count
+        rows = np.arange(base, base + segment.delta.count, dtype=np.int64)
+        self.rows = rows[~segment.is_deleted(rows)]
+        self.base_count = base
+
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
+        out = []
+        local = self.rows - self.base_count
+        for query in queries:
+            scores = getattr(self.delta, self.by)(query, local)
+            rows = self.rows
+            if self.by == "sparse":
+                rows, scores = rows[scores > 0], scores[scores > 0]
+            order = np.lexsort((rows, -scores))[:k]
+            out.append(Ranking(rows[order], scores[order].astype(np.float32)))
+        return out
