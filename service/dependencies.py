@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from indexer.live import LiveCollection
 from indexer.search import SearchEngine
+from service.compaction import Compactor
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from service.state import EngineSlot, EngineWorker, state_of
+
+# Opens a read of the engine: the generation current when it is entered, held (a compaction publishing meanwhile
+# cannot close it) until it is left. Entered on the worker thread, around the engine calls of one request.
+Reader = Callable[[], AbstractContextManager[SearchEngine]]
 
 
 def get_settings(request: Request) -> ServiceSettings:
@@ -25,19 +33,47 @@ def get_worker(request: Request) -> EngineWorker:
     return state_of(request.app).worker
 
 
+def get_compactor(request: Request) -> Compactor:
+    return state_of(request.app).compactor
+
+
 def get_engine_slot(request: Request) -> EngineSlot:
     return state_of(request.app).slot
 
 
+def _unavailable(slot: EngineSlot) -> ApiError:
+    return ApiError(503, "index_unavailable", f"the index is not available: {slot.not_ready}")
+
+
 def get_engine(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> SearchEngine:
-    """The loaded engine; 503 while there is none."""
-    if slot.engine is None:
-        raise ApiError(503, "index_unavailable", f"the index is not available: {slot.not_ready}")
-    return slot.engine
+    """The live collection's current engine; 503 while there is none."""
+    engine = slot.engine
+    if engine is None:
+        raise _unavailable(slot)
+    return engine
+
+
+def get_live(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> LiveCollection:
+    """The live collection (writes, stats, compaction); 503 while there is none."""
+    if slot.live is None:
+        raise _unavailable(slot)
+    return slot.live
+
+
+def get_reader(slot: Annotated[EngineSlot, Depends(get_engine_slot)],
+               engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
+    """How a route reads: through the live collection, or the engine as it is where no collection holds it (an
+    engine given in place of the collection, as tests do)."""
+    if slot.live is not None:
+        return slot.live.reading
+    return lambda: nullcontext(engine)
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[EngineWorker, Depends(get_worker)]
+CompactorDep = Annotated[Compactor, Depends(get_compactor)]
 EngineSlotDep = Annotated[EngineSlot, Depends(get_engine_slot)]
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+LiveDep = Annotated[LiveCollection, Depends(get_live)]
+ReaderDep = Annotated[Reader, Depends(get_reader)]

@@ -5,6 +5,7 @@ anything unexpected."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,11 +21,12 @@ _logger = logging.getLogger("service")
 class ApiError(Exception):
     """A request the service refuses, with its HTTP status and a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})  # e.g. WWW-Authenticate on a 401
 
 
 def error_body(code: str, message: str, request_id: str | None) -> dict[str, object]:
@@ -40,12 +42,13 @@ def validation_message(error: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def _reply(request: Request, status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(error_body(code, message, request_id_of(request)), status_code=status)
+def _reply(request: Request, status: int, code: str, message: str,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, request_id_of(request)), status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _reply(request, exc.status, exc.code, exc.message)
+    return _reply(request, exc.status, exc.code, exc.message, exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Prometheus metrics of one app (prometheus_client): requests by route and status, search latency by mode and
-side, and the client's process, Python and garbage-collector metrics. Each app has its own registry, so several
-apps in one process (tests) do not share counts."""
+side, writes by operation and outcome, compactions by outcome and duration, and the client's process, Python and
+garbage-collector metrics. Each app has its own registry, so several apps in one process (tests) do not share
+counts."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# a compaction rewrites the published indexes: seconds on a small collection, minutes on a large one
+COMPACTION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class Metrics:
@@ -30,12 +33,25 @@ class Metrics:
                                  ("method", "route", "status"), registry=self.registry)
         self._search = Histogram("duet_search_seconds", "Search latency (encode to response) by mode and side.",
                                  ("mode", "side"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._writes = Counter("duet_writes", "Write requests by operation (upsert, delete) and outcome "
+                               "(ok, rejected, not_found, error).", ("op", "outcome"), registry=self.registry)
+        self._compactions = Counter("duet_compactions", "Compactions by outcome (ok, error).", ("outcome",),
+                                    registry=self.registry)
+        self._compaction_seconds = Histogram("duet_compaction_seconds", "Compaction duration.",
+                                             buckets=COMPACTION_BUCKETS, registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int) -> None:
         self._requests.labels(method, route, str(status)).inc()
 
     def observe_search(self, mode: str, side: str, seconds: float) -> None:
         self._search.labels(mode, side).observe(seconds)
+
+    def observe_write(self, op: str, outcome: str) -> None:
+        self._writes.labels(op, outcome).inc()
+
+    def observe_compaction(self, outcome: str, seconds: float) -> None:
+        self._compactions.labels(outcome).inc()
+        self._compaction_seconds.observe(seconds)
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

@@ -80,3 +80,39 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     warnings: list[str] = Field(default_factory=list, description="Why a leg could not contribute, if one could "
                                 "not (e.g. a text with no content word has an empty sparse leg).")
+
+
+class ItemBody(BaseModel):
+    """An item to write: a text (the texts side), or an image (the images side) with its captions (the texts side,
+    ids ``<image id>#<n>``); as JSON, or as multipart form fields beside an ``image`` file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="The item's id (no '#'); default: a hash of its content. An item with "
+                           "this id is replaced, an image's captions with it. PUT takes it from the path.")
+    text: str | None = Field(None, description="A text item (1 to 1,000 characters).")
+    image_base64: str | None = Field(None, description="An image item, base64-encoded file bytes (JPEG, PNG, ...).")
+    captions: list[str] = Field(default_factory=list, description="An image's captions (multipart: repeated "
+                                "'captions' fields, or one holding a JSON list).")
+    metadata: dict[str, Any] | None = Field(None, description="Kept with the item and returned with it (multipart: "
+                                            "a JSON object as a string).")
+
+    @model_validator(mode="after")
+    def _one_item(self) -> ItemBody:
+        if (self.text is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of 'text' (a text item) or 'image' (a multipart file, or image_base64)")
+        if self.text is not None and self.captions:
+            raise ValueError("captions belong to an image item; a text item has none")
+        return self
+
+
+class WriteResponse(BaseModel):
+    """An acknowledged write: durable (in the collection's log) before this answer, seen by every later search."""
+
+    seq: int = Field(description="The write's position in the collection's log.")
+    op: Literal["upsert", "delete"]
+    id: str
+    side: str
+    replaced: bool = Field(description="Whether an upsert replaced a live item with this id.")
+    written: dict[str, list[str]] = Field(description="Ids written, per side (an image, and its captions).")
+    deleted: dict[str, list[str]] = Field(description="Ids removed, per side (replaced or deleted items).")

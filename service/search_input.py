@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import Any
 
@@ -13,34 +12,16 @@ from fastapi import Request
 from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ApiError, validation_message
 from service.images import decode_image
+from service.request_body import JSON, MULTIPART, media_type_of, read_form, read_json_object, unsupported_media_type
 from service.schemas import SearchRequest
 from service.settings import ServiceSettings
 
-MAX_FORM_FIELDS = 32
-
-
-async def _json_payload(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        payload = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ApiError(400, "invalid_encoding", "the request body is not valid UTF-8") from e
-    except json.JSONDecodeError as e:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {e}") from e
-    if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_request", "the JSON body must be an object")
-    return payload
-
 
 async def _multipart_payload(request: Request) -> tuple[dict[str, Any], bytes | None]:
-    try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
-    except StarletteHTTPException as e:
-        raise ApiError(400, "malformed_multipart", str(e.detail)) from e
+    form = await read_form(request)
     payload: dict[str, Any] = {}
     image_bytes: bytes | None = None
     for key, value in form.multi_items():
@@ -57,16 +38,14 @@ async def _multipart_payload(request: Request) -> tuple[dict[str, Any], bytes | 
 
 async def read_search_request(request: Request) -> tuple[SearchRequest, bytes | None]:
     """The validated request, and the uploaded image's bytes when it came as a multipart file."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = media_type_of(request)
     image_bytes: bytes | None = None
-    if media_type == "application/json":
-        payload = await _json_payload(request)
-    elif media_type == "multipart/form-data":
+    if media_type == JSON:
+        payload = await read_json_object(request)
+    elif media_type == MULTIPART:
         payload, image_bytes = await _multipart_payload(request)
     else:
-        raise ApiError(415, "unsupported_media_type",
-                       f"unsupported content type {media_type or '(none)'}; "
-                       "send application/json or multipart/form-data")
+        raise unsupported_media_type(media_type)
     try:
         search = SearchRequest.model_validate(payload)
     except ValidationError as e:
@@ -90,16 +69,21 @@ def check_limits(search: SearchRequest, settings: ServiceSettings) -> None:
                            f"the text query has {len(text)} characters; the limit is {settings.max_text_chars}")
 
 
+def base64_bytes(text: str) -> bytes:
+    """The bytes an ``image_base64`` field carries."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(422, "invalid_base64", f"image_base64 is not valid base64: {e}") from e
+
+
 def query_of(search: SearchRequest, image_bytes: bytes | None,
              settings: ServiceSettings) -> tuple[str | Image.Image, float]:
     """The query, a stripped text or a decoded image, and the milliseconds decoding the image took."""
     if search.text is not None:
         return search.text.strip(), 0.0
     if image_bytes is None:
-        try:
-            image_bytes = base64.b64decode(search.image_base64 or "", validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ApiError(422, "invalid_base64", f"image_base64 is not valid base64: {e}") from e
+        image_bytes = base64_bytes(search.image_base64 or "")
     started = time.perf_counter()
     image = decode_image(image_bytes, max_pixels=settings.max_image_pixels)
     return image, (time.perf_counter() - started) * 1000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,3 +26,10 @@ class ServiceSettings(BaseSettings):
     max_top_k: int = Field(1000, gt=0)
     max_offset: int = Field(10_000, ge=0)
     max_candidate_k: int = Field(5000, gt=0)
+    max_captions: int = Field(32, gt=0, description="Most captions one image write may carry.")
+    auto_compact_ratio: float = Field(0.1, ge=0, description="Compact in the background once the items written and "
+                                      "deleted since the last compaction reach this fraction of the published "
+                                      "ones; 0: only on request.")
+    # SecretStr: the key never shows in a repr, a log line or a validation error
+    api_key: SecretStr | None = Field(None, description="Bearer key the write API requires (sent as "
+                                      "'Authorization: Bearer KEY'); unset or empty: writes are disabled.")

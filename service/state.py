@@ -1,7 +1,10 @@
-"""What one app holds: its settings, its metrics, the engine's worker thread and the engine once loaded.
+"""What one app holds: its settings, its metrics, the engine's worker thread, the live collection once loaded, and
+the compaction thread.
 
-All engine work (encoding, FAISS, Lucene through pyjnius, torch) runs on one dedicated worker thread: the JVM is
-attached to that thread once, torch gets both cores for each request, and the event loop stays free.
+All engine work (encoding, FAISS, Lucene through pyjnius, torch) and every write runs on one dedicated worker thread:
+the JVM is attached to that thread once, torch gets both cores for each request, writes and reads of the live
+collection never interleave, and the event loop stays free. Compaction alone runs on its own thread
+(service/compaction.py), so that searches go on while it rebuilds the indexes.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ from typing import TypeVar, cast
 
 from starlette.applications import Starlette
 
+from indexer.live import LiveCollection
 from indexer.search import SearchEngine
+from service.compaction import Compactor
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 
 T = TypeVar("T")
+WORKER_THREAD = "duet-engine"
 
 
 class EngineWorker:
     """The one thread that runs engine work."""
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-engine")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=WORKER_THREAD)
 
     async def run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
@@ -36,10 +42,15 @@ class EngineWorker:
 
 @dataclass
 class EngineSlot:
-    """The engine, or why there is none yet (loading, or the error that stopped it loading)."""
+    """The live collection, or why there is none yet (loading, or the error that stopped it loading)."""
 
-    engine: SearchEngine | None = None
+    live: LiveCollection | None = None
     not_ready: str | None = "loading"
+
+    @property
+    def engine(self) -> SearchEngine | None:
+        """The current generation's engine (a compaction replaces it)."""
+        return None if self.live is None else self.live.engine
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,10 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     worker: EngineWorker = field(default_factory=EngineWorker)
     slot: EngineSlot = field(default_factory=EngineSlot)
+    compactor: Compactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compactor", Compactor(self.metrics))  # frozen: set once, here
 
 
 def state_of(app: Starlette) -> ServiceState:

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
 
+from indexer.live import LiveCollection
 from indexer.search import (
     Explanation,
     Hit,
@@ -140,6 +142,23 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass
+class ReadOnlyLive:
+    """What the lifespan and the read routes use of a live collection, over a fake engine (the write API's own
+    tests are tests/test_service_writes.py)."""
+
+    engine: FakeEngine
+
+    def reading(self) -> AbstractContextManager[FakeEngine]:
+        return nullcontext(self.engine)
+
+    def stats(self) -> dict[str, Any]:
+        return {"sides": {side: {"live": len(store.ids)} for side, store in self.engine.stores.items()}}
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 @pytest.fixture()
@@ -294,7 +313,7 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
     assert summary["sides"]["images"] == {"count": 5, "dense_dim": 4, "faiss_factory": "Flat", "mean_terms": 3.0,
                                           "bytes": {"dense_store": 1}}
     assert summary["checkpoint"]["method"] == "test" and summary["collection"]["name"] == "fake"
-    app.dependency_overrides[get_engine_slot] = lambda: EngineSlot(cast(SearchEngine, engine))
+    app.dependency_overrides[get_engine_slot] = lambda: EngineSlot(cast(LiveCollection, ReadOnlyLive(engine)))
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"ready": True, "sides": {"images": 5, "texts": 2}}
     page = client.get("/")
@@ -302,7 +321,7 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
     assert "/v1/search" in page.text
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/v1/search", "/v1/items/{item_id}/image", "/v1/items/{item_id}", "/v1/indexes",
-                                    "/healthz", "/readyz", "/metrics"}
+                                    "/healthz", "/readyz", "/metrics", "/v1/items", "/v1/compact", "/v1/collection"}
     assert set(schema["paths"]["/v1/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     docs = client.get("/docs")
@@ -504,7 +523,7 @@ def test_unknown_items_and_unavailable_images(client: TestClient) -> None:
 def test_unknown_routes_and_methods(client: TestClient) -> None:
     _error(client.get("/v2/search"), 404, "not_found")
     _error(client.get("/v1/search"), 405, "method_not_allowed")
-    _error(client.delete("/v1/items/red.png"), 405, "method_not_allowed")
+    _error(client.patch("/v1/items/red.png"), 405, "method_not_allowed")  # PUT and DELETE: the write API
 
 
 def test_an_engine_failure_is_a_json_500(client: TestClient, engine: FakeEngine) -> None:
@@ -535,9 +554,9 @@ def test_without_an_engine_search_and_items_get_503_and_readiness_says_why(setti
 def test_the_loaded_engine_serves_and_is_closed_on_shutdown(settings: ServiceSettings, engine: FakeEngine) -> None:
     loaded: list[ServiceSettings] = []
 
-    def loader(given: ServiceSettings) -> SearchEngine:
+    def loader(given: ServiceSettings) -> LiveCollection:
         loaded.append(given)
-        return cast(SearchEngine, engine)
+        return cast(LiveCollection, ReadOnlyLive(engine))
 
     with TestClient(create_app(settings, engine_loader=loader)) as client:
         assert client.get("/readyz").json() == {"ready": True, "sides": {"images": 5, "texts": 2}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import items, meta, metrics, page, search
+from service.routes import items, meta, metrics, page, search, writes
 
-ROUTERS: tuple[APIRouter, ...] = (search.router, items.router, meta.router, metrics.router, page.router)
+ROUTERS: tuple[APIRouter, ...] = (search.router, items.router, writes.router, meta.router, metrics.router,
+                                  page.router)

@@ -1,23 +1,33 @@
-"""``/v1/items/{id}`` and ``/v1/items/{id}/image``: an indexed item's metadata, and its image file."""
+"""``/v1/items/{id}`` and ``/v1/items/{id}/image``: a live item's metadata, and its image file."""
 
 from __future__ import annotations
 
+import mimetypes
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
+from indexer.live import LiveCollection
 from indexer.search import SearchEngine
-from service.dependencies import EngineDep, SettingsDep
+from service.dependencies import EngineSlotDep, ReaderDep, SettingsDep, WorkerDep
 from service.errors import ApiError
+from service.settings import ServiceSettings
 
 router = APIRouter(tags=["items"])
+CHUNK = 256 * 1024
+
+
+def item_url(item_id: str) -> str:
+    return f"/v1/items/{quote(item_id, safe='')}"
 
 
 def image_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}/image"
+    return f"{item_url(item_id)}/image"
 
 
 def public_item(side: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -33,21 +43,66 @@ def _find(engine: SearchEngine, item_id: str) -> tuple[str, dict[str, Any]]:
         raise ApiError(404, "item_not_found", f"no item with id {item_id!r}") from e
 
 
+def _in_root(root: Path, item: dict[str, Any]) -> Path | None:
+    resolved = root.resolve()
+    path = (resolved / str(item.get("path", ""))).resolve()
+    return path if path.is_relative_to(resolved) and path.is_file() else None
+
+
+def image_file(engine: SearchEngine, live: LiveCollection | None, settings: ServiceSettings, side: str,
+               item: dict[str, Any]) -> Path | None:
+    """An image item's file: under the collection root the settings name (which wins over the index's record),
+    else where the live collection keeps it (uploads, or the recorded root), else under the recorded root."""
+    if settings.collection_root is not None and (path := _in_root(settings.collection_root, item)) is not None:
+        return path
+    if live is not None and (path := live.image_path(side, item)) is not None:
+        return path
+    return _in_root(settings.collection_root or engine.collection_root, item)
+
+
+def _opened(path: Path | None) -> BinaryIO | None:
+    try:
+        return path.open("rb") if path is not None else None
+    except OSError:  # gone since it was found
+        return None
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
 # Registered before the item route below: an id may itself contain slashes, so "/image" must be tried first.
-@router.get("/v1/items/{item_id:path}/image")
-def item_image(item_id: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
-    """The image file of an image item, or of a caption's image; served only from the collection root."""
-    side, item = _find(engine, item_id)
-    if side == "texts":
-        side, item = _find(engine, item["image_id"])
-    root = Path(settings.collection_root or engine.collection_root).resolve()
-    path = (root / str(item.get("path", ""))).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise ApiError(404, "image_not_found", f"the image of {item_id!r} is not available in the collection")
-    return FileResponse(path)
+@router.get("/v1/items/{item_id:path}/image", response_class=StreamingResponse)
+async def item_image(item_id: str, reader: ReaderDep, slot: EngineSlotDep, worker: WorkerDep,
+                     settings: SettingsDep) -> StreamingResponse:
+    """The image file of an image item, or of a caption's image; an indexed image only from the collection root."""
+
+    def open_image() -> tuple[Path, BinaryIO]:
+        with reader() as engine:
+            side, item = _find(engine, item_id)
+            if side == "texts" and item.get("image_id"):  # a caption: its image's file (a text item has none)
+                side, item = _find(engine, item["image_id"])
+            path = image_file(engine, slot.live, settings, side, item) if side == "images" else None
+            # opened here, during the read: a delete and compaction removing the file later cannot fail the reply
+            handle = _opened(path)
+            if path is None or handle is None:
+                raise ApiError(404, "image_not_found", f"the image of {item_id!r} is not available in the collection")
+            return path, handle
+
+    path, handle = await worker.run(open_image)
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return StreamingResponse(_chunks(handle), media_type=media_type,
+                             headers={"Content-Length": str(os.fstat(handle.fileno()).st_size)})
 
 
 @router.get("/v1/items/{item_id:path}")
-def get_item(item_id: str, engine: EngineDep) -> dict[str, Any]:
-    side, item = _find(engine, item_id)
-    return public_item(side, item)
+async def get_item(item_id: str, reader: ReaderDep, worker: WorkerDep) -> dict[str, Any]:
+    """A live item's metadata (a deleted item is gone: 404)."""
+
+    def find() -> dict[str, Any]:
+        with reader() as engine:
+            return public_item(*_find(engine, item_id))
+
+    return await worker.run(find)

@@ -33,6 +33,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(slot: EngineSlotDep) -> JSONResponse:
-    if slot.engine is None:
+    if slot.live is None:
         return JSONResponse({"ready": False, "reason": slot.not_ready}, status_code=503)
-    return JSONResponse({"ready": True, "sides": {s: len(st.ids) for s, st in slot.engine.stores.items()}})
+    # the live counts: published items, plus those written since, less those deleted
+    return JSONResponse({"ready": True, "sides": {s: c["live"] for s, c in slot.live.stats()["sides"].items()}})

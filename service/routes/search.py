@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from PIL import Image
 
-from indexer.search import EmptySparseQueryError, Hit, Query, SearchEngine, SearchParams, SearchResult
-from service.dependencies import EngineDep, MetricsDep, SettingsDep, WorkerDep
+from indexer.search import EmptySparseQueryError, Hit, SearchParams, SearchResult
+from service.dependencies import EngineDep, MetricsDep, Reader, ReaderDep, SettingsDep, WorkerDep
 from service.errors import ApiError
 from service.request_context import request_id_of
 from service.routes.items import public_item
@@ -38,15 +38,17 @@ SEARCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 }}}
 
 
-async def _run(worker: EngineWorker, engine: SearchEngine, given: str | Image.Image,
-               params: SearchParams) -> tuple[Query, SearchResult, float]:
-    """Encode and search on the engine's thread; the encoding's milliseconds apart."""
+async def _run(worker: EngineWorker, reader: Reader, given: str | Image.Image,
+               params: SearchParams) -> tuple[SearchResult, list[tuple[str, float]], float]:
+    """Encode and search on the engine's thread, within one read of the current generation; the query's terms, and
+    the encoding's milliseconds apart."""
 
-    def work() -> tuple[Query, SearchResult, float]:
-        started = time.perf_counter()
-        query = engine.encode_text(given) if isinstance(given, str) else engine.encode_image(given)
-        encode_ms = (time.perf_counter() - started) * 1000
-        return query, engine.search(query, params), encode_ms
+    def work() -> tuple[SearchResult, list[tuple[str, float]], float]:
+        with reader() as engine:
+            started = time.perf_counter()
+            query = engine.encode_text(given) if isinstance(given, str) else engine.encode_image(given)
+            encode_ms = (time.perf_counter() - started) * 1000
+            return engine.search(query, params), engine.query_terms(query), encode_ms
 
     try:
         return await worker.run(work)
@@ -66,8 +68,8 @@ def _hit(side: str, hit: Hit) -> SearchHit:
 
 
 @router.post("/v1/search", response_model=SearchResponse, openapi_extra=SEARCH_BODY)
-async def search(request: Request, engine: EngineDep, settings: SettingsDep, worker: WorkerDep,
-                 metrics: MetricsDep) -> Response:
+async def search(request: Request, engine: EngineDep, reader: ReaderDep, settings: SettingsDep,
+                 worker: WorkerDep, metrics: MetricsDep) -> Response:
     """Search one side (images or texts) with a text or an image; dense, sparse or hybrid."""
     started = time.perf_counter()
     body, image_bytes = await read_search_request(request)
@@ -76,13 +78,13 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep, wor
         raise ApiError(422, "invalid_request", f"this index has no {body.side!r} side")
     given, decode_ms = query_of(body, image_bytes, settings)
     text = given if isinstance(given, str) else None
-    query, result, encode_ms = await _run(worker, engine, given, body.params())
+    result, terms, encode_ms = await _run(worker, reader, given, body.params())
     total_ms = (time.perf_counter() - started) * 1000
     metrics.observe_search(body.mode, body.side, total_ms / 1000)
     response = SearchResponse(
         request_id=request_id_of(request) or "", side=body.side, mode=body.mode, fusion=body.fusion,
         query=QueryInfo(kind="text" if text is not None else "image", text=text,
-                        terms=[TermWeight(term=t, weight=w) for t, w in engine.query_terms(query)]),
+                        terms=[TermWeight(term=t, weight=w) for t, w in terms]),
         weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
         hits=[_hit(body.side, hit) for hit in result.hits], warnings=result.warnings,
         timings_ms={"decode": decode_ms, "encode": encode_ms, **result.timings_ms, "total": total_ms})

@@ -1,0 +1,93 @@
+"""Compaction in the background: at most one at a time, on its own thread, so searches and writes go on.
+
+It gets its own long-lived thread rather than the engine worker's: a compaction can take minutes, and the worker
+must keep answering searches meanwhile (the live collection lets a compaction run beside them). One persistent
+thread also means the JVM is attached to one more thread, once, not to a new one per compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from indexer.live import CompactionResult, LiveCollection
+from service.metrics import Metrics
+
+_logger = logging.getLogger("service")
+# after a failed compaction (a full disk, say), the threshold does not start another for this long: otherwise every
+# write would start one that fails the same way; a request (POST /v1/compact) still can
+RETRY_AFTER_S = 60.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Compactor:
+    """Runs ``live.compact()`` on the compaction thread and remembers how the last one went."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-compaction")
+        self._lock = threading.Lock()  # start() is called from the event loop and from the engine worker
+        self._running_since: str | None = None
+        self._last: CompactionResult | None = None
+        self._last_error: str | None = None
+        self._last_finished: str | None = None
+        self._reason: str | None = None
+        self._failed_at: float | None = None  # time.monotonic() of the last failure, while it is the last outcome
+
+    @property
+    def running(self) -> bool:
+        return self._running_since is not None
+
+    def start(self, live: LiveCollection, *, automatic: bool = False) -> bool:
+        """Start a compaction unless one is running (or, for an automatic one, the last failed lately); whether
+        this call started one."""
+        with self._lock:
+            if self._running_since is not None:
+                return False
+            if automatic and self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_S:
+                return False
+            self._running_since, self._reason = _now(), "threshold" if automatic else "request"
+        try:
+            self._executor.submit(self._run, live)
+        except RuntimeError:  # shutting down: no new work
+            with self._lock:
+                self._running_since = None
+            return False
+        return True
+
+    def _run(self, live: LiveCollection) -> None:
+        started = time.perf_counter()
+        result: CompactionResult | None = None
+        error: str | None = None
+        try:
+            result = live.compact()
+            _logger.info("compaction done: %s", result.to_json())
+        except Exception as e:  # reported by GET /v1/collection and the metrics; the writes stay in the log
+            error = f"{type(e).__name__}: {e}"
+            _logger.exception("compaction failed")
+        self._metrics.observe_compaction("ok" if error is None else "error", time.perf_counter() - started)
+        with self._lock:
+            if result is not None:
+                self._last = result
+            self._last_error = error
+            self._failed_at = None if error is None else time.monotonic()
+            self._last_finished = _now()
+            self._running_since = None
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"running": self._running_since is not None, "started_at": self._running_since,
+                    "reason": self._reason, "last_finished_at": self._last_finished,
+                    "last_result": self._last.to_json() if self._last is not None else None,
+                    "last_error": self._last_error}
+
+    def shutdown(self) -> None:
+        """Wait for a running compaction to finish (it cannot be cut short), then stop the thread."""
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,146 @@
+"""The write API (every route needs the API key): add, replace and delete items of the live collection while it
+serves, compact it, and read its state.
+
+A write runs on the engine worker, like every search, and is answered once the collection has it in its log on
+disk: a 2xx is durable. After each write, a compaction starts in the background when the collection's changes
+passed its threshold (at most one at a time, on the compaction thread).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from indexer.live import ItemNotFoundError, LiveCollection, WriteRejectedError, WriteResult
+from service.auth import require_write_key
+from service.compaction import Compactor
+from service.dependencies import CompactorDep, LiveDep, MetricsDep, SettingsDep, WorkerDep
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.routes.items import item_url
+from service.schemas import ItemBody, WriteResponse
+from service.state import EngineWorker
+from service.write_input import ItemWrite, check_item_id, read_item_write
+
+_logger = logging.getLogger("service")
+router = APIRouter(tags=["writes"], dependencies=[Depends(require_write_key)])
+Write = Callable[[LiveCollection], WriteResult]
+
+# The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
+_SCHEMA = ItemBody.model_json_schema()
+ITEM_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _SCHEMA},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "format": "binary"},
+        "captions": {"type": "array", "items": {"type": "string"}},
+        "metadata": {"type": "string", "description": "a JSON object"},
+        **{k: v for k, v in _SCHEMA["properties"].items() if k in ("id", "text")}}}},
+}}}
+WRITTEN: dict[int | str, dict[str, Any]] = {
+    200: {"model": WriteResponse, "description": "An item with this id was replaced."},
+    201: {"model": WriteResponse, "description": "The item was created."}}
+
+
+@contextmanager
+def _counted(metrics: Metrics, op: str) -> Iterator[None]:
+    """Count one write request by how it ended: ok, rejected (4xx), not_found, or error."""
+    try:
+        yield
+    except ApiError as e:
+        metrics.observe_write(op, "not_found" if e.status == 404 else "rejected" if e.status < 500 else "error")
+        raise
+    except Exception:
+        metrics.observe_write(op, "error")
+        raise
+    metrics.observe_write(op, "ok")
+
+
+def _compact_if_due(live: LiveCollection, compactor: Compactor) -> None:
+    try:
+        if live.needs_compaction() and compactor.start(live, automatic=True):
+            _logger.info("compaction started: the changes passed the threshold")
+    except Exception:  # the write is already durable: its answer must not depend on this
+        _logger.exception("could not check whether the collection needs compacting")
+
+
+async def _write(worker: EngineWorker, live: LiveCollection, compactor: Compactor, write: Write,
+                 item_id: str | None) -> WriteResult:
+    def work() -> WriteResult:
+        try:
+            result = write(live)
+        except WriteRejectedError as e:
+            raise ApiError(422, "write_rejected", str(e)) from e
+        except ItemNotFoundError as e:
+            raise ApiError(404, "item_not_found", f"no live item with id {item_id!r}") from e
+        _compact_if_due(live, compactor)
+        return result
+
+    return await worker.run(work)
+
+
+def _upsert(item: ItemWrite, item_id: str | None) -> Write:
+    text, image = item.text, item.image
+    if text is not None:
+        return lambda live: live.add_text(text, item_id=item_id, metadata=item.metadata)
+    assert image is not None  # an ItemWrite is a text or an image
+    return lambda live: live.add_image(image, item_id=item_id, captions=item.captions, metadata=item.metadata)
+
+
+def _written(result: WriteResult) -> JSONResponse:
+    return JSONResponse(result.to_json(), status_code=200 if result.replaced else 201,
+                        headers={"Location": item_url(result.id)})
+
+
+@router.post("/v1/items", status_code=201, responses=WRITTEN, openapi_extra=ITEM_BODY)
+async def add_item(request: Request, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
+                   settings: SettingsDep, metrics: MetricsDep) -> JSONResponse:
+    """Add an image (multipart ``image`` file, or ``image_base64``) with its captions, or a text; 201 with the
+    write (200 when its id was a live item's, which it replaced)."""
+    with _counted(metrics, "upsert"):
+        item = await read_item_write(request, settings)
+        result = await _write(worker, live, compactor, _upsert(item, item.id), item.id)
+    return _written(result)
+
+
+@router.put("/v1/items/{item_id:path}", status_code=200, responses=WRITTEN, openapi_extra=ITEM_BODY)
+async def put_item(item_id: str, request: Request, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
+                   settings: SettingsDep, metrics: MetricsDep) -> JSONResponse:
+    """Create or replace the item with this id (an image's old captions go with it); 200 replaced, 201 created."""
+    with _counted(metrics, "upsert"):
+        check_item_id(item_id)
+        item = await read_item_write(request, settings)
+        if item.id is not None and item.id != item_id:
+            raise ApiError(422, "id_mismatch", f"the body's id {item.id!r} is not the path's {item_id!r}")
+        result = await _write(worker, live, compactor, _upsert(item, item_id), item_id)
+    return _written(result)
+
+
+@router.delete("/v1/items/{item_id:path}", response_model=WriteResponse)
+async def delete_item(item_id: str, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
+                      metrics: MetricsDep) -> JSONResponse:
+    """Delete a live item (an image's captions with it); 404 when no live item has this id."""
+    with _counted(metrics, "delete"):
+        result = await _write(worker, live, compactor, lambda collection: collection.delete(item_id), item_id)
+    return JSONResponse(result.to_json())
+
+
+@router.post("/v1/compact", status_code=202)
+async def compact(live: LiveDep, compactor: CompactorDep) -> JSONResponse:
+    """Start a compaction in the background (searches and writes go on); 409 while one is running."""
+    if not compactor.start(live):
+        raise ApiError(409, "compaction_running", "a compaction is already running; GET /v1/collection says when "
+                       "it is done")
+    return JSONResponse({"compaction": compactor.status()}, status_code=202, headers={"Location": "/v1/collection"})
+
+
+@router.get("/v1/collection")
+async def collection(live: LiveDep, worker: WorkerDep, compactor: CompactorDep) -> dict[str, Any]:
+    """The live collection's state (generation, counts per side, log size, last write) and its compaction's:
+    whether one is running, and how the last one went."""
+    stats = await worker.run(live.stats)
+    return {**stats, "compaction": compactor.status()}

@@ -1,0 +1,133 @@
+"""A write's item from its body (JSON, or multipart form fields beside an image file), held to the limits searches
+are held to: body size, image pixels and format, text length; plus the write's own: caption count, id shape."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from service.errors import ApiError, validation_message
+from service.images import decode_image
+from service.request_body import JSON, MULTIPART, media_type_of, read_form, read_json_object, unsupported_media_type
+from service.schemas import ItemBody
+from service.search_input import base64_bytes
+from service.settings import ServiceSettings
+
+MAX_ID_CHARS = 512
+IMAGE_ROUTE = "/image"  # GET /v1/items/{id}/image: an id ending so would be read as its image's route
+SINGLE_FIELDS = ("id", "text", "metadata")
+
+
+@dataclass(frozen=True)
+class ItemWrite:
+    """A validated item: a text, or an image's file bytes (decoded once to check them) and its captions."""
+
+    id: str | None
+    metadata: dict[str, Any] | None
+    text: str | None = None
+    image: bytes | None = None
+    captions: tuple[str, ...] = ()
+
+
+def check_item_id(item_id: str) -> None:
+    problem = None
+    if not item_id or len(item_id) > MAX_ID_CHARS:
+        problem = f"must have 1 to {MAX_ID_CHARS} characters"
+    elif not item_id.isprintable() or item_id != item_id.strip():
+        problem = "must be printable, without leading or trailing spaces"
+    elif "#" in item_id:
+        problem = "must not contain '#' (caption ids are '<image id>#<n>')"
+    elif item_id.endswith(IMAGE_ROUTE):
+        problem = f"must not end with {IMAGE_ROUTE!r} (that is the route of an item's image)"
+    if problem is not None:
+        raise ApiError(422, "invalid_id", f"the item id {problem}")
+
+
+def _captions_of(values: list[str]) -> list[str]:
+    """Repeated ``captions`` fields, or one holding a JSON list (a caption that only looks like one stays text)."""
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            listed = json.loads(values[0])
+        except json.JSONDecodeError:
+            return values
+        if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+            raise ApiError(422, "invalid_request", "captions: a JSON list of captions must hold strings only")
+        return listed
+    return values
+
+
+def _metadata_of(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ApiError(422, "invalid_metadata", f"metadata is not valid JSON: {e}") from e
+
+
+async def _form_payload(form: FormData) -> tuple[dict[str, Any], bytes | None]:
+    payload: dict[str, Any] = {}
+    captions: list[str] = []
+    image: bytes | None = None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key != "image":
+                raise ApiError(422, "invalid_request", f"unexpected file field {key!r}; send the image as 'image'")
+            image = await value.read()
+        elif key == "captions":
+            captions.append(value)
+        elif key in payload:
+            raise ApiError(422, "invalid_request", f"{key}: given more than once")
+        else:
+            payload[key] = _metadata_of(value) if key == "metadata" else value
+    if captions:
+        payload["captions"] = _captions_of(captions)
+    if image is not None:
+        payload["image_base64"] = ""  # placeholder, so that the schema sees an image item: the bytes travel apart
+    return payload, image
+
+
+async def _body(request: Request, settings: ServiceSettings) -> tuple[ItemBody, bytes | None]:
+    media_type = media_type_of(request)
+    image: bytes | None = None
+    if media_type == JSON:
+        payload = await read_json_object(request)
+    elif media_type == MULTIPART:
+        # room for every caption the limit allows, so that one too many gets the caption count's own refusal
+        form = await read_form(request, max_fields=settings.max_captions + len(SINGLE_FIELDS) + 1)
+        payload, image = await _form_payload(form)
+    else:
+        raise unsupported_media_type(media_type)
+    try:
+        return ItemBody.model_validate(payload), image
+    except ValidationError as e:
+        raise ApiError(422, "invalid_request", validation_message(e)) from e
+
+
+def _text(text: str, what: str, limit: int) -> str:
+    stripped = text.strip()
+    if not stripped:
+        raise ApiError(422, "empty_text", f"{what} is empty")
+    if len(stripped) > limit:
+        raise ApiError(422, "text_too_long", f"{what} has {len(stripped)} characters; the limit is {limit}")
+    return stripped
+
+
+async def read_item_write(request: Request, settings: ServiceSettings) -> ItemWrite:
+    """The validated item of a POST or PUT /v1/items body; an ApiError (4xx) for anything wrong with it."""
+    body, image = await _body(request, settings)
+    if body.id is not None:
+        check_item_id(body.id)
+    if body.text is not None:
+        return ItemWrite(body.id, body.metadata, text=_text(body.text, "the text", settings.max_text_chars))
+    if len(body.captions) > settings.max_captions:
+        raise ApiError(422, "too_many_captions",
+                       f"{len(body.captions)} captions; the limit is {settings.max_captions} per image")
+    captions = tuple(_text(c, f"caption {n}", settings.max_text_chars) for n, c in enumerate(body.captions))
+    if image is None:
+        image = base64_bytes(body.image_base64 or "")
+    decode_image(image, max_pixels=settings.max_image_pixels)  # refuses what a search would refuse, the same way
+    return ItemWrite(body.id, body.metadata, image=image, captions=captions)
