@@ -1,4 +1,5 @@
-"""``python -m indexer build|verify ...``: build the Lucene impact + FAISS indexes of a collection offline."""
+"""``python -m indexer build|verify|add|delete|compact ...``: build the Lucene impact + FAISS indexes of a collection
+offline; add, replace or delete items of a built index and compact it, while no service holds it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -16,6 +19,7 @@ from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
 from indexer.build import IndexBuildConfig, build_index, verify_index
+from indexer.live import CollectionLockedError, ItemNotFoundError, LiveCollection
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("indexer")
@@ -40,7 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check an index's counts, ids and file hashes")
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--checkpoint", help="also check the index was built from this checkpoint")
+    _add_write_commands(sub)
     return parser
+
+
+def _add_write_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("add", help="add an image (with captions) or a text to an index; an item with its id is "
+                       "replaced")
+    p.add_argument("--index", required=True, help="index directory")
+    item = p.add_mutually_exclusive_group(required=True)
+    item.add_argument("--image", type=Path, help="image file (the images side)")
+    item.add_argument("--text", help="a text item (the texts side)")
+    p.add_argument("--caption", action="append", default=[], help="a caption of the image (repeat for more)")
+    p.add_argument("--id", help="the item's id (default: a hash of its content)")
+    p.add_argument("--metadata", help="a JSON object kept with the item")
+    p = sub.add_parser("delete", help="delete an item (an image with its captions) from an index")
+    p.add_argument("--index", required=True, help="index directory")
+    p.add_argument("--id", required=True, help="the item's id")
+    p = sub.add_parser("compact", help="merge an index's writes since it was built into a new published version")
+    p.add_argument("--index", required=True, help="index directory")
 
 
 def build_config(args: argparse.Namespace) -> IndexBuildConfig:
@@ -50,19 +72,64 @@ def build_config(args: argparse.Namespace) -> IndexBuildConfig:
     return BUILD_ARGS.build(args, source="karpathy", **({"dataset": args.data} if args.data else {}))
 
 
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--metadata is not valid JSON: {e}") from e
+    if not isinstance(metadata, dict):
+        raise ValueError("--metadata must be a JSON object")
+    return metadata
+
+
+def _write(live: LiveCollection, args: argparse.Namespace, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if args.command == "delete":
+        return live.delete(args.id).to_json()
+    if args.command == "compact":
+        return live.compact().to_json()
+    if args.text is not None:
+        return live.add_text(args.text, item_id=args.id, metadata=metadata).to_json()
+    return live.add_image(args.image.read_bytes(), item_id=args.id, captions=args.caption,
+                          metadata=metadata).to_json()
+
+
+def _run_write(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "caption", None) and args.text is not None:
+        raise ValueError("--caption goes with --image; a text item has no captions")
+    metadata = _metadata(getattr(args, "metadata", None))  # checked before the index (and its model) is opened
+    live = LiveCollection.open(args.index, auto_compact_ratio=None)  # compaction is its own command here
+    try:
+        return _write(live, args, metadata)
+    finally:
+        live.close()
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "build":
+        config = build_config(args)
+        manifest = build_index(config)
+        summary = {side: {"count": s.count, "mean_terms": round(s.mean_terms, 1), "bytes": s.bytes}
+                   for side, s in manifest.sides.items()}
+        return {"index": str(config.output), "sides": summary, "timings": manifest.build["timings"]}
+    if args.command == "verify":
+        return verify_index(args.index, checkpoint=args.checkpoint)
+    return _run_write(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        if args.command == "build":
-            config = build_config(args)
-            manifest = build_index(config)
-            summary = {side: {"count": s.count, "mean_terms": round(s.mean_terms, 1), "bytes": s.bytes}
-                       for side, s in manifest.sides.items()}
-            print(json.dumps({"index": str(config.output), "sides": summary,  # noqa: T201
-                              "timings": manifest.build["timings"]}, indent=2))
-        else:
-            print(json.dumps(verify_index(args.index, checkpoint=args.checkpoint), indent=2))  # noqa: T201
+        print(json.dumps(_run(args), indent=2))  # noqa: T201
+    except CollectionLockedError as e:
+        _logger.error("%s. When a running service holds it, write through the service's HTTP API instead "
+                      "(POST /v1/items, PUT or DELETE /v1/items/{id}, POST /v1/compact).", e)
+        return 2
+    except ItemNotFoundError as e:
+        _logger.error("no live item has the id %s", e)
+        return 2
     except USER_ERRORS as e:
         _logger.error("%s", e)
         return 2
