@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,11 +32,11 @@ class Reply:
 
 
 class Server:
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        self._log = log.open("w")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+        self._log = log.open("a")  # appended: a restarted server's log follows the first one's
         self.process = subprocess.Popen([sys.executable, "-m", "service", *args, "--port", str(self.port),
                                          "--host", "127.0.0.1", "--log-level", "warning"],
                                         cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -63,10 +64,12 @@ class Server:
         except urllib.error.HTTPError as e:
             return Reply(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
 
-    def post_json(self, path: str, payload: Any) -> Reply:
-        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    def post_json(self, path: str, payload: Any, headers: dict[str, str] | None = None, method: str = "POST") -> Reply:
+        return self.request(method, path, json.dumps(payload).encode(),
+                            {"Content-Type": "application/json", **(headers or {})})
 
-    def post_multipart(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> Reply:
+    def post_multipart(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes, str]],
+                       headers: dict[str, str] | None = None, method: str = "POST") -> Reply:
         boundary = "duet-test-boundary"
         parts = []
         for name, value in fields.items():
@@ -75,21 +78,30 @@ class Server:
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                          f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return self.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.request(method, path, body,
+                            {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
 
     def stop(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=60)  # a graceful stop waits for a running compaction
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait(timeout=20)
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind (what survives is what was on disk)."""
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=20)
         self._log.close()
 
 
 @contextmanager
-def serving(index: Path, log: Path) -> Iterator[Server]:
-    """A started ``python -m service --index INDEX``, stopped on exit."""
-    running = Server(["--index", str(index)], log)
+def serving(index: Path, log: Path, *, args: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A started ``python -m service --index INDEX [ARGS]``, stopped on exit."""
+    running = Server(["--index", str(index), *args], log, env)
     try:
         running.wait_started()
         yield running
