@@ -12,6 +12,7 @@ rescoring reads rows of either part (``SegmentScores``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +53,10 @@ class Segment:
     @property
     def changed(self) -> bool:
         return self.delta.count > 0 or self.deleted.size > 0
+
+    @functools.cached_property
+    def deleted_base_rows(self) -> np.ndarray:
+        return self.deleted[self.deleted < self.base_count]
 
     def is_deleted(self, rows: np.ndarray) -> np.ndarray:
         return np.isin(rows, self.deleted, assume_unique=False)
