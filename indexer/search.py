@@ -37,7 +37,7 @@ from indexer.searchers import (
     StrongestTerms,
     excluding_rows,
 )
-from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView
+from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
 from indexer.store import (
     IndexManifest,
     IndexUnavailableError,
@@ -163,6 +163,7 @@ class SearchEngine:
             if sides is not None and side not in sides:
                 continue
             self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
+            self.segments[side] = unchanged(self.stores[side])
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             if self.lucene[side].num_docs() != side_manifest.count:
                 raise IndexUnavailableError(f"{self.directory / side}/lucene holds {self.lucene[side].num_docs()} "

@@ -40,6 +40,11 @@ class Delta:
         return cls(np.zeros((0, dim), np.float32), SparseRows.concatenate([]), [], [], 0)
 
 
+def unchanged(base: SideStore) -> Segment:
+    """The segment of a side nothing was written to since its index was built."""
+    return Segment(len(base.ids), Delta.empty(int(base.dense.shape[1])))
+
+
 @dataclass(frozen=True)
 class Segment:
     """One side's changes over its base index: the delta and the deleted global rows (sorted)."""
@@ -67,7 +72,7 @@ class SideView:
 
     def __init__(self, base: SideStore, segment: Segment | None = None) -> None:
         self.base = base
-        self.segment = segment or Segment(len(base.ids), Delta.empty(int(base.dense.shape[1])))
+        self.segment = segment or unchanged(base)
         self.base_count = len(base.ids)
 
     def __len__(self) -> int:
