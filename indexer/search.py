@@ -35,8 +35,9 @@ from indexer.searchers import (
     RowScorer,
     Searcher,
     StrongestTerms,
+    excluding_rows,
 )
-from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView
+from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
 from indexer.store import (
     IndexManifest,
     IndexUnavailableError,
@@ -162,6 +163,7 @@ class SearchEngine:
             if sides is not None and side not in sides:
                 continue
             self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
+            self.segments[side] = unchanged(self.stores[side])
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             if self.lucene[side].num_docs() != side_manifest.count:
                 raise IndexUnavailableError(f"{self.directory / side}/lucene holds {self.lucene[side].num_docs()} "
@@ -230,8 +232,15 @@ class SearchEngine:
         return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
                                                       temperature=temperature)
 
-    def dense_leg(self, side: str) -> FaissLeg:
-        return FaissLeg(self.store(side).faiss_index)
+    def dense_leg(self, side: str, *, excluded: np.ndarray | None = None) -> Searcher:
+        """FAISS over a side; ``excluded`` rows (deleted ones) are skipped inside FAISS where the index kind allows
+        it, else dropped from an over-fetched answer."""
+        index = self.store(side).faiss_index
+        if excluded is None or excluded.size == 0:
+            return FaissLeg(index)
+        parameters = excluding_rows(index, excluded)
+        return FaissLeg(index, parameters=parameters) if parameters is not None else Excluding(FaissLeg(index),
+                                                                                               excluded)
 
     def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
         self.store(side)
@@ -261,8 +270,9 @@ class SearchEngine:
     def _with_changes(self, legs: dict[str, Searcher], view: SideView) -> tuple[dict[str, Searcher], RowScorer]:
         """The base legs without deleted rows, plus the delta as a leg per score; the scorer over both parts."""
         segment, base_scores = view.segment, self.exact_scores(view.base.side)
-        if segment.deleted.size:
-            legs = {role: Excluding(leg, segment.deleted) for role, leg in legs.items()}
+        if segment.deleted_base_rows.size:
+            legs = {role: self.dense_leg(view.base.side, excluded=segment.deleted_base_rows) if role == "dense"
+                    else Excluding(leg, segment.deleted_base_rows) for role, leg in legs.items()}
         if not segment.delta.count:
             return legs, base_scores
         delta = ExactScores(segment.delta, self.vocab_size)

@@ -51,16 +51,48 @@ def ranking_of(rows: np.ndarray, scores: np.ndarray) -> Ranking:
 
 # ----- Duet's legs -----
 class FaissLeg:
-    """Dense leg: inner-product top-k over the side's FAISS index (flat by default, any index_factory index)."""
+    """Dense leg: inner-product top-k over the side's FAISS index (flat by default, any index_factory index).
 
-    def __init__(self, index: Any, name: str = "faiss") -> None:
-        self.index, self.name = index, name
+    ``parameters`` (from ``excluding_rows``) make FAISS skip rows inside the search, e.g. deleted ones."""
+
+    def __init__(self, index: Any, name: str = "faiss", *, parameters: Any = None) -> None:
+        self.index, self.name, self.parameters = index, name, parameters
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
         if not queries:
             return []
-        scores, rows = self.index.search(np.stack([q.dense for q in queries]).astype(np.float32), k)
+        batch = np.stack([q.dense for q in queries]).astype(np.float32)
+        if self.parameters is None:
+            scores, rows = self.index.search(batch, k)
+        else:
+            scores, rows = self.index.search(batch, k, params=self.parameters)
         return [ranking_of(r, s) for r, s in zip(rows, scores, strict=True)]
+
+
+def excluding_rows(index: Any, rows: np.ndarray) -> Any | None:
+    """FAISS search parameters that skip ``rows`` for a flat, IVF or HNSW index (each keeps its own nprobe or
+    efSearch); None for another kind, which then needs its results filtered instead."""
+    import faiss
+
+    ops: Any = faiss  # its type stubs lack the search-parameter classes and SWIG's ad-hoc attributes
+    inner = ops.downcast_index(index)
+    batch = ops.IDSelectorBatch(np.ascontiguousarray(rows, np.int64))
+    selector = ops.IDSelectorNot(batch)
+    selector.referenced = batch  # SWIG keeps no reference: the batch must live as long as the selector
+    parameters: Any
+    if isinstance(inner, ops.IndexHNSW):
+        parameters = ops.SearchParametersHNSW()
+        parameters.efSearch = inner.hnsw.efSearch
+    elif isinstance(inner, ops.IndexIVF):
+        parameters = ops.SearchParametersIVF()
+        parameters.nprobe = inner.nprobe
+    elif isinstance(inner, ops.IndexFlat):
+        parameters = ops.SearchParameters()
+    else:
+        return None
+    parameters.sel = selector
+    parameters.referenced = selector
+    return parameters
 
 
 class LuceneLeg:

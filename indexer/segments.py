@@ -12,6 +12,7 @@ rescoring reads rows of either part (``SegmentScores``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +40,11 @@ class Delta:
         return cls(np.zeros((0, dim), np.float32), SparseRows.concatenate([]), [], [], 0)
 
 
+def unchanged(base: SideStore) -> Segment:
+    """The segment of a side nothing was written to since its index was built."""
+    return Segment(len(base.ids), Delta.empty(int(base.dense.shape[1])))
+
+
 @dataclass(frozen=True)
 class Segment:
     """One side's changes over its base index: the delta and the deleted global rows (sorted)."""
@@ -53,6 +59,10 @@ class Segment:
     def changed(self) -> bool:
         return self.delta.count > 0 or self.deleted.size > 0
 
+    @functools.cached_property
+    def deleted_base_rows(self) -> np.ndarray:
+        return self.deleted[self.deleted < self.base_count]
+
     def is_deleted(self, rows: np.ndarray) -> np.ndarray:
         return np.isin(rows, self.deleted, assume_unique=False)
 
@@ -62,7 +72,7 @@ class SideView:
 
     def __init__(self, base: SideStore, segment: Segment | None = None) -> None:
         self.base = base
-        self.segment = segment or Segment(len(base.ids), Delta.empty(int(base.dense.shape[1])))
+        self.segment = segment or unchanged(base)
         self.base_count = len(base.ids)
 
     def __len__(self) -> int:

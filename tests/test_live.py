@@ -274,3 +274,24 @@ def test_searches_never_fail_during_writes_and_compaction(live: LiveCollection) 
     assert not failures, failures[:3]
     assert searches[0] > 0
     assert json.dumps(live.stats())  # JSON-able
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF2,Flat", "PCA8,Flat"])
+def test_deletes_hold_for_every_faiss_index_kind(factory: str, tiny_checkpoint: Path, synthetic_dataset: Path,
+                                                 tmp_path: Path) -> None:
+    """Flat, IVF and HNSW skip deleted rows inside FAISS (a selector); other kinds over-fetch and filter."""
+    from indexer.build import IndexBuildConfig, build_index
+
+    out = tmp_path / "index"
+    build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset, splits=("test",),
+                                 cache_root=tmp_path / "cache", faiss_factory=factory))
+    live = LiveCollection.open(out, auto_compact_ratio=None)
+    try:
+        store = live.engine.stores["images"]
+        query = Query(np.asarray(store.dense[0]), *store.sparse.row(0))
+        for item_id in store.ids[:5]:
+            live.delete(item_id)
+        hits = live.engine.search(query, SearchParams(side="images", mode="dense", top_k=5)).hits
+        assert len(hits) == 5 and not {h.id for h in hits} & set(store.ids[:5])
+    finally:
+        live.close()
