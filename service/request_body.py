@@ -33,6 +33,8 @@ def parse_json(raw: bytes, what: str = "the request body") -> Any:
         raise ApiError(400, "invalid_encoding", f"{what} is not valid UTF-8") from e
     except json.JSONDecodeError as e:
         raise ApiError(400, "malformed_json", f"{what} is not valid JSON: {e}") from e
+    except RecursionError as e:  # e.g. 100,000 '[': the decoder's own stack is the limit
+        raise ApiError(400, "malformed_json", f"{what} nests too deeply") from e
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

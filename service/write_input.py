@@ -19,6 +19,7 @@ from service.search_input import base64_bytes
 from service.settings import ServiceSettings
 
 MAX_ID_CHARS = 512
+MAX_METADATA_DEPTH = 32  # deeper JSON is refused here, before it is logged, copied and serialised again
 IMAGE_ROUTE = "/image"  # GET /v1/items/{id}/image: an id ending so would be read as its image's route
 SINGLE_FIELDS = ("id", "text", "metadata")
 
@@ -53,7 +54,7 @@ def _captions_of(values: list[str]) -> list[str]:
     if len(values) == 1 and values[0].lstrip().startswith("["):
         try:
             listed = json.loads(values[0])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return values
         if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
             raise ApiError(422, "invalid_request", "captions: a JSON list of captions must hold strings only")
@@ -64,8 +65,27 @@ def _captions_of(values: list[str]) -> list[str]:
 def _metadata_of(value: str) -> Any:
     try:
         return json.loads(value)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ApiError(422, "invalid_metadata", f"metadata is not valid JSON: {e}") from e
+
+
+def _depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar: 0), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_METADATA_DEPTH:
+                break
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> None:
+    if metadata is not None and _depth(metadata) > MAX_METADATA_DEPTH:
+        raise ApiError(422, "invalid_metadata", f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
 
 
 async def _form_payload(form: FormData) -> tuple[dict[str, Any], bytes | None]:
@@ -77,6 +97,8 @@ async def _form_payload(form: FormData) -> tuple[dict[str, Any], bytes | None]:
             if key != "image":
                 raise ApiError(422, "invalid_request", f"unexpected file field {key!r}; send the image as 'image'")
             image = await value.read()
+        elif key == "image":
+            raise ApiError(422, "invalid_request", "image: send it as a file part (curl -F image=@photo.jpg)")
         elif key == "captions":
             captions.append(value)
         elif key in payload:
@@ -121,6 +143,7 @@ async def read_item_write(request: Request, settings: ServiceSettings) -> ItemWr
     body, image = await _body(request, settings)
     if body.id is not None:
         check_item_id(body.id)
+    _check_metadata(body.metadata)
     if body.text is not None:
         return ItemWrite(body.id, body.metadata, text=_text(body.text, "the text", settings.max_text_chars))
     if len(body.captions) > settings.max_captions:

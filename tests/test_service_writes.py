@@ -430,6 +430,7 @@ def test_delete_removes_an_image_with_its_captions_everywhere(client: TestClient
     ({}, {"image": ("t.tif", _tiff(), "image/tiff")}, 415, "unsupported_image_format"),
     ({}, {"image": ("big.png", _png(100, 101), "image/png")}, 413, "image_too_large"),
     ({}, {"photo": ("p.png", _png(), "image/png")}, 422, "invalid_request"),
+    ({"image": "not a file"}, {}, 422, "invalid_request"),
     ({"captions": "no image"}, {}, 422, "invalid_request"),
     ({"text": "both"}, {"image": _image()}, 422, "invalid_request"),
     ({"text": "a text", "captions": "not for texts"}, {}, 422, "invalid_request"),
@@ -519,6 +520,29 @@ def test_bad_bodies_content_types_and_sizes(client: TestClient, live: FakeLive, 
     two = [("image", ("a.png", _png(), "image/png")), ("image", ("b.png", _png(), "image/png"))]
     _error(client.request(method, path, headers=AUTH, files=two), 400, "malformed_multipart")
     assert _writes(live) == []
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_deep_json_is_a_4xx(client: TestClient, live: FakeLive) -> None:
+    deep = b"[" * 20_000
+    for path in ("/v1/items", "/v1/search"):
+        _error(client.post(path, headers={**AUTH, "Content-Type": "application/json"}, content=deep),
+               400, "malformed_json")
+    _error(client.post("/v1/items", headers=AUTH, files={"image": _image()}, data={"metadata": "[" * 20_000}),
+           422, "invalid_metadata")
+    _error(client.post("/v1/items", headers=AUTH, json={"text": "ok", "metadata": _nested(33)}), 422,
+           "invalid_metadata")
+    _error(client.post("/v1/items", headers=AUTH, files={"image": _image()},
+                       data={"metadata": json.dumps(_nested(500))}), 422, "invalid_metadata")
+    assert _writes(live) == []
+    accepted = client.post("/v1/items", headers=AUTH, json={"text": "ok", "metadata": _nested(32)})
+    assert accepted.status_code == 201, accepted.text
 
 
 def test_limits_at_their_bounds_are_accepted(client: TestClient) -> None:

@@ -382,17 +382,6 @@ def test_searches_never_fail_while_writes_and_a_compaction_run(index_copy: Path,
     assert load.statuses and {status for _, status in load.statuses} == {200}
 
 
-@pytest.mark.xfail(strict=True, reason="indexer/live.py: a compaction copies the checkpoint from the encoder's load "
-                   "path, the first version's, which the first compaction's publication removed")
-def test_a_second_compaction_in_one_process(index_copy: Path, tmp_path: Path) -> None:
-    with serving(index_copy, tmp_path / "server.log") as server:
-        for n in range(2):
-            ok(server.post_json("/v1/items", {"text": f"note {n}", "id": f"note-{n}"}, AUTH), 201)
-            assert ok(server.request("POST", "/v1/compact", headers=AUTH), 202)
-            wait_compacted(server)
-        assert ok(server.request("GET", "/v1/items/note-1"))["text"] == "note 1"
-
-
 def test_the_threshold_compacts_in_the_background(index_copy: Path, tmp_path: Path) -> None:
     # 192 published items (32 images, 160 captions): 0.01 of them is two changes, one image with a caption
     with serving(index_copy, tmp_path / "server.log", DUET_AUTO_COMPACT_RATIO="0.01") as server:
