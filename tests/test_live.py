@@ -219,6 +219,7 @@ def test_compaction_publishes_the_same_results_and_carries_writes_made_meanwhile
     monkeypatch.setattr(live_module, "publish_index", publish_while_writing)
     result = live.compact()
     assert result.wal_seq == 3 and result.generation != generation
+    monkeypatch.setattr(live_module, "publish_index", publish)
     stats = live.stats()
     assert stats["base_wal_seq"] == 3 and stats["sides"]["texts"]["delta"] == 1  # t2, carried over
     assert live.engine.item("t2")[1]["text"] == "written during the compaction"
@@ -231,6 +232,8 @@ def test_compaction_publishes_the_same_results_and_carries_writes_made_meanwhile
     assert [r["seq"] for r in read_log(index_copy / "live" / "wal.jsonl")[0]] == [4]
     versions = [p for p in (index_copy / "versions").iterdir() if not p.name.startswith(".")]
     assert [p.name for p in versions] == [result.generation]
+    second = live.compact()  # from the version the first one published (the one it was loaded from is gone)
+    assert second.wal_seq == 4 and live.stats()["sides"]["texts"]["delta"] == 0
     live.close()
     reopened = LiveCollection.open(index_copy, auto_compact_ratio=None)
     try:
