@@ -382,7 +382,7 @@ def test_searches_never_fail_while_writes_and_a_compaction_run(index_copy: Path,
     assert load.statuses and {status for _, status in load.statuses} == {200}
 
 
-def test_the_threshold_compacts_in_the_background(index_copy: Path, tmp_path: Path) -> None:
+def test_the_threshold_compacts_in_the_background_and_a_request_again(index_copy: Path, tmp_path: Path) -> None:
     # 192 published items (32 images, 160 captions): 0.01 of them is two changes, one image with a caption
     with serving(index_copy, tmp_path / "server.log", DUET_AUTO_COMPACT_RATIO="0.01") as server:
         generation = ok(server.request("GET", "/v1/collection", headers=AUTH))["generation"]
@@ -394,9 +394,16 @@ def test_the_threshold_compacts_in_the_background(index_copy: Path, tmp_path: Pa
         state = wait_compacted(server)
         assert state["compaction"]["reason"] == "threshold" and state["sides"]["images"]["delta"] == 0
         assert search_image(server, png(30), mode="dense", top_k=1)["hits"][0]["id"] == "auto.png"
+        # a second compaction in the same process, on request, over the first one's version
+        ok(server.post_json("/v1/items", {"text": "after the first", "id": "later"}, AUTH), 201)
+        assert ok(server.request("POST", "/v1/compact", headers=AUTH), 202)["compaction"]["reason"] == "request"
+        second = wait_compacted(server)
+        assert second["generation"] not in (generation, state["generation"])
+        assert second["sides"]["texts"]["delta"] == 0
+        assert ok(server.request("GET", "/v1/items/later"))["text"] == "after the first"
         metrics = server.request("GET", "/metrics").body.decode()
-        assert 'duet_compactions_total{outcome="ok"} 1.0' in metrics
-        assert 'duet_writes_total{op="upsert",outcome="ok"} 1.0' in metrics
+        assert 'duet_compactions_total{outcome="ok"} 2.0' in metrics
+        assert 'duet_writes_total{op="upsert",outcome="ok"} 2.0' in metrics
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
