@@ -280,22 +280,23 @@ class LiveCollection:
              auto_compact_ratio: float | None = 0.1) -> LiveCollection:
         """Open a built index for writing (it becomes live: ``live/`` appears beside its versions)."""
         root = Path(index_dir)
-        engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
         live = root / LIVE
         (live / UPLOADS).mkdir(parents=True, exist_ok=True)
         handle = (live / LOCK).open("ab")
-        try:
+        try:  # before loading anything: a second writer is refused at once
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             handle.close()
-            engine.close()
             raise CollectionLockedError(f"{root} is being written by another process (it holds {live / LOCK})") \
                 from e
+        engine: SearchEngine | None = None
         try:
+            engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
             return cls(root, engine, WriteAheadLog(live / WAL), handle, auto_compact_ratio=auto_compact_ratio)
         except BaseException:
             handle.close()
-            engine.close()
+            if engine is not None:
+                engine.close()
             raise
 
     # ----- reading -----
@@ -394,6 +395,10 @@ class LiveCollection:
                entries: list[dict[str, Any]]) -> WriteResult:
         with self._lock:
             generation = self._generation
+            other = self._side_of(generation, item_id)
+            if op == "upsert" and other not in (None, side):
+                raise WriteRejectedError(f"id {item_id!r} belongs to an item on the {other} side; ids are unique "
+                                         "across the collection")
             deletes = self._displaced(generation, side, item_id)
             seq = self.last_seq + 1
             record: dict[str, Any] = {"seq": seq, "op": op, "side": side, "id": item_id, "deletes": deletes,

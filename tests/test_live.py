@@ -132,6 +132,8 @@ def test_replacing_an_item_changes_what_is_found(live: LiveCollection) -> None:
     assert engine.item("swap.png")[1]["captions"] == ["a blue circle"]
     with pytest.raises(KeyError):
         engine.item("swap.png#1")
+    with pytest.raises(WriteRejectedError, match="unique across the collection"):
+        live.add_text("an image's id for a text", item_id="swap.png")
     text = live.add_text("a small red square", item_id="note")
     assert text.written == {"texts": ["note"]}
     assert live.add_text("a big green dot", item_id="note").replaced
