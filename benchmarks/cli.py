@@ -1,8 +1,9 @@
-"""``python -m benchmarks run|check|record-matrix|search|synthetic|report``: Duet's benchmarks.
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live``: Duet's benchmarks.
 
 ``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
 what a results matrix needs and prints OK/FAIL per row; ``search``/``synthetic``/``report`` are the single
-measurements the run is made of, kept for quick looks at an existing index.
+measurements the run is made of, kept for quick looks at an existing index; ``live`` measures live collections
+(writes, time to searchable, search beside a delta, compaction) on copies of an index.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.live_bench import LiveBenchConfig
 from benchmarks.matrix import ResultsMatrix
 from benchmarks.runner import RunConfig
 from core.atomic import write_text_atomic
@@ -85,6 +87,7 @@ CHECK_ARGS = ModelArgs(RunConfig, include=("checkpoint", "data", "work", "cache_
 SEARCH_ARGS = ModelArgs(SearchOptions)
 SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="queries timed per mode")})
 REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synthetic": Flag(nargs=True)})
+LIVE_ARGS = ModelArgs(LiveBenchConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     SYNTHETIC_ARGS.add_to(sub.add_parser("synthetic", help="latency per mode on a synthetic corpus following a real "
                                          "index's statistics"))
     REPORT_ARGS.add_to(sub.add_parser("report", help="render JSON reports as Markdown"))
+    p = sub.add_parser("live", help="live collections on copies of an index: write throughput, time to searchable, "
+                       "search latency beside a delta, compaction time (JSON and Markdown)")
+    LIVE_ARGS.add_to(p)
+    p.add_argument("--resume", action="store_true",
+                   help="skip the sections an interrupted run (report.partial.json in --out) already measured for "
+                        "this index, checkpoint and options")
     return parser
 
 
@@ -132,6 +141,18 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = Path(config.out)
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     render_outputs(out / "report.json")
+    return 0
+
+
+def command_live(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmarks.live_bench import render_live, run_live
+
+    config = LIVE_ARGS.build(args)
+    report = run_live(config, resume=args.resume)
+    report["command"] = "python -m benchmarks " + " ".join(argv)
+    write_text_atomic(config.out / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(config.out / "README.md", render_live(report))
+    _logger.info("wrote %s (report.json, README.md)", config.out)
     return 0
 
 
@@ -253,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_run(args, argv)
         if args.command == "check":
             return command_check(args)
+        if args.command == "live":
+            return command_live(args, argv)
         if args.command == "render":
             render_outputs(Path(args.report))
             return 0
