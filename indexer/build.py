@@ -41,7 +41,7 @@ from core.encoder import DuetEncoder, EncodedItems, SparseRows, vocabulary_diges
 from core.feature_cache import compute_features
 from core.progress import progress_bar
 from indexer.collection import Collection, load_folder_collection, load_karpathy_collection
-from indexer.lucene import build_impact_index, write_json_vector_collection
+from indexer.lucene import ImpactSearcher, build_impact_index, write_json_vector_collection
 from indexer.store import (
     CHECKPOINT_DIR,
     MANIFEST,
@@ -215,6 +215,13 @@ def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, thread
     collection_seconds = time.perf_counter() - started
     build_impact_index(collection_dir, side_dir / "lucene", threads=threads)
     shutil.rmtree(collection_dir)
+    searcher = ImpactSearcher(side_dir / "lucene", scale)
+    try:  # checked before publication: a version whose Lucene index lost rows must never go live
+        indexed = searcher.num_docs()
+    finally:
+        searcher.close()
+    if indexed != docs:
+        raise IndexUnavailableError(f"Lucene indexed {indexed} of {docs} documents of {side_dir.name}")
     return docs, collection_seconds
 
 

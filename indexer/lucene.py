@@ -59,6 +59,11 @@ def configure_java() -> None:
     _JVM_READY = True
 
 
+# The one term of a document none of whose weights survives quantisation (a text with no content word): Lucene's
+# impact indexer drops a document with an empty vector, and a row must keep its document. No query names it.
+EMPTY_DOCUMENT_TERM = "empty"
+
+
 def term_token(token_id: int) -> str:
     """Lucene term for a vocabulary token id (ids, not strings: BERT pieces may contain analyser-sensitive text)."""
     return f"t{token_id}"
@@ -89,7 +94,8 @@ def write_json_vector_collection(directory: Path, sparse: SparseRows, scale: flo
             assert handle is not None  # opened at row 0
             ids, values = sparse.row(row)
             # An item with no surviving term still gets a document, so Lucene's doc count equals the row count.
-            doc = {"id": str(row), "contents": "", "vector": quantized_terms(ids, values, scale)}
+            vector = quantized_terms(ids, values, scale) or {EMPTY_DOCUMENT_TERM: 1}
+            doc = {"id": str(row), "contents": "", "vector": vector}
             handle.write(json.dumps(doc, separators=(",", ":")) + "\n")
             written += 1
     finally:

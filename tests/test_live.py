@@ -300,3 +300,27 @@ def test_deletes_hold_for_every_faiss_index_kind(factory: str, tiny_checkpoint: 
         assert len(hits) == 5 and not {h.id for h in hits} & set(store.ids[:5])
     finally:
         live.close()
+
+
+def test_a_text_without_sparse_terms_is_kept_through_compaction(tiny_grounded_index: Path, tmp_path: Path) -> None:
+    """A text no sparse weight survives for (no content word, under a model whose texts are their own words) still
+    gets its Lucene document, so the compacted version opens and serves it."""
+    shutil.copytree(tiny_grounded_index, tmp_path / "index", symlinks=True)
+    live = LiveCollection.open(tmp_path / "index", auto_compact_ratio=None)
+    try:
+        _compact_a_termless_text(live)
+    finally:
+        live.close()
+
+
+def _compact_a_termless_text(live: LiveCollection) -> None:
+    result = live.add_text(".", item_id="no-terms")
+    engine = live.engine
+    row = engine.view("texts").row_of("no-terms")
+    assert row is not None and engine.view("texts").sparse_row(row)[0].size == 0
+    live.compact()
+    assert live.engine.item("no-terms")[1]["text"] == "."
+    assert live.engine.lucene["texts"].num_docs() == len(live.engine.stores["texts"].ids)
+    query = live.engine.encode_text(".")
+    assert "no-terms" in every_hit(live.engine, query, "texts", "dense")
+    assert result.seq == 1
