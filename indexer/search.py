@@ -159,6 +159,7 @@ class SearchEngine:
         self.stores: dict[str, SideStore] = {}
         self.lucene: dict[str, ImpactSearcher] = {}
         self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
+        self._exclusions: dict[str, tuple[np.ndarray, Any]] = {}  # per side: FAISS parameters skipping deletes
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
@@ -238,9 +239,14 @@ class SearchEngine:
         index = self.store(side).faiss_index
         if excluded is None or excluded.size == 0:
             return FaissLeg(index)
-        parameters = excluding_rows(index, excluded)
-        return FaissLeg(index, parameters=parameters) if parameters is not None else Excluding(FaissLeg(index),
-                                                                                               excluded)
+        cached = self._exclusions.get(side)
+        if cached is None or cached[0] is not excluded:  # one selector per deletes snapshot, not per search
+            cached = (excluded, excluding_rows(index, excluded))
+            self._exclusions[side] = cached
+        parameters = cached[1]
+        if parameters is None:
+            return Excluding(FaissLeg(index), excluded, int(index.ntotal))
+        return FaissLeg(index, parameters=parameters)
 
     def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
         self.store(side)
@@ -272,7 +278,7 @@ class SearchEngine:
         segment, base_scores = view.segment, self.exact_scores(view.base.side)
         if segment.deleted_base_rows.size:
             legs = {role: self.dense_leg(view.base.side, excluded=segment.deleted_base_rows) if role == "dense"
-                    else Excluding(leg, segment.deleted_base_rows) for role, leg in legs.items()}
+                    else Excluding(leg, segment.deleted_base_rows, view.base_count) for role, leg in legs.items()}
         if not segment.delta.count:
             return legs, base_scores
         delta = ExactScores(segment.delta, self.vocab_size)

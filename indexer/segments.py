@@ -123,19 +123,32 @@ class SegmentScores:
 
 
 class Excluding:
-    """A base leg whose deleted rows never reach ranking: it asks for k plus the number deleted, then drops them,
-    so at least k live rows come back whenever the leg has them."""
+    """A base leg whose deleted rows never reach ranking: it over-fetches, drops them, and asks again (twice as
+    deep) for the queries that came back short, so k live rows come back whenever the leg has them.
 
-    def __init__(self, leg: Searcher, deleted: np.ndarray) -> None:
-        self.leg, self.deleted, self.name = leg, deleted, leg.name
+    The first ask covers about twice the deleted share of k, not all deletes: with 10% of 100k rows deleted, asking
+    every query for k + 10,000 made Lucene 100x slower. The depth never needs to pass k + the number deleted."""
+
+    def __init__(self, leg: Searcher, deleted: np.ndarray, rows: int) -> None:
+        self.leg, self.deleted, self.rows, self.name = leg, deleted, rows, leg.name
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
-        found = self.leg.search_batch(queries, k + int(self.deleted.size))
-        out = []
-        for ranking in found:
-            keep = ~np.isin(ranking.rows, self.deleted)
-            out.append(Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k]))
-        return out
+        deleted = int(self.deleted.size)
+        bound = k + deleted
+        depth = min(bound, k + 2 * -(-k * deleted // max(1, self.rows - deleted)) + 8)
+        out: list[Ranking | None] = [None] * len(queries)
+        pending = list(range(len(queries)))
+        while pending:
+            short = []
+            for n, ranking in zip(pending, self.leg.search_batch([queries[n] for n in pending], depth), strict=True):
+                keep = ~np.isin(ranking.rows, self.deleted)
+                live = Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k])
+                if len(live) >= k or len(ranking) < depth or depth >= bound:  # enough, all the leg has, or surely
+                    out[n] = live
+                else:
+                    short.append(n)
+            pending, depth = short, min(bound, 2 * depth)
+        return [ranking for ranking in out if ranking is not None]
 
 
 class DeltaLeg:
