@@ -41,7 +41,7 @@ from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView
-from indexer.store import SIDES
+from indexer.store import SIDES, read_manifest
 
 _logger = logging.getLogger(__name__)
 LIVE = "live"
@@ -280,6 +280,7 @@ class LiveCollection:
              auto_compact_ratio: float | None = 0.1) -> LiveCollection:
         """Open a built index for writing (it becomes live: ``live/`` appears beside its versions)."""
         root = Path(index_dir)
+        read_manifest(root)  # a missing or foreign directory is refused before anything is created in it
         live = root / LIVE
         (live / UPLOADS).mkdir(parents=True, exist_ok=True)
         handle = (live / LOCK).open("ab")

@@ -324,3 +324,11 @@ def _compact_a_termless_text(live: LiveCollection) -> None:
     query = live.engine.encode_text(".")
     assert "no-terms" in every_hit(live.engine, query, "texts", "dense")
     assert result.seq == 1
+
+
+def test_a_missing_index_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    from indexer.store import IndexUnavailableError
+
+    with pytest.raises(IndexUnavailableError, match="not found"):
+        LiveCollection.open(tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
