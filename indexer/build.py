@@ -313,7 +313,7 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
     timings = dict(timings or {})
     started = time.perf_counter() if started is None else started
     check_publishable(config.output)
-    source = encoder.checkpoint_path or config.checkpoint
+    source = config.checkpoint  # the encoder's own weights, checked by hash when copied
     with versioned_directory(config.output, keep_previous=config.keep_previous, keep_at_top=keep_at_top) as contents:
         side_manifests = {}
         for name, side in sides.items():

@@ -518,9 +518,6 @@ class LiveCollection:
             collection = {**old.manifest.collection, "root": str(old.collection_root)}
             publish_index(config, old.encoder, sides, collection, wal_seq=seq, keep_at_top=(LIVE,))
             fresh = SearchEngine(self.index_dir, encoder=old.encoder)
-            # the encoder outlives the version it was loaded from (publication removed it): the next compaction
-            # copies the checkpoint from the new version's own copy (the same weights, checked by hash)
-            fresh.encoder.checkpoint_path = fresh.checkpoint_dir
             with self._lock:
                 replacement = self._new_generation(fresh)
                 tail = [r for r in read_log(self.wal.path)[0] if r["seq"] > seq]
@@ -544,6 +541,8 @@ class LiveCollection:
         manifest = engine.manifest
         recorded = manifest.build.get("config", {})
         factories = {s.faiss_factory for s in manifest.sides.values()}
+        # the checkpoint is copied from the live version's own copy (the encoder may have been loaded from a
+        # version a previous compaction removed, or from another collection)
         return IndexBuildConfig(checkpoint=engine.checkpoint_dir, output=engine.index_dir,
                                 faiss_factory=factories.pop() if len(factories) == 1 else "Flat",
                                 sparse_scale=float(manifest.quantization["scale"]),

@@ -332,3 +332,23 @@ def test_a_missing_index_is_refused_and_nothing_is_created(tmp_path: Path) -> No
     with pytest.raises(IndexUnavailableError, match="not found"):
         LiveCollection.open(tmp_path / "absent")
     assert not (tmp_path / "absent").exists()
+
+
+def test_collections_sharing_an_encoder_compact_independently(tiny_index: Path, tmp_path: Path) -> None:
+    """Each compaction copies the checkpoint from its own live version, wherever the shared encoder came from."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_index, first, symlinks=True)
+    shutil.copytree(tiny_index, second, symlinks=True)
+    a = LiveCollection.open(first, auto_compact_ratio=None)
+    b = LiveCollection.open(second, encoder=a.engine.encoder, auto_compact_ratio=None)
+    try:
+        a.add_text("a red square", item_id="in-a")
+        a.compact()
+        a.close()
+        shutil.rmtree(first)
+        b.add_text("a blue dot", item_id="in-b")
+        b.compact()
+        b.compact()
+        assert b.engine.item("in-b")[1]["text"] == "a blue dot"
+    finally:
+        b.close()
