@@ -182,8 +182,10 @@ def test_missing_and_mismatched_index_fail_readiness_and_search(tiny_index: Path
     from tests.conftest import save_tiny_checkpoint
 
     other = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path / "other", seed=3)
+    copy = tmp_path / "index"  # its own copy: the session's index is held (written) by the shared test server
+    shutil.copytree(tiny_index, copy, symlinks=True, ignore=shutil.ignore_patterns("live"))
     for args, reason in (([str(tmp_path / "absent")], "index directory not found"),
-                         ([str(tiny_index), "--checkpoint", str(other)], "checkpoint content hash")):
+                         ([str(copy), "--checkpoint", str(other)], "checkpoint content hash")):
         server = Server(["--index", *args], tmp_path / "server.log")
         try:
             server.wait_started()
