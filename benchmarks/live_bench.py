@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.search_bench import percentiles, single_thread, stored_queries, time_calls
+from benchmarks.sections import SectionStore
 from benchmarks.synthetic import CorpusStatistics, generate
-from core.atomic import current_version, write_text_atomic
+from core.atomic import current_version
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from core.progress import progress
 from indexer import live as live_module
@@ -209,37 +209,6 @@ def image_record(item_id: str, image: EncodedItems, captions: Sequence[tuple[str
 
 def text_record(item_id: str, text: str, vectors: EncodedItems) -> Record:
     return Record("texts", item_id, [live_module._entry("texts", {"id": item_id, "text": text}, vectors, 0)])
-
-
-# ----- resumable sections -----
-class Sections:
-    """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them;
-    reused only for the same index, checkpoint and options (as benchmarks/runner.py's PartialReport)."""
-
-    def __init__(self, out: Path, key: dict[str, Any], *, resume: bool) -> None:
-        self.path, self.key = out / "report.partial.json", key
-        self.sections: dict[str, Any] = {}
-        self.log: dict[str, dict[str, Any]] = {}
-        if resume and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved.get("key") == key:
-                self.sections = saved["sections"]
-                self.log = {name: {**entry, "resumed": True} for name, entry in saved["log"].items()}
-                _logger.info("resuming from %s: %s already measured", self.path, sorted(self.sections))
-            else:
-                _logger.warning("ignoring %s: another index, checkpoint or options", self.path)
-
-    def section(self, name: str, measure: Callable[[], Any]) -> Any:
-        if name not in self.sections:
-            _logger.info("measuring: %s", name)
-            started, at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-            self.sections[name] = measure()
-            self.log[name] = {"measured_at": at, "seconds": time.perf_counter() - started, "resumed": False}
-            write_text_atomic(self.path, json.dumps({"key": self.key, "sections": self.sections, "log": self.log}))
-        return self.sections[name]
-
-    def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 # ----- the benchmark -----
@@ -693,7 +662,9 @@ def run_live(config: LiveBenchConfig, *, resume: bool = False) -> dict[str, Any]
         key = {"index_manifest": _digest(current_version(base) / "manifest.json"),
                "content_hash": encoder.checkpoint.content_hash,
                "config": json.loads(config.model_dump_json(exclude={"out", "work", "checkpoint", "images"}))}
-        sections = Sections(config.out, key, resume=resume)
+        sections = SectionStore(config.out, key)
+        if resume:
+            sections.resume()
         bench = LiveBench(config, encoder, base, work, image_root)
         try:
             report = measure(bench, sections)
@@ -709,7 +680,7 @@ def run_live(config: LiveBenchConfig, *, resume: bool = False) -> dict[str, Any]
     return report
 
 
-def measure(bench: LiveBench, sections: Sections) -> dict[str, Any]:
+def measure(bench: LiveBench, sections: SectionStore) -> dict[str, Any]:
     config = bench.config
     report: dict[str, Any] = {"writes": sections.section("writes", bench.writes),
                               "visibility": sections.section("visibility", bench.visibility)}

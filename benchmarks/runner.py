@@ -22,8 +22,6 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,9 @@ from benchmarks.compare import PEERS, set_threads, side_by_side
 from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
 from benchmarks.knobs import KnobGrid, knob_point
 from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
+from benchmarks.sections import SectionStore
 from benchmarks.sweeps import pruning_sweep, weight_sweep
 from benchmarks.synthetic import GENERATOR
-from core.atomic import write_text_atomic
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
 from indexer.search import MODES, SearchEngine, SearchParams
@@ -199,35 +197,19 @@ def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
 _SELECTION_FIELDS = ("stages", "scales", "knob_scales", "knob_grid")
 
 
-class PartialReport:
-    """Sections finished so far, saved after each one (``<out>/report.partial.json``) so ``--resume`` skips them.
-
-    Without a partial report, ``--resume`` reuses the sections of a finished ``<out>/report.json`` instead, so a
-    report can be extended (another scale point) without measuring again what it holds.
-
-    A partial report is only reused for the same checkpoint content and the same run configuration. ``log`` says
-    when each section was measured and how long it took, so a resumed report shows what an earlier invocation did.
-    """
+class PartialReport(SectionStore):
+    """The run's sections (benchmarks/sections.py). Without a partial report, ``--resume`` reuses the sections of a
+    finished ``<out>/report.json`` instead, so a report can be extended (another scale point) without measuring
+    again what it holds. Sections are reused for the same checkpoint content and run configuration."""
 
     def __init__(self, config: RunConfig, content_hash: str, *, resume: bool) -> None:
-        self.path = Path(config.out) / "report.partial.json"
-        self.key = {"content_hash": content_hash, "config": json.loads(config.model_dump_json(exclude={"out"}))}
-        self.sections: dict[str, Any] = {}
-        self.log: dict[str, dict[str, Any]] = {}
+        super().__init__(Path(config.out), {"content_hash": content_hash,
+                                            "config": json.loads(config.model_dump_json(exclude={"out"}))})
         finished = Path(config.out) / "report.json"
         if resume and self.path.is_file():
-            self._reuse(self.path, json.loads(self.path.read_text()))
+            self.resume()
         elif resume and finished.is_file():  # extend a finished report, e.g. with another scale point
-            self._reuse(finished, self._saved_from_report(json.loads(finished.read_text())))
-
-    def _reuse(self, path: Path, saved: dict[str, Any]) -> None:
-        if self._comparable(saved.get("key", {})) != self._comparable(self.key):
-            _logger.warning("ignoring %s: another checkpoint or configuration", path)
-            return
-        self.sections = saved["sections"]
-        self.log = {name: {**saved.get("log", {}).get(name, {"measured_at": None, "seconds": None}), "resumed": True}
-                    for name in self.sections}
-        _logger.info("resuming from %s: %s already measured", path, sorted(self.sections))
+            self.reuse(finished, self._saved_from_report(json.loads(finished.read_text())))
 
     @staticmethod
     def _saved_from_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -239,29 +221,12 @@ class PartialReport:
         return {"key": {"content_hash": report.get("checkpoint", {}).get("content_hash"), "config": config},
                 "sections": sections, "log": report.get("sections", {})}
 
-    @staticmethod
-    def _comparable(key: dict[str, Any]) -> dict[str, Any]:
+    def comparable(self, key: dict[str, Any]) -> dict[str, Any]:
         # which sections run (stages, sizes) does not change what a finished section measured; a knob section
-        # carries its own grid and is checked against it (PartialReport.section's ``reusable``)
+        # carries its own grid and is checked against it (``section``'s ``reusable``)
         config = {k: v for k, v in key.get("config", {}).items() if k not in _SELECTION_FIELDS}
         return {"content_hash": key.get("content_hash"), "config": config}
 
-    def section(self, name: str, measure: Callable[[], Any], *,
-                reusable: Callable[[Any], bool] = lambda _saved: True) -> Any:
-        """A saved section, or ``measure()`` saved now; ``reusable`` can refuse a saved one (another grid)."""
-        if name in self.sections and not reusable(self.sections[name]):
-            _logger.info("%s was measured with other settings: measuring it again", name)
-            del self.sections[name]
-        if name not in self.sections:
-            _logger.info("measuring: %s", name)
-            started, at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-            self.sections[name] = measure()
-            self.log[name] = {"measured_at": at, "seconds": time.perf_counter() - started, "resumed": False}
-            write_text_atomic(self.path, json.dumps({"key": self.key, "sections": self.sections, "log": self.log}))
-        return self.sections[name]
-
-    def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.live_bench import Sections
+from benchmarks.sections import SectionStore
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -92,12 +92,14 @@ def test_the_live_benchmark_reports_every_section_and_leaves_the_index_alone(
 
 def test_a_resumed_run_reuses_only_sections_saved_under_the_same_key(tmp_path: Path) -> None:
     calls: list[str] = []
-    first = Sections(tmp_path, {"index": "a"}, resume=False)
+    first = SectionStore(tmp_path, {"index": "a"})
     assert first.section("writes", lambda: calls.append("writes") or {"x": 1}) == {"x": 1}
-    again = Sections(tmp_path, {"index": "a"}, resume=True)
+    again = SectionStore(tmp_path, {"index": "a"})
+    again.resume()
     assert again.section("writes", lambda: calls.append("again") or {"x": 2}) == {"x": 1}
     assert again.log["writes"]["resumed"]
-    other = Sections(tmp_path, {"index": "b"}, resume=True)
+    other = SectionStore(tmp_path, {"index": "b"})
+    other.resume()
     assert other.section("writes", lambda: calls.append("other") or {"x": 3}) == {"x": 3}
     assert calls == ["writes", "other"]
     other.finish()
