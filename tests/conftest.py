@@ -154,3 +154,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tiers = {tier for name in getattr(item, "fixturenames", ()) for tier in _TIERS_OF_FIXTURE.get(name, ())}
         for tier in sorted(tiers):
             item.add_marker(tier)
+
+
+def noise_png(seed: int, size: int = 40) -> bytes:
+    """A distinctive image: random noise, so no indexed image is its near-duplicate."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

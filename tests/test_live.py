@@ -28,16 +28,11 @@ from indexer.live import (
 )
 from indexer.query import Query
 from indexer.search import MODES, SearchEngine, SearchParams
+from tests.conftest import noise_png as png
 
 pytestmark = pytest.mark.java  # every test opens a Lucene index
 
 
-def png(seed: int, size: int = 40) -> bytes:
-    """A distinctive image: random noise, so no indexed image is its near-duplicate."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture()

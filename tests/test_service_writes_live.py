@@ -25,6 +25,7 @@ from PIL import Image
 from core.encoder import DuetEncoder
 from indexer.query import Query
 from indexer.search import MODES
+from tests.conftest import noise_png as png
 from tests.server import ROOT, Reply, Server
 
 pytestmark = pytest.mark.java  # every test serves a Lucene index
@@ -35,12 +36,6 @@ ALL = {"top_k": 1000, "candidate_k": 1000, "explain": True}  # every item of the
 TEXT_QUERIES = ("a red square on blue", "green dot", "the stripe is yellow")
 
 
-def png(seed: int, size: int = 40) -> bytes:
-    """A distinctive image: random noise, so that no indexed image is its near-duplicate."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture()
