@@ -814,8 +814,9 @@ def _parts(latency: dict[str, Any], state: str, direction: str = "t2i", mode: st
 def _synthetic_observation(share: str, s: dict[str, Any]) -> str:
     writes, c, latency = s["delta"]["writes"], s["compaction"], s["latency"]
     return (f"Synthetic {s['collection']['items']:,}, delta {share}: p50 with the delta / base: "
-            f"{_ratios(latency, 't2i', 'delta')}; compacted / base: {_ratios(latency, 't2i', 'compacted')}. Each base "
-            f"leg is asked for k plus the deleted rows ({s['delta']['images_deleted']:,} here); sparse mode per part "
+            f"{_ratios(latency, 't2i', 'delta')}; compacted / base: {_ratios(latency, 't2i', 'compacted')}. With "
+            f"{s['delta']['images_deleted']:,} rows deleted, FAISS skips them inside its search and Lucene is asked "
+            f"for about twice their share of k more (again, deeper, when short); sparse mode per part "
             f"(p50 ms): base {_parts(latency, 'base')}; with the delta {_parts(latency, 'delta')}. A write took "
             f"{writes['first_tenth_p50_ms']:.2f} ms (p50) in the first tenth of the delta and "
             f"{writes['last_tenth_p50_ms']:.2f} ms in the last; compaction {c['seconds']:.0f} s, "
