@@ -40,7 +40,7 @@ from core.atomic import atomic_file
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index
 from indexer.search import SearchEngine
-from indexer.segments import Delta, Segment, SideView
+from indexer.segments import Delta, Segment, SideView, live_row
 from indexer.store import SIDES, read_manifest
 
 _logger = logging.getLogger(__name__)
@@ -177,11 +177,7 @@ class DeltaBuffer:
         self.removed: set[str] = set()
 
     def live_row(self, item_id: str) -> int | None:
-        if item_id in self.row_of:
-            return self.row_of[item_id]
-        if item_id in self.removed:
-            return None
-        return self.base.row_of.get(item_id)
+        return live_row(item_id, self.row_of, self.removed, self.base.row_of)
 
     def item(self, row: int) -> dict[str, Any]:
         return self.base.items[row] if row < self.base_count else self.items[row - self.base_count]
@@ -319,16 +315,15 @@ class LiveCollection:
                 if generation.retired and generation.readers == 0:
                     generation.engine.close()
 
-    def image_path(self, side: str, item: dict[str, Any]) -> Path | None:
-        """Where an image item's file is: an upload, or under the collection root (never outside it)."""
+    def image_path(self, side: str, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
+        """Where an image item's file is: an upload, or under ``root`` (default: the recorded collection root),
+        never outside it."""
         if side != "images":
             return None
         if item.get("upload"):
             path = self.index_dir / LIVE / UPLOADS / str(item["upload"])
             return path if path.is_file() and path.parent == self.index_dir / LIVE / UPLOADS else None
-        root = self.engine.collection_root.resolve()
-        path = (root / str(item.get("path", ""))).resolve()
-        return path if path.is_relative_to(root) and path.is_file() else None
+        return self.engine.image_path(item, root=root)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -180,6 +180,13 @@ class SearchEngine:
         """Where the index's image files are, as recorded at build time (relative to the index directory)."""
         return manifest_path(self.index_dir, self.manifest.collection["root"])
 
+    def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
+        """An indexed image item's file under ``root`` (default: the recorded collection root), never outside it;
+        None when there is none."""
+        resolved = (root or self.collection_root).resolve()
+        path = (resolved / str(item.get("path", ""))).resolve()
+        return path if path.is_relative_to(resolved) and path.is_file() else None
+
     # ----- queries -----
     def encode_text(self, text: str) -> Query:
         return Query.from_encoded(self.encoder.encode_texts([text]))
@@ -261,31 +268,30 @@ class SearchEngine:
         since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
         score the mode ranks by."""
         view = view or self.view(params.side)
+        deleted = view.segment.deleted_base_rows
         legs: dict[str, Searcher] = {}
         if params.mode in ("dense", "hybrid"):
-            legs["dense"] = self.dense_leg(params.side)
+            legs["dense"] = self.dense_leg(params.side, excluded=deleted)
         term_limit = self._query_term_limit(params)
         if params.mode in ("sparse", "hybrid"):
-            legs["sparse"] = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
-        legs, scores = self._with_changes(legs, view)
+            sparse: Searcher = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
+            legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
+        scores = self._with_delta(legs, view)
         widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
         return HybridSearcher(legs, scores, self.fuse(params),
                               rank_by="fused" if params.mode == "hybrid" else params.mode,
                               candidate_k=params.candidate_k if widen else None, name=name)
 
-    def _with_changes(self, legs: dict[str, Searcher], view: SideView) -> tuple[dict[str, Searcher], RowScorer]:
-        """The base legs without deleted rows, plus the delta as a leg per score; the scorer over both parts."""
+    def _with_delta(self, legs: dict[str, Searcher], view: SideView) -> RowScorer:
+        """Add the delta as one more leg per score the base legs rank by; return the scorer over both parts."""
         segment, base_scores = view.segment, self.exact_scores(view.base.side)
-        if segment.deleted_base_rows.size:
-            legs = {role: self.dense_leg(view.base.side, excluded=segment.deleted_base_rows) if role == "dense"
-                    else Excluding(leg, segment.deleted_base_rows, view.base_count) for role, leg in legs.items()}
         if not segment.delta.count:
-            return legs, base_scores
+            return base_scores
         delta = ExactScores(segment.delta, self.vocab_size)
         for by in ("dense", "sparse"):
             if by in legs:
                 legs[f"delta_{by}"] = DeltaLeg(delta, segment, by)
-        return legs, SegmentScores(base_scores, delta, view.base_count)
+        return SegmentScores(base_scores, delta, view.base_count)
 
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         return self.search_batch([query], params)[0]

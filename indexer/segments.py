@@ -13,7 +13,7 @@ rescoring reads rows of either part (``SegmentScores``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +38,14 @@ class Delta:
     @classmethod
     def empty(cls, dim: int) -> Delta:
         return cls(np.zeros((0, dim), np.float32), SparseRows.concatenate([]), [], [], 0)
+
+
+def live_row(item_id: str, written: Mapping[str, int], removed: Container[str],
+             base: Mapping[str, int]) -> int | None:
+    """The live row of an id: its latest write, else its base row unless deleted; None when it has none."""
+    if item_id in written:
+        return written[item_id]
+    return None if item_id in removed else base.get(item_id)
 
 
 def unchanged(base: SideStore) -> Segment:
@@ -91,12 +99,7 @@ class SideView:
 
     def row_of(self, item_id: str) -> int | None:
         """The live row of an id, or None (never written, or deleted)."""
-        segment = self.segment
-        if item_id in segment.row_of:
-            return segment.row_of[item_id]
-        if item_id in segment.removed:
-            return None
-        return self.base.row_of.get(item_id)
+        return live_row(item_id, self.segment.row_of, self.segment.removed, self.base.row_of)
 
 
 class SegmentScores:

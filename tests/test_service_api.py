@@ -99,6 +99,8 @@ class FakeEngine:
     def collection_root(self) -> Path:
         return self.root
 
+    image_path = SearchEngine.image_path  # the real rule: a file under the root, never outside it
+
     def _term(self, word: str) -> int:
         if word not in self.vocabulary:
             self.vocabulary.append(word)

@@ -160,12 +160,12 @@ class FakeLive:
                 "sides": {s: {"base": 0, "delta": len(st.ids), "deleted": 0, "live": len(st.ids)}
                           for s, st in self.engine.stores.items()}}
 
-    def image_path(self, side: str, item: dict[str, Any]) -> Path | None:
+    def image_path(self, side: str, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
         self._called("image_path")
         if side == "images" and item.get("upload"):
             path = self.uploads / str(item["upload"])
             return path if path.is_file() else None
-        return None
+        return self.engine.image_path(item, root=root) if side == "images" else None
 
     def close(self) -> None:
         self._called("close")

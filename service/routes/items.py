@@ -43,21 +43,13 @@ def _find(engine: SearchEngine, item_id: str) -> tuple[str, dict[str, Any]]:
         raise ApiError(404, "item_not_found", f"no item with id {item_id!r}") from e
 
 
-def _in_root(root: Path, item: dict[str, Any]) -> Path | None:
-    resolved = root.resolve()
-    path = (resolved / str(item.get("path", ""))).resolve()
-    return path if path.is_relative_to(resolved) and path.is_file() else None
-
-
 def image_file(engine: SearchEngine, live: LiveCollection | None, settings: ServiceSettings, side: str,
                item: dict[str, Any]) -> Path | None:
-    """An image item's file: under the collection root the settings name (which wins over the index's record),
-    else where the live collection keeps it (uploads, or the recorded root), else under the recorded root."""
-    if settings.collection_root is not None and (path := _in_root(settings.collection_root, item)) is not None:
-        return path
-    if live is not None and (path := live.image_path(side, item)) is not None:
-        return path
-    return _in_root(settings.collection_root or engine.collection_root, item)
+    """An image item's file: an upload where the live collection keeps it, else under the collection root the
+    settings name (which wins over the index's record)."""
+    if live is not None:
+        return live.image_path(side, item, root=settings.collection_root)
+    return engine.image_path(item, root=settings.collection_root)
 
 
 def _opened(path: Path | None) -> BinaryIO | None:
