@@ -12,8 +12,8 @@
               a searcher running meanwhile; and whether a collection holding a text without sparse terms compacts.
 
 Every section works on its own copy under the work directory: the given index is copied once and never opened.
-Vectors given: there is no public write taking vectors, so those records are built with indexer.live's ``_entry``
-(what ``add_image``/``add_text`` log after encoding) and written with ``LiveCollection._write``, the method both
+Vectors given: those records are built with indexer.live's ``log_entry`` (what ``add_image``/``add_text`` log
+after encoding) and written with ``LiveCollection.write_entries``, the method both
 adds end in; the time is exactly the log append with its fsync, the apply to the delta and the publication of
 the new segments. Delta items of the latency and compaction sections are synthetic mixtures of real items (new
 vectors in the model's space, not copies) written that way.
@@ -185,13 +185,13 @@ def spread(count: int, total: int) -> list[int]:
 
 
 class Record:
-    """One write as ``LiveCollection._write`` takes it: its side, id and the logged entries (vectors included)."""
+    """One write as ``LiveCollection.write_entries`` takes it: its side, id and logged entries (vectors included)."""
 
     def __init__(self, side: str, item_id: str, entries: list[dict[str, Any]]) -> None:
         self.side, self.item_id, self.entries = side, item_id, entries
 
     def write(self, live: LiveCollection) -> None:
-        live._write("upsert", self.side, self.item_id, self.entries)
+        live.write_entries("upsert", self.side, self.item_id, self.entries)
 
     def as_logged(self, seq: int) -> dict[str, Any]:
         return {"seq": seq, "op": "upsert", "side": self.side, "id": self.item_id, "deletes": [],
@@ -201,14 +201,14 @@ class Record:
 def image_record(item_id: str, image: EncodedItems, captions: Sequence[tuple[str, EncodedItems]]) -> Record:
     """An image with its captions, as ``add_image`` logs it (one record: the image's entry and one per caption)."""
     item = {"id": item_id, "captions": [text for text, _ in captions]}
-    entries = [live_module._entry("images", item, image, 0)]
-    entries += [live_module._entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, vectors, 0)
+    entries = [live_module.log_entry("images", item, image, 0)]
+    entries += [live_module.log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, vectors, 0)
                 for n, (text, vectors) in enumerate(captions)]
     return Record("images", item_id, entries)
 
 
 def text_record(item_id: str, text: str, vectors: EncodedItems) -> Record:
-    return Record("texts", item_id, [live_module._entry("texts", {"id": item_id, "text": text}, vectors, 0)])
+    return Record("texts", item_id, [live_module.log_entry("texts", {"id": item_id, "text": text}, vectors, 0)])
 
 
 # ----- the benchmark -----
@@ -769,7 +769,7 @@ def render_live(report: dict[str, Any]) -> str:
              + (f", `{report['command']}`." if "command" in report else "."), "",
              "## Writes", "", *_write_rows(report["writes"]), "",
              "Items per second count an image with its captions as 1 + captions items. \"Vectors given\" records are "
-             "written with `LiveCollection._write` (no public write takes vectors): the log append with its fsync, "
+             "written with `LiveCollection.write_entries`: the log append with its fsync, "
              "the apply to the delta and the publication of the new segments.", "",
              "## From acknowledgement to searchable", "", *_visibility_rows(report["visibility"]), "",
              "Each search is dense, top 10, with the new item's own vector; the time runs from the write's return "

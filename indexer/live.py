@@ -248,7 +248,8 @@ class _Generation:
     retired: bool = False
 
 
-def _entry(side: str, item: dict[str, Any], encoded: EncodedItems, row: int) -> dict[str, Any]:
+def log_entry(side: str, item: dict[str, Any], encoded: EncodedItems, row: int) -> dict[str, Any]:
+    """One item as a log record holds it: its side, its metadata and row ``row`` of its vectors."""
     ids, weights = encoded.sparse.row(row)
     return {"side": side, "item": item, "dense": _b64(encoded.dense[row].astype(np.float32)),
             "terms": _b64(ids.astype(np.int32)), "weights": _b64(weights.astype(np.float32))}
@@ -359,12 +360,12 @@ class LiveCollection:
         upload = f"{digest}{suffix}"
         self._store_upload(upload, data)
         item = {"id": item_id, "upload": upload, "captions": texts, **({"metadata": extra} if extra else {})}
-        entries = [_entry("images", item, encoded_image, 0)]
+        entries = [log_entry("images", item, encoded_image, 0)]
         if texts and "texts" in engine.stores:
             encoded_texts = engine.encoder.encode_texts(texts, prune=prune.get("texts"))
-            entries += [_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, encoded_texts, n)
-                        for n, text in enumerate(texts)]
-        return self._write("upsert", "images", item_id, entries)
+            entries += [log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id},
+                                  encoded_texts, n) for n, text in enumerate(texts)]
+        return self.write_entries("upsert", "images", item_id, entries)
 
     def add_text(self, text: str, *, item_id: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
@@ -377,7 +378,7 @@ class LiveCollection:
         extra = self._checked_metadata(metadata)
         encoded = self.engine.encoder.encode_texts([text], prune=self.engine.manifest.pruning.get("texts"))
         item = {"id": item_id, "text": text, **({"metadata": extra} if extra else {})}
-        return self._write("upsert", "texts", item_id, [_entry("texts", item, encoded, 0)])
+        return self.write_entries("upsert", "texts", item_id, [log_entry("texts", item, encoded, 0)])
 
     def delete(self, item_id: str) -> WriteResult:
         """Remove a live item (an image with its captions)."""
@@ -385,10 +386,12 @@ class LiveCollection:
             side = self._side_of(self._generation, item_id)
             if side is None:
                 raise ItemNotFoundError(item_id)
-            return self._write("delete", side, item_id, [])
+            return self.write_entries("delete", side, item_id, [])
 
-    def _write(self, op: Literal["upsert", "delete"], side: str, item_id: str,
-               entries: list[dict[str, Any]]) -> WriteResult:
+    def write_entries(self, op: Literal["upsert", "delete"], side: str, item_id: str,
+                      entries: list[dict[str, Any]]) -> WriteResult:
+        """Log and apply one write of items already checked and encoded (``log_entry``): what every add and delete
+        ends in, also for callers that have their vectors."""
         with self._lock:
             generation = self._generation
             other = self._side_of(generation, item_id)
