@@ -264,6 +264,7 @@ class LiveCollection:
         self.auto_compact_ratio = auto_compact_ratio
         self._lock = threading.RLock()  # writes, swaps and reader counts
         self._compacting = threading.Lock()  # one compaction at a time
+        self._since_snapshot: list[dict[str, Any]] | None = None  # during a compaction: the writes after its snapshot
         self._generation = self._new_generation(engine)
         self.last_seq = engine.manifest.wal_seq
         for record in wal.records:
@@ -404,6 +405,8 @@ class LiveCollection:
                                       "entries": entries, "at": time.time()}
             self.wal.append(record)  # durable from here on: the write is acknowledged after this returns
             self.last_seq = seq
+            if self._since_snapshot is not None:
+                self._since_snapshot.append(record)
             self._apply(generation, record)
             self._publish_segments(generation)
         written: dict[str, list[str]] = {}
@@ -511,14 +514,17 @@ class LiveCollection:
             with self._lock:
                 generation, seq = self._generation, self.last_seq
                 sides = {side: EncodedSide(*buffer.live_rows()) for side, buffer in generation.buffers.items()}
+                self._since_snapshot = []
+            try:
+                fresh = self._publish(generation.engine, sides, seq)
+            except BaseException:
+                with self._lock:
+                    self._since_snapshot = None
+                raise
             old = generation.engine
-            config = self._build_config(old)
-            collection = {**old.manifest.collection, "root": str(old.collection_root)}
-            publish_index(config, old.encoder, sides, collection, wal_seq=seq, keep_at_top=(LIVE,))
-            fresh = SearchEngine(self.index_dir, encoder=old.encoder)
             with self._lock:
                 replacement = self._new_generation(fresh)
-                tail = [r for r in read_log(self.wal.path)[0] if r["seq"] > seq]
+                tail, self._since_snapshot = self._since_snapshot, None
                 for record in tail:
                     self._apply(replacement, record)
                 self._publish_segments(replacement)
@@ -532,6 +538,13 @@ class LiveCollection:
             _logger.info("compacted %s into %s: %s in %.1fs (%d writes since carried over)", self.index_dir,
                          result.generation, result.counts, result.seconds, len(tail))
             return result
+
+    def _publish(self, engine: SearchEngine, sides: dict[str, EncodedSide], seq: int) -> SearchEngine:
+        """The live rows as the index's new version (including the log up to ``seq``), opened."""
+        collection = {**engine.manifest.collection, "root": str(engine.collection_root)}
+        publish_index(self._build_config(engine), engine.encoder, sides, collection, wal_seq=seq,
+                      keep_at_top=(LIVE,))
+        return SearchEngine(self.index_dir, encoder=engine.encoder)
 
     @staticmethod
     def _build_config(engine: SearchEngine) -> IndexBuildConfig:
