@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/flickr8k
 RUNS ?= runs
 
-.PHONY: setup browser test demo results variants sparsity benchmarks check-benchmarks
+.PHONY: setup browser test demo demo-ray results variants sparsity benchmarks check-benchmarks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ browser:
 # The main job: train the default checkpoint if none exists, build the Flickr8k indexes, serve on 127.0.0.1:8000.
 demo: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/demo.sh
+
+# The demo on Ray: a local 2-node cluster (loopback-only namespace, as root), the collection sharded and built with
+# Ray Data, served by Ray Serve on 127.0.0.1:8000. On a real cluster: README "Scale-out on Ray".
+demo-ray: setup
+	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/demo_ray.sh
 
 # The test command (README, CI): offline, CPU, tiny models and generated data.
 test: setup browser

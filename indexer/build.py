@@ -91,6 +91,16 @@ class IndexBuildConfig(BaseModel):
     threads: int = Field(2, gt=0, description="Threads of the Lucene index build.")
     batch_size: int = Field(1024, gt=0, description="Images or captions encoded per batch.")
     device: str = Field("cpu", description="Torch device of the encoder, e.g. cuda.")
+    shards: int = Field(1, ge=1, le=4096, description="Shards of the collection (an item's shard: a stable hash of "
+                        "its id); 1: one index.")
+    engine: Literal["embedded", "ray"] = Field("embedded", description="Where the build runs: this process, or a "
+                                               "Ray cluster (--address).")
+    address: str | None = Field(None, description="Ray cluster address (host:port) for --engine ray (default: the "
+                                "RAY_ADDRESS setting).")
+    workers: int = Field(1, ge=1, description="Encoding actors of a Ray build (each takes a GPU where the cluster "
+                         "has them, else a CPU).")
+    actor_batch_size: int = Field(64, gt=0, le=4096, description="Items per batch of a Ray build's encoding actor "
+                                  "(it runs the whole model on decoded images: memory grows with the batch).")
     keep_previous: bool = Field(False, description="Keep the version this build replaces (a rollback is one link "
                                 "away, for the disk of one more index); older versions are removed.")
 
@@ -110,6 +120,7 @@ class CollectionFeatures:
 class EncodedSide:
     items: list[dict[str, Any]]  # one per row: what items.jsonl stores
     encoded: EncodedItems
+    order: np.ndarray | None = None  # a shard's rows: their positions in the whole collection
 
 
 @dataclass(frozen=True)
@@ -230,7 +241,7 @@ def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat"
     """Every leg of one side: the forward store, the FAISS index and the Lucene impact index."""
     items, encoded = side.items, side.encoded
     timings: dict[str, float] = {}
-    write_side_store(side_dir, items, encoded)
+    write_side_store(side_dir, items, encoded, order=side.order)
     started = time.perf_counter()
     write_dense_leg(side_dir, encoded.dense, faiss_factory)
     timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started

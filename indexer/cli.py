@@ -19,7 +19,10 @@ from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
 from indexer.build import IndexBuildConfig, build_index, verify_index
+from indexer.engines import WritableCollection
 from indexer.live import CollectionLockedError, ItemNotFoundError, LiveCollection
+from indexer.sharded import ShardedCollection
+from indexer.sharding import build_collection_embedded, is_sharded, verify_collection
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("indexer")
@@ -84,7 +87,7 @@ def _metadata(text: str | None) -> dict[str, Any] | None:
     return metadata
 
 
-def _write(live: LiveCollection, args: argparse.Namespace, metadata: dict[str, Any] | None) -> dict[str, Any]:
+def _write(live: WritableCollection, args: argparse.Namespace, metadata: dict[str, Any] | None) -> dict[str, Any]:
     if args.command == "delete":
         return live.delete(args.id).to_json()
     if args.command == "compact":
@@ -99,7 +102,8 @@ def _run_write(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "caption", None) and args.text is not None:
         raise ValueError("--caption goes with --image; a text item has no captions")
     metadata = _metadata(getattr(args, "metadata", None))  # checked before the index (and its model) is opened
-    live = LiveCollection.open(args.index, auto_compact_ratio=None)  # compaction is its own command here
+    live: WritableCollection = (ShardedCollection.open_local(args.index) if is_sharded(args.index) else
+                                LiveCollection.open(args.index, auto_compact_ratio=None))  # compaction: its command
     try:
         return _write(live, args, metadata)
     finally:
@@ -108,14 +112,29 @@ def _run_write(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "build":
-        config = build_config(args)
-        manifest = build_index(config)
-        summary = {side: {"count": s.count, "mean_terms": round(s.mean_terms, 1), "bytes": s.bytes}
-                   for side, s in manifest.sides.items()}
-        return {"index": str(config.output), "sides": summary, "timings": manifest.build["timings"]}
+        return _build(build_config(args))
     if args.command == "verify":
+        if is_sharded(args.index):
+            return verify_collection(args.index, checkpoint=args.checkpoint)
         return verify_index(args.index, checkpoint=args.checkpoint)
     return _run_write(args)
+
+
+def _build(config: IndexBuildConfig) -> dict[str, Any]:
+    """One index, or a sharded collection (in this process, or on a Ray cluster)."""
+    if config.engine == "ray" or config.shards > 1:
+        if config.engine == "ray":
+            from indexer.ray_build import build_collection_on_ray
+
+            collection = build_collection_on_ray(config)
+        else:
+            collection = build_collection_embedded(config)
+        return {"collection": str(config.output), "shards": [e.model_dump() for e in collection.shards],
+                "timings": collection.build["timings"], "encode": collection.build["encode"]}
+    manifest = build_index(config)
+    summary = {side: {"count": s.count, "mean_terms": round(s.mean_terms, 1), "bytes": s.bytes}
+               for side, s in manifest.sides.items()}
+    return {"index": str(config.output), "sides": summary, "timings": manifest.build["timings"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

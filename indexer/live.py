@@ -13,6 +13,13 @@ version does not include (``manifest.wal_seq``); a torn last line (a write that 
 searches go on), opens it, re-applies the writes that arrived meanwhile, swaps it in and rewrites the log to
 those writes only. A crash at any point leaves the old version with its full log, or the new one with a log
 whose already-included records are skipped by sequence number.
+
+Followers (``LiveCollection.follow``) serve the same collection from other processes (read replicas) while one
+writer writes: they take no lock and write nothing. ``refresh``, done before every read, applies the log's new
+whole lines (read on from the byte offset already consumed; a torn last line is a write in progress, read when
+complete, never cut) and, when the writer compacted (``current`` names another version), opens that version as a
+new generation (readers of the old one finish on it) and replays the log on from its ``manifest.wal_seq``. A log
+that skips a sequence number belongs to a version not yet opened: it is read again after that version.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -31,36 +37,42 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from core.atomic import atomic_file
+from core.atomic import CURRENT, atomic_file, current_version
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView, live_row
 from indexer.store import SIDES, read_manifest
+from indexer.writes import (
+    PreparedWrite,
+    Upload,
+    WriteRejectedError,
+    prepare_image,
+    prepare_text,
+)
 
 _logger = logging.getLogger(__name__)
 LIVE = "live"
 WAL = "wal.jsonl"
 UPLOADS = "uploads"
 LOCK = ".writer.lock"
-MAX_ID_CHARS = 512
+_FOLLOW_ATTEMPTS = 5  # passes of one refresh: each compaction that lands during it costs one
 
 
 class ItemNotFoundError(KeyError):
     """No live item has this id."""
 
 
-class WriteRejectedError(ValueError):
-    """A write the collection refuses as given (the input is wrong, not the collection)."""
-
-
 class CollectionLockedError(RuntimeError):
     """Another process writes this collection."""
+
+
+class ReadOnlyCollectionError(RuntimeError):
+    """A write to a follower: only the one writer process writes the collection."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +101,6 @@ class CompactionResult:
 
 
 # ----- the log -----
-def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
-
-
 def _array(text: str, dtype: type) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
 
@@ -102,25 +110,39 @@ def _line(record: Mapping[str, Any]) -> bytes:
     return f"{zlib.crc32(body.encode('ascii')):08x} {body}\n".encode("ascii")
 
 
-def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The log's intact records in order, and the byte length they span (a torn or corrupt tail ends the log)."""
+def _record(raw: bytes) -> dict[str, Any] | None:
+    """One log line's record; None for a torn (no newline yet) or corrupt line."""
+    if not raw.endswith(b"\n") or len(raw) < 10:
+        return None
+    crc, body = raw[:8], raw[9:-1]
+    try:
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        record: dict[str, Any] = json.loads(body)
+    except ValueError:
+        return None
+    return record
+
+
+def _intact(handle: BinaryIO) -> tuple[list[dict[str, Any]], int]:
+    """The intact records from the handle's position on, and the bytes they span (the first bad line ends them)."""
     records: list[dict[str, Any]] = []
     good = 0
-    if not path.is_file():
-        return records, 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n") or len(raw) < 10:
-                break
-            crc, body = raw[:8], raw[9:-1]
-            try:
-                if int(crc, 16) != zlib.crc32(body):
-                    break
-                records.append(json.loads(body))
-            except ValueError:
-                break
-            good += len(raw)
+    for raw in handle:
+        record = _record(raw)
+        if record is None:
+            break
+        records.append(record)
+        good += len(raw)
     return records, good
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The log's intact records in order, and the byte length they span (a torn or corrupt tail ends the log)."""
+    if not path.is_file():
+        return [], 0
+    with path.open("rb") as handle:
+        return _intact(handle)
 
 
 class WriteAheadLog:
@@ -155,6 +177,53 @@ class WriteAheadLog:
 
     def close(self) -> None:
         self._handle.close()
+
+
+class LogTail:
+    """A follower's place in a log another process appends to. It only reads: whole intact lines are taken, a torn
+    last line (a write in progress) waits for the next read, and a replaced file (a compaction's rewrite, a new
+    inode) is read from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0  # bytes of the file read as records
+        self._inode: int | None = None
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime) at the last read; None: read anyway
+
+    def _signature(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, 0, 0)  # no log yet: the writer has not opened the collection
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def unchanged(self) -> bool:
+        """Nothing written since the last read (one stat call)."""
+        return self._signature() == self._seen
+
+    def restart(self) -> None:
+        """Read the whole log again on the next read (a newly opened version replays it from the start)."""
+        self.offset, self._seen = 0, None
+
+    def read(self) -> list[dict[str, Any]]:
+        """The intact records after the ones read before: the whole log if it is another file than last time."""
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            self.offset, self._inode, self._seen = 0, None, (-1, 0, 0)
+            return []
+        with handle:
+            st = os.fstat(handle.fileno())  # the file opened, whatever the path names by now
+            if st.st_ino != self._inode or st.st_size < self.offset:
+                self.offset, self._inode = 0, st.st_ino
+            handle.seek(self.offset)
+            records, good = _intact(handle)
+        self.offset += good
+        self._seen = (st.st_ino, st.st_size, st.st_mtime_ns)  # taken before the read: a later append differs
+        return records
+
+    def size(self) -> int:
+        return self._signature()[1]
 
 
 # ----- one side's changes -----
@@ -248,26 +317,21 @@ class _Generation:
     retired: bool = False
 
 
-def log_entry(side: str, item: dict[str, Any], encoded: EncodedItems, row: int) -> dict[str, Any]:
-    """One item as a log record holds it: its side, its metadata and row ``row`` of its vectors."""
-    ids, weights = encoded.sparse.row(row)
-    return {"side": side, "item": item, "dense": _b64(encoded.dense[row].astype(np.float32)),
-            "terms": _b64(ids.astype(np.int32)), "weights": _b64(weights.astype(np.float32))}
-
-
 class LiveCollection:
     """An index plus its write-ahead log: searches see every acknowledged write; see the module docstring."""
 
-    def __init__(self, index_dir: Path, engine: SearchEngine, wal: WriteAheadLog, lock_handle: io.BufferedWriter,
-                 *, auto_compact_ratio: float | None) -> None:
-        self.index_dir, self.wal, self._lock_handle = index_dir, wal, lock_handle
+    def __init__(self, index_dir: Path, engine: SearchEngine, wal: WriteAheadLog | None,
+                 lock_handle: io.BufferedWriter | None, *, auto_compact_ratio: float | None,
+                 tail: LogTail | None = None) -> None:
+        """A writer has ``wal`` and ``lock_handle``; a follower has neither, only ``tail`` (``follow``)."""
+        self.index_dir, self.wal, self._lock_handle, self._tail = index_dir, wal, lock_handle, tail
         self.auto_compact_ratio = auto_compact_ratio
-        self._lock = threading.RLock()  # writes, swaps and reader counts
+        self._lock = threading.RLock()  # writes, swaps, reader counts and a follower's refreshes
         self._compacting = threading.Lock()  # one compaction at a time
         self._since_snapshot: list[dict[str, Any]] | None = None  # during a compaction: the writes after its snapshot
         self._generation = self._new_generation(engine)
         self.last_seq = engine.manifest.wal_seq
-        for record in wal.records:
+        for record in wal.records if wal is not None else ():
             if record["seq"] > engine.manifest.wal_seq:
                 self._apply(self._generation, record)
                 self.last_seq = record["seq"]
@@ -298,15 +362,41 @@ class LiveCollection:
                 engine.close()
             raise
 
+    @classmethod
+    def follow(cls, index_dir: str | Path, *, checkpoint: str | Path | None = None,
+               encoder: DuetEncoder | None = None) -> LiveCollection:
+        """Open a collection read-only beside its writer (another process): no lock is taken and nothing is written
+        (not even ``live/``); ``refresh`` (done before each read) catches up with the writer's log."""
+        root = Path(index_dir)
+        read_manifest(root)
+        engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
+        try:
+            collection = cls(root, engine, None, None, auto_compact_ratio=None, tail=LogTail(root / LIVE / WAL))
+        except BaseException:
+            engine.close()
+            raise
+        try:
+            collection.refresh()
+        except BaseException:
+            collection.close()
+            raise
+        return collection
+
+    @property
+    def follower(self) -> bool:
+        return self._tail is not None
+
     # ----- reading -----
     @property
     def engine(self) -> SearchEngine:
+        self.refresh()
         return self._generation.engine
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[SearchEngine]:
         """The current generation's engine, kept open until the block ends even if a compaction replaces it."""
         with self._lock:
+            self.refresh()
             generation = self._generation
             generation.readers += 1
         try:
@@ -329,11 +419,14 @@ class LiveCollection:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            self.refresh()
             generation = self._generation
             sides = {side: {"base": buffer.base_count, "delta": buffer.count, "deleted": int(buffer.deleted.size),
                             "live": buffer.base_count + buffer.count - int(buffer.deleted.size)}
                      for side, buffer in generation.buffers.items()}
-            return {"generation": generation.engine.directory.name, "sides": sides, "wal_bytes": self.wal.size(),
+            log = self.wal if self.wal is not None else self._tail
+            return {"generation": generation.engine.directory.name, "sides": sides,
+                    "wal_bytes": log.size() if log is not None else 0,
                     "last_seq": self.last_seq, "base_wal_seq": generation.engine.manifest.wal_seq,
                     "needs_compaction": self.needs_compaction()}
 
@@ -350,39 +443,29 @@ class LiveCollection:
     def add_image(self, data: bytes, *, item_id: str | None = None, captions: Sequence[str] = (),
                   metadata: Mapping[str, Any] | None = None) -> WriteResult:
         """An image (its file's bytes) and its captions; a live item with the same id is replaced, captions too."""
-        image, suffix = self._decoded(data)
-        digest = hashlib.sha256(data).hexdigest()
-        item_id = self._checked_id(item_id if item_id is not None else f"{digest[:24]}{suffix}")
-        texts = [self._checked_text(c, "caption") for c in captions]
-        extra = self._checked_metadata(metadata)
+        self._writable()  # before the encoder's work
         engine = self.engine
-        prune = engine.manifest.pruning
-        encoded_image = engine.encoder.encode_images([image], prune=prune.get("images"))
-        upload = f"{digest}{suffix}"
-        self._store_upload(upload, data)
-        item = {"id": item_id, "upload": upload, "captions": texts, **({"metadata": extra} if extra else {})}
-        entries = [log_entry("images", item, encoded_image, 0)]
-        if texts and "texts" in engine.stores:
-            encoded_texts = engine.encoder.encode_texts(texts, prune=prune.get("texts"))
-            entries += [log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id},
-                                  encoded_texts, n) for n, text in enumerate(texts)]
-        return self.write_entries("upsert", "images", item_id, entries)
+        return self.apply(prepare_image(engine.encoder, engine.manifest.pruning, engine.sides, data, item_id=item_id,
+                                        captions=captions, metadata=metadata))
 
     def add_text(self, text: str, *, item_id: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
         """A text item of its own on the texts side; a live text with the same id is replaced."""
-        text = self._checked_text(text, "text")
-        if "texts" not in self.engine.stores:
-            raise WriteRejectedError("this collection has no texts side")
-        item_id = self._checked_id(item_id if item_id is not None else
-                                   f"text-{hashlib.sha256(text.encode()).hexdigest()[:24]}")
-        extra = self._checked_metadata(metadata)
-        encoded = self.engine.encoder.encode_texts([text], prune=self.engine.manifest.pruning.get("texts"))
-        item = {"id": item_id, "text": text, **({"metadata": extra} if extra else {})}
-        return self.write_entries("upsert", "texts", item_id, [log_entry("texts", item, encoded, 0)])
+        self._writable()
+        engine = self.engine
+        return self.apply(prepare_text(engine.encoder, engine.manifest.pruning, engine.sides, text, item_id=item_id,
+                                       metadata=metadata))
+
+    def apply(self, write: PreparedWrite) -> WriteResult:
+        """A prepared write (indexer/writes.py): its upload stored first, then logged and applied."""
+        self._writable()
+        if write.upload is not None:
+            self._store_upload(write.upload)
+        return self.write_entries(write.op, write.side, write.item_id, write.entries)
 
     def delete(self, item_id: str) -> WriteResult:
         """Remove a live item (an image with its captions)."""
+        self._writable()
         with self._lock:
             side = self._side_of(self._generation, item_id)
             if side is None:
@@ -393,6 +476,7 @@ class LiveCollection:
                       entries: list[dict[str, Any]]) -> WriteResult:
         """Log and apply one write of items already checked and encoded (``log_entry``): what every add and delete
         ends in, also for callers that have their vectors."""
+        wal = self._writable()
         with self._lock:
             generation = self._generation
             other = self._side_of(generation, item_id)
@@ -403,7 +487,7 @@ class LiveCollection:
             seq = self.last_seq + 1
             record: dict[str, Any] = {"seq": seq, "op": op, "side": side, "id": item_id, "deletes": deletes,
                                       "entries": entries, "at": time.time()}
-            self.wal.append(record)  # durable from here on: the write is acknowledged after this returns
+            wal.append(record)  # durable from here on: the write is acknowledged after this returns
             self.last_seq = seq
             if self._since_snapshot is not None:
                 self._since_snapshot.append(record)
@@ -417,6 +501,13 @@ class LiveCollection:
             deleted.setdefault(gone_side, []).append(gone_id)
         replaced = op == "upsert" and [side, item_id] in deletes
         return WriteResult(seq, op, item_id, side, replaced, written, deleted)
+
+    def _writable(self) -> WriteAheadLog:
+        """The log to write to: a follower has none (its writes would fork the collection)."""
+        if self.wal is None:
+            raise ReadOnlyCollectionError(f"{self.index_dir} is followed read-only (LiveCollection.follow): writes go "
+                                          "to its writer, the process that opened it with LiveCollection.open")
+        return self.wal
 
     def _side_of(self, generation: _Generation, item_id: str) -> str | None:
         for side, buffer in generation.buffers.items():
@@ -456,45 +547,8 @@ class LiveCollection:
     def _new_generation(self, engine: SearchEngine) -> _Generation:
         return _Generation(engine, {side: DeltaBuffer(engine.view(side)) for side in SIDES if side in engine.stores})
 
-    # ----- input checks -----
-    @staticmethod
-    def _decoded(data: bytes) -> tuple[Image.Image, str]:
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise WriteRejectedError(f"not a readable image: {e}") from e
-        suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}.get(
-            image.format or "", ".img")
-        return image, suffix
-
-    @staticmethod
-    def _checked_id(item_id: str) -> str:
-        if not item_id or len(item_id) > MAX_ID_CHARS or not item_id.isprintable() or "#" in item_id:
-            raise WriteRejectedError(f"an item id is 1 to {MAX_ID_CHARS} printable characters without '#' "
-                                     f"('#' marks caption ids): {item_id[:80]!r}")
-        return item_id
-
-    @staticmethod
-    def _checked_text(text: str, what: str) -> str:
-        text = text.strip() if isinstance(text, str) else ""
-        if not text:
-            raise WriteRejectedError(f"a {what} must be non-empty text")
-        return text
-
-    @staticmethod
-    def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-        if metadata is None:
-            return {}
-        if not isinstance(metadata, Mapping):
-            raise WriteRejectedError("metadata must be a JSON object")
-        try:
-            return dict(json.loads(json.dumps(dict(metadata))))
-        except (TypeError, ValueError) as e:
-            raise WriteRejectedError(f"metadata must be JSON-serialisable: {e}") from e
-
-    def _store_upload(self, name: str, data: bytes) -> None:
-        path = self.index_dir / LIVE / UPLOADS / name
+    def _store_upload(self, upload: Upload) -> None:
+        path, data = self.index_dir / LIVE / UPLOADS / upload.name, upload.data
         if path.is_file():
             return  # content-addressed: the same bytes are already stored
         with atomic_file(path) as handle:
@@ -509,6 +563,7 @@ class LiveCollection:
     def compact(self) -> CompactionResult:
         """Publish base + delta - deletes as a new version and switch to it; searches and writes go on meanwhile
         (writes wait only for the final switch)."""
+        wal = self._writable()
         with self._compacting:
             started = time.perf_counter()
             with self._lock:
@@ -521,7 +576,6 @@ class LiveCollection:
                 with self._lock:
                     self._since_snapshot = None
                 raise
-            old = generation.engine
             with self._lock:
                 replacement = self._new_generation(fresh)
                 tail, self._since_snapshot = self._since_snapshot, None
@@ -529,10 +583,8 @@ class LiveCollection:
                     self._apply(replacement, record)
                 self._publish_segments(replacement)
                 self._generation = replacement
-                self.wal.rewrite(tail)
-                generation.retired = True
-                if generation.readers == 0:
-                    old.close()
+                wal.rewrite(tail)
+                self._retire(generation)
             result = CompactionResult(fresh.directory.name, {s: len(sides[s].items) for s in sides},
                                       time.perf_counter() - started, seq)
             _logger.info("compacted %s into %s: %s in %.1fs (%d writes since carried over)", self.index_dir,
@@ -561,8 +613,78 @@ class LiveCollection:
                                 prune_text_terms=manifest.pruning.get("texts"),
                                 threads=int(recorded.get("threads", 2)), dataset=None)
 
+    @staticmethod
+    def _retire(generation: _Generation) -> None:
+        """A generation swapped out: closed now, or by its last reader (``reading``)."""
+        generation.retired = True
+        if generation.readers == 0:
+            generation.engine.close()
+
+    # ----- following -----
+    def refresh(self) -> bool:
+        """A follower catches up with its writer (the log written since, a compaction's new version); whether
+        anything changed. Cheap when nothing did (a readlink and a stat): done before every read. A writer is
+        always current."""
+        if self._tail is None:
+            return False
+        with self._lock:
+            if self._live_version() == self._generation.engine.directory and self._tail.unchanged():
+                return False
+            changed = False
+            for _ in range(_FOLLOW_ATTEMPTS):
+                behind, step = self._follow_step(self._tail)
+                changed |= step
+                if not behind:
+                    return changed
+            raise RuntimeError(f"{self.index_dir}: the log does not continue the live version's sequence "
+                               f"(at seq {self.last_seq}); its writer must reopen the collection")
+
+    def _live_version(self) -> Path:
+        """The version ``current`` names now (as SearchEngine resolves it, so the two compare)."""
+        try:
+            return self.index_dir / os.readlink(self.index_dir / CURRENT)
+        except OSError:
+            return current_version(self.index_dir)  # not a link: a plain index or a copy that followed it
+
+    def _follow_step(self, tail: LogTail) -> tuple[bool, bool]:
+        """One pass: open the live version if it changed, apply the new records; (still behind, changed). Behind:
+        the log skipped a sequence number or the version moved meanwhile (a compaction since: the next pass)."""
+        generation, last = self._generation, self.last_seq
+        if self._live_version() != generation.engine.directory:
+            generation = self._new_generation(SearchEngine(self.index_dir, encoder=generation.engine.encoder))
+            last = generation.engine.manifest.wal_seq
+            tail.restart()
+        last, continuous = self._apply_following(generation, tail.read(), last)
+        changed = generation is not self._generation or last != self.last_seq
+        if changed:
+            self._publish_segments(generation)
+        if generation is not self._generation:
+            old, self._generation = self._generation, generation
+            self._retire(old)
+        self.last_seq = last
+        if not continuous:
+            tail.restart()  # the rest of this log is read again, after the version it belongs to
+        return not continuous or self._live_version() != generation.engine.directory, changed
+
+    @classmethod
+    def _apply_following(cls, generation: _Generation, records: Sequence[Mapping[str, Any]],
+                         last: int) -> tuple[int, bool]:
+        """The records after ``last`` onto the buffers while their sequence numbers run on; (the last applied,
+        whether they all did). A gap means the log is a later compaction's, whose version is not open yet."""
+        for record in records:
+            seq = int(record["seq"])
+            if seq <= last:
+                continue  # in the version already, or applied before
+            if seq != last + 1:
+                return last, False
+            cls._apply(generation, record)
+            last = seq
+        return last, True
+
     def close(self) -> None:
         with self._lock:
-            self.wal.close()
+            if self.wal is not None:
+                self.wal.close()
             self._generation.engine.close()
-            self._lock_handle.close()
+            if self._lock_handle is not None:
+                self._lock_handle.close()

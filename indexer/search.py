@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.encoder import DuetEncoder, vocabulary_digest
 from core.fusion import integrated_score, reciprocal_rank_fusion
+from core.vocab import Vocabulary
 from indexer.lucene import ImpactSearcher
 from indexer.query import Query
 from indexer.searchers import (
@@ -135,6 +136,25 @@ def sparse_leg_warnings(query: Query, params: SearchParams) -> list[str]:
     return [EMPTY_SPARSE_WARNING] if params.mode == "hybrid" else []
 
 
+def explain_terms(query: Query, ids: np.ndarray, values: np.ndarray, vocabulary: Vocabulary, *,
+                  item_terms: int = 12) -> Explanation:
+    """Matched terms (query weight x item weight) of an item's sparse row, and its own strongest terms, as words."""
+    common, q_pos, i_pos = np.intersect1d(query.term_ids, ids, assume_unique=True, return_indices=True)
+    term = vocabulary.display
+    matched = [TermMatch(term(int(t)), int(t), float(query.term_weights[q]), float(values[i]),
+                         float(query.term_weights[q] * values[i]))
+               for t, q, i in zip(common, q_pos, i_pos, strict=True)]
+    matched.sort(key=lambda m: -m.contribution)
+    top = np.argsort(-values, kind="stable")[:item_terms]
+    return Explanation(matched, [(term(int(ids[i])), float(values[i])) for i in top])
+
+
+def query_terms(query: Query, vocabulary: Vocabulary, limit: int = 32) -> list[tuple[str, float]]:
+    """A query's strongest terms as words."""
+    order = np.argsort(-query.term_weights, kind="stable")[:limit]
+    return [(vocabulary.display(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
+
+
 class SearchEngine:
     """An index plus the encoder it was built with."""
 
@@ -171,6 +191,10 @@ class SearchEngine:
                                             f"documents, the manifest {side_manifest.count}")
 
     @property
+    def sides(self) -> tuple[str, ...]:
+        return tuple(self.stores)
+
+    @property
     def checkpoint_dir(self) -> Path:
         """The checkpoint the index was built with (its own copy; format 1: where it was built from)."""
         return manifest_path(self.directory, self.manifest.checkpoint.path)
@@ -195,8 +219,7 @@ class SearchEngine:
         return Query.from_encoded(self.encoder.encode_images([image]))
 
     def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
-        order = np.argsort(-query.term_weights, kind="stable")[:limit]
-        return [(self.encoder.vocabulary.display(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
+        return query_terms(query, self.encoder.vocabulary, limit)
 
     def default_weights(self) -> tuple[float, float]:
         return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
@@ -321,16 +344,8 @@ class SearchEngine:
 
     def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12,
                 view: SideView | None = None) -> Explanation:
-        """Matched terms (query weight x item weight) and the item's own strongest terms, as words."""
         ids, values = (view or self.view(side)).sparse_row(row)
-        common, q_pos, i_pos = np.intersect1d(query.term_ids, ids, assume_unique=True, return_indices=True)
-        term = self.encoder.vocabulary.display
-        matched = [TermMatch(term(int(t)), int(t), float(query.term_weights[q]), float(values[i]),
-                             float(query.term_weights[q] * values[i]))
-                   for t, q, i in zip(common, q_pos, i_pos, strict=True)]
-        matched.sort(key=lambda m: -m.contribution)
-        top = np.argsort(-values, kind="stable")[:item_terms]
-        return Explanation(matched, [(term(int(ids[i])), float(values[i])) for i in top])
+        return explain_terms(query, ids, values, self.encoder.vocabulary, item_terms=item_terms)
 
     def item(self, item_id: str) -> tuple[str, dict[str, Any]]:
         """The live item with this id and its side (a deleted item is gone)."""

@@ -152,7 +152,11 @@ class ExactScores:
         return int(self.store.dense.shape[0])
 
     def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
-        return self.store.dense[rows] @ query.dense if rows.size else np.zeros(0, np.float32)
+        # each row's own sum, not a matrix product: BLAS blocks differently by the number of rows, and a row's score
+        # must not change in its last bit with the other candidates (a sharded search scores other sets)
+        if not rows.size:
+            return np.zeros(0, np.float32)
+        return np.multiply(self.store.dense[rows], query.dense).sum(axis=1, dtype=np.float32)
 
     def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
         if rows.size == 0:
@@ -184,6 +188,25 @@ class Rescored(Ranking):
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """What the legs found for one query, before ranking: each leg's own ranking (by role), and their union with
+    its exact dense and sparse scores. A sharded search merges these across shards (indexer/sharded.py)."""
+
+    legs: dict[str, Ranking]
+    rows: np.ndarray  # (n,) int64, the distinct rows any leg found
+    dense: np.ndarray  # (n,) exact dense score of each row
+    sparse: np.ndarray  # (n,) exact sparse score of each row
+
+
+def ranked(rows: np.ndarray, dense: np.ndarray, sparse: np.ndarray, fuse: Fuse, rank_by: RankBy, k: int) -> Rescored:
+    """The top k of exactly scored candidates by ``rank_by``, ties by lower row."""
+    fused = fuse(dense, sparse)
+    ranking = {"dense": dense, "sparse": sparse, "fused": fused}[rank_by]
+    order = np.lexsort((rows, -ranking))[:k]
+    return Rescored(rows[order], ranking[order], dense[order], sparse[order], fused[order], int(rows.size))
+
+
 class HybridSearcher:
     """Composes legs: each leg's top ``candidate_k`` (at least k), their union rescored exactly on both legs, ranked
     by ``rank_by`` (the fused score, or one leg's exact score for a single-leg search) with ties by lower row.
@@ -198,23 +221,32 @@ class HybridSearcher:
         self.legs, self.scores, self.fuse = dict(legs), scores, fuse
         self.rank_by, self.candidate_k, self.name = rank_by, candidate_k, name
 
-    def search_batch(self, queries: Sequence[Query], k: int) -> list[Rescored]:
-        leg_k = min(max(k, self.candidate_k or 0), len(self.scores))
-        found: list[list[Ranking]] = []
+    def leg_depth(self, k: int, rows: int) -> int:
+        """How deep each leg searches for a top k over ``rows`` rows."""
+        return min(max(k, self.candidate_k or 0), rows)
+
+    def gather(self, queries: Sequence[Query], k: int) -> tuple[list[Candidates], dict[str, float]]:
+        """Every leg's candidates for a top k, rescored exactly; the batch's time per leg and for the rescoring."""
+        leg_k = self.leg_depth(k, len(self.scores))
+        found: dict[str, list[Ranking]] = {}
         timings: dict[str, float] = {}
         for role, leg in self.legs.items():
             started = time.perf_counter()
-            found.append(leg.search_batch(queries, leg_k) if queries else [])
+            found[role] = leg.search_batch(queries, leg_k) if queries else []
             timings[f"{role}_ms"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        results = [self._rescore(q, [leg[n].rows for leg in found], k) for n, q in enumerate(queries)]
+        gathered = []
+        for n, query in enumerate(queries):
+            legs = {role: rankings[n] for role, rankings in found.items()}
+            leg_rows = [ranking.rows for ranking in legs.values()]
+            rows = leg_rows[0] if len(leg_rows) == 1 else np.unique(np.concatenate(leg_rows))
+            gathered.append(Candidates(legs, rows, self.scores.dense(query, rows), self.scores.sparse(query, rows)))
         timings["rescore_ms"] = (time.perf_counter() - started) * 1000
-        return [Rescored(r.rows, r.scores, r.dense, r.sparse, r.fused, r.candidates, timings) for r in results]
+        return gathered, timings
 
-    def _rescore(self, query: Query, leg_rows: list[np.ndarray], k: int) -> Rescored:
-        rows = leg_rows[0] if len(leg_rows) == 1 else np.unique(np.concatenate(leg_rows))
-        dense, sparse = self.scores.dense(query, rows), self.scores.sparse(query, rows)
-        fused = self.fuse(dense, sparse)
-        ranking = {"dense": dense, "sparse": sparse, "fused": fused}[self.rank_by]
-        order = np.lexsort((rows, -ranking))[:k]
-        return Rescored(rows[order], ranking[order], dense[order], sparse[order], fused[order], int(rows.size))
+    def search_batch(self, queries: Sequence[Query], k: int) -> list[Rescored]:
+        gathered, timings = self.gather(queries, k)
+        started = time.perf_counter()
+        results = [ranked(c.rows, c.dense, c.sparse, self.fuse, self.rank_by, k) for c in gathered]
+        timings["rescore_ms"] += (time.perf_counter() - started) * 1000
+        return [Rescored(r.rows, r.scores, r.dense, r.sparse, r.fused, r.candidates, timings) for r in results]

@@ -10,6 +10,7 @@ An index directory holds its versions and a link to the live one (core/atomic.py
     <side>/dense.faiss     FAISS index over the same rows
     <side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
     <side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
+    <side>/order.npy       a shard's only: each row's position in the whole collection (indexer/sharding.py)
 Readers resolve ``current`` once (``index_contents``) and read everything from that version. A directory with the
 contents at its top (built before versions, or a version copied out on its own) opens as it is.
 No path in the manifest is absolute, so an index opens wherever it is moved or mounted: the checkpoint's is
@@ -38,6 +39,7 @@ from core.encoder import EncodedItems, SparseRows
 FORMAT: Final = "duet-index/2"
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"
+ORDER_FILE = "order.npy"
 Side = Literal["images", "texts"]
 SIDES: tuple[Side, ...] = get_args(Side)
 
@@ -131,7 +133,8 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems) -> None:
+def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems, *,
+                     order: np.ndarray | None = None) -> None:
     side_dir.mkdir(parents=True, exist_ok=True)
     with (side_dir / "items.jsonl").open("w", encoding="utf-8") as handle:
         for item in items:
@@ -140,6 +143,8 @@ def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: Encod
     np.save(side_dir / "sparse.indptr.npy", encoded.sparse.indptr.astype(np.int64))
     np.save(side_dir / "sparse.indices.npy", encoded.sparse.indices.astype(np.int32))
     np.save(side_dir / "sparse.values.npy", encoded.sparse.values.astype(np.float32))
+    if order is not None:  # a shard's rows: their positions in the whole collection (the tie order of a merge)
+        np.save(side_dir / ORDER_FILE, np.asarray(order, np.int64))
 
 
 def read_manifest(index_dir: str | Path) -> IndexManifest:
@@ -183,6 +188,7 @@ class SideStore:
     sparse: SparseRows
     faiss_index: Any
     row_of: dict[str, int]
+    order: np.ndarray | None = None  # a shard's: each row's position in the whole collection
 
     @classmethod
     def load(cls, side_dir: Path, side: str, expected: SideManifest) -> SideStore:
@@ -194,6 +200,7 @@ class SideStore:
             sparse = SparseRows(np.load(side_dir / "sparse.indptr.npy"), np.load(side_dir / "sparse.indices.npy"),
                                 np.load(side_dir / "sparse.values.npy"))
             index = faiss.read_index(str(side_dir / "dense.faiss"))
+            order = np.load(side_dir / ORDER_FILE) if (side_dir / ORDER_FILE).is_file() else None
         except (OSError, ValueError, RuntimeError) as e:
             raise IndexUnavailableError(f"cannot read index side {side_dir}: {e}") from e
         counts = {"items": len(items), "dense rows": dense.shape[0], "sparse rows": len(sparse),
@@ -203,4 +210,7 @@ class SideStore:
             raise IndexUnavailableError(f"index side {side_dir} is inconsistent: manifest says {expected.count} items, "
                               f"found {wrong}")
         ids = [str(item["id"]) for item in items]
-        return cls(side, ids, items, np.asarray(dense), sparse, index, {i: r for r, i in enumerate(ids)})
+        if order is not None and order.shape != (len(ids),):
+            raise IndexUnavailableError(f"index side {side_dir}: {ORDER_FILE} has {order.shape[0]} rows, not "
+                                        f"{len(ids)}")
+        return cls(side, ids, items, np.asarray(dense), sparse, index, {i: r for r, i in enumerate(ids)}, order)

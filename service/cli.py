@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.error("%s", e)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.engine == "ray":  # Serve's proxy serves the app; this process deploys it and waits
+        from service.ray_serving import serve_on_ray
+
+        return serve_on_ray(settings)
     import uvicorn
 
     from service.app import create_app

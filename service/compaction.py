@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from indexer.live import CompactionResult, LiveCollection
+from indexer.engines import WritableCollection
+from indexer.live import CompactionResult
 from service.metrics import Metrics
 
 _logger = logging.getLogger("service")
@@ -45,7 +46,7 @@ class Compactor:
     def running(self) -> bool:
         return self._running_since is not None
 
-    def start(self, live: LiveCollection, *, automatic: bool = False) -> bool:
+    def start(self, live: WritableCollection, *, automatic: bool = False) -> bool:
         """Start a compaction unless one is running (or, for an automatic one, the last failed lately); whether
         this call started one."""
         with self._lock:
@@ -62,7 +63,7 @@ class Compactor:
             return False
         return True
 
-    def _run(self, live: LiveCollection) -> None:
+    def _run(self, live: WritableCollection) -> None:
         started = time.perf_counter()
         result: CompactionResult | None = None
         error: str | None = None

@@ -8,8 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from indexer.live import LiveCollection
-from indexer.search import SearchEngine
+from indexer.engines import ReadEngine, WritableCollection
 from service.compaction import Compactor
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -18,7 +17,7 @@ from service.state import EngineSlot, EngineWorker, state_of
 
 # Opens a read of the engine: the generation current when it is entered, held (a compaction publishing meanwhile
 # cannot close it) until it is left. Entered on the worker thread, around the engine calls of one request.
-Reader = Callable[[], AbstractContextManager[SearchEngine]]
+Reader = Callable[[], AbstractContextManager[ReadEngine]]
 
 
 def get_settings(request: Request) -> ServiceSettings:
@@ -45,7 +44,7 @@ def _unavailable(slot: EngineSlot) -> ApiError:
     return ApiError(503, "index_unavailable", f"the index is not available: {slot.not_ready}")
 
 
-def get_engine(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> SearchEngine:
+def get_engine(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> ReadEngine:
     """The live collection's current engine; 503 while there is none."""
     engine = slot.engine
     if engine is None:
@@ -53,7 +52,7 @@ def get_engine(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> SearchE
     return engine
 
 
-def get_live(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> LiveCollection:
+def get_live(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> WritableCollection:
     """The live collection (writes, stats, compaction); 503 while there is none."""
     if slot.live is None:
         raise _unavailable(slot)
@@ -61,7 +60,7 @@ def get_live(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> LiveColle
 
 
 def get_reader(slot: Annotated[EngineSlot, Depends(get_engine_slot)],
-               engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
+               engine: Annotated[ReadEngine, Depends(get_engine)]) -> Reader:
     """How a route reads: through the live collection, or the engine as it is where no collection holds it (an
     engine given in place of the collection, as tests do)."""
     if slot.live is not None:
@@ -74,6 +73,6 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[EngineWorker, Depends(get_worker)]
 CompactorDep = Annotated[Compactor, Depends(get_compactor)]
 EngineSlotDep = Annotated[EngineSlot, Depends(get_engine_slot)]
-EngineDep = Annotated[SearchEngine, Depends(get_engine)]
-LiveDep = Annotated[LiveCollection, Depends(get_live)]
+EngineDep = Annotated[ReadEngine, Depends(get_engine)]
+LiveDep = Annotated[WritableCollection, Depends(get_live)]
 ReaderDep = Annotated[Reader, Depends(get_reader)]

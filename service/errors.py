@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.sharded import ShardUnavailableError
 from service.request_context import request_id_of
 
 _logger = logging.getLogger("service")
@@ -60,6 +61,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _reply(request, exc.status_code, code, str(exc.detail))
 
 
+async def _shard_unavailable(request: Request, exc: ShardUnavailableError) -> JSONResponse:
+    # a sharded collection missing a shard answers nothing rather than a ranking without that shard's items
+    return _reply(request, 503, "shard_unavailable", str(exc), {"Retry-After": "5"})
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     _logger.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return _reply(request, 500, "internal_error", "internal error; see the server log")
@@ -69,4 +75,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(ShardUnavailableError)(_shard_unavailable)
     app.exception_handler(Exception)(_internal_error)  # answered outside the middleware: no X-Request-ID header

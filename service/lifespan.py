@@ -10,17 +10,29 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
+from indexer.engines import WritableCollection
 from indexer.live import LiveCollection
+from indexer.sharded import ShardedCollection
+from indexer.sharding import is_sharded
 from service.settings import ServiceSettings
 from service.state import state_of
 
 _logger = logging.getLogger("service")
-EngineLoader = Callable[[ServiceSettings], LiveCollection]
+EngineLoader = Callable[[ServiceSettings], WritableCollection]
 
 
-def load_engine(settings: ServiceSettings) -> LiveCollection:
-    return LiveCollection.open(settings.index_dir, checkpoint=settings.checkpoint,
-                               auto_compact_ratio=settings.auto_compact_ratio or None)
+def load_engine(settings: ServiceSettings) -> WritableCollection:
+    """The collection the settings name: one index, or a sharded collection with its shards in this process (or
+    deployed on Ray Serve, service/ray_serving.py)."""
+    ratio = settings.auto_compact_ratio or None
+    if settings.engine == "ray":  # in an ingress replica: the shards are deployed already
+        from service.ray_serving import open_deployed
+
+        return open_deployed(settings)
+    if is_sharded(settings.index_dir):
+        return ShardedCollection.open_local(settings.index_dir, checkpoint=settings.checkpoint,
+                                            auto_compact_ratio=ratio)
+    return LiveCollection.open(settings.index_dir, checkpoint=settings.checkpoint, auto_compact_ratio=ratio)
 
 
 def engine_lifespan(loader: EngineLoader) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

@@ -7,6 +7,7 @@ e.g. ``DUET_INDEX_DIR``, ``DUET_MAX_TOP_K``), else its default here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,17 @@ class ServiceSettings(BaseSettings):
     index_dir: Path = Field(Path("indexes/flickr8k"), description="Index directory built by `python -m indexer`.")
     checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")
     collection_root: Path | None = Field(None, description="Image root (default: the one the index recorded).")
+    engine: Literal["embedded", "ray"] = Field("embedded", description="Where the collection is served: this "
+                                               "process, or Ray Serve deployments (a sharded collection).")
+    address: str | None = Field(None, description="Ray cluster address (host:port) for --engine ray; default: the "
+                                "RAY_ADDRESS setting.")
+    replicas: int = Field(2, ge=1, le=64, description="Ray Serve replicas of each shard (--engine ray).")
+    ingress_replicas: int = Field(1, ge=1, le=64, description="Ray Serve replicas of the ingress, which encodes "
+                                  "queries and merges the shards' answers (--engine ray).")
+    shard_timeout_s: float = Field(2.0, gt=0, le=600, description="How long a shard call waits for a replica before "
+                                   "it is tried again (--engine ray).")
+    shard_attempts: int = Field(3, ge=1, le=10, description="Tries of a shard read before its shard is reported "
+                                "unavailable (503) (--engine ray).")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")

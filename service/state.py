@@ -17,8 +17,7 @@ from typing import TypeVar, cast
 
 from starlette.applications import Starlette
 
-from indexer.live import LiveCollection
-from indexer.search import SearchEngine
+from indexer.engines import ReadEngine, WritableCollection
 from service.compaction import Compactor
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -44,11 +43,11 @@ class EngineWorker:
 class EngineSlot:
     """The live collection, or why there is none yet (loading, or the error that stopped it loading)."""
 
-    live: LiveCollection | None = None
+    live: WritableCollection | None = None
     not_ready: str | None = "loading"
 
     @property
-    def engine(self) -> SearchEngine | None:
+    def engine(self) -> ReadEngine | None:
         """The current generation's engine (a compaction replaces it)."""
         return None if self.live is None else self.live.engine
 

@@ -14,6 +14,22 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, run the whole suite in a loopback-only network namespace: nothing it starts (uvicorn, chromium,
+    Ray clusters) can reach or be reached from outside, and Ray advertises 127.0.0.1. Done here, first, because it
+    moves only the calling thread and what it starts afterwards. Not root: left alone, so the Ray tests fail with
+    LoopbackNamespaceError's instructions instead of silently skipping (so do they when root lacks CAP_SYS_ADMIN,
+    with a warning here)."""
+    if os.geteuid() == 0:
+        from indexer.ray_cluster import LoopbackNamespaceError, enter_loopback_namespace
+
+        try:
+            enter_loopback_namespace()
+        except LoopbackNamespaceError as error:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(str(error)), stacklevel=2)
+
+
 RESOURCES = Path(__file__).parent / "resources"
 TINY_MODEL = str(RESOURCES / "duet-tiny-test.json")
 

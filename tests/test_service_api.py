@@ -76,6 +76,10 @@ class FakeEngine:
     fail_with: Exception | None = None
     closed: bool = False
 
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return tuple(self.stores)
+
     def __post_init__(self) -> None:
         images = [{"id": "red.png", "path": "red.png"}, {"id": "blue.png", "path": "blue.png"},
                   {"id": "gone.png", "path": "gone.png"}, {"id": "escape.png", "path": "../outside.png"},

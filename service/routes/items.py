@@ -12,8 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from indexer.live import LiveCollection
-from indexer.search import SearchEngine
+from indexer.engines import ReadEngine, WritableCollection
 from service.dependencies import EngineSlotDep, ReaderDep, SettingsDep, WorkerDep
 from service.errors import ApiError
 from service.settings import ServiceSettings
@@ -36,14 +35,14 @@ def public_item(side: str, item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "side": side, "image_url": image_url(image_id) if image_id else None}
 
 
-def _find(engine: SearchEngine, item_id: str) -> tuple[str, dict[str, Any]]:
+def _find(engine: ReadEngine, item_id: str) -> tuple[str, dict[str, Any]]:
     try:
         return engine.item(item_id)
     except KeyError as e:
         raise ApiError(404, "item_not_found", f"no item with id {item_id!r}") from e
 
 
-def image_file(engine: SearchEngine, live: LiveCollection | None, settings: ServiceSettings, side: str,
+def image_file(engine: ReadEngine, live: WritableCollection | None, settings: ServiceSettings, side: str,
                item: dict[str, Any]) -> Path | None:
     """An image item's file: an upload where the live collection keeps it, else under the collection root the
     settings name (which wins over the index's record)."""

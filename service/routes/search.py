@@ -74,7 +74,7 @@ async def search(request: Request, engine: EngineDep, reader: ReaderDep, setting
     started = time.perf_counter()
     body, image_bytes = await read_search_request(request)
     check_limits(body, settings)
-    if body.side not in engine.stores:
+    if body.side not in engine.sides:
         raise ApiError(422, "invalid_request", f"this index has no {body.side!r} side")
     given, decode_ms = query_of(body, image_bytes, settings)
     text = given if isinstance(given, str) else None

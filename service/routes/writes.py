@@ -16,7 +16,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from indexer.live import ItemNotFoundError, LiveCollection, WriteRejectedError, WriteResult
+from indexer.engines import WritableCollection
+from indexer.live import ItemNotFoundError, WriteRejectedError, WriteResult
 from service.auth import require_write_key
 from service.compaction import Compactor
 from service.dependencies import CompactorDep, LiveDep, MetricsDep, SettingsDep, WorkerDep
@@ -29,7 +30,7 @@ from service.write_input import ItemWrite, check_item_id, read_item_write
 
 _logger = logging.getLogger("service")
 router = APIRouter(tags=["writes"], dependencies=[Depends(require_write_key)])
-Write = Callable[[LiveCollection], WriteResult]
+Write = Callable[[WritableCollection], WriteResult]
 
 # The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
 _SCHEMA = ItemBody.model_json_schema()
@@ -60,7 +61,7 @@ def _counted(metrics: Metrics, op: str) -> Iterator[None]:
     metrics.observe_write(op, "ok")
 
 
-def _compact_if_due(live: LiveCollection, compactor: Compactor) -> None:
+def _compact_if_due(live: WritableCollection, compactor: Compactor) -> None:
     try:
         if live.needs_compaction() and compactor.start(live, automatic=True):
             _logger.info("compaction started: the changes passed the threshold")
@@ -68,7 +69,7 @@ def _compact_if_due(live: LiveCollection, compactor: Compactor) -> None:
         _logger.exception("could not check whether the collection needs compacting")
 
 
-async def _write(worker: EngineWorker, live: LiveCollection, compactor: Compactor, write: Write,
+async def _write(worker: EngineWorker, live: WritableCollection, compactor: Compactor, write: Write,
                  item_id: str | None) -> WriteResult:
     def work() -> WriteResult:
         try:

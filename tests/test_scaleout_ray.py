@@ -1,0 +1,220 @@
+"""The scale-out on a real 2-node Ray cluster (loopback only, stopped by PID): a Ray Data build of a sharded
+collection, served by ``python -m service --engine ray`` with 2 replicas per shard. Its rankings over HTTP equal the
+embedded index's, a write is searchable, a replica killed under concurrent load fails no query, and a shard with no
+replica answers 503 naming it, then recovers."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexer.build import IndexBuildConfig
+from indexer.ray_cluster import LocalRayCluster, serve_replica_pids
+from indexer.search import SearchEngine
+from indexer.sharding import read_layout
+from service.ray_serving import reader_app
+from tests.conftest import noise_png
+from tests.server import Server, serving
+
+pytestmark = [pytest.mark.ray, pytest.mark.java]
+KEY = "ray-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TEXTS = ["a red square on blue", "green dot", "the stripe is yellow"]
+# each leg deeper than a side has rows: no leg cuts inside a group of tied scores (see tests/test_sharded.py)
+MODES: list[dict[str, Any]] = [{"mode": "hybrid", "candidate_k": 1000}, {"mode": "dense"}, {"mode": "sparse"},
+                               {"mode": "hybrid", "fusion": "rrf", "candidate_k": 1000}]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalRayCluster]:
+    import ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="duet-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    running = LocalRayCluster(temp_dir=temp_dir, nodes=2, cpus_per_node=1).start()
+    try:
+        ray.init(address=running.address, log_to_driver=False, logging_level="ERROR")
+        yield running
+    finally:
+        ray.shutdown()
+        running.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def collection(cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from indexer.ray_build import build_collection_on_ray
+
+    out = tmp_path_factory.mktemp("ray-collection") / "collection"
+    build_collection_on_ray(IndexBuildConfig(
+        checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset, splits=("test", "val"),
+        cache_root=out.parent / "cache", shards=2, engine="ray", address=cluster.address, workers=2,
+        actor_batch_size=16))
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(tiny_index: Path) -> Iterator[SearchEngine]:
+    engine = SearchEngine(tiny_index)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: LocalRayCluster, collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("ray-logs") / "server.log"
+    with serving(collection, log, args=("--engine", "ray", "--address", cluster.address, "--replicas", "2",
+                                        "--auto-compact-ratio", "0", "--shard-timeout-s", "1",
+                                        "--shard-attempts", "2"), env={"DUET_API_KEY": KEY}) as running:
+        _wait_ready(running)
+        yield running
+
+
+def _wait_ready(server: Server, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = server.request("GET", "/readyz")
+        if reply.status == 200:
+            return
+        if "loading" not in str(reply.json().get("reason")):
+            raise AssertionError(f"not ready: {reply.json()} {server.log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(server.log_path.read_text()[-3000:])
+
+
+def test_the_ray_build_encodes_on_both_nodes_and_matches_the_embedded_index(collection: Path,
+                                                                           single: SearchEngine) -> None:
+    layout = read_layout(collection)
+    encode = layout.manifest.build["encode"]
+    assert encode["engine"] == "ray" and encode["nodes"] == 2 and encode["workers"] == 2
+    for side, store in single.stores.items():
+        found = 0
+        for shard_dir in layout.shard_dirs:
+            shard = SearchEngine(shard_dir, encoder=single.encoder)
+            part = shard.stores[side]
+            rows = [store.row_of[i] for i in part.ids]
+            assert list(part.order) == rows  # each row's position in the collection, in collection order
+            np.testing.assert_array_equal(part.dense, store.dense[rows])
+            found += len(part.ids)
+            shard.close()
+        assert found == len(store.ids)
+
+
+def _search(server: Server, payload: dict[str, Any]) -> Any:
+    reply = server.post_json("/v1/search", payload)
+    assert reply.status == 200, reply.body[:500]
+    return reply.json()
+
+
+def _expected(single: SearchEngine, payload: dict[str, Any]) -> list[tuple[str, float]]:
+    from indexer.search import SearchParams
+
+    query = single.encode_text(payload["text"])
+    params = SearchParams(**{k: v for k, v in payload.items() if k != "text"})
+    return [(h.id, h.fused) for h in single.search(query, params).hits]
+
+
+def test_every_mode_over_http_equals_the_embedded_index(server: Server, single: SearchEngine) -> None:
+    for side in ("images", "texts"):
+        for mode in MODES:
+            for text in TEXTS:
+                payload = {"text": text, "side": side, "top_k": 200, **mode}
+                got = [(h["id"], h["scores"]["fused"]) for h in _search(server, payload)["hits"]]
+                expected = _expected(single, payload)
+                assert [i for i, _ in got] == [i for i, _ in expected], payload
+                assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)
+    explained = _search(server, {"text": TEXTS[0], "explain": True, "top_k": 3})
+    assert all(h["explanation"] is not None for h in explained["hits"])
+
+
+def test_a_write_to_the_sharded_collection_is_searchable(server: Server) -> None:
+    reply = server.post_multipart("/v1/items", {"id": "ray-written", "captions": "a violet zigzag"},
+                                  {"image": ("w.png", noise_png(11), "image/png")}, headers=AUTH)
+    assert reply.status == 201, reply.body
+    found = server.post_multipart("/v1/search", {"top_k": "1", "mode": "dense"},
+                                  {"image": ("w.png", noise_png(11), "image/png")})
+    assert found.json()["hits"][0]["id"] == "ray-written"
+    assert server.request("GET", "/v1/items/ray-written%230").json()["text"] == "a violet zigzag"
+    assert server.request("GET", "/v1/items/ray-written/image").body == noise_png(11)
+    stats = server.request("GET", "/v1/collection", headers=AUTH).json()
+    assert stats["sides"]["images"]["delta"] == 1
+    assert server.request("DELETE", "/v1/items/ray-written", headers=AUTH).status == 200
+    assert server.request("GET", "/v1/items/ray-written").status == 404
+
+
+def _load(server: Server, seconds: float, clients: int = 8) -> tuple[int, list[str]]:
+    """Concurrent searches for ``seconds``: how many answered, and every failure."""
+    stop = time.monotonic() + seconds
+    answered, failures = [0], []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        while time.monotonic() < stop:
+            reply = server.post_json("/v1/search", {"text": TEXTS[n % len(TEXTS)], "top_k": 5})
+            with lock:
+                if reply.status == 200:
+                    answered[0] += 1
+                else:
+                    failures.append(f"{reply.status} {reply.body[:200]!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answered[0], failures
+
+
+def _kill(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server) -> None:
+    shard = read_layout(server_collection(server)).manifest.shards[0].name
+    replicas = serve_replica_pids(reader_app(shard), shard)
+    assert len(replicas) == 2
+    victim = sorted(replicas.values())[0]
+    timer = threading.Timer(1.5, _kill, args=(victim,))
+    timer.start()
+    answered, failures = _load(server, 5.0)
+    timer.join()
+    assert failures == [] and answered > 10
+    assert victim not in serve_replica_pids(reader_app(shard), shard).values()
+
+
+def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Server) -> None:
+    shard = read_layout(server_collection(server)).manifest.shards[1].name
+    _wait_replicas(shard, 2)
+    for pid in serve_replica_pids(reader_app(shard), shard).values():
+        _kill(pid)
+    reply = server.post_json("/v1/search", {"text": TEXTS[0]})
+    assert reply.status == 503 and reply.json()["error"]["code"] == "shard_unavailable"
+    assert shard in reply.json()["error"]["message"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        reply = server.post_json("/v1/search", {"text": TEXTS[0]})
+        if reply.status == 200:
+            break
+        time.sleep(0.5)
+    assert reply.status == 200, "Serve restarted the shard's replicas and search recovered"
+
+
+def _wait_replicas(shard: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(serve_replica_pids(reader_app(shard), shard)) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def server_collection(server: Server) -> Path:
+    return Path(server.request("GET", "/v1/indexes").json()["index_dir"])
