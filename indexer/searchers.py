@@ -152,11 +152,11 @@ class ExactScores:
         return int(self.store.dense.shape[0])
 
     def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
-        # each row's own sum, not a matrix product: BLAS blocks differently by the number of rows, and a row's score
-        # must not change in its last bit with the other candidates (a sharded search scores other sets)
+        # einsum's own loop, one row at a time, not BLAS: a matrix product blocks by the number of rows, and a row's
+        # score must not change in its last bit with the other candidates (a sharded search scores other sets)
         if not rows.size:
             return np.zeros(0, np.float32)
-        return np.multiply(self.store.dense[rows], query.dense).sum(axis=1, dtype=np.float32)
+        return np.einsum("ij,j->i", self.store.dense[rows], query.dense).astype(np.float32, copy=False)
 
     def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
         if rows.size == 0:

@@ -116,3 +116,25 @@ def test_hybrid_searcher_composes_a_peer_leg(engine: SearchEngine) -> None:
 def test_a_hybrid_searcher_needs_a_leg(engine: SearchEngine) -> None:
     with pytest.raises(ValueError, match="at least one leg"):
         HybridSearcher({}, engine.exact_scores("images"), engine.fuse(SearchParams()))
+
+
+def test_an_exact_dense_score_does_not_depend_on_the_other_rows_scored() -> None:
+    """A sharded search scores other candidate sets than one index: each row's score must be the same bits."""
+    from dataclasses import dataclass
+
+    from core.encoder import SparseRows
+    from indexer.searchers import ExactScores
+
+    @dataclass
+    class Vectors:
+        dense: np.ndarray
+        sparse: SparseRows
+
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((4000, 384)).astype(np.float32)
+    scores = ExactScores(Vectors(dense, SparseRows(np.zeros(4001, np.int64), np.zeros(0, np.int32),
+                                                   np.zeros(0, np.float32))), 10)
+    query = Query(rng.standard_normal(384).astype(np.float32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    every = scores.dense(query, np.arange(4000))
+    for rows in (np.array([7]), np.array([3999, 7, 1200]), np.arange(0, 4000, 3)):
+        assert np.array_equal(scores.dense(query, rows), every[rows])
