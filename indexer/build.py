@@ -46,6 +46,7 @@ from indexer.store import (
     CHECKPOINT_DIR,
     MANIFEST,
     CheckpointBinding,
+    DenseStore,
     IndexManifest,
     IndexUnavailableError,
     SideManifest,
@@ -82,7 +83,9 @@ class IndexBuildConfig(BaseModel):
     image_root: Path | None = Field(None, description="Karpathy image root (default <dataset>/images).")
     splits: tuple[str, ...] = Field(("test",), description="Karpathy splits, e.g. test or train,val,test.")
     faiss_factory: str = Field("Flat", description="FAISS index_factory string (inner product): Flat, HNSW32, "
-                               "IVF256,Flat, ...")
+                               "IVF256,Flat, SQfp16, SQ8, ...")
+    dense_store: DenseStore = Field("float32", description="Precision of the stored dense vectors the exact "
+                                    "rescoring reads: float32, or float16 for half their memory.")
     sparse_scale: float = Field(100.0, gt=0, le=10_000, description="Lucene impact = round(weight * scale).")
     prune_image_terms: int | None = Field(None, gt=0, description="Keep each image's top-k terms only.")
     prune_text_terms: int | None = Field(None, gt=0, description="Keep each text's top-k terms only.")
@@ -237,11 +240,11 @@ def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, thread
 
 
 def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat", sparse_scale: float = 100.0,
-               threads: int = 2) -> WrittenSide:
+               threads: int = 2, dense_store: DenseStore = "float32") -> WrittenSide:
     """Every leg of one side: the forward store, the FAISS index and the Lucene impact index."""
     items, encoded = side.items, side.encoded
     timings: dict[str, float] = {}
-    write_side_store(side_dir, items, encoded, order=side.order)
+    write_side_store(side_dir, items, encoded, order=side.order, dense_store=dense_store)
     started = time.perf_counter()
     write_dense_leg(side_dir, encoded.dense, faiss_factory)
     timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
@@ -256,7 +259,7 @@ def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat"
         bytes={"dense_faiss": (side_dir / "dense.faiss").stat().st_size,
                "dense_store": (side_dir / "dense.npy").stat().st_size,
                "sparse_lucene": directory_bytes(side_dir / "lucene"), "sparse_store": sparse_store},
-        files=side_files(side_dir))
+        files=side_files(side_dir), dense_store=dense_store)
     return WrittenSide(manifest, timings)
 
 
@@ -330,7 +333,7 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
         for name, side in sides.items():
             written = write_side(contents / name, side if isinstance(side, EncodedSide) else EncodedSide(*side),
                                  faiss_factory=config.faiss_factory, sparse_scale=config.sparse_scale,
-                                 threads=config.threads)
+                                 threads=config.threads, dense_store=config.dense_store)
             side_manifests[name] = written.manifest
             timings.update(written.timings)
         binding = copy_checkpoint(encoder, Path(source), contents)

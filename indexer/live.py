@@ -604,10 +604,12 @@ class LiveCollection:
         manifest = engine.manifest
         recorded = manifest.build.get("config", {})
         factories = {s.faiss_factory for s in manifest.sides.values()}
+        stores = {s.dense_store for s in manifest.sides.values()}
         # the checkpoint is copied from the live version's own copy (the encoder may have been loaded from a
         # version a previous compaction removed, or from another collection)
         return IndexBuildConfig(checkpoint=engine.checkpoint_dir, output=engine.index_dir,
                                 faiss_factory=factories.pop() if len(factories) == 1 else "Flat",
+                                dense_store=stores.pop() if len(stores) == 1 else "float32",
                                 sparse_scale=float(manifest.quantization["scale"]),
                                 prune_image_terms=manifest.pruning.get("images"),
                                 prune_text_terms=manifest.pruning.get("texts"),

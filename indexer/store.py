@@ -6,7 +6,7 @@ An index directory holds its versions and a link to the live one (core/atomic.py
     manifest.json          IndexManifest: checkpoint binding, quantisation, counts, index types, file hashes
     checkpoint/            a copy of the checkpoint the index was built with (loaded by default)
     <side>/items.jsonl     one item per row: {"id", ...metadata}; row number = FAISS id = Lucene doc id
-    <side>/dense.npy       (N, D) float32 unit vectors (exact rescoring)
+    <side>/dense.npy       (N, D) unit vectors, float32 or float16 (exact rescoring)
     <side>/dense.faiss     FAISS index over the same rows
     <side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
     <side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
@@ -71,6 +71,7 @@ class SideManifest(_Strict):
     lucene_docs: int = Field(ge=0)
     mean_terms: float
     bytes: dict[str, int]  # "dense_faiss", "dense_store", "sparse_lucene", "sparse_store"
+    dense_store: DenseStore = "float32"  # the stored vectors' precision (float16: half the memory, scores within 1e-3)
     files: dict[str, str]  # relative path -> sha256
 
 
@@ -133,13 +134,16 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+DenseStore = Literal["float32", "float16"]
+
+
 def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems, *,
-                     order: np.ndarray | None = None) -> None:
+                     order: np.ndarray | None = None, dense_store: DenseStore = "float32") -> None:
     side_dir.mkdir(parents=True, exist_ok=True)
     with (side_dir / "items.jsonl").open("w", encoding="utf-8") as handle:
         for item in items:
             handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-    np.save(side_dir / "dense.npy", np.ascontiguousarray(encoded.dense, dtype=np.float32))
+    np.save(side_dir / "dense.npy", np.ascontiguousarray(encoded.dense, dtype=np.dtype(dense_store)))
     np.save(side_dir / "sparse.indptr.npy", encoded.sparse.indptr.astype(np.int64))
     np.save(side_dir / "sparse.indices.npy", encoded.sparse.indices.astype(np.int32))
     np.save(side_dir / "sparse.values.npy", encoded.sparse.values.astype(np.float32))

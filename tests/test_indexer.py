@@ -359,3 +359,23 @@ def test_approximate_dense_indexes_from_a_factory_string(factory: str, tiny_chec
     assert len(hits) == 5
     exact = np.sort(engine.stores["images"].dense @ query.dense)[::-1][:5]
     assert hits[0].dense <= exact[0] + 1e-5  # approximate: never better than exact, scores are exact
+
+
+def test_a_float16_dense_store_halves_its_bytes_and_keeps_the_ranking(tiny_checkpoint: Path, synthetic_dataset: Path,
+                                                                      tiny_index: Path, tmp_path: Path) -> None:
+    from indexer.search import SearchEngine, SearchParams
+
+    out = tmp_path / "half"
+    build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset,
+                                 splits=("test", "val"), cache_root=tmp_path / "cache", dense_store="float16"))
+    half, full = read_manifest(out), read_manifest(tiny_index)
+    for side in ("images", "texts"):
+        assert half.sides[side].dense_store == "float16" and full.sides[side].dense_store == "float32"
+        assert half.sides[side].bytes["dense_store"] < 0.6 * full.sides[side].bytes["dense_store"]
+    small, large = SearchEngine(out), SearchEngine(tiny_index)
+    query = large.encode_text("a red square on blue")
+    params = SearchParams(mode="dense", top_k=5)
+    a, b = small.search(query, params), large.search(query, params)
+    assert [h.dense for h in a.hits] == pytest.approx([h.dense for h in b.hits], abs=2e-3)
+    small.close()
+    large.close()
