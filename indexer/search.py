@@ -136,6 +136,23 @@ def sparse_leg_warnings(query: Query, params: SearchParams) -> list[str]:
     return [EMPTY_SPARSE_WARNING] if params.mode == "hybrid" else []
 
 
+def search_weights(manifest: IndexManifest, params: SearchParams) -> tuple[float, float]:
+    """The fusion weights of a search: the request's, else the checkpoint's val-selected ones."""
+    w_dense = manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
+    w_sparse = manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
+    return w_dense, w_sparse
+
+
+def search_fusion(manifest: IndexManifest, params: SearchParams) -> Fuse:
+    """How a search fuses exact (dense, sparse) scores: the integrated score with its weights, or RRF."""
+    if params.fusion == "rrf":
+        return reciprocal_rank_fusion
+    w_dense, w_sparse = search_weights(manifest, params)
+    temperature = manifest.temperature
+    return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
+                                                  temperature=temperature)
+
+
 def explain_terms(query: Query, ids: np.ndarray, values: np.ndarray, vocabulary: Vocabulary, *,
                   item_terms: int = 12) -> Explanation:
     """Matched terms (query weight x item weight) of an item's sparse row, and its own strongest terms, as words."""
@@ -250,18 +267,10 @@ class SearchEngine:
         self.segments = {**self.segments, side: segment}
 
     def weights(self, params: SearchParams) -> tuple[float, float]:
-        """The fusion weights of a search: the request's, else the checkpoint's val-selected ones."""
-        w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
-        w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
-        return w_dense, w_sparse
+        return search_weights(self.manifest, params)
 
     def fuse(self, params: SearchParams) -> Fuse:
-        if params.fusion == "rrf":
-            return reciprocal_rank_fusion
-        w_dense, w_sparse = self.weights(params)
-        temperature = self.manifest.temperature
-        return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
-                                                      temperature=temperature)
+        return search_fusion(self.manifest, params)
 
     def dense_leg(self, side: str, *, excluded: np.ndarray | None = None) -> Searcher:
         """FAISS over a side; ``excluded`` rows (deleted ones) are skipped inside FAISS where the index kind allows

@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from core.encoder import DuetEncoder, vocabulary_digest
-from core.fusion import integrated_score, reciprocal_rank_fusion
 from indexer.live import LIVE, UPLOADS, CompactionResult, ItemNotFoundError, LiveCollection, WriteResult
 from indexer.query import Query
 from indexer.search import (
@@ -35,6 +34,8 @@ from indexer.search import (
     SearchResult,
     explain_terms,
     query_terms,
+    search_fusion,
+    search_weights,
     sparse_leg_warnings,
 )
 from indexer.searchers import Fuse, RankBy, ranked
@@ -301,17 +302,10 @@ class ShardedEngine:
         return query_terms(query, self.encoder.vocabulary, limit)
 
     def weights(self, params: SearchParams) -> tuple[float, float]:
-        w_dense = self.manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
-        w_sparse = self.manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
-        return w_dense, w_sparse
+        return search_weights(self.manifest, params)
 
     def fuse(self, params: SearchParams) -> Fuse:
-        if params.fusion == "rrf":
-            return reciprocal_rank_fusion
-        w_dense, w_sparse = self.weights(params)
-        temperature = self.manifest.temperature
-        return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
-                                                      temperature=temperature)
+        return search_fusion(self.manifest, params)
 
     # ----- search -----
     def search(self, query: Query, params: SearchParams) -> SearchResult:

@@ -132,6 +132,26 @@ def tiny_index(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory:
     return root / "synthetic"
 
 
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_index: Path):  # type: ignore[no-untyped-def]
+    """The tiny index opened for searching (read only: share it)."""
+    from indexer.search import SearchEngine
+
+    engine = SearchEngine(tiny_index)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture()
+def index_copy(tiny_index: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny index to write to."""
+    import shutil
+
+    target = tmp_path / "index"
+    shutil.copytree(tiny_index, target, symlinks=True)  # keeps the relative ``current`` link
+    return target
+
+
 GROUNDED_HEAD = {"vocabulary": "content", "expansion": "always", "query_encoder": "inference_free"}
 
 
@@ -160,7 +180,8 @@ def tiny_server(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory):  # 
 # Test tiers (`pytest -m "not java and not browser and not peers"` runs the in-process tests alone; `make test`
 # runs every tier). A test is in a tier when it uses a fixture that needs it, or its module is marked.
 _TIERS_OF_FIXTURE: dict[str, tuple[str, ...]] = {
-    "tiny_index": ("java",), "tiny_grounded_index": ("java",), "tiny_server": ("java",),
+    "tiny_index": ("java",), "tiny_engine": ("java",), "index_copy": ("java",), "tiny_grounded_index": ("java",),
+    "tiny_server": ("java",),
     "grounded_server": ("java",), "tiny_run": ("java", "peers"), "browser": ("browser", "java"),
 }
 

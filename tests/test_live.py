@@ -36,13 +36,6 @@ pytestmark = pytest.mark.java  # every test opens a Lucene index
 
 
 @pytest.fixture()
-def index_copy(tiny_index: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "index"
-    shutil.copytree(tiny_index, target, symlinks=True)  # keeps the relative ``current`` link
-    return target
-
-
-@pytest.fixture()
 def live(index_copy: Path):  # type: ignore[no-untyped-def]
     collection = LiveCollection.open(index_copy, auto_compact_ratio=None)
     yield collection

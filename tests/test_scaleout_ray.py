@@ -63,13 +63,6 @@ def collection(cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_datase
 
 
 @pytest.fixture(scope="module")
-def single(tiny_index: Path) -> Iterator[SearchEngine]:
-    engine = SearchEngine(tiny_index)
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
 def server(cluster: LocalRayCluster, collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("ray-logs") / "server.log"
     with serving(collection, log, args=("--engine", "ray", "--address", cluster.address, "--replicas", "2",
@@ -92,14 +85,14 @@ def _wait_ready(server: Server, timeout: float = 180) -> None:
 
 
 def test_the_ray_build_encodes_on_both_nodes_and_matches_the_embedded_index(collection: Path,
-                                                                           single: SearchEngine) -> None:
+                                                                           tiny_engine: SearchEngine) -> None:
     layout = read_layout(collection)
     encode = layout.manifest.build["encode"]
     assert encode["engine"] == "ray" and encode["nodes"] == 2 and encode["workers"] == 2
-    for side, store in single.stores.items():
+    for side, store in tiny_engine.stores.items():
         found = 0
         for shard_dir in layout.shard_dirs:
-            shard = SearchEngine(shard_dir, encoder=single.encoder)
+            shard = SearchEngine(shard_dir, encoder=tiny_engine.encoder)
             part = shard.stores[side]
             rows = [store.row_of[i] for i in part.ids]
             assert list(part.order) == rows  # each row's position in the collection, in collection order
@@ -115,21 +108,21 @@ def _search(server: Server, payload: dict[str, Any]) -> Any:
     return reply.json()
 
 
-def _expected(single: SearchEngine, payload: dict[str, Any]) -> list[tuple[str, float]]:
+def _expected(tiny_engine: SearchEngine, payload: dict[str, Any]) -> list[tuple[str, float]]:
     from indexer.search import SearchParams
 
-    query = single.encode_text(payload["text"])
+    query = tiny_engine.encode_text(payload["text"])
     params = SearchParams(**{k: v for k, v in payload.items() if k != "text"})
-    return [(h.id, h.fused) for h in single.search(query, params).hits]
+    return [(h.id, h.fused) for h in tiny_engine.search(query, params).hits]
 
 
-def test_every_mode_over_http_equals_the_embedded_index(server: Server, single: SearchEngine) -> None:
+def test_every_mode_over_http_equals_the_embedded_index(server: Server, tiny_engine: SearchEngine) -> None:
     for side in ("images", "texts"):
         for mode in MODES:
             for text in TEXTS:
                 payload = {"text": text, "side": side, "top_k": 200, **mode}
                 got = [(h["id"], h["scores"]["fused"]) for h in _search(server, payload)["hits"]]
-                expected = _expected(single, payload)
+                expected = _expected(tiny_engine, payload)
                 assert [i for i, _ in got] == [i for i, _ in expected], payload
                 assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)
     explained = _search(server, {"text": TEXTS[0], "explain": True, "top_k": 3})

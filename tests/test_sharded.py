@@ -40,13 +40,6 @@ def sharded_dir(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory
     return out
 
 
-@pytest.fixture(scope="module")
-def single(tiny_index: Path) -> Iterator[SearchEngine]:
-    engine = SearchEngine(tiny_index)
-    yield engine
-    engine.close()
-
-
 @pytest.fixture()
 def sharded(sharded_dir: Path) -> Iterator[ShardedCollection]:
     collection = ShardedCollection.open_local(sharded_dir)
@@ -54,7 +47,7 @@ def sharded(sharded_dir: Path) -> Iterator[ShardedCollection]:
     collection.close()
 
 
-def test_the_build_places_every_item_on_the_shard_its_id_names(sharded_dir: Path, single: SearchEngine) -> None:
+def test_the_build_places_every_item_on_the_shard_its_id_names(sharded_dir: Path, tiny_engine: SearchEngine) -> None:
     layout = read_layout(sharded_dir)
     assert is_sharded(sharded_dir) and len(layout.shard_dirs) == 3
     seen: dict[str, list[str]] = {"images": [], "texts": []}
@@ -63,22 +56,24 @@ def test_the_build_places_every_item_on_the_shard_its_id_names(sharded_dir: Path
         for side, store in shard.stores.items():
             assert all(shard_of(i, 3) == n for i in store.ids)
             assert store.order is not None and list(store.order) == sorted(store.order)
-            assert [single.stores[side].ids[int(p)] for p in store.order] == store.ids
+            assert [tiny_engine.stores[side].ids[int(p)] for p in store.order] == store.ids
             seen[side] += store.ids
         shard.close()
     for side, ids in seen.items():
-        assert sorted(ids) == sorted(single.stores[side].ids)
-    assert sum(e.counts["images"] for e in layout.manifest.shards) == len(single.stores["images"].ids)
+        assert sorted(ids) == sorted(tiny_engine.stores[side].ids)
+    assert sum(e.counts["images"] for e in layout.manifest.shards) == len(tiny_engine.stores["images"].ids)
 
 
 @pytest.mark.parametrize("side", ["images", "texts"])
-def test_every_mode_ranks_as_the_single_index(single: SearchEngine, sharded: ShardedCollection, side: str) -> None:
+def test_every_mode_ranks_as_the_single_index(tiny_engine: SearchEngine, sharded: ShardedCollection,
+                                              side: str) -> None:
     engine = sharded.engine
-    queries = [single.encode_text(t) for t in TEXTS] + [single.encode_image(_image(seed)) for seed in range(2)]
+    queries = ([tiny_engine.encode_text(t) for t in TEXTS]
+               + [tiny_engine.encode_image(_image(seed)) for seed in range(2)])
     for params in MODES:
         params = params.model_copy(update={"side": side, "explain": True})
         for query in queries:
-            ours, theirs = single.search(query, params), engine.search(query, params)
+            ours, theirs = tiny_engine.search(query, params), engine.search(query, params)
             assert_same_ranking(ours, theirs)
             assert theirs.candidates == ours.candidates
             assert theirs.warnings == ours.warnings
