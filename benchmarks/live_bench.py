@@ -12,7 +12,7 @@
               a searcher running meanwhile; and whether a collection holding a text without sparse terms compacts.
 
 Every section works on its own copy under the work directory: the given index is copied once and never opened.
-Vectors given: those records are built with indexer.live's ``log_entry`` (what ``add_image``/``add_text`` log
+Vectors given: those records are built with indexer.writes' ``log_entry`` (what ``add_image``/``add_text`` log
 after encoding) and written with ``LiveCollection.write_entries``, the method both
 adds end in; the time is exactly the log append with its fsync, the apply to the delta and the publication of
 the new segments. Delta items of the latency and compaction sections are synthetic mixtures of real items (new
@@ -46,11 +46,11 @@ from benchmarks.synthetic import CorpusStatistics, generate
 from core.atomic import current_version
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from core.progress import progress
-from indexer import live as live_module
 from indexer.live import LIVE, LiveCollection, WriteAheadLog
 from indexer.query import Query
 from indexer.search import MODES, SearchEngine, SearchParams
 from indexer.store import CHECKPOINT_DIR, SideStore, directory_bytes, manifest_path, read_manifest
+from indexer.writes import log_entry
 
 _logger = logging.getLogger("benchmarks.live")
 DIRECTIONS = {"t2i": ("texts", "images"), "i2t": ("images", "texts")}  # direction -> (query side, target side)
@@ -201,14 +201,14 @@ class Record:
 def image_record(item_id: str, image: EncodedItems, captions: Sequence[tuple[str, EncodedItems]]) -> Record:
     """An image with its captions, as ``add_image`` logs it (one record: the image's entry and one per caption)."""
     item = {"id": item_id, "captions": [text for text, _ in captions]}
-    entries = [live_module.log_entry("images", item, image, 0)]
-    entries += [live_module.log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, vectors, 0)
+    entries = [log_entry("images", item, image, 0)]
+    entries += [log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id}, vectors, 0)
                 for n, (text, vectors) in enumerate(captions)]
     return Record("images", item_id, entries)
 
 
 def text_record(item_id: str, text: str, vectors: EncodedItems) -> Record:
-    return Record("texts", item_id, [live_module.log_entry("texts", {"id": item_id, "text": text}, vectors, 0)])
+    return Record("texts", item_id, [log_entry("texts", {"id": item_id, "text": text}, vectors, 0)])
 
 
 # ----- the benchmark -----

@@ -238,6 +238,7 @@ def deploy(settings: ServiceSettings) -> list[str]:
     connect(settings.address)
     layout = read_layout(settings.index_dir)
     serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
+    _check_proxy(settings)
     apps = shard_deployments(layout, settings)
     started = time.perf_counter()
     deployed: list[str] = []
@@ -254,6 +255,17 @@ def deploy(settings: ServiceSettings) -> list[str]:
                  settings.index_dir, settings.host, settings.port, len(layout.shard_dirs), settings.replicas,
                  settings.ingress_replicas, time.perf_counter() - started)
     return deployed
+
+
+def _check_proxy(settings: ServiceSettings) -> None:
+    """Refuse to deploy behind a Serve that another service started on another address (its HTTP options win)."""
+    from ray import serve
+
+    client = serve.context._get_global_client()  # Serve has no public accessor for it (ray is pinned: 2.60.0)
+    http = client.http_config if client is not None else None
+    if http is not None and (http.host, http.port) != (settings.host, settings.port):
+        raise IndexUnavailableError(f"Serve on this cluster already listens on {http.host}:{http.port} for "
+                                    "another service; use that address, or stop that service first")
 
 
 def undeploy(names: Sequence[str]) -> None:
@@ -275,7 +287,17 @@ def serve_on_ray(settings: ServiceSettings) -> int:
         stopping.wait()
     finally:
         undeploy(names)
+        _shutdown_if_unused()
     return 0
+
+
+def _shutdown_if_unused() -> None:
+    """Stop Serve (its controller and HTTP proxy) once no application is left, so that the next service on this
+    cluster starts its proxy on its own host and port (Serve keeps the first one's otherwise)."""
+    from ray import serve
+
+    if not serve.status().applications:
+        serve.shutdown()
 
 
 __all__ = ["RayShard", "ShardReplica", "deploy", "open_deployed", "serve_on_ray", "undeploy"]
