@@ -1,9 +1,10 @@
-"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live``: Duet's benchmarks.
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|scale-out``: Duet's benchmarks.
 
 ``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
 what a results matrix needs and prints OK/FAIL per row; ``search``/``synthetic``/``report`` are the single
 measurements the run is made of, kept for quick looks at an existing index; ``live`` measures live collections
-(writes, time to searchable, search beside a delta, compaction) on copies of an index.
+(writes, time to searchable, search beside a delta, compaction) on copies of an index; ``scale-out`` measures
+sharded and Ray builds, sharded serving over HTTP (Ray Serve included), writes and bytes per item.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from benchmarks.live_bench import LiveBenchConfig
 from benchmarks.matrix import ResultsMatrix
 from benchmarks.runner import RunConfig
+from benchmarks.scale_bench import ScaleOutConfig
 from core.atomic import write_text_atomic
 from core.cli_args import Flag, ModelArgs
 from core.data import DatasetError
@@ -88,6 +90,7 @@ SEARCH_ARGS = ModelArgs(SearchOptions)
 SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="queries timed per mode")})
 REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synthetic": Flag(nargs=True)})
 LIVE_ARGS = ModelArgs(LiveBenchConfig)
+SCALE_OUT_ARGS = ModelArgs(ScaleOutConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="skip the sections an interrupted run (report.partial.json in --out) already measured for "
                         "this index, checkpoint and options")
+    p = sub.add_parser("scale-out", help="sharded and Ray builds, sharded search and writes over HTTP (Ray Serve "
+                       "included) against one index, bytes per item by FAISS factory (JSON and Markdown)")
+    SCALE_OUT_ARGS.add_to(p)
+    p.add_argument("--resume", action="store_true",
+                   help="skip the sections an interrupted run (report.partial.json in --out) already measured for "
+                        "this checkpoint and options")
     return parser
 
 
@@ -152,6 +161,25 @@ def command_live(args: argparse.Namespace, argv: Sequence[str]) -> int:
     report["command"] = "python -m benchmarks " + " ".join(argv)
     write_text_atomic(config.out / "report.json", json.dumps(report, indent=2))
     write_text_atomic(config.out / "README.md", render_live(report))
+    _logger.info("wrote %s (report.json, README.md)", config.out)
+    return 0
+
+
+def command_scale_out(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from indexer.ray_cluster import LoopbackNamespaceError, enter_loopback_namespace
+
+    try:  # first: it moves only this thread and what it starts afterwards (servers, the Ray cluster, clients)
+        enter_loopback_namespace()
+    except LoopbackNamespaceError as e:
+        _logger.error("%s", e)
+        return 2
+    from benchmarks.scale_bench import render_scale_out, run_scale_out
+
+    config = SCALE_OUT_ARGS.build(args)
+    report = run_scale_out(config, resume=args.resume)
+    report["command"] = "python -m benchmarks " + " ".join(argv)
+    write_text_atomic(config.out / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(config.out / "README.md", render_scale_out(report))
     _logger.info("wrote %s (report.json, README.md)", config.out)
     return 0
 
@@ -276,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_check(args)
         if args.command == "live":
             return command_live(args, argv)
+        if args.command == "scale-out":
+            return command_scale_out(args, argv)
         if args.command == "render":
             render_outputs(Path(args.report))
             return 0

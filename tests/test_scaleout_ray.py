@@ -5,8 +5,11 @@ replica answers 503 naming it, then recovers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,12 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.build import IndexBuildConfig
-from indexer.ray_cluster import LocalRayCluster, serve_replica_pids
+from indexer.ray_cluster import LocalRayCluster
 from indexer.search import SearchEngine
 from indexer.sharding import read_layout
 from service.ray_serving import reader_app
 from tests.conftest import noise_png
+from tests.ray_probe import ROOT, ask
 from tests.server import Server, serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.java]
@@ -36,15 +39,11 @@ MODES: list[dict[str, Any]] = [{"mode": "hybrid", "candidate_k": 1000}, {"mode":
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalRayCluster]:
-    import ray
-
     temp_dir = Path(tempfile.mkdtemp(prefix="duet-ray-", dir="/tmp"))  # short: Ray's socket paths live under it
     running = LocalRayCluster(temp_dir=temp_dir, nodes=2, cpus_per_node=1).start()
     try:
-        ray.init(address=running.address, log_to_driver=False, logging_level="ERROR")
         yield running
     finally:
-        ray.shutdown()
         running.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -52,13 +51,13 @@ def cluster() -> Iterator[LocalRayCluster]:
 @pytest.fixture(scope="module")
 def collection(cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from indexer.ray_build import build_collection_on_ray
-
+    """Built by ``python -m indexer build --engine ray``, a Ray driver of its own (see tests/ray_probe.py)."""
     out = tmp_path_factory.mktemp("ray-collection") / "collection"
-    build_collection_on_ray(IndexBuildConfig(
-        checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset, splits=("test", "val"),
-        cache_root=out.parent / "cache", shards=2, engine="ray", address=cluster.address, workers=2,
-        actor_batch_size=16))
+    subprocess.run([sys.executable, "-m", "indexer", "build", "--engine", "ray", "--address", cluster.address,
+                    "--shards", "2", "--workers", "2", "--actor-batch-size", "16", "--checkpoint",
+                    str(tiny_checkpoint), "--data", str(synthetic_dataset), "--splits", "test,val", "--out",
+                    str(out), "--cache-root", str(out.parent / "cache")], check=True, cwd=ROOT, timeout=600,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return out
 
 
@@ -168,14 +167,12 @@ def _load(server: Server, seconds: float, clients: int = 8) -> tuple[int, list[s
 
 
 def _kill(pid: int) -> None:
-    import os
-
     os.kill(pid, signal.SIGKILL)
 
 
-def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server) -> None:
+def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server, cluster: LocalRayCluster) -> None:
     shard = read_layout(server_collection(server)).manifest.shards[0].name
-    replicas = serve_replica_pids(reader_app(shard), shard)
+    replicas = _replica_pids(cluster, shard)
     assert len(replicas) == 2
     victim = sorted(replicas.values())[0]
     timer = threading.Timer(1.5, _kill, args=(victim,))
@@ -183,13 +180,14 @@ def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server
     answered, failures = _load(server, 5.0)
     timer.join()
     assert failures == [] and answered > 10
-    assert victim not in serve_replica_pids(reader_app(shard), shard).values()
+    assert victim not in _replica_pids(cluster, shard).values()
 
 
-def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Server) -> None:
+def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Server,
+                                                                   cluster: LocalRayCluster) -> None:
     shard = read_layout(server_collection(server)).manifest.shards[1].name
-    _wait_replicas(shard, 2)
-    for pid in serve_replica_pids(reader_app(shard), shard).values():
+    _wait_replicas(cluster, shard, 2)
+    for pid in _replica_pids(cluster, shard).values():
         _kill(pid)
     reply = server.post_json("/v1/search", {"text": TEXTS[0]})
     assert reply.status == 503 and reply.json()["error"]["code"] == "shard_unavailable"
@@ -203,9 +201,13 @@ def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Ser
     assert reply.status == 200, "Serve restarted the shard's replicas and search recovered"
 
 
-def _wait_replicas(shard: str, count: int, timeout: float = 60) -> None:
+def _replica_pids(cluster: LocalRayCluster, shard: str) -> dict[str, int]:
+    return dict(ask(cluster.address, "replicas", reader_app(shard), shard))
+
+
+def _wait_replicas(cluster: LocalRayCluster, shard: str, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while len(serve_replica_pids(reader_app(shard), shard)) < count and time.monotonic() < deadline:
+    while len(_replica_pids(cluster, shard)) < count and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
