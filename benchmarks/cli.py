@@ -16,7 +16,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,15 @@ def command_live(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from benchmarks.live_bench import render_live, run_live
 
     config = LIVE_ARGS.build(args)
-    report = run_live(config, resume=args.resume)
+    return _written(config.out, run_live(config, resume=args.resume), argv, render_live)
+
+
+def _written(out: Path, report: dict[str, Any], argv: Sequence[str], render: Callable[[dict[str, Any]], str]) -> int:
+    """A report and its page, written atomically into ``out`` with the command that measured it."""
     report["command"] = "python -m benchmarks " + " ".join(argv)
-    write_text_atomic(config.out / "report.json", json.dumps(report, indent=2))
-    write_text_atomic(config.out / "README.md", render_live(report))
-    _logger.info("wrote %s (report.json, README.md)", config.out)
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "README.md", render(report))
+    _logger.info("wrote %s (report.json, README.md)", out)
     return 0
 
 
@@ -176,12 +180,7 @@ def command_scale_out(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from benchmarks.scale_bench import render_scale_out, run_scale_out
 
     config = SCALE_OUT_ARGS.build(args)
-    report = run_scale_out(config, resume=args.resume)
-    report["command"] = "python -m benchmarks " + " ".join(argv)
-    write_text_atomic(config.out / "report.json", json.dumps(report, indent=2))
-    write_text_atomic(config.out / "README.md", render_scale_out(report))
-    _logger.info("wrote %s (report.json, README.md)", config.out)
-    return 0
+    return _written(config.out, run_scale_out(config, resume=args.resume), argv, render_scale_out)
 
 
 def render_outputs(report_path: Path) -> None:

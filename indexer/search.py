@@ -172,7 +172,23 @@ def query_terms(query: Query, vocabulary: Vocabulary, limit: int = 32) -> list[t
     return [(vocabulary.display(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
 
 
-class SearchEngine:
+class QueryEncoding:
+    """Queries encoded with the collection's own checkpoint: what every engine (one index, or the ingress of a
+    sharded collection) does before it searches."""
+
+    encoder: DuetEncoder
+
+    def encode_text(self, text: str) -> Query:
+        return Query.from_encoded(self.encoder.encode_texts([text]))
+
+    def encode_image(self, image: Image.Image) -> Query:
+        return Query.from_encoded(self.encoder.encode_images([image]))
+
+    def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
+        return query_terms(query, self.encoder.vocabulary, limit)
+
+
+class SearchEngine(QueryEncoding):
     """An index plus the encoder it was built with."""
 
     def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
@@ -229,15 +245,6 @@ class SearchEngine:
         return path if path.is_relative_to(resolved) and path.is_file() else None
 
     # ----- queries -----
-    def encode_text(self, text: str) -> Query:
-        return Query.from_encoded(self.encoder.encode_texts([text]))
-
-    def encode_image(self, image: Image.Image) -> Query:
-        return Query.from_encoded(self.encoder.encode_images([image]))
-
-    def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
-        return query_terms(query, self.encoder.vocabulary, limit)
-
     def default_weights(self) -> tuple[float, float]:
         return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
 

@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.live import LIVE, UPLOADS, CompactionResult, ItemNotFoundError, LiveCollection, WriteResult
 from indexer.query import Query
 from indexer.search import (
     Hit,
+    QueryEncoding,
     SearchParams,
     SearchResult,
     explain_terms,
-    query_terms,
     search_fusion,
     search_weights,
     sparse_leg_warnings,
@@ -259,7 +258,7 @@ def summed_manifest(manifests: Sequence[IndexManifest]) -> IndexManifest:
     return first.model_copy(update={"sides": sides})
 
 
-class ShardedEngine:
+class ShardedEngine(QueryEncoding):
     """The ingress of a sharded collection: the encoder, the shards, and the merge (a ``SearchEngine`` to its
     callers: same queries, same results)."""
 
@@ -291,16 +290,7 @@ class ShardedEngine:
         futures = [self._pool.submit(call, self.shards[s]) for s in chosen]
         return [future.result() for future in futures]
 
-    # ----- queries -----
-    def encode_text(self, text: str) -> Query:
-        return Query.from_encoded(self.encoder.encode_texts([text]))
-
-    def encode_image(self, image: Image.Image) -> Query:
-        return Query.from_encoded(self.encoder.encode_images([image]))
-
-    def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
-        return query_terms(query, self.encoder.vocabulary, limit)
-
+    # ----- fusion -----
     def weights(self, params: SearchParams) -> tuple[float, float]:
         return search_weights(self.manifest, params)
 
