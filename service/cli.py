@@ -39,9 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if settings.engine == "ray":  # Serve's proxy serves the app; this process deploys it and waits
+        from indexer.store import IndexUnavailableError
         from service.ray_serving import serve_on_ray
 
-        return serve_on_ray(settings)
+        try:
+            return serve_on_ray(settings)
+        except IndexUnavailableError as e:  # no cluster named, not a sharded collection, Serve held elsewhere
+            _logger.error("%s", e)
+            return 2
     import uvicorn
 
     from service.app import create_app

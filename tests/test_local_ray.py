@@ -1,4 +1,5 @@
-"""The local Ray launcher's relay: connections accepted on its socket reach the service's port, both ways."""
+"""The local Ray launcher's relay (connections accepted on its socket reach the service's port, both ways), and the Ray
+serving command's refusal without a cluster."""
 
 from __future__ import annotations
 
@@ -34,3 +35,12 @@ def test_relay_carries_bytes_both_ways_until_stopped() -> None:
     assert not relaying.is_alive()
     listener.close()
     upstream.close()
+
+
+def test_serving_on_ray_without_a_cluster_exits_2_saying_what_is_missing(
+        tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    from service.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["--engine", "ray", "--index", str(tmp_path)]) == 2
+    assert "--address HOST:PORT or the RAY_ADDRESS setting" in caplog.text
