@@ -131,11 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cluster.start()
         _logger.info("Ray cluster of %d nodes at %s (loopback namespace)", args.nodes, cluster.address)
-        if not _current(args) and _until_stopped(subprocess.Popen(_build_args(args, cluster.address)),
-                                                 stopping) != 0:
-            return 1
-        if stopping.is_set():
+        built = 0 if _current(args) else _until_stopped(subprocess.Popen(_build_args(args, cluster.address)),
+                                                         stopping)
+        if stopping.is_set():  # stopped by the user: the build, interrupted, published nothing
             return 0
+        if built != 0:
+            return 1
         inner = _free_port()
         service = _serve(args, cluster.address, inner)
         threading.Thread(target=relay, args=(listener, inner, stopping), daemon=True).start()
