@@ -53,9 +53,9 @@ from indexer.store import (
     SideStore,
     check_publishable,
     directory_bytes,
+    manifest_in,
     manifest_path,
     opening_index,
-    read_manifest,
     relative_to,
     side_files,
     write_side_store,
@@ -374,7 +374,7 @@ def _verify_version(root: Path, index_dir: str, checkpoint: str | Path | None) -
     from core.checkpoint import read_manifest as read_checkpoint_manifest
     from indexer.lucene import ImpactSearcher
 
-    manifest = read_manifest(root)
+    manifest = manifest_in(root, index_dir)
     report: dict[str, Any] = {"index": index_dir, "version": str(root), "sides": {}}
     for side, expected in manifest.sides.items():
         side_dir = root / side

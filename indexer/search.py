@@ -45,9 +45,9 @@ from indexer.store import (
     Side,
     SideStore,
     check_binding,
+    manifest_in,
     manifest_path,
     opening_index,
-    read_manifest,
 )
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -200,7 +200,7 @@ class SearchEngine(QueryEncoding):
             self._open(encoder, checkpoint, sides)
 
     def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None) -> None:
-        self.manifest: IndexManifest = read_manifest(self.directory)
+        self.manifest: IndexManifest = manifest_in(self.directory, self.index_dir)
         if encoder is None:
             encoder = DuetEncoder.from_checkpoint(Path(checkpoint) if checkpoint is not None else self.checkpoint_dir)
         check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,

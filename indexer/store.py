@@ -153,15 +153,24 @@ def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: Encod
 
 def read_manifest(index_dir: str | Path) -> IndexManifest:
     """The live version's manifest (``index_dir`` may also be a version directory itself)."""
-    if not Path(index_dir).is_dir():
+    if not Path(index_dir).is_dir():  # before resolving it: a missing directory has no versions either
         raise IndexUnavailableError(f"index directory not found: {index_dir} (build it with `python -m indexer build`)")
     with opening_index(index_dir) as contents:
-        path = contents / MANIFEST
-        if not path.is_file():
-            raise IndexUnavailableError(f"not a Duet index (no {MANIFEST}): {index_dir}")
-        text = path.read_text()
+        return manifest_in(contents, index_dir)
+
+
+def manifest_in(contents: Path, index_dir: str | Path | None = None) -> IndexManifest:
+    """The manifest of contents already resolved (``opening_index``), read there and not resolved again: a
+    publication meanwhile would pair another version's manifest with these files (a directory from before versions
+    gets its first ``current`` link while its own files are still at the top)."""
+    if not contents.is_dir():
+        raise IndexUnavailableError(f"index directory not found: {index_dir or contents} (build it with `python -m "
+                                    "indexer build`)")
+    path = contents / MANIFEST
+    if not path.is_file():
+        raise IndexUnavailableError(f"not a Duet index (no {MANIFEST}): {index_dir or contents}")
     try:
-        return IndexManifest.model_validate_json(text)
+        return IndexManifest.model_validate_json(path.read_text())
     except ValidationError as e:
         first = e.errors()[0]
         raise IndexUnavailableError(f"invalid index manifest {path}: {first['loc']} {first['msg']}") from e

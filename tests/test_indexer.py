@@ -32,7 +32,14 @@ from indexer.build import (
 )
 from indexer.cli import main as indexer_main
 from indexer.collection import load_folder_collection
-from indexer.store import IndexUnavailableError, SideStore, index_contents, opening_index, read_manifest
+from indexer.store import (
+    IndexUnavailableError,
+    SideStore,
+    index_contents,
+    manifest_in,
+    opening_index,
+    read_manifest,
+)
 
 pytestmark = pytest.mark.java  # every test builds or reads a Lucene index
 
@@ -271,7 +278,7 @@ def test_readers_never_see_a_missing_index_while_a_rebuild_publishes(tiny_index:
         while not stop.is_set():
             try:
                 with opening_index(out) as contents:
-                    manifest = read_manifest(contents)
+                    manifest = manifest_in(contents)
                     stores = [SideStore.load(contents / s, s, m) for s, m in manifest.sides.items()]
                 seen.add(len(stores[0].ids))
             except BaseException as e:  # noqa: BLE001  (any failure is the finding)
