@@ -119,16 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("live", help="live collections on copies of an index: write throughput, time to searchable, "
                        "search latency beside a delta, compaction time (JSON and Markdown)")
     LIVE_ARGS.add_to(p)
-    p.add_argument("--resume", action="store_true",
-                   help="skip the sections an interrupted run (report.partial.json in --out) already measured for "
-                        "this index, checkpoint and options")
+    _add_resume(p, "this index, checkpoint and options")
     p = sub.add_parser("scale-out", help="sharded and Ray builds, sharded search and writes over HTTP (Ray Serve "
                        "included) against one index, bytes per item by FAISS factory (JSON and Markdown)")
     SCALE_OUT_ARGS.add_to(p)
-    p.add_argument("--resume", action="store_true",
-                   help="skip the sections an interrupted run (report.partial.json in --out) already measured for "
-                        "this checkpoint and options")
+    _add_resume(p, "this checkpoint and options")
     return parser
+
+
+def _add_resume(parser: argparse.ArgumentParser, keyed_by: str) -> None:
+    parser.add_argument("--resume", action="store_true", help="skip the sections an interrupted run "
+                        f"(report.partial.json in --out) already measured for {keyed_by}")
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

@@ -39,6 +39,9 @@ def _replicas(app: str, deployment: str) -> dict[str, int]:
 def main(argv: list[str]) -> int:
     import ray
 
+    from indexer.ray_cluster import enter_loopback_namespace
+
+    enter_loopback_namespace()  # inherited from the test process (a no-op then): the cluster is on its loopback
     command, address, *rest = argv
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     try:
