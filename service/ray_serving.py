@@ -59,39 +59,14 @@ def writer_app(shard: str) -> str:
     return f"{APP_PREFIX}-{shard}-writer"
 
 
-class ShardReplica:
-    """One Serve replica of a shard: a follower of its log (reads), or its writer."""
+class ShardReplica(ShardService):
+    """One Serve replica of a shard: a follower of its log (reads), or its writer; its methods are the shard's."""
 
     def __init__(self, shard_dir: str, shard: int, shards: int, writer: bool,
                  auto_compact_ratio: float | None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.service = ShardService(shard_dir, shard=shard, shards=shards, follow=not writer,
-                                    auto_compact_ratio=auto_compact_ratio)
-
-    def candidates(self, side: str, queries: Sequence[Query], params: SearchParams,
-                   k: int) -> list[ShardCandidates]:
-        return self.service.candidates(side, queries, params, k)
-
-    def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]:
-        return self.service.records(side, ids)
-
-    def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
-        return self.service.find(item_id)
-
-    def apply(self, write: PreparedWrite) -> WriteResult:
-        return self.service.apply(write)
-
-    def delete(self, item_id: str) -> WriteResult:
-        return self.service.delete(item_id)
-
-    def stats(self) -> dict[str, Any]:
-        return self.service.stats()
-
-    def needs_compaction(self) -> bool:
-        return self.service.needs_compaction()
-
-    def compact(self) -> CompactionResult:
-        return self.service.compact()
+        super().__init__(shard_dir, shard=shard, shards=shards, follow=not writer,
+                         auto_compact_ratio=auto_compact_ratio)
 
     def pid(self) -> int:
         return os.getpid()
