@@ -1,0 +1,1 @@
+"""The reliability harness: generated and hostile input, faults, load, concurrency and access against a real service."""
