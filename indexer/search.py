@@ -57,6 +57,8 @@ Fusion = Literal["weighted", "rrf"]
 # R@1/5/10 in both directions were identical with 16, 32, 64, 128 and all terms (the dense candidates and the exact
 # rescoring carry the ranking); 32 keeps a margin. Sparse-only mode keeps all terms by default.
 HYBRID_QUERY_TERMS = 32
+# explanations for the first hits of a page only: a 1,000-hit page with all of them is tens of megabytes of JSON
+EXPLAINED_HITS = 50
 
 
 class SearchParams(BaseModel):
@@ -78,7 +80,8 @@ class SearchParams(BaseModel):
         None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
         f"default ({HYBRID_QUERY_TERMS} in hybrid, all in sparse mode); 0: all. Candidates are always rescored "
         "with the full query.")
-    explain: bool = False
+    explain: bool = Field(False, description=f"Explain the sparse score of the page's first {EXPLAINED_HITS} hits "
+                          "(matched terms and the item's strongest terms); later hits have none.")
 
 
 @dataclass(frozen=True)
@@ -352,7 +355,8 @@ class SearchEngine(QueryEncoding):
         hits = []
         for position in range(params.offset, len(ranking)):
             row = int(ranking.rows[position])
-            explanation = self.explain(query, params.side, row, view=view) if params.explain else None
+            explained = params.explain and position - params.offset < EXPLAINED_HITS
+            explanation = self.explain(query, params.side, row, view=view) if explained else None
             hits.append(Hit(row, view.id(row), position + 1, float(ranking.dense[position]),
                             float(ranking.sparse[position]), float(ranking.fused[position]), view.item(row),
                             explanation))

@@ -28,6 +28,7 @@ from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.live import LIVE, UPLOADS, CompactionResult, ItemNotFoundError, LiveCollection, WriteResult
 from indexer.query import Query
 from indexer.search import (
+    EXPLAINED_HITS,
     Hit,
     QueryEncoding,
     SearchParams,
@@ -336,8 +337,9 @@ class ShardedEngine(QueryEncoding):
             record = records[(int(merged.shards[position]), merged.ids[position])]
             if record is None:  # deleted between the two calls: the page is one short rather than wrong
                 continue
+            explained = params.explain and position - params.offset < EXPLAINED_HITS
             explanation = (explain_terms(query, record.term_ids, record.term_weights, self.encoder.vocabulary)
-                           if params.explain else None)
+                           if explained else None)
             hits.append(Hit(-1, merged.ids[position], position + 1, float(merged.dense[position]),
                             float(merged.sparse[position]), float(merged.fused[position]), record.item,
                             explanation))

@@ -24,10 +24,12 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
     app = FastAPIOffline(title="Duet", version="0.1.0", lifespan=engine_lifespan(engine_loader),
                          static_url=DOCS_ASSETS,
                          description="Hybrid sparse-dense text-image retrieval (Song et al., CIKM 2025).")
+    # /v1/search/ is a 404, not a redirect built from the client's Host header
+    app.router.redirect_slashes = False
     state = ServiceState(settings)
     app.state.service = state
     # the last added is outermost: each request gets its id before the body limit can refuse it
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import protocol_with_header_timeout
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    # access_log off: the app logs each request itself, with its request id (service/request_context.py)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
+                http=protocol_with_header_timeout(settings.header_timeout_s), access_log=False)
     return 0

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from indexer.engines import ReadEngine, WritableCollection
+from service.admission import Ticket
 from service.compaction import Compactor
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import ServiceSettings
-from service.state import EngineSlot, EngineWorker, state_of
+from service.state import EngineSlot, EngineWorker, OffLoop, state_of
 
 # Opens a read of the engine: the generation current when it is entered, held (a compaction publishing meanwhile
 # cannot close it) until it is left. Entered on the worker thread, around the engine calls of one request.
@@ -30,6 +31,17 @@ def get_metrics(request: Request) -> Metrics:
 
 def get_worker(request: Request) -> EngineWorker:
     return state_of(request.app).worker
+
+
+def get_off_loop(request: Request) -> OffLoop:
+    return state_of(request.app).off_loop
+
+
+async def admitted(request: Request) -> AsyncIterator[Ticket]:
+    """The request's admission ticket, taken before its body is read; 503 with Retry-After past the bound. Held
+    until the response is sent."""
+    async with state_of(request.app).admission.ticket(request) as ticket:
+        yield ticket
 
 
 def get_compactor(request: Request) -> Compactor:
@@ -71,6 +83,8 @@ def get_reader(slot: Annotated[EngineSlot, Depends(get_engine_slot)],
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[EngineWorker, Depends(get_worker)]
+OffLoopDep = Annotated[OffLoop, Depends(get_off_loop)]
+TicketDep = Annotated[Ticket, Depends(admitted)]
 CompactorDep = Annotated[Compactor, Depends(get_compactor)]
 EngineSlotDep = Annotated[EngineSlot, Depends(get_engine_slot)]
 EngineDep = Annotated[ReadEngine, Depends(get_engine)]

@@ -1,22 +1,51 @@
 """One error shape for every failure: ``{"error": {"code", "message", "request_id"}}`` with a 4xx/5xx status, and
-the handlers that give it to the service's own refusals, FastAPI's validation errors, Starlette's 404/405 and
-anything unexpected."""
+the handlers that give it to the service's own refusals, FastAPI's validation errors and Starlette's 404/405
+(anything unexpected: service/request_context.py)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.sharded import ShardUnavailableError
 from service.request_context import request_id_of
 
-_logger = logging.getLogger("service")
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_request, image_too_large, overloaded.")
+    message: str = Field(description="What was wrong, for a person.")
+    request_id: str | None = Field(description="The request's id (its X-Request-ID), as in the server's log.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "Malformed request: not JSON or not UTF-8, a bad multipart form, a bad Content-Length.",
+    401: "The route needs an API key: none was sent.",
+    403: "The API key is not valid, or the route is disabled on this server.",
+    404: "No such item, image or route (an item id with a line break matches no route).",
+    408: "The request body did not arrive in time.",
+    409: "Conflict with work in progress (a compaction is running).",
+    413: "The body or the image is too large.",
+    415: "Unsupported content type or image format.",
+    422: "The request is well formed but not valid: a field's type or range, a missing query, a rejected write.",
+    503: "Not ready, overloaded (shed with Retry-After), or a shard is unavailable.",
+}
+
+
+def errors_of(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each with the error body."""
+    return {status: {"model": ErrorBody, "description": ERROR_MEANINGS[status]} for status in statuses}
 
 
 class ApiError(Exception):
@@ -66,14 +95,9 @@ async def _shard_unavailable(request: Request, exc: ShardUnavailableError) -> JS
     return _reply(request, 503, "shard_unavailable", str(exc), {"Retry-After": "5"})
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    _logger.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _reply(request, 500, "internal_error", "internal error; see the server log")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.exception_handler(ApiError)(_api_error)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(StarletteHTTPException)(_http_error)
     app.exception_handler(ShardUnavailableError)(_shard_unavailable)
-    app.exception_handler(Exception)(_internal_error)  # answered outside the middleware: no X-Request-ID header
+    # anything else unexpected: the request-context middleware answers it (service/request_context.py)

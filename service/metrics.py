@@ -1,7 +1,7 @@
 """Prometheus metrics of one app (prometheus_client): requests by route and status, search latency by mode and
-side, writes by operation and outcome, compactions by outcome and duration, and the client's process, Python and
-garbage-collector metrics. Each app has its own registry, so several apps in one process (tests) do not share
-counts."""
+side, writes by operation and outcome, requests shed and pending, compactions by outcome and duration, and the
+client's process, Python and garbage-collector metrics. Each app has its own registry, so several apps in one
+process (tests) do not share counts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     gc_collector,
     generate_latest,
@@ -35,6 +36,10 @@ class Metrics:
                                  ("mode", "side"), buckets=LATENCY_BUCKETS, registry=self.registry)
         self._writes = Counter("duet_writes", "Write requests by operation (upsert, delete) and outcome "
                                "(ok, rejected, not_found, error).", ("op", "outcome"), registry=self.registry)
+        self._shed = Counter("duet_shed_requests", "Requests refused or dropped under load, by reason (queue_full, "
+                             "deadline, client_gone).", ("reason",), registry=self.registry)
+        self._pending = Gauge("duet_pending_requests", "Admitted requests holding engine work (waiting or running).",
+                              registry=self.registry)
         self._compactions = Counter("duet_compactions", "Compactions by outcome (ok, error).", ("outcome",),
                                     registry=self.registry)
         self._compaction_seconds = Histogram("duet_compaction_seconds", "Compaction duration.",
@@ -48,6 +53,12 @@ class Metrics:
 
     def observe_write(self, op: str, outcome: str) -> None:
         self._writes.labels(op, outcome).inc()
+
+    def observe_shed(self, reason: str) -> None:
+        self._shed.labels(reason).inc()
+
+    def set_pending(self, pending: int) -> None:
+        self._pending.set(pending)
 
     def observe_compaction(self, outcome: str, seconds: float) -> None:
         self._compactions.labels(outcome).inc()

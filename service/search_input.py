@@ -14,23 +14,37 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from service.errors import ApiError, validation_message
-from service.images import decode_image
-from service.request_body import JSON, MULTIPART, media_type_of, read_form, read_json_object, unsupported_media_type
+from service.images import QUERY_SIDE, decode_image
+from service.request_body import (
+    JSON,
+    MULTIPART,
+    media_type_of,
+    read_form,
+    read_json_object,
+    typed_form_fields,
+    unsupported_media_type,
+)
 from service.schemas import SearchRequest
 from service.settings import ServiceSettings
 
 
 async def _multipart_payload(request: Request) -> tuple[dict[str, Any], bytes | None]:
     form = await read_form(request)
-    payload: dict[str, Any] = {}
+    fields: dict[str, str] = {}
     image_bytes: bytes | None = None
-    for key, value in form.multi_items():
-        if not isinstance(value, UploadFile):
-            payload[key] = value
-        elif key != "image":
-            raise ApiError(422, "invalid_request", f"unexpected file field {key!r}; send the image as 'image'")
-        else:
-            image_bytes = await value.read()
+    try:
+        for key, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                if key in fields:
+                    raise ApiError(422, "invalid_request", f"{key}: given more than once")
+                fields[key] = value
+            elif key != "image":
+                raise ApiError(422, "invalid_request", f"unexpected file field {key!r}; send the image as 'image'")
+            else:
+                image_bytes = await value.read()
+    finally:
+        await form.close()
+    payload = typed_form_fields(SearchRequest, fields)
     if image_bytes is not None:
         payload["image_base64"] = ""  # placeholder, so that the schema sees an image query: the bytes travel apart
     return payload, image_bytes
@@ -46,8 +60,8 @@ async def read_search_request(request: Request) -> tuple[SearchRequest, bytes | 
         payload, image_bytes = await _multipart_payload(request)
     else:
         raise unsupported_media_type(media_type)
-    try:
-        search = SearchRequest.model_validate(payload)
+    try:  # strict: true is not 1, "yes" is not true (the form's fields arrive typed, see typed_form_fields)
+        search = SearchRequest.model_validate(payload, strict=True)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", validation_message(e)) from e
     return search, image_bytes
@@ -85,5 +99,5 @@ def query_of(search: SearchRequest, image_bytes: bytes | None,
     if image_bytes is None:
         image_bytes = base64_bytes(search.image_base64 or "")
     started = time.perf_counter()
-    image = decode_image(image_bytes, max_pixels=settings.max_image_pixels)
+    image = decode_image(image_bytes, max_pixels=settings.max_image_pixels, shorter_side=QUERY_SIDE)
     return image, (time.perf_counter() - started) * 1000

@@ -39,9 +39,19 @@ class ServiceSettings(BaseSettings):
     max_offset: int = Field(10_000, ge=0)
     max_candidate_k: int = Field(5000, gt=0)
     max_captions: int = Field(32, gt=0, description="Most captions one image write may carry.")
+    max_pending: int = Field(16, gt=0, le=10_000, description="Requests that may hold engine work at once (waiting "
+                             "or running); more get 503 with Retry-After before their body is read.")
+    queue_timeout_s: float = Field(5.0, gt=0, le=600, description="How long an admitted request may wait for the "
+                                   "engine; past it, it is dropped with 503 rather than computed for no one.")
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection that has not sent a request's "
+                                    "complete headers within this long is closed.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait for the next part of a request "
+                                  "body; past it, 408.")
     auto_compact_ratio: float = Field(0.1, ge=0, description="Compact in the background once the items written and "
                                       "deleted since the last compaction reach this fraction of the published "
                                       "ones; 0: only on request.")
     # SecretStr: the key never shows in a repr, a log line or a validation error
     api_key: SecretStr | None = Field(None, description="Bearer key the write API requires (sent as "
                                       "'Authorization: Bearer KEY'); unset or empty: writes are disabled.")
+    read_api_key: SecretStr | None = Field(None, description="Bearer key searches and item reads require (the "
+                                           "write key works too); unset or empty: reads are open.")

@@ -3,7 +3,6 @@ are held to: body size, image pixels and format, text length; plus the write's o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +12,19 @@ from starlette.datastructures import FormData, UploadFile
 
 from service.errors import ApiError, validation_message
 from service.images import decode_image
-from service.request_body import JSON, MULTIPART, media_type_of, read_form, read_json_object, unsupported_media_type
+from service.request_body import (
+    JSON,
+    MULTIPART,
+    media_type_of,
+    parse_json,
+    read_form,
+    read_json_object,
+    unsupported_media_type,
+)
 from service.schemas import ItemBody
 from service.search_input import base64_bytes
 from service.settings import ServiceSettings
+from service.state import OffLoop
 
 MAX_ID_CHARS = 512
 MAX_METADATA_DEPTH = 32  # deeper JSON is refused here, before it is logged, copied and serialised again
@@ -53,8 +61,8 @@ def _captions_of(values: list[str]) -> list[str]:
     """Repeated ``captions`` fields, or one holding a JSON list (a caption that only looks like one stays text)."""
     if len(values) == 1 and values[0].lstrip().startswith("["):
         try:
-            listed = json.loads(values[0])
-        except (json.JSONDecodeError, RecursionError):
+            listed = parse_json(values[0].encode("utf-8"), "captions")
+        except ApiError:
             return values
         if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
             raise ApiError(422, "invalid_request", "captions: a JSON list of captions must hold strings only")
@@ -63,10 +71,10 @@ def _captions_of(values: list[str]) -> list[str]:
 
 
 def _metadata_of(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ApiError(422, "invalid_metadata", f"metadata is not valid JSON: {e}") from e
+    try:  # read as strictly as a JSON body: no lone surrogates, NaN or 5,000-digit numbers
+        return parse_json(value.encode("utf-8"), "metadata")
+    except ApiError as e:
+        raise ApiError(422, "invalid_metadata", e.message) from e
 
 
 def _depth(value: Any) -> int:
@@ -120,11 +128,14 @@ async def _body(request: Request, settings: ServiceSettings) -> tuple[ItemBody, 
     elif media_type == MULTIPART:
         # room for every caption the limit allows, so that one too many gets the caption count's own refusal
         form = await read_form(request, max_fields=settings.max_captions + len(SINGLE_FIELDS) + 1)
-        payload, image = await _form_payload(form)
+        try:
+            payload, image = await _form_payload(form)
+        finally:
+            await form.close()
     else:
         raise unsupported_media_type(media_type)
     try:
-        return ItemBody.model_validate(payload), image
+        return ItemBody.model_validate(payload, strict=True), image
     except ValidationError as e:
         raise ApiError(422, "invalid_request", validation_message(e)) from e
 
@@ -138,7 +149,7 @@ def _text(text: str, what: str, limit: int) -> str:
     return stripped
 
 
-async def read_item_write(request: Request, settings: ServiceSettings) -> ItemWrite:
+async def read_item_write(request: Request, settings: ServiceSettings, off_loop: OffLoop) -> ItemWrite:
     """The validated item of a POST or PUT /v1/items body; an ApiError (4xx) for anything wrong with it."""
     body, image = await _body(request, settings)
     if body.id is not None:
@@ -152,5 +163,7 @@ async def read_item_write(request: Request, settings: ServiceSettings) -> ItemWr
     captions = tuple(_text(c, f"caption {n}", settings.max_text_chars) for n, c in enumerate(body.captions))
     if image is None:
         image = base64_bytes(body.image_base64 or "")
-    decode_image(image, max_pixels=settings.max_image_pixels)  # refuses what a search would refuse, the same way
+    # refuses what a search would refuse, the same way; off the event loop, which a large decode would stall
+    checked = image
+    await off_loop.run(lambda: decode_image(checked, max_pixels=settings.max_image_pixels))
     return ItemWrite(body.id, body.metadata, image=image, captions=captions)

@@ -170,8 +170,9 @@ def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server, cluster: LocalRayCluster) -> None:
-    shard = read_layout(server_collection(server)).manifest.shards[0].name
+def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server, cluster: LocalRayCluster,
+                                                                  collection: Path) -> None:
+    shard = read_layout(collection).manifest.shards[0].name
     replicas = _replica_pids(cluster, shard)
     assert len(replicas) == 2
     victim = sorted(replicas.values())[0]
@@ -183,9 +184,9 @@ def test_killing_one_replica_under_concurrent_load_fails_no_query(server: Server
     assert victim not in _replica_pids(cluster, shard).values()
 
 
-def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Server,
-                                                                   cluster: LocalRayCluster) -> None:
-    shard = read_layout(server_collection(server)).manifest.shards[1].name
+def test_a_shard_with_no_replica_answers_503_naming_it_then_recovers(server: Server, cluster: LocalRayCluster,
+                                                                   collection: Path) -> None:
+    shard = read_layout(collection).manifest.shards[1].name
     _wait_replicas(cluster, shard, 2)
     for pid in _replica_pids(cluster, shard).values():
         _kill(pid)

@@ -104,6 +104,15 @@ def test_explanations_add_up_to_the_sparse_score(engine: SearchEngine) -> None:
     assert all(isinstance(t, str) and w > 0 for t, w in engine.query_terms(query))
 
 
+def test_only_the_first_hits_of_a_page_are_explained(engine: SearchEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexer.search
+
+    monkeypatch.setattr(indexer.search, "EXPLAINED_HITS", 2)  # the response stays bounded however long the page
+    query = engine.encode_text("a blue dot on white")
+    page = engine.search(query, SearchParams(top_k=5, offset=3, explain=True))
+    assert [hit.explanation is not None for hit in page.hits] == [True, True, False, False, False]
+
+
 def test_image_queries_search_both_sides(engine: SearchEngine, synthetic_dataset: Path) -> None:
     from PIL import Image
 

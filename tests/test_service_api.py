@@ -314,7 +314,8 @@ def test_the_collection_root_setting_wins_over_the_index(app: FastAPI, settings:
 def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, settings: ServiceSettings) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     summary = client.get("/v1/indexes").json()
-    assert summary["index_dir"] == str(settings.index_dir)
+    assert summary["index"] == settings.index_dir.name
+    assert str(engine.root) not in json.dumps(summary) and "ckpt" not in json.dumps(summary)  # no server paths
     assert summary["default_weights"] == {"w_dense": 0.1, "w_sparse": 0.2}
     assert summary["sides"]["images"] == {"count": 5, "dense_dim": 4, "faiss_factory": "Flat", "mean_terms": 3.0,
                                           "bytes": {"dense_store": 1}}

@@ -9,16 +9,22 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from indexer.engines import ReadEngine, WritableCollection
-from service.dependencies import EngineSlotDep, ReaderDep, SettingsDep, WorkerDep
-from service.errors import ApiError
+from service.auth import READ_SECURITY, require_read_key
+from service.dependencies import EngineSlotDep, ReaderDep, SettingsDep, TicketDep, WorkerDep
+from service.errors import ApiError, errors_of
 from service.settings import ServiceSettings
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], dependencies=[Depends(require_read_key)])
 CHUNK = 256 * 1024
+IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The image file, as stored (its type from its name).",
+    "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in (
+        "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream")}},
+    **errors_of(401, 403, 404, 503)}
 
 
 def item_url(item_id: str) -> str:
@@ -65,9 +71,10 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
 
 
 # Registered before the item route below: an id may itself contain slashes, so "/image" must be tried first.
-@router.get("/v1/items/{item_id:path}/image", response_class=StreamingResponse)
+@router.get("/v1/items/{item_id:path}/image", response_class=StreamingResponse, responses=IMAGE_RESPONSE,
+            openapi_extra={"security": READ_SECURITY})
 async def item_image(item_id: str, reader: ReaderDep, slot: EngineSlotDep, worker: WorkerDep,
-                     settings: SettingsDep) -> StreamingResponse:
+                     settings: SettingsDep, ticket: TicketDep) -> StreamingResponse:
     """The image file of an image item, or of a caption's image; an indexed image only from the collection root."""
 
     def open_image() -> tuple[Path, BinaryIO]:
@@ -82,18 +89,19 @@ async def item_image(item_id: str, reader: ReaderDep, slot: EngineSlotDep, worke
                 raise ApiError(404, "image_not_found", f"the image of {item_id!r} is not available in the collection")
             return path, handle
 
-    path, handle = await worker.run(open_image)
+    path, handle = await ticket.run(worker, open_image)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return StreamingResponse(_chunks(handle), media_type=media_type,
                              headers={"Content-Length": str(os.fstat(handle.fileno()).st_size)})
 
 
-@router.get("/v1/items/{item_id:path}")
-async def get_item(item_id: str, reader: ReaderDep, worker: WorkerDep) -> dict[str, Any]:
+@router.get("/v1/items/{item_id:path}", responses=errors_of(401, 403, 404, 503),
+            openapi_extra={"security": READ_SECURITY})
+async def get_item(item_id: str, reader: ReaderDep, worker: WorkerDep, ticket: TicketDep) -> dict[str, Any]:
     """A live item's metadata (a deleted item is gone: 404)."""
 
     def find() -> dict[str, Any]:
         with reader() as engine:
             return public_item(*_find(engine, item_id))
 
-    return await worker.run(find)
+    return await ticket.run(worker, find)

@@ -5,12 +5,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from PIL import Image
 
 from indexer.search import EmptySparseQueryError, Hit, SearchParams, SearchResult
-from service.dependencies import EngineDep, MetricsDep, Reader, ReaderDep, SettingsDep, WorkerDep
-from service.errors import ApiError
+from service.admission import Ticket
+from service.auth import READ_SECURITY, require_read_key
+from service.dependencies import (
+    EngineDep,
+    MetricsDep,
+    OffLoopDep,
+    Reader,
+    ReaderDep,
+    SettingsDep,
+    TicketDep,
+    WorkerDep,
+)
+from service.errors import ApiError, errors_of
 from service.request_context import request_id_of
 from service.routes.items import public_item
 from service.schemas import (
@@ -27,10 +38,11 @@ from service.search_input import check_limits, query_of, read_search_request
 from service.state import EngineWorker
 
 router = APIRouter(tags=["search"])
+Found = tuple[SearchResult, list[tuple[str, float]], float]  # the result, the query's terms, encoding ms
 
 # The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
 _SCHEMA = SearchRequest.model_json_schema()
-SEARCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+SEARCH_BODY: dict[str, Any] = {"security": READ_SECURITY, "requestBody": {"required": True, "content": {
     "application/json": {"schema": _SCHEMA},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "image": {"type": "string", "format": "binary"},
@@ -38,12 +50,12 @@ SEARCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 }}}
 
 
-async def _run(worker: EngineWorker, reader: Reader, given: str | Image.Image,
-               params: SearchParams) -> tuple[SearchResult, list[tuple[str, float]], float]:
+async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str | Image.Image,
+               params: SearchParams) -> Found:
     """Encode and search on the engine's thread, within one read of the current generation; the query's terms, and
     the encoding's milliseconds apart."""
 
-    def work() -> tuple[SearchResult, list[tuple[str, float]], float]:
+    def work() -> Found:
         with reader() as engine:
             started = time.perf_counter()
             query = engine.encode_text(given) if isinstance(given, str) else engine.encode_image(given)
@@ -51,7 +63,7 @@ async def _run(worker: EngineWorker, reader: Reader, given: str | Image.Image,
             return engine.search(query, params), engine.query_terms(query), encode_ms
 
     try:
-        return await worker.run(work)
+        return await ticket.run(worker, work)
     except EmptySparseQueryError as e:
         raise ApiError(422, "empty_sparse_query", str(e)) from e
 
@@ -67,26 +79,35 @@ def _hit(side: str, hit: Hit) -> SearchHit:
                      metadata=public_item(side, hit.item), explanation=explanation)
 
 
-@router.post("/v1/search", response_model=SearchResponse, openapi_extra=SEARCH_BODY)
+def _response_json(request_id: str, body: SearchRequest, text: str | None, found: Found,
+                   timings_ms: dict[str, float]) -> str:
+    result, terms, _ = found
+    response = SearchResponse(
+        request_id=request_id, side=body.side, mode=body.mode, fusion=body.fusion,
+        query=QueryInfo(kind="text" if text is not None else "image", text=text,
+                        terms=[TermWeight(term=t, weight=w) for t, w in terms]),
+        weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
+        hits=[_hit(body.side, hit) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms)
+    # Already a validated model: serialise it once instead of letting FastAPI validate it again.
+    return response.model_dump_json()
+
+
+@router.post("/v1/search", response_model=SearchResponse, openapi_extra=SEARCH_BODY,
+             responses=errors_of(400, 401, 403, 408, 413, 415, 422, 503),
+             dependencies=[Depends(require_read_key)])
 async def search(request: Request, engine: EngineDep, reader: ReaderDep, settings: SettingsDep,
-                 worker: WorkerDep, metrics: MetricsDep) -> Response:
+                 worker: WorkerDep, off_loop: OffLoopDep, metrics: MetricsDep, ticket: TicketDep) -> Response:
     """Search one side (images or texts) with a text or an image; dense, sparse or hybrid."""
     started = time.perf_counter()
     body, image_bytes = await read_search_request(request)
     check_limits(body, settings)
     if body.side not in engine.sides:
         raise ApiError(422, "invalid_request", f"this index has no {body.side!r} side")
-    given, decode_ms = query_of(body, image_bytes, settings)
+    given, decode_ms = await off_loop.run(lambda: query_of(body, image_bytes, settings))
     text = given if isinstance(given, str) else None
-    result, terms, encode_ms = await _run(worker, reader, given, body.params())
+    found = await _run(ticket, worker, reader, given, body.params())
     total_ms = (time.perf_counter() - started) * 1000
     metrics.observe_search(body.mode, body.side, total_ms / 1000)
-    response = SearchResponse(
-        request_id=request_id_of(request) or "", side=body.side, mode=body.mode, fusion=body.fusion,
-        query=QueryInfo(kind="text" if text is not None else "image", text=text,
-                        terms=[TermWeight(term=t, weight=w) for t, w in terms]),
-        weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
-        hits=[_hit(body.side, hit) for hit in result.hits], warnings=result.warnings,
-        timings_ms={"decode": decode_ms, "encode": encode_ms, **result.timings_ms, "total": total_ms})
-    # Already a validated model: serialise it once instead of letting FastAPI validate it again.
-    return Response(response.model_dump_json(), media_type="application/json")
+    timings_ms = {"decode": decode_ms, "encode": found[2], **found[0].timings_ms, "total": total_ms}
+    payload = await off_loop.run(lambda: _response_json(request_id_of(request) or "", body, text, found, timings_ms))
+    return Response(payload, media_type="application/json")

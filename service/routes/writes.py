@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse
 
 from indexer.engines import WritableCollection
 from indexer.live import ItemNotFoundError, WriteRejectedError, WriteResult
+from service.admission import Ticket
 from service.auth import require_write_key
 from service.compaction import Compactor
-from service.dependencies import CompactorDep, LiveDep, MetricsDep, SettingsDep, WorkerDep
-from service.errors import ApiError
+from service.dependencies import CompactorDep, LiveDep, MetricsDep, OffLoopDep, SettingsDep, TicketDep, WorkerDep
+from service.errors import ApiError, errors_of
 from service.metrics import Metrics
 from service.routes.items import item_url
 from service.schemas import ItemBody, WriteResponse
@@ -44,7 +45,8 @@ ITEM_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 }}}
 WRITTEN: dict[int | str, dict[str, Any]] = {
     200: {"model": WriteResponse, "description": "An item with this id was replaced."},
-    201: {"model": WriteResponse, "description": "The item was created."}}
+    201: {"model": WriteResponse, "description": "The item was created."},
+    **errors_of(400, 401, 403, 404, 408, 413, 415, 422, 503)}  # 404: an id the route cannot take (a newline)
 
 
 @contextmanager
@@ -69,8 +71,8 @@ def _compact_if_due(live: WritableCollection, compactor: Compactor) -> None:
         _logger.exception("could not check whether the collection needs compacting")
 
 
-async def _write(worker: EngineWorker, live: WritableCollection, compactor: Compactor, write: Write,
-                 item_id: str | None) -> WriteResult:
+async def _write(ticket: Ticket, worker: EngineWorker, live: WritableCollection, compactor: Compactor,
+                 write: Write, item_id: str | None) -> WriteResult:
     def work() -> WriteResult:
         try:
             result = write(live)
@@ -81,7 +83,7 @@ async def _write(worker: EngineWorker, live: WritableCollection, compactor: Comp
         _compact_if_due(live, compactor)
         return result
 
-    return await worker.run(work)
+    return await ticket.run(worker, work)
 
 
 def _upsert(item: ItemWrite, item_id: str | None) -> Write:
@@ -98,39 +100,41 @@ def _written(result: WriteResult) -> JSONResponse:
 
 
 @router.post("/v1/items", status_code=201, responses=WRITTEN, openapi_extra=ITEM_BODY)
-async def add_item(request: Request, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
-                   settings: SettingsDep, metrics: MetricsDep) -> JSONResponse:
+async def add_item(request: Request, live: LiveDep, worker: WorkerDep, off_loop: OffLoopDep, compactor: CompactorDep,
+                   settings: SettingsDep, metrics: MetricsDep, ticket: TicketDep) -> JSONResponse:
     """Add an image (multipart ``image`` file, or ``image_base64``) with its captions, or a text; 201 with the
     write (200 when its id was a live item's, which it replaced)."""
     with _counted(metrics, "upsert"):
-        item = await read_item_write(request, settings)
-        result = await _write(worker, live, compactor, _upsert(item, item.id), item.id)
+        item = await read_item_write(request, settings, off_loop)
+        result = await _write(ticket, worker, live, compactor, _upsert(item, item.id), item.id)
     return _written(result)
 
 
 @router.put("/v1/items/{item_id:path}", status_code=200, responses=WRITTEN, openapi_extra=ITEM_BODY)
-async def put_item(item_id: str, request: Request, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
-                   settings: SettingsDep, metrics: MetricsDep) -> JSONResponse:
+async def put_item(item_id: str, request: Request, live: LiveDep, worker: WorkerDep, off_loop: OffLoopDep,
+                   compactor: CompactorDep, settings: SettingsDep, metrics: MetricsDep,
+                   ticket: TicketDep) -> JSONResponse:
     """Create or replace the item with this id (an image's old captions go with it); 200 replaced, 201 created."""
     with _counted(metrics, "upsert"):
         check_item_id(item_id)
-        item = await read_item_write(request, settings)
+        item = await read_item_write(request, settings, off_loop)
         if item.id is not None and item.id != item_id:
             raise ApiError(422, "id_mismatch", f"the body's id {item.id!r} is not the path's {item_id!r}")
-        result = await _write(worker, live, compactor, _upsert(item, item_id), item_id)
+        result = await _write(ticket, worker, live, compactor, _upsert(item, item_id), item_id)
     return _written(result)
 
 
-@router.delete("/v1/items/{item_id:path}", response_model=WriteResponse)
+@router.delete("/v1/items/{item_id:path}", response_model=WriteResponse, responses=errors_of(401, 403, 404, 503))
 async def delete_item(item_id: str, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
-                      metrics: MetricsDep) -> JSONResponse:
+                      metrics: MetricsDep, ticket: TicketDep) -> JSONResponse:
     """Delete a live item (an image's captions with it); 404 when no live item has this id."""
     with _counted(metrics, "delete"):
-        result = await _write(worker, live, compactor, lambda collection: collection.delete(item_id), item_id)
+        result = await _write(ticket, worker, live, compactor, lambda collection: collection.delete(item_id),
+                              item_id)
     return JSONResponse(result.to_json())
 
 
-@router.post("/v1/compact", status_code=202)
+@router.post("/v1/compact", status_code=202, responses=errors_of(401, 403, 409, 503))
 async def compact(live: LiveDep, compactor: CompactorDep) -> JSONResponse:
     """Start a compaction in the background (searches and writes go on); 409 while one is running."""
     if not compactor.start(live):
@@ -139,7 +143,7 @@ async def compact(live: LiveDep, compactor: CompactorDep) -> JSONResponse:
     return JSONResponse({"compaction": compactor.status()}, status_code=202, headers={"Location": "/v1/collection"})
 
 
-@router.get("/v1/collection")
+@router.get("/v1/collection", responses=errors_of(401, 403, 503))
 async def collection(live: LiveDep, worker: WorkerDep, compactor: CompactorDep) -> dict[str, Any]:
     """The live collection's state (generation, counts per side, log size, last write) and its compaction's:
     whether one is running, and how the last one went."""

@@ -1,0 +1,110 @@
+"""Admission: how many requests may hold engine work at once, and what happens to the rest.
+
+A request that needs the engine (a search, an item read, a write) takes a ticket before it reads its body or
+decodes an image, so a burst cannot hold more than ``max_pending`` bodies and decoded images in memory. Past the
+bound it is refused at once with 503 and Retry-After (load shed, not queued without bound). An admitted request
+that waited past its deadline, or whose client hung up, is dropped before the engine computes it: under overload
+the engine only does work someone will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from starlette.requests import Request
+
+from service.errors import ApiError
+from service.metrics import Metrics
+
+if TYPE_CHECKING:  # the state holds the admission: a type here, not an import cycle
+    from service.state import EngineWorker
+
+T = TypeVar("T")
+
+
+class DroppedError(Exception):
+    """Admitted work dropped before the engine ran it: its deadline passed, or its client hung up."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Ticket:
+    """One admitted request: its deadline to reach the engine, and whether its client is gone."""
+
+    request: Request
+    deadline: float
+    admission: Admission
+    client_gone: threading.Event = field(default_factory=threading.Event)
+
+    async def run(self, worker: EngineWorker, work: Callable[[], T]) -> T:
+        """``work`` on the engine thread, unless it is dropped before it starts there."""
+
+        def guarded() -> T:
+            if self.client_gone.is_set():
+                raise DroppedError("client_gone")
+            if time.monotonic() > self.deadline:
+                raise DroppedError("deadline")
+            return work()
+
+        if await self.request.is_disconnected():  # gone already: not even queued
+            raise self.admission.dropped("client_gone")
+        watcher = asyncio.create_task(self._watch_disconnect())
+        try:
+            return await worker.run(guarded)
+        except DroppedError as e:
+            raise self.admission.dropped(e.reason) from e
+        finally:
+            # not awaited: a server's receive may finish only once the response is complete (a test client's does)
+            watcher.cancel()
+
+    async def _watch_disconnect(self) -> None:
+        # the body has been read by now: the next message the server has for this request is its disconnect
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone.set()
+
+
+class Admission:
+    """At most ``max_pending`` admitted requests; each must reach the engine within ``queue_timeout_s``."""
+
+    def __init__(self, max_pending: int, queue_timeout_s: float, metrics: Metrics) -> None:
+        self.max_pending = max_pending
+        self.queue_timeout_s = queue_timeout_s
+        self.metrics = metrics
+        self.pending = 0  # changed on the event loop only
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.queue_timeout_s / 2))
+
+    def _overloaded(self, code: str, message: str) -> ApiError:
+        return ApiError(503, code, message, headers={"Retry-After": str(self.retry_after_s)})
+
+    def dropped(self, reason: str) -> ApiError:
+        self.metrics.observe_shed(reason)
+        return self._overloaded("queue_timeout", f"the request waited over {self.queue_timeout_s} s for the engine "
+                                "and was dropped; retry later" if reason == "deadline" else "the client hung up")
+
+    @asynccontextmanager
+    async def ticket(self, request: Request) -> AsyncIterator[Ticket]:
+        if self.pending >= self.max_pending:
+            self.metrics.observe_shed("queue_full")
+            raise self._overloaded("overloaded", f"the server is at its limit of {self.max_pending} requests in "
+                                   f"progress; retry after {self.retry_after_s} s")
+        self.pending += 1
+        self.metrics.set_pending(self.pending)
+        try:
+            yield Ticket(request, time.monotonic() + self.queue_timeout_s, self)
+        finally:
+            self.pending -= 1
+            self.metrics.set_pending(self.pending)
