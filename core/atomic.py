@@ -9,7 +9,8 @@ real directory holding its versions and a link to the live one:
 
   <path>/current          symlink -> versions/<id> (relative, so the tree can be moved or copied whole)
   <path>/versions/<id>/   one complete version each
-  <path>/versions/.<id>.tmp   a version being written (removed if the writer fails)
+  <path>/versions/.<id>.tmp   a version being written (removed if the writer fails; if the writer is killed, by
+                              the next publication: its writer's lock, .<id>.tmp.lock beside it, is free then)
 
 A new version is written beside the live one, then ``current`` is replaced by a fresh symlink with one
 ``os.replace``: a reader resolving ``current`` finds the old complete version or the new one, never nothing.
@@ -149,18 +150,58 @@ def _stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
+# each staged version's lock, held by its writer until it publishes or discards it: the kernel lets go of it when
+# the writer dies, which is how a later publication knows a leftover staging directory is nobody's
+_STAGING_LOCKS: dict[Path, int] = {}
+
+
+def _staging_lock(staged: Path) -> Path:
+    return staged.with_name(staged.name + ".lock")
+
+
 def new_version(path: str | Path) -> Path:
     """A fresh private directory ``path/versions/.<id>.tmp`` to write a version into (at the depth the published
-    version will have)."""
+    version will have), locked as this process's until it is published or discarded."""
     versions = Path(path) / VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{_stamp()}-", suffix=".tmp", dir=versions))
+    fd = os.open(_staging_lock(staged), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _STAGING_LOCKS[staged] = fd
     (staged / _READERS).touch()
     return staged
 
 
+def _release_staging(staged: Path) -> None:
+    fd = _STAGING_LOCKS.pop(staged, None)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_staging_lock(staged))
+    if fd is not None:
+        os.close(fd)
+
+
 def discard_version(staged: Path) -> None:
     shutil.rmtree(staged, ignore_errors=True)
+    _release_staging(staged)
+
+
+def _remove_abandoned_staging(versions: Path) -> None:
+    """Staging directories whose writer died (killed mid-build or mid-compaction): their lock is free."""
+    for lock in versions.glob(".*.tmp.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer's
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(lock.with_name(lock.name.removesuffix(".lock")), ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -218,6 +259,7 @@ def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = Fal
     version = staged.with_name(staged.name.removeprefix(".").removesuffix(".tmp"))
     staged.chmod(DIRECTORY_MODE)
     os.replace(staged, version)
+    _release_staging(staged)
     link, versions, plain_list = root / CURRENT, root / VERSIONS, root / VERSIONS / _PLAIN
     with (root / _LOCK).open("a") as lock:
         # one publisher at a time swaps and cleans up, so none removes a version another just made live
@@ -246,6 +288,7 @@ def publish_version(path: str | Path, staged: Path, *, keep_previous: bool = Fal
         for entry in versions.iterdir():
             if entry.name not in kept and not entry.name.startswith("."):
                 _remove_unless_read(entry)
+        _remove_abandoned_staging(versions)
     return version
 
 

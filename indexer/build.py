@@ -328,6 +328,22 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
     started = time.perf_counter() if started is None else started
     check_publishable(config.output)
     source = config.checkpoint  # the encoder's own weights, checked by hash when copied
+    try:
+        manifest = _publish_version(config, encoder, sides, collection, timings, started, wal_seq, keep_at_top,
+                                    Path(source))
+    except OSError as e:  # a full disk, most often: the staged version is gone, the live one untouched
+        free = shutil.disk_usage(config.output).free // 2**20 if config.output.exists() else 0
+        raise IndexUnavailableError(f"cannot write the new version of {config.output}: {e} (disk space left "
+                                    f"there: {free} MiB); the live version is unchanged") from e
+    _logger.info("published index %s: %s", config.output, {side: s.count for side, s in manifest.sides.items()})
+    return manifest
+
+
+def _publish_version(config: IndexBuildConfig, encoder: DuetEncoder,
+                     sides: Mapping[str, EncodedSide | tuple[list[dict[str, Any]], EncodedItems]],
+                     collection: Mapping[str, Any], timings: dict[str, float], started: float, wal_seq: int,
+                     keep_at_top: tuple[str, ...], source: Path) -> IndexManifest:
+    """``publish_index``'s writing: the sides, the checkpoint and the manifest into a new version, published."""
     with versioned_directory(config.output, keep_previous=config.keep_previous, keep_at_top=keep_at_top) as contents:
         side_manifests = {}
         for name, side in sides.items():
@@ -336,12 +352,11 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
                                  threads=config.threads, dense_store=config.dense_store)
             side_manifests[name] = written.manifest
             timings.update(written.timings)
-        binding = copy_checkpoint(encoder, Path(source), contents)
+        binding = copy_checkpoint(encoder, source, contents)
         timings["total_seconds"] = time.perf_counter() - started
         manifest = make_manifest(config=config, encoder=encoder, binding=binding, sides=side_manifests,
                                  collection=collection, timings=timings).model_copy(update={"wal_seq": wal_seq})
         (contents / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-    _logger.info("published index %s: %s", config.output, {side: s.count for side, s in manifest.sides.items()})
     return manifest
 
 

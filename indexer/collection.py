@@ -94,7 +94,8 @@ def load_karpathy_collection(dataset_dir: str | Path | None, splits: tuple[str, 
 
 def _read_metadata(path: Path) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # lines end at "\n" only (a caption may hold U+2028 or U+0085, which splitlines() would split at)
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -26,6 +26,7 @@ import numpy as np
 
 from core.encoder import SparseRows
 from core.progress import progress
+from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger(__name__)
 _JVM_READY = False
@@ -122,14 +123,20 @@ def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 
                                                          os.environ.get("PYTHONPATH", "")])}
     # Anserini logs its own progress (documents indexed, rate); pass it through and keep the tail for errors.
     tail: deque[str] = deque(maxlen=20)
+    errors: list[str] = []  # Anserini logs a failed write (a full disk) as an ERROR line, and may still exit 0
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
         assert child.stdout is not None
         for line in child.stdout:
             tail.append(line.rstrip())
+            if " ERROR " in line or "Exception:" in line:
+                errors.append(line.strip())
             if "IndexCollection" in line and ("indexed" in line.lower() or "Total" in line):
                 _logger.info("lucene: %s", line.strip()[-160:])
     if child.returncode != 0:
         raise RuntimeError(f"Lucene indexing failed (exit {child.returncode}):\n" + "\n".join(tail))
+    if not any(index_dir.glob("segments_*")):
+        reason = errors[0][-300:] if errors else "no error was logged"
+        raise IndexUnavailableError(f"Lucene wrote no index into {index_dir} ({reason})")
 
 
 @dataclass(frozen=True)

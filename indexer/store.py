@@ -137,6 +137,13 @@ def directory_bytes(path: Path) -> int:
 DenseStore = Literal["float32", "float16"]
 
 
+def read_items(side_dir: Path) -> list[dict[str, Any]]:
+    """A side's items.jsonl. Its lines end at "\n" only (json.dumps escapes every "\n" inside a value): splitlines()
+    would also split inside a text holding U+2028, U+2029 or U+0085, which are written as they are."""
+    text = (side_dir / "items.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
 def write_side_store(side_dir: Path, items: list[dict[str, Any]], encoded: EncodedItems, *,
                      order: np.ndarray | None = None, dense_store: DenseStore = "float32") -> None:
     side_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +215,7 @@ class SideStore:
         import faiss
 
         try:
-            items = [json.loads(line) for line in (side_dir / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+            items = read_items(side_dir)
             dense = np.load(side_dir / "dense.npy", mmap_mode="r")
             sparse = SparseRows(np.load(side_dir / "sparse.indptr.npy"), np.load(side_dir / "sparse.indices.npy"),
                                 np.load(side_dir / "sparse.values.npy"))

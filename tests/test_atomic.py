@@ -188,3 +188,30 @@ def test_readers_never_find_no_version_while_versions_are_published(tmp_path: Pa
     assert published >= 20 and all(len(labels) > 1 for labels in seen)
     assert _read_version(target) == str(published)
     assert len(_versions(target)) <= 1 + len(readers)  # old versions went, but for any held at the last swap
+
+
+def test_a_killed_writers_staging_is_removed_by_the_next_publication_a_live_ones_is_kept(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from core.atomic import new_version, versioned_directory
+
+    root = tmp_path / "index"
+    with versioned_directory(root) as first:
+        (first / "data").write_text("1")
+    # a writer killed mid-version: its staging directory stays, with its lock, which the kernel let go of
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.atomic import new_version; "
+                               f"print(new_version({str(root)!r}), flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert writer.stdout is not None
+    abandoned = Path(writer.stdout.readline().strip())
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=20)
+    assert abandoned.is_dir()
+    live = new_version(root)  # this process's, still being written
+    with versioned_directory(root) as second:
+        (second / "data").write_text("2")
+    assert not abandoned.exists() and not abandoned.with_name(abandoned.name + ".lock").exists()
+    assert live.is_dir()
+    assert (root / "current" / "data").read_text() == "2"

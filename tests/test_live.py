@@ -53,6 +53,24 @@ def image_query(engine: SearchEngine, data: bytes) -> Query:
     return engine.encode_image(Image.open(io.BytesIO(data)))
 
 
+def test_texts_with_unicode_line_separators_survive_compaction_and_reopening(index_copy: Path) -> None:
+    # U+2028, U+2029 and U+0085 are written into items.jsonl as they are; a reader splitting at them would find
+    # broken lines, and the compacted version could not be opened again
+    texts = {"sep-1": "a red\u2028square", "sep-2": "a blue\u2029dot", "sep-3": "next\x85line"}
+    live = LiveCollection.open(index_copy, auto_compact_ratio=None)
+    try:
+        for item_id, text in texts.items():
+            live.add_text(text, item_id=item_id)
+        live.compact()
+    finally:
+        live.close()
+    reopened = LiveCollection.open(index_copy, auto_compact_ratio=None)
+    try:
+        assert {i: reopened.engine.item(i)[1]["text"] for i in texts} == texts
+    finally:
+        reopened.close()
+
+
 def test_an_added_image_is_found_in_every_mode_with_exact_scores(live: LiveCollection) -> None:
     data = png(1)
     result = live.add_image(data, item_id="new.png", captions=["a red square on blue", "a green dot"],
