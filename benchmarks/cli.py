@@ -1,10 +1,12 @@
-"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|scale-out``: Duet's benchmarks.
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|scale-out|reliability``: Duet's
+benchmarks.
 
 ``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
 what a results matrix needs and prints OK/FAIL per row; ``search``/``synthetic``/``report`` are the single
 measurements the run is made of, kept for quick looks at an existing index; ``live`` measures live collections
 (writes, time to searchable, search beside a delta, compaction) on copies of an index; ``scale-out`` measures
-sharded and Ray builds, sharded serving over HTTP (Ray Serve included), writes and bytes per item.
+sharded and Ray builds, sharded serving over HTTP (Ray Serve included), writes and bytes per item;
+``reliability`` runs generated and hostile input, load, faults and access checks against real services.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.live_bench import LiveBenchConfig
 from benchmarks.matrix import ResultsMatrix
+from benchmarks.reliability.config import ReliabilityConfig
 from benchmarks.runner import RunConfig
 from benchmarks.scale_bench import ScaleOutConfig
 from core.atomic import write_text_atomic
@@ -91,6 +94,7 @@ SYNTHETIC_ARGS = ModelArgs(SyntheticOptions, flags={"queries": Flag(help="querie
 REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synthetic": Flag(nargs=True)})
 LIVE_ARGS = ModelArgs(LiveBenchConfig)
 SCALE_OUT_ARGS = ModelArgs(ScaleOutConfig)
+RELIABILITY_ARGS = ModelArgs(ReliabilityConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scale-out", help="sharded and Ray builds, sharded search and writes over HTTP (Ray Serve "
                        "included) against one index, bytes per item by FAISS factory (JSON and Markdown)")
     SCALE_OUT_ARGS.add_to(p)
+    _add_resume(p, "this checkpoint and options")
+    p = sub.add_parser("reliability", help="generated and hostile input, load and overload, concurrency, access and "
+                       "kill -9 faults against real services on 127.0.0.1 (JSON and Markdown)")
+    RELIABILITY_ARGS.add_to(p)
+    p.add_argument("--only", default="", help="comma-separated parts to run (access, fuzz, hostile, load, "
+                   "concurrency, faults); default: all")
     _add_resume(p, "this checkpoint and options")
     return parser
 
@@ -182,6 +192,24 @@ def command_scale_out(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     config = SCALE_OUT_ARGS.build(args)
     return _written(config.out, run_scale_out(config, resume=args.resume), argv, render_scale_out)
+
+
+def command_reliability(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmarks.reliability.report import render_reliability
+    from benchmarks.reliability.run import PARTS, run_reliability
+    from indexer.ray_cluster import LoopbackNamespaceError, enter_loopback_namespace
+
+    try:  # every server and client of the run on loopback only, where this machine allows it (root)
+        enter_loopback_namespace()
+    except LoopbackNamespaceError as e:
+        _logger.warning("not in a loopback-only namespace (%s); all traffic still goes to 127.0.0.1", e)
+    config = RELIABILITY_ARGS.build(args)
+    only = tuple(p for p in args.only.split(",") if p)
+    unknown = set(only) - {part for part, _, _ in PARTS}
+    if unknown:
+        _logger.error("unknown parts: %s", ", ".join(sorted(unknown)))
+        return 2
+    return _written(config.out, run_reliability(config, resume=args.resume, only=only), argv, render_reliability)
 
 
 def render_outputs(report_path: Path) -> None:
@@ -293,19 +321,20 @@ def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
             "latency_one_thread": latency(synthetic, queries=options.queries, candidate_k=options.candidate_k)}
 
 
+# the commands that write a report of their own: (parsed flags, the command line) -> exit status
+REPORTING_COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
+    "run": command_run, "live": command_live, "scale-out": command_scale_out, "reliability": command_reliability}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        if args.command == "run":
-            return command_run(args, argv)
+        if args.command in REPORTING_COMMANDS:
+            return REPORTING_COMMANDS[args.command](args, argv)
         if args.command == "check":
             return command_check(args)
-        if args.command == "live":
-            return command_live(args, argv)
-        if args.command == "scale-out":
-            return command_scale_out(args, argv)
         if args.command == "render":
             render_outputs(Path(args.report))
             return 0

@@ -33,13 +33,14 @@ class Reply:
 
 
 class Server:
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 log_level: str = "warning") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self._log = log.open("a")  # appended: a restarted server's log follows the first one's
         self.process = subprocess.Popen([sys.executable, "-m", "service", *args, "--port", str(self.port),
-                                         "--host", "127.0.0.1", "--log-level", "warning"],
+                                         "--host", "127.0.0.1", "--log-level", log_level],
                                         cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.log_path = log
 
@@ -55,6 +56,14 @@ class Server:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Until /readyz answers 200: the index is loaded (its model too)."""
+        deadline = time.monotonic() + timeout
+        while self.request("GET", "/readyz").status != 200:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise TimeoutError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 60) -> Reply:
@@ -99,12 +108,14 @@ class Server:
 
 
 @contextmanager
-def serving(index: Path, log: Path, *, args: tuple[str, ...] = (),
-            env: dict[str, str] | None = None) -> Iterator[Server]:
-    """A started ``python -m service --index INDEX [ARGS]``, stopped on exit."""
-    running = Server(["--index", str(index), *args], log, env)
+def serving(index: Path, log: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+            log_level: str = "warning", ready: bool = False) -> Iterator[Server]:
+    """A started ``python -m service --index INDEX [ARGS]`` (``ready``: with its index loaded), stopped on exit."""
+    running = Server(["--index", str(index), *args], log, env, log_level)
     try:
         running.wait_started()
+        if ready:
+            running.wait_ready()
         yield running
     finally:
         running.stop()

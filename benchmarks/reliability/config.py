@@ -38,7 +38,7 @@ class ReliabilityConfig(BaseModel):
     build_folder: Path = Field(description="a folder of images (metadata.jsonl optional) the build-kill part indexes "
                                "again and again")
     checkpoint: Path = Field(description="the checkpoint the index was built from (the build-kill part builds with it)")
-    out: Path = Field(Path("docs/reliability"), description="where README.md and reliability.json go")
+    out: Path = Field(Path("docs/reliability"), description="where README.md and report.json go")
     work: Path = Field(Path("artifacts/reliability"), description="scratch space (index copies, logs, the corpora)")
     short: bool = Field(False, description="the short run (what the test suite runs), not the full one")
     seed: int = Field(0, description="seed of every random choice (kill points, generated input)")
