@@ -31,6 +31,7 @@ from service.http_protocol import protocol_with_header_timeout
 from service.images import QUERY_SIDE, decode_image
 from service.settings import ServiceSettings
 from tests.test_service_api import FakeEngine, _png
+from tests.test_service_api import collection as collection  # the API tests' collection root: a fixture
 
 KEY = "write-key"
 READ_KEY = "read-key"
@@ -57,15 +58,6 @@ class HeldEngine(FakeEngine):
         self.entered.release()
         assert self.gate.wait(30), "the test never released the engine"
         return super().search(query, params)
-
-
-@pytest.fixture()
-def root(tmp_path: Path) -> Path:
-    collection = tmp_path / "collection"
-    collection.mkdir()
-    (collection / "red.png").write_bytes(_png(color="red"))
-    (collection / "blue.png").write_bytes(_png(color="blue"))
-    return collection
 
 
 @dataclass
@@ -137,8 +129,8 @@ def _metric(running: Running, name: str) -> list[str]:
 # --- overload: bounded admission, shedding, dropped work ---------------------------------------------------------
 
 
-def test_past_the_admission_bound_requests_are_shed_with_503_and_retry_after(serve: Any, root: Path) -> None:
-    running = serve(HeldEngine(root), max_pending=2)
+def test_past_the_admission_bound_requests_are_shed_with_503_and_retry_after(serve: Any, collection: Path) -> None:
+    running = serve(HeldEngine(collection), max_pending=2)
     engine = cast(HeldEngine, running.engine)
     results: list[int] = []
     first = _search_in_thread(running, results)
@@ -158,8 +150,8 @@ def test_past_the_admission_bound_requests_are_shed_with_503_and_retry_after(ser
         'duet_shed_requests_total{reason="queue_full"} 1.0']
 
 
-def test_admitted_work_past_its_deadline_is_dropped_not_computed(serve: Any, root: Path) -> None:
-    running = serve(HeldEngine(root), queue_timeout_s=0.5)
+def test_admitted_work_past_its_deadline_is_dropped_not_computed(serve: Any, collection: Path) -> None:
+    running = serve(HeldEngine(collection), queue_timeout_s=0.5)
     engine = cast(HeldEngine, running.engine)
     results: list[int] = []
     first = _search_in_thread(running, results)
@@ -172,8 +164,8 @@ def test_admitted_work_past_its_deadline_is_dropped_not_computed(serve: Any, roo
     assert len(engine.searches) == 1  # only the first reached the engine's search
 
 
-def test_the_work_of_a_client_that_hung_up_is_not_computed(serve: Any, root: Path) -> None:
-    running = serve(HeldEngine(root))
+def test_the_work_of_a_client_that_hung_up_is_not_computed(serve: Any, collection: Path) -> None:
+    running = serve(HeldEngine(collection))
     engine = cast(HeldEngine, running.engine)
     results: list[int] = []
     first = _search_in_thread(running, results)
@@ -197,8 +189,8 @@ def test_the_work_of_a_client_that_hung_up_is_not_computed(serve: Any, root: Pat
 # --- connections: timeouts, errors that keep the connection usable ---------------------------------------------
 
 
-def test_a_connection_trickling_its_headers_is_closed(serve: Any, root: Path) -> None:
-    running = serve(FakeEngine(root), header_timeout_s=1.0)
+def test_a_connection_trickling_its_headers_is_closed(serve: Any, collection: Path) -> None:
+    running = serve(FakeEngine(collection), header_timeout_s=1.0)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
         slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: duet\r\n")
         started = time.monotonic()
@@ -206,8 +198,8 @@ def test_a_connection_trickling_its_headers_is_closed(serve: Any, root: Path) ->
         assert time.monotonic() - started < 5
 
 
-def test_a_stalled_body_gets_408(serve: Any, root: Path) -> None:
-    running = serve(FakeEngine(root), body_timeout_s=1.0)
+def test_a_stalled_body_gets_408(serve: Any, collection: Path) -> None:
+    running = serve(FakeEngine(collection), body_timeout_s=1.0)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
         slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: duet\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"text\": ")
@@ -217,8 +209,8 @@ def test_a_stalled_body_gets_408(serve: Any, root: Path) -> None:
 
 
 def test_an_unexpected_error_is_a_json_500_with_its_request_id_counted_on_a_usable_connection(
-        serve: Any, root: Path) -> None:
-    engine = FakeEngine(root)
+        serve: Any, collection: Path) -> None:
+    engine = FakeEngine(collection)
     engine.fail_with = RuntimeError("a bug")
     running = serve(engine)
     connection = running.connection()
@@ -235,8 +227,8 @@ def test_an_unexpected_error_is_a_json_500_with_its_request_id_counted_on_a_usab
     assert _metric(running, 'duet_http_requests_total{method="POST",route="/v1/search",status="500"}')
 
 
-def test_made_up_http_methods_share_one_metrics_series(serve: Any, root: Path) -> None:
-    running = serve(FakeEngine(root))
+def test_made_up_http_methods_share_one_metrics_series(serve: Any, collection: Path) -> None:
+    running = serve(FakeEngine(collection))
     for n in range(40):
         assert running.request(f"X{n}METHOD", "/v1/search")[0] == 405
     series = _metric(running, "duet_http_requests_total{")
@@ -245,7 +237,8 @@ def test_made_up_http_methods_share_one_metrics_series(serve: Any, root: Path) -
         'duet_http_requests_total{method="other",route="/v1/search",status="405"} 40.0']
 
 
-def test_query_images_are_decoded_off_the_event_loop(serve: Any, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_query_images_are_decoded_off_the_event_loop(serve: Any, collection: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import service.search_input as search_input
 
     threads: list[str] = []
@@ -255,7 +248,7 @@ def test_query_images_are_decoded_off_the_event_loop(serve: Any, root: Path, mon
         return decode_image(data, **limits)
 
     monkeypatch.setattr(search_input, "decode_image", recording)
-    running = serve(FakeEngine(root))
+    running = serve(FakeEngine(collection))
     import base64
 
     status, _, _ = running.request("POST", "/v1/search", {"image_base64": base64.b64encode(_png()).decode()})
@@ -266,8 +259,8 @@ def test_query_images_are_decoded_off_the_event_loop(serve: Any, root: Path, mon
 
 
 @pytest.fixture()
-def client(root: Path, tmp_path: Path) -> Iterator[TestClient]:
-    app = _app(FakeEngine(root), tmp_path, api_key=KEY, max_top_k=20)
+def client(collection: Path, tmp_path: Path) -> Iterator[TestClient]:
+    app = _app(FakeEngine(collection), tmp_path, api_key=KEY, max_top_k=20)
     with TestClient(app, raise_server_exceptions=False) as running:
         yield running
 
@@ -354,10 +347,10 @@ def test_cors_is_off_by_default(client: TestClient) -> None:
 # --- keyed reads ------------------------------------------------------------------------------------------------
 
 
-def test_reads_are_open_by_default_and_keyed_by_setting(root: Path, tmp_path: Path) -> None:
-    with TestClient(_app(FakeEngine(root), tmp_path), raise_server_exceptions=False) as open_reads:
+def test_reads_are_open_by_default_and_keyed_by_setting(collection: Path, tmp_path: Path) -> None:
+    with TestClient(_app(FakeEngine(collection), tmp_path), raise_server_exceptions=False) as open_reads:
         assert open_reads.post("/v1/search", json={"text": "red"}).status_code == 200
-    app = _app(FakeEngine(root), tmp_path, api_key=KEY, read_api_key=READ_KEY)
+    app = _app(FakeEngine(collection), tmp_path, api_key=KEY, read_api_key=READ_KEY)
     with TestClient(app, raise_server_exceptions=False) as keyed:
         for path, send in (("/v1/search", lambda h: keyed.post("/v1/search", json={"text": "red"}, headers=h)),
                            ("/v1/items", lambda h: keyed.get("/v1/items/red.png", headers=h)),
