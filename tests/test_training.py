@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.checkpoint import load_checkpoint
 from tests.conftest import TINY_MODEL
+from training import trainer
 from training.cli import main
 from training.config import build_config
 from training.presets import PRESETS
@@ -86,6 +89,48 @@ def test_resume_continues_an_interrupted_run(lit_base: tuple[Path, Path], synthe
     assert results["epochs_run"] == 3
     log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+
+
+def test_log_explains_the_selection_value_and_early_stopping(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real align run whose per-epoch validation reads a scripted (R@1, GP@10): under the floor, then best at
+    epoch 2, then two epochs without improvement stop it at 4 of 5."""
+    _, cache = lit_base
+    script = [(5.0, 0.30), (10.0, 0.50), (8.0, 0.60), (9.0, 0.45)]
+    real = trainer.evaluate_model
+
+    def scripted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        metrics = real(*args, **kwargs)
+        if script and kwargs.get("grounding") is not None:  # the epochs' validations come first, then finish()'s
+            recall, gp10 = script.pop(0)
+            metrics["dense"]["t2i"]["R@1"] = recall
+            metrics["readability"]["GP@10"] = gp10
+        return metrics
+
+    monkeypatch.setattr(trainer, "evaluate_model", scripted)
+    config = build_config(PRESETS["align"], overrides=[
+        f"data.dataset_dir={synthetic_dataset}", f"data.cache_root={cache}", "model.backbone.kind=open_clip",
+        f"model.backbone.model_name={TINY_MODEL}", "model.backbone.embed_dim=32", "optim.batch_size=32",
+        "optim.epochs=5", "patience=2", "selection_gp10_floor=0.4", "eval_batch_size=64"])
+    caplog.set_level(logging.INFO, logger="training.trainer")
+    results = train(config, tmp_path / "run")
+    assert not script and results["epochs_run"] == 4 and results["best_epoch"] == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.trainer"]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 4
+    # a negative value says it is the floor's penalty, a positive one which metric it is
+    assert "selection -70.00 (GP@10 0.300 under the floor 0.40: 100*GP@10-100; best -70.00 @ epoch 1)" in epochs[0]
+    assert "selection 10.00 (val dense t2i R@1, GP@10 0.500 meets the floor 0.40; best 10.00 @ epoch 2)" in epochs[1]
+    stops = [line for line in lines if line.startswith("early stopping")]
+    assert stops == ["early stopping at epoch 4/5: the selection value (val dense t2i R@1 at val GP@10 >= 0.40, "
+                     "else 100*GP@10-100) did not improve for 2 epochs; best 10.00 at epoch 2"]
+
+
+def test_without_a_floor_the_selection_value_is_named_as_the_recall() -> None:
+    metrics = {"sparse": {"t2i": {"R@1": 12.0}}, "readability": {"GP@10": 0.1}}
+    assert trainer.selection_explained(metrics, "sparse", None) == "val sparse t2i R@1"
+    assert trainer.selection_criterion("sparse", None) == "val sparse t2i R@1"
 
 
 def test_missing_dataset_is_a_clear_cli_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

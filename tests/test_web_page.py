@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -35,8 +37,6 @@ def browser() -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
-
-
 
 
 def test_search_page_shows_scored_results(browser, tiny_server: Server, synthetic_dataset: Path) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +78,7 @@ def test_search_page_shows_scored_results(browser, tiny_server: Server, syntheti
     browser.find_element(By.ID, "image").send_keys(str(upload))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit .caption")
                and "candidates" in d.find_element(By.ID, "status").text)
+    assert "q=" not in browser.current_url and "side=texts" in browser.current_url  # a file cannot be in a URL
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOTS / "web-page.png"))
 
@@ -86,6 +87,64 @@ def test_search_page_shows_scored_results(browser, tiny_server: Server, syntheti
     browser.execute_script("document.getElementById('text').value += 'yy'")
     browser.find_element(By.ID, "search").click()
     wait.until(lambda d: "Error" in d.find_element(By.ID, "status").text)
+
+
+def test_search_url_is_shareable_and_back_restores_it(browser, tiny_server: Server) -> None:  # type: ignore[no-untyped-def]
+    """A link with ?q= and the controls runs that search; each search is a history entry that back and forward
+    restore (controls and results); a hit's id element carries the full id."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    weights = tiny_server.request("GET", "/v1/indexes").json()["default_weights"]
+
+    def value(element_id: str) -> str:
+        return str(browser.find_element(By.ID, element_id).get_attribute("value"))
+
+    def shown(mode: str) -> list[str]:
+        """The hits' ids once the status reports a finished search in ``mode``."""
+        wait.until(lambda d: f"candidates · {mode} ·" in d.find_element(By.ID, "status").text)
+        return [str(hit.get_attribute("data-id")) for hit in browser.find_elements(By.CSS_SELECTOR, "#results .hit")]
+
+    first = "a red square on blue"
+    browser.get(tiny_server.base + "/?" + urlencode({"q": first, "side": "texts", "mode": "dense", "weight": "0.25"}))
+    first_ids = shown("dense")
+    assert [value(i) for i in ("text", "side", "mode", "weight")] == [first, "texts", "dense", "0.25"]
+    assert all("#" in hit for hit in first_ids)  # captions: the texts side
+    status = browser.find_element(By.ID, "status").text
+    assert f"w_dense {1.5 * weights['w_dense']:.3f}, w_sparse {0.5 * weights['w_sparse']:.3f}" in status  # slider
+    ids = browser.find_elements(By.CSS_SELECTOR, "#results .hit .id")
+    assert [e.get_attribute("title") for e in ids] == [e.text for e in ids] == first_ids
+
+    # A second search: new text, then mode back to its default (a change searches at once); the URL follows.
+    browser.find_element(By.ID, "text").clear()
+    browser.find_element(By.ID, "text").send_keys("a green dot")
+    Select(browser.find_element(By.ID, "mode")).select_by_visible_text("hybrid")
+    second_ids = shown("hybrid")
+    assert second_ids != first_ids  # else back could not be told from staying
+    assert "q=a+green+dot" in browser.current_url and "side=texts" in browser.current_url
+    assert "mode=" not in browser.current_url  # a default is left out
+
+    browser.back()
+    assert shown("dense") == first_ids
+    assert [value(i) for i in ("text", "side", "mode", "weight")] == [first, "texts", "dense", "0.25"]
+    browser.forward()
+    assert shown("hybrid") == second_ids and value("text") == "a green dot" and value("mode") == "hybrid"
+
+    # The tiny index's ids are short: render a long one to see it cut at the card's edge, whole in its title.
+    long_id = "img_" + "x" * 300
+    cut = browser.execute_script(
+        "const data = structuredClone(history.state.results); data.hits[0].id = arguments[0]; render(data);"
+        "const cards = document.querySelectorAll('#results .hit'), id = cards[0].querySelector('.id');"
+        "return [id.title, id.parentElement.scrollWidth > id.parentElement.clientWidth,"
+        "        cards[0].getBoundingClientRect().width === cards[1].getBoundingClientRect().width];", long_id)
+    assert cut == [long_id, True, True]
+
+    # Nothing a strict Content-Security-Policy would block: no inline handlers, javascript: URLs or eval.
+    assert not browser.execute_script(
+        "return [...document.querySelectorAll('*')].some(e => [...e.attributes].some(a => /^on/i.test(a.name)))")
+    assert not re.search(r"javascript:|\beval\(|new Function", browser.page_source)
 
 
 def test_api_docs_render_offline(browser, tiny_server: Server) -> None:  # type: ignore[no-untyped-def]

@@ -254,6 +254,25 @@ def selection_value(metrics: dict[str, Any], leg: str, gp10_floor: float | None)
     return recall if gp10 >= gp10_floor else 100.0 * gp10 - 100.0
 
 
+def selection_criterion(leg: str, gp10_floor: float | None) -> str:
+    """What the selection value measures, in words for the logs."""
+    metric = f"val {leg} t2i R@1"
+    if gp10_floor is None:
+        return metric
+    return f"{metric} at val GP@10 >= {gp10_floor:.2f}, else 100*GP@10-100"
+
+
+def selection_explained(metrics: dict[str, Any], leg: str, gp10_floor: float | None) -> str:
+    """Which branch of ``selection_value`` gave this epoch's value, so a negative value in the log is understood."""
+    metric = f"val {leg} t2i R@1"
+    if gp10_floor is None:
+        return metric
+    gp10 = float(metrics["readability"]["GP@10"])
+    if gp10 >= gp10_floor:
+        return f"{metric}, GP@10 {gp10:.3f} meets the floor {gp10_floor:.2f}"
+    return f"GP@10 {gp10:.3f} under the floor {gp10_floor:.2f}: 100*GP@10-100"
+
+
 def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
     with atomic_file(run_dir / STATE_FILE) as handle:
         torch.save(state, handle)
@@ -281,7 +300,8 @@ def _restored_loop(run: Path, model: DuetModel, optimizer: torch.optim.Optimizer
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     state: dict[str, Any] = saved["loop"]
-    _logger.info("resumed %s at epoch %d (best val %.2f)", run, state["epoch"], state["best"])
+    _logger.info("resumed %s at epoch %d (best selection value %.2f @ epoch %d)", run, state["epoch"], state["best"],
+                 state["best_epoch"])
     return state
 
 
@@ -307,9 +327,10 @@ def _close_epoch(config: TrainConfig, run: Path, ws: Workspace, model: DuetModel
               "selection": value, "improved": improved}
     with (run / METRICS_LOG).open("a") as log:
         log.write(json.dumps(record) + "\n")
-    _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f, selection %.2f (best %.2f @ %d), active terms q/d "
-                 "%.0f/%.0f, FLOPs %.2f, GP@10 %.3f", state["epoch"], seconds, leg, val[leg]["t2i"]["R@1"],
-                 value, state["best"], state["best_epoch"], val["sparsity"]["active_terms_query"],
+    _logger.info("epoch %d: %.1fs, val %s t2i R@1 %.2f, selection %.2f (%s; best %.2f @ epoch %d), active "
+                 "terms q/d %.0f/%.0f, FLOPs %.2f, GP@10 %.3f", state["epoch"], seconds, leg,
+                 val[leg]["t2i"]["R@1"], value, selection_explained(val, leg, config.selection_gp10_floor),
+                 state["best"], state["best_epoch"], val["sparsity"]["active_terms_query"],
                  val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
 
 
@@ -412,6 +433,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
                           "torch_rng": torch.get_rng_state()})
         epochs_this_call += 1
+    if state["bad_epochs"] >= config.patience and state["epoch"] < config.optim.epochs:
+        # the loop's condition ends training here: say so, or the last epoch's progress bar just stops
+        _logger.info("early stopping at epoch %d/%d: the selection value (%s) did not improve for %d %s; "
+                     "best %.2f at epoch %d", state["epoch"], config.optim.epochs,
+                     selection_criterion(config.selection_metric, config.selection_gp10_floor),
+                     state["bad_epochs"], "epoch" if state["bad_epochs"] == 1 else "epochs", state["best"],
+                     state["best_epoch"])
     return finish(config, run, ws, state, val_split=val_split, grounding=grounding)
 
 
