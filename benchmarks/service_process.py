@@ -100,6 +100,15 @@ class Server:
             self.process.wait(timeout=20)
         self._log.close()
 
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """The exit status once the process has ended (a drained stop: 0)."""
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
     def kill(self) -> None:
         """SIGKILL: no shutdown of any kind (what survives is what was on disk)."""
         os.kill(self.process.pid, signal.SIGKILL)

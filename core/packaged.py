@@ -8,7 +8,9 @@ The towers' projections to the shared space are the trainable "final layer"; LiT
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,28 @@ def packaged_clip_config(embed_dim: int, context_length: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' load of MiniLM prints a weight-loading bar and a "LOAD REPORT" table naming the checkpoint's
+    pooler weights as unexpected: they are (the tower mean-pools, and has no pooler), so neither tells anything."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_packaged_clip(embed_dim: int, context_length: int) -> torch.nn.Module:
     import open_clip
 
     cfg = packaged_clip_config(embed_dim, context_length)
-    model = open_clip.CustomTextCLIP(**cfg)
+    with _quiet_transformers():
+        model = open_clip.CustomTextCLIP(**cfg)
     load_efficientnet_trunk(model.visual.trunk, efficientnet_weights_path())
     return model

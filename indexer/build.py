@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.atomic import versioned_directory
 from core.backbone import Backbone
+from core.cancel import Cancellation
 from core.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from core.checkpoint import WEIGHTS, sha256_file
 from core.data import DatasetError, dataset_dir_setting
@@ -221,13 +222,19 @@ def write_dense_leg(side_dir: Path, dense: np.ndarray, factory: str) -> None:
     faiss.write_index(_build_faiss(dense, factory), str(side_dir / "dense.faiss"))
 
 
-def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, threads: int) -> tuple[int, float]:
+def _check(cancel: Cancellation | None) -> None:
+    if cancel is not None:
+        cancel.check()
+
+
+def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, threads: int,
+                     cancel: Cancellation | None = None) -> tuple[int, float]:
     """The Lucene impact index of ``sparse``; return its document count and the seconds its input took to write."""
     collection_dir = side_dir.parent / f"_collection_{side_dir.name}"
     started = time.perf_counter()
     docs = write_json_vector_collection(collection_dir, sparse, scale)
     collection_seconds = time.perf_counter() - started
-    build_impact_index(collection_dir, side_dir / "lucene", threads=threads)
+    build_impact_index(collection_dir, side_dir / "lucene", threads=threads, cancel=cancel)
     shutil.rmtree(collection_dir)
     searcher = ImpactSearcher(side_dir / "lucene", scale)
     try:  # checked before publication: a version whose Lucene index lost rows must never go live
@@ -240,17 +247,21 @@ def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, thread
 
 
 def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat", sparse_scale: float = 100.0,
-               threads: int = 2, dense_store: DenseStore = "float32") -> WrittenSide:
-    """Every leg of one side: the forward store, the FAISS index and the Lucene impact index."""
+               threads: int = 2, dense_store: DenseStore = "float32",
+               cancel: Cancellation | None = None) -> WrittenSide:
+    """Every leg of one side: the forward store, the FAISS index and the Lucene impact index (``cancel`` is
+    checked between them, and stops the Lucene indexer)."""
     items, encoded = side.items, side.encoded
     timings: dict[str, float] = {}
     write_side_store(side_dir, items, encoded, order=side.order, dense_store=dense_store)
+    _check(cancel)
     started = time.perf_counter()
     write_dense_leg(side_dir, encoded.dense, faiss_factory)
     timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
+    _check(cancel)
     started = time.perf_counter()
     docs, timings[f"{side_dir.name}_sparse_collection_seconds"] = write_sparse_leg(
-        side_dir, encoded.sparse, scale=sparse_scale, threads=threads)
+        side_dir, encoded.sparse, scale=sparse_scale, threads=threads, cancel=cancel)
     timings[f"{side_dir.name}_sparse_seconds"] = time.perf_counter() - started
     sparse_store = sum((side_dir / f"sparse.{n}.npy").stat().st_size for n in ("indptr", "indices", "values"))
     manifest = SideManifest(
@@ -316,13 +327,14 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
                   sides: Mapping[str, EncodedSide | tuple[list[dict[str, Any]], EncodedItems]],
                   collection: Mapping[str, Any], *, timings: Mapping[str, float] | None = None,
                   started: float | None = None, wal_seq: int = 0,
-                  keep_at_top: tuple[str, ...] = ()) -> IndexManifest:
+                  keep_at_top: tuple[str, ...] = (), cancel: Cancellation | None = None) -> IndexManifest:
     """Write encoded sides (items + vectors) as a new version of ``config.output``, bound to ``encoder``'s
     checkpoint (copied in), and make it the live one.
 
     Also used by the benchmarks to index synthetic vectors in the model's space, and by a live collection's
     compaction (``wal_seq``: the last write-ahead-log record the version includes; ``keep_at_top``: the
-    collection's own entries beside the versions).
+    collection's own entries beside the versions; ``cancel``: checked between steps until the version is published,
+    a cancelled one is discarded).
     """
     timings = dict(timings or {})
     started = time.perf_counter() if started is None else started
@@ -330,7 +342,7 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
     source = config.checkpoint  # the encoder's own weights, checked by hash when copied
     try:
         manifest = _publish_version(config, encoder, sides, collection, timings, started, wal_seq, keep_at_top,
-                                    Path(source))
+                                    Path(source), cancel)
     except OSError as e:  # a full disk, most often: the staged version is gone, the live one untouched
         free = shutil.disk_usage(config.output).free // 2**20 if config.output.exists() else 0
         raise IndexUnavailableError(f"cannot write the new version of {config.output}: {e} (disk space left "
@@ -342,14 +354,14 @@ def publish_index(config: IndexBuildConfig, encoder: DuetEncoder,
 def _publish_version(config: IndexBuildConfig, encoder: DuetEncoder,
                      sides: Mapping[str, EncodedSide | tuple[list[dict[str, Any]], EncodedItems]],
                      collection: Mapping[str, Any], timings: dict[str, float], started: float, wal_seq: int,
-                     keep_at_top: tuple[str, ...], source: Path) -> IndexManifest:
+                     keep_at_top: tuple[str, ...], source: Path, cancel: Cancellation | None) -> IndexManifest:
     """``publish_index``'s writing: the sides, the checkpoint and the manifest into a new version, published."""
     with versioned_directory(config.output, keep_previous=config.keep_previous, keep_at_top=keep_at_top) as contents:
         side_manifests = {}
         for name, side in sides.items():
             written = write_side(contents / name, side if isinstance(side, EncodedSide) else EncodedSide(*side),
                                  faiss_factory=config.faiss_factory, sparse_scale=config.sparse_scale,
-                                 threads=config.threads, dense_store=config.dense_store)
+                                 threads=config.threads, dense_store=config.dense_store, cancel=cancel)
             side_manifests[name] = written.manifest
             timings.update(written.timings)
         binding = copy_checkpoint(encoder, source, contents)
@@ -357,6 +369,7 @@ def _publish_version(config: IndexBuildConfig, encoder: DuetEncoder,
         manifest = make_manifest(config=config, encoder=encoder, binding=binding, sides=side_manifests,
                                  collection=collection, timings=timings).model_copy(update={"wal_seq": wal_seq})
         (contents / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        _check(cancel)  # the last moment: past it, the version is published
     return manifest
 
 

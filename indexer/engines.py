@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from core.cancel import Cancellation
 from indexer.live import CompactionResult, WriteResult
 from indexer.query import Query
 from indexer.search import SearchParams, SearchResult
@@ -60,6 +61,6 @@ class WritableCollection(Protocol):
 
     def delete(self, item_id: str) -> WriteResult: ...
 
-    def compact(self) -> CompactionResult: ...
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult: ...
 
     def close(self) -> None: ...

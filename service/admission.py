@@ -1,8 +1,9 @@
 """Admission: how many requests may hold engine work at once, and what happens to the rest.
 
-A request that needs the engine (a search, an item read, a write) takes a ticket before it reads its body or
-decodes an image, so a burst cannot hold more than ``max_pending`` bodies and decoded images in memory. Past the
-bound it is refused at once with 503 and Retry-After (load shed, not queued without bound). An admitted request
+A request that needs the engine (a search, an item read, a write) takes a ticket once its body has arrived (bodies
+in flight are bounded apart, by bytes: service/body_intake.py) and before it decodes an image, so a burst cannot hold
+more than ``max_pending`` decoded images in memory, and a client trickling a body holds no ticket. Past the bound it
+is refused at once with 503 and Retry-After (load shed, not queued without bound). An admitted request
 that waited past its deadline, or whose client hung up, is dropped before the engine computes it: under overload
 the engine only does work someone will read.
 """

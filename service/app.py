@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service.body_limit import BodyLimitMiddleware
+from service.body_intake import BodyIntakeMiddleware, BodyPolicy
 from service.errors import install_error_handlers
 from service.lifespan import EngineLoader, engine_lifespan, load_engine
+from service.openapi import install_openapi
 from service.request_context import RequestContextMiddleware
 from service.routes import ROUTERS
 from service.settings import ServiceSettings
@@ -28,10 +29,11 @@ def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_
     app.router.redirect_slashes = False
     state = ServiceState(settings)
     app.state.service = state
-    # the last added is outermost: each request gets its id before the body limit can refuse it
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    # the last added is outermost: each request gets its id (or a draining service's 503) before its body is read
+    app.add_middleware(BodyIntakeMiddleware, policy=BodyPolicy.of(settings), metrics=state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, drain=state.drain)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app, settings)
     return app

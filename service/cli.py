@@ -47,12 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except IndexUnavailableError as e:  # no cluster named, not a sharded collection, Serve held elsewhere
             _logger.error("%s", e)
             return 2
-    import uvicorn
-
     from service.app import create_app
-    from service.http_protocol import protocol_with_header_timeout
+    from service.server import serve
 
-    # access_log off: the app logs each request itself, with its request id (service/request_context.py)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
-                http=protocol_with_header_timeout(settings.header_timeout_s), access_log=False)
+    serve(create_app(settings), log_level=args.log_level)
     return 0

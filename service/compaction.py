@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import UTC, datetime
 from typing import Any
 
+from core.cancel import Cancellation, Cancelled
 from indexer.engines import WritableCollection
 from indexer.live import CompactionResult
 from service.metrics import Metrics
@@ -41,6 +43,9 @@ class Compactor:
         self._last_finished: str | None = None
         self._reason: str | None = None
         self._failed_at: float | None = None  # time.monotonic() of the last failure, while it is the last outcome
+        self._cancel = Cancellation()  # the running compaction's (a new one each start)
+        self._future: Future[None] | None = None
+        self._refusing = False  # the service is stopping: no compaction starts any more
 
     @property
     def running(self) -> bool:
@@ -50,35 +55,39 @@ class Compactor:
         """Start a compaction unless one is running (or, for an automatic one, the last failed lately); whether
         this call started one."""
         with self._lock:
-            if self._running_since is not None:
+            if self._running_since is not None or self._refusing:
                 return False
             if automatic and self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_S:
                 return False
             self._running_since, self._reason = _now(), "threshold" if automatic else "request"
-        try:
-            self._executor.submit(self._run, live)
-        except RuntimeError:  # shutting down: no new work
-            with self._lock:
+            self._cancel = Cancellation()
+            try:
+                self._future = self._executor.submit(self._run, live, self._cancel)
+            except RuntimeError:  # shut down: no new work
                 self._running_since = None
-            return False
+                return False
         return True
 
-    def _run(self, live: WritableCollection) -> None:
+    def _run(self, live: WritableCollection, cancel: Cancellation) -> None:
         started = time.perf_counter()
         result: CompactionResult | None = None
         error: str | None = None
+        outcome = "ok"
         try:
-            result = live.compact()
+            result = live.compact(cancel=cancel)
             _logger.info("compaction done: %s", result.to_json())
+        except Cancelled as e:  # nothing was published; the writes stay in the log for the next one
+            error, outcome = f"rolled back: {e}", "rolled_back"
+            _logger.warning("compaction %s", error)
         except Exception as e:  # reported by GET /v1/collection and the metrics; the writes stay in the log
-            error = f"{type(e).__name__}: {e}"
+            error, outcome = f"{type(e).__name__}: {e}", "error"
             _logger.exception("compaction failed")
-        self._metrics.observe_compaction("ok" if error is None else "error", time.perf_counter() - started)
+        self._metrics.observe_compaction(outcome, time.perf_counter() - started)
         with self._lock:
             if result is not None:
                 self._last = result
             self._last_error = error
-            self._failed_at = None if error is None else time.monotonic()
+            self._failed_at = None if outcome != "error" else time.monotonic()
             self._last_finished = _now()
             self._running_since = None
 
@@ -89,6 +98,21 @@ class Compactor:
                     "last_result": self._last.to_json() if self._last is not None else None,
                     "last_error": self._last_error}
 
-    def shutdown(self) -> None:
-        """Wait for a running compaction to finish (it cannot be cut short), then stop the thread."""
+    def refuse_new(self) -> None:
+        """From now on no compaction starts (the service is stopping); a running one goes on."""
+        with self._lock:
+            self._refusing = True
+
+    def shutdown(self, finish_within_s: float) -> None:
+        """Let a running compaction finish within ``finish_within_s``; past it, roll it back (it stops at its next
+        step, its Lucene indexer killed, and publishes nothing); then stop the thread."""
+        self.refuse_new()
+        with self._lock:
+            future, cancel = self._future, self._cancel
+        if future is not None and not future.done():
+            try:
+                future.result(timeout=finish_within_s)
+            except FutureTimeoutError:
+                _logger.warning("the compaction did not finish within the drain timeout: rolling it back")
+                cancel.cancel("the service stopped before it finished")
         self._executor.shutdown(wait=True)

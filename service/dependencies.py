@@ -38,8 +38,8 @@ def get_off_loop(request: Request) -> OffLoop:
 
 
 async def admitted(request: Request) -> AsyncIterator[Ticket]:
-    """The request's admission ticket, taken before its body is read; 503 with Retry-After past the bound. Held
-    until the response is sent."""
+    """The request's admission ticket, taken once its body has arrived (service/body_intake.py) and before it is
+    decoded; 503 with Retry-After past the bound. Held until the response is sent."""
     async with state_of(request.app).admission.ticket(request) as ticket:
         yield ticket
 

@@ -12,9 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from indexer.sharded import ShardUnavailableError
 from service.request_context import request_id_of
+
+
+HTTP_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")  # the ones this API's routes may take
 
 
 class ErrorDetail(BaseModel):
@@ -35,7 +39,7 @@ ERROR_MEANINGS = {
     403: "The API key is not valid, or the route is disabled on this server.",
     404: "No such item, image or route (an item id with a line break matches no route).",
     408: "The request body did not arrive in time.",
-    409: "Conflict with work in progress (a compaction is running).",
+    409: "Conflict: a compaction is running, or the item id is taken by an item this write cannot replace.",
     413: "The body or the image is too large.",
     415: "Unsupported content type or image format.",
     422: "The request is well formed but not valid: a field's type or range, a missing query, a rejected write.",
@@ -87,7 +91,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _reply(request, exc.status_code, code, str(exc.detail))
+    message, headers = str(exc.detail), dict(exc.headers or {})
+    if exc.status_code == 405:
+        # every route of this path, not only the first one the router tried (which alone Starlette's Allow names)
+        headers["Allow"] = ", ".join(allowed_methods(request))
+        message = f"{request.method} is not allowed on this path; allowed: {headers['Allow']}"
+    return _reply(request, exc.status_code, code, message, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of this path takes, as the router itself matches them."""
+    routes = request.app.router.routes
+    return [method for method in sorted(HTTP_METHODS) if any(
+        route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 async def _shard_unavailable(request: Request, exc: ShardUnavailableError) -> JSONResponse:

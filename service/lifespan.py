@@ -1,5 +1,6 @@
 """The live collection's life in the app: opened on the worker thread at startup (which replays its write-ahead
-log), closed there at shutdown once a running compaction has finished."""
+log), closed there at shutdown once a running compaction has finished, or has been rolled back when it could not
+finish within the drain timeout (service/server.py)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def engine_lifespan(loader: EngineLoader) -> Callable[[FastAPI], AbstractAsyncCo
             slot.not_ready = f"{type(e).__name__}: {e}"
             _logger.error("index not loaded: %s", slot.not_ready)
         yield
-        await asyncio.to_thread(state.compactor.shutdown)  # waits for a running compaction without blocking the loop
+        # waits for a running compaction (rolled back past the drain's time) without blocking the loop
+        await asyncio.to_thread(state.compactor.shutdown, state.drain.remaining_s())
         if slot.live is not None:
             await state.worker.run(slot.live.close)
         state.worker.shutdown()

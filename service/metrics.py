@@ -37,11 +37,12 @@ class Metrics:
         self._writes = Counter("duet_writes", "Write requests by operation (upsert, delete) and outcome "
                                "(ok, rejected, not_found, error).", ("op", "outcome"), registry=self.registry)
         self._shed = Counter("duet_shed_requests", "Requests refused or dropped under load, by reason (queue_full, "
-                             "deadline, client_gone).", ("reason",), registry=self.registry)
+                             "deadline, client_gone; bodies: body_budget, body_stalled, body_deadline, body_too_slow).",
+                             ("reason",), registry=self.registry)
         self._pending = Gauge("duet_pending_requests", "Admitted requests holding engine work (waiting or running).",
                               registry=self.registry)
-        self._compactions = Counter("duet_compactions", "Compactions by outcome (ok, error).", ("outcome",),
-                                    registry=self.registry)
+        self._compactions = Counter("duet_compactions", "Compactions by outcome (ok, error, rolled_back: the "
+                                    "service stopped first).", ("outcome",), registry=self.registry)
         self._compaction_seconds = Histogram("duet_compaction_seconds", "Compaction duration.",
                                              buckets=COMPACTION_BUCKETS, registry=self.registry)
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from core.cancel import Cancellation
 from indexer.live import CompactionResult, WriteResult
 from indexer.query import Query
 from indexer.search import SearchParams
@@ -122,7 +123,11 @@ class RayShard:
     def needs_compaction(self) -> bool:
         return bool(self._call(self.writer, "needs_compaction"))
 
-    def compact(self) -> CompactionResult:
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
+        # a started compaction runs in the shard's writer replica, out of reach of ``cancel``: it is only not
+        # started once cancelled
+        if cancel is not None:
+            cancel.check()
         return self._call(self.writer, "compact", timeout_s=24 * 3600.0, attempts=1)
 
     def close(self) -> None:

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from indexer.item_rules import ITEM_ID_PATTERN, MAX_ID_CHARS, TEXT_PATTERN
 from indexer.search import SearchParams
+
+# What the schemas say beyond the types, for clients and generated-input tests; the route code enforces each (with
+# its own error codes), and service/openapi.py adds the limits that are settings.
+TEXT_RULES: dict[str, JsonValue] = {"minLength": 1, "pattern": TEXT_PATTERN}
+IMAGE_BASE64: dict[str, JsonValue] = {"contentEncoding": "base64", "contentMediaType": "image/*"}
+
+# exactly one of a text and an image (a field absent and a field null are the same)
+_TEXT: dict[str, JsonValue] = {"required": ["text"], "properties": {"text": {"type": "string"}}}
+_IMAGE: dict[str, JsonValue] = {"required": ["image_base64"], "properties": {"image_base64": {"type": "string"}}}
+ONE_QUERY: list[JsonValue] = [{**_TEXT, "not": _IMAGE}, {**_IMAGE, "not": _TEXT}]
+# the same, and a text item has no captions
+ONE_ITEM: list[JsonValue] = [{"required": ["text"], "properties": {"text": {"type": "string"}, "captions": {
+    "maxItems": 0}}, "not": _IMAGE}, {**_IMAGE, "not": _TEXT}]
 
 
 class SearchRequest(SearchParams):
     """A text or an image (base64) query with the search options; as JSON, or as multipart form fields beside an
     image file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False,
+                              json_schema_extra={"oneOf": ONE_QUERY})
 
-    text: str | None = Field(None, description="Text query (1 to 1,000 characters).")
-    image_base64: str | None = Field(None, description="Image query, base64-encoded bytes (JPEG, PNG, WEBP, ...).")
+    text: str | None = Field(None, description="Text query (1 to 1,000 characters, not all whitespace).",
+                             json_schema_extra=TEXT_RULES)
+    image_base64: str | None = Field(None, description="Image query, base64-encoded bytes (JPEG, PNG, WEBP, GIF, "
+                                     "BMP).", json_schema_extra=IMAGE_BASE64)
 
     def params(self) -> SearchParams:
         """The search options alone."""
@@ -86,16 +103,21 @@ class ItemBody(BaseModel):
     """An item to write: a text (the texts side), or an image (the images side) with its captions (the texts side,
     ids ``<image id>#<n>``); as JSON, or as multipart form fields beside an ``image`` file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": ONE_ITEM})
 
-    id: str | None = Field(None, description="The item's id (no '#'); default: a hash of its content. An item with "
-                           "this id is replaced, an image's captions with it. PUT takes it from the path.")
-    text: str | None = Field(None, description="A text item (1 to 1,000 characters).")
-    image_base64: str | None = Field(None, description="An image item, base64-encoded file bytes (JPEG, PNG, ...).")
+    id: str | None = Field(None, description="The item's id: no '#', no control character, no whitespace at either "
+                           "end, not ending in /image; default: a hash of its content. An item with this id is "
+                           "replaced, an image's captions with it. PUT takes it from the path.",
+                           json_schema_extra={"minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": ITEM_ID_PATTERN})
+    text: str | None = Field(None, description="A text item (1 to 1,000 characters, not all whitespace).",
+                             json_schema_extra=TEXT_RULES)
+    image_base64: str | None = Field(None, description="An image item, base64-encoded file bytes (JPEG, PNG, WEBP, "
+                                     "GIF, BMP).", json_schema_extra=IMAGE_BASE64)
     captions: list[str] = Field(default_factory=list, description="An image's captions (multipart: repeated "
-                                "'captions' fields, or one holding a JSON list).")
+                                "'captions' parts, or parts sent as application/json, each a JSON list).",
+                                json_schema_extra={"items": {"type": "string", **TEXT_RULES}})
     metadata: dict[str, Any] | None = Field(None, description="Kept with the item and returned with it (multipart: "
-                                            "a JSON object as a string).")
+                                            "a part holding a JSON object).")
 
     @model_validator(mode="after")
     def _one_item(self) -> ItemBody:

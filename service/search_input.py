@@ -13,11 +13,13 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from indexer.item_rules import has_content, trimmed
 from service.errors import ApiError, validation_message
 from service.images import QUERY_SIDE, decode_image
 from service.request_body import (
     JSON,
     MULTIPART,
+    integral_floats_as_ints,
     media_type_of,
     read_form,
     read_json_object,
@@ -61,7 +63,7 @@ async def read_search_request(request: Request) -> tuple[SearchRequest, bytes | 
     else:
         raise unsupported_media_type(media_type)
     try:  # strict: true is not 1, "yes" is not true (the form's fields arrive typed, see typed_form_fields)
-        search = SearchRequest.model_validate(payload, strict=True)
+        search = SearchRequest.model_validate(integral_floats_as_ints(SearchRequest, payload), strict=True)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", validation_message(e)) from e
     return search, image_bytes
@@ -75,12 +77,12 @@ def check_limits(search: SearchRequest, settings: ServiceSettings) -> None:
         if value > limit:
             raise ApiError(422, "invalid_request", f"{name} must be at most {limit} (got {value})")
     if search.text is not None:
-        text = search.text.strip()
-        if not text:
-            raise ApiError(422, "empty_text", "the text query is empty")
+        text = search.text
         if len(text) > settings.max_text_chars:
             raise ApiError(422, "text_too_long",
                            f"the text query has {len(text)} characters; the limit is {settings.max_text_chars}")
+        if not has_content(text):
+            raise ApiError(422, "empty_text", "the text query is empty")
 
 
 def base64_bytes(text: str) -> bytes:
@@ -95,7 +97,7 @@ def query_of(search: SearchRequest, image_bytes: bytes | None,
              settings: ServiceSettings) -> tuple[str | Image.Image, float]:
     """The query, a stripped text or a decoded image, and the milliseconds decoding the image took."""
     if search.text is not None:
-        return search.text.strip(), 0.0
+        return trimmed(search.text), 0.0
     if image_bytes is None:
         image_bytes = base64_bytes(search.image_base64 or "")
     started = time.perf_counter()

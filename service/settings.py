@@ -40,13 +40,25 @@ class ServiceSettings(BaseSettings):
     max_candidate_k: int = Field(5000, gt=0)
     max_captions: int = Field(32, gt=0, description="Most captions one image write may carry.")
     max_pending: int = Field(16, gt=0, le=10_000, description="Requests that may hold engine work at once (waiting "
-                             "or running); more get 503 with Retry-After before their body is read.")
+                             "or running); more get 503 with Retry-After, before anything decodes their body.")
     queue_timeout_s: float = Field(5.0, gt=0, le=600, description="How long an admitted request may wait for the "
                                    "engine; past it, it is dropped with 503 rather than computed for no one.")
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection that has not sent a request's "
                                     "complete headers within this long is closed.")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait for the next part of a request "
                                   "body; past it, 408.")
+    body_deadline_s: float = Field(60.0, gt=0, le=3600, description="Longest time a whole request body may take to "
+                                   "arrive; past it, 408.")
+    min_body_rate: int = Field(8192, ge=0, description="Slowest mean rate, in bytes per second, a request body may "
+                               "arrive at once its first body_rate_grace_s have passed; slower: 408 (0: no minimum).")
+    body_rate_grace_s: float = Field(5.0, ge=0, le=3600, description="How long a body may arrive at any rate before "
+                                     "min_body_rate applies.")
+    max_buffered_body_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Bytes of request bodies held at once "
+                                         "while they arrive (each counted at its Content-Length); past it, 503 with "
+                                         "Retry-After.")
+    drain_timeout_s: float = Field(25.0, gt=0, le=3600, description="On SIGTERM or SIGINT: how long requests in "
+                                   "progress and a running compaction may take to finish (new requests get 503 "
+                                   "meanwhile); past it, a compaction is rolled back and the process exits.")
     auto_compact_ratio: float = Field(0.1, ge=0, description="Compact in the background once the items written and "
                                       "deleted since the last compaction reach this fraction of the published "
                                       "ones; 0: only on request.")

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from indexer.engines import ReadEngine, WritableCollection
 from service.admission import Admission
 from service.compaction import Compactor
+from service.drain import Drain
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 
@@ -78,8 +79,10 @@ class ServiceState:
     slot: EngineSlot = field(default_factory=EngineSlot)
     compactor: Compactor = field(init=False)
     admission: Admission = field(init=False)
+    drain: Drain = field(init=False)
 
     def __post_init__(self) -> None:  # frozen: set once, here
+        object.__setattr__(self, "drain", Drain(self.settings.drain_timeout_s))
         object.__setattr__(self, "compactor", Compactor(self.metrics))
         object.__setattr__(self, "admission", Admission(self.settings.max_pending, self.settings.queue_timeout_s,
                                                         self.metrics))

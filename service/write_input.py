@@ -10,11 +10,13 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from indexer.item_rules import has_content, item_id_problem, trimmed
 from service.errors import ApiError, validation_message
 from service.images import decode_image
 from service.request_body import (
     JSON,
     MULTIPART,
+    JsonField,
     media_type_of,
     parse_json,
     read_form,
@@ -26,9 +28,7 @@ from service.search_input import base64_bytes
 from service.settings import ServiceSettings
 from service.state import OffLoop
 
-MAX_ID_CHARS = 512
 MAX_METADATA_DEPTH = 32  # deeper JSON is refused here, before it is logged, copied and serialised again
-IMAGE_ROUTE = "/image"  # GET /v1/items/{id}/image: an id ending so would be read as its image's route
 SINGLE_FIELDS = ("id", "text", "metadata")
 
 
@@ -44,30 +44,25 @@ class ItemWrite:
 
 
 def check_item_id(item_id: str) -> None:
-    problem = None
-    if not item_id or len(item_id) > MAX_ID_CHARS:
-        problem = f"must have 1 to {MAX_ID_CHARS} characters"
-    elif not item_id.isprintable() or item_id != item_id.strip():
-        problem = "must be printable, without leading or trailing spaces"
-    elif "#" in item_id:
-        problem = "must not contain '#' (caption ids are '<image id>#<n>')"
-    elif item_id.endswith(IMAGE_ROUTE):
-        problem = f"must not end with {IMAGE_ROUTE!r} (that is the route of an item's image)"
+    problem = item_id_problem(item_id)
     if problem is not None:
         raise ApiError(422, "invalid_id", f"the item id {problem}")
 
 
 def _captions_of(values: list[str]) -> list[str]:
-    """Repeated ``captions`` fields, or one holding a JSON list (a caption that only looks like one stays text)."""
-    if len(values) == 1 and values[0].lstrip().startswith("["):
-        try:
-            listed = parse_json(values[0].encode("utf-8"), "captions")
-        except ApiError:
-            return values
+    """Repeated ``captions`` fields, each a caption as it is, or fields sent as JSON (the part's Content-Type is
+    application/json), each a list of captions. Only the part's type makes a list: a caption that merely looks like
+    JSON stays a caption."""
+    captions: list[str] = []
+    for value in values:
+        if not isinstance(value, JsonField):
+            captions.append(value)
+            continue
+        listed = parse_json(value.encode("utf-8"), "captions")
         if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
-            raise ApiError(422, "invalid_request", "captions: a JSON list of captions must hold strings only")
-        return listed
-    return values
+            raise ApiError(422, "invalid_request", "captions: a JSON part must hold a list of strings")
+        captions.extend(listed)
+    return captions
 
 
 def _metadata_of(value: str) -> Any:
@@ -141,12 +136,11 @@ async def _body(request: Request, settings: ServiceSettings) -> tuple[ItemBody, 
 
 
 def _text(text: str, what: str, limit: int) -> str:
-    stripped = text.strip()
-    if not stripped:
+    if len(text) > limit:
+        raise ApiError(422, "text_too_long", f"{what} has {len(text)} characters; the limit is {limit}")
+    if not has_content(text):
         raise ApiError(422, "empty_text", f"{what} is empty")
-    if len(stripped) > limit:
-        raise ApiError(422, "text_too_long", f"{what} has {len(stripped)} characters; the limit is {limit}")
-    return stripped
+    return trimmed(text)
 
 
 async def read_item_write(request: Request, settings: ServiceSettings, off_loop: OffLoop) -> ItemWrite:

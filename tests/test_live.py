@@ -23,11 +23,11 @@ from indexer.live import (
     CollectionLockedError,
     ItemNotFoundError,
     LiveCollection,
-    WriteRejectedError,
     read_log,
 )
 from indexer.query import Query
 from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.writes import WriteRejectedError
 from tests.conftest import noise_png as png
 
 pytestmark = pytest.mark.java  # every test opens a Lucene index

@@ -109,3 +109,9 @@ def test_healthz_answers_while_a_big_image_decodes(hostile: PartResult) -> None:
 def test_what_the_hostile_writes_leave_behind_still_loads(hostile: PartResult) -> None:
     assert hostile.figures["aftermath"]["reloads"], findings(hostile, "aftermath")
     assert (Path(hostile.figures["corpus"]) / "manifest.json").is_file()
+
+
+def test_schemathesis_with_every_check_finds_nothing(fuzz: PartResult) -> None:
+    runner = fuzz.figures["all_checks"]
+    assert goal(fuzz, "schemathesis --checks all").met, runner
+    assert set(runner["phases"].values()) <= {"success", "skip"} and runner["test_cases"]["generated"] > 100

@@ -27,7 +27,7 @@ from benchmarks.http_bench import free_port
 from indexer.search import Query, SearchEngine, SearchParams, SearchResult
 from service.app import create_app
 from service.dependencies import get_engine
-from service.http_protocol import protocol_with_header_timeout
+from service.http_protocol import service_http_protocol
 from service.images import QUERY_SIDE, decode_image
 from service.settings import ServiceSettings
 from tests.test_service_api import FakeEngine, _png
@@ -90,7 +90,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         port = free_port()
         config = uvicorn.Config(_app(engine, tmp_path, header_timeout_s=header_timeout, **limits), host="127.0.0.1",
                                 port=port, log_level="warning", access_log=False,
-                                http=protocol_with_header_timeout(header_timeout))
+                                http=service_http_protocol(header_timeout))
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -286,11 +286,16 @@ def test_input_that_once_gave_500_is_a_400(client: TestClient, raw: bytes, code:
 
 
 @pytest.mark.parametrize("payload", [{"text": "red", "top_k": True}, {"text": "red", "explain": "yes"},
-                                     {"text": "red", "top_k": "5"}, {"text": "red", "top_k": 5.0},
+                                     {"text": "red", "top_k": "5"}, {"text": "red", "top_k": 5.5},
                                      {"text": "red", "explain": 1}, {"text": 5}])
 def test_json_fields_are_not_coerced(client: TestClient, payload: dict[str, Any]) -> None:
     status, body = _post(client, json.dumps(payload).encode())
     assert (status, body["error"]["code"]) == (422, "invalid_request")
+
+
+def test_a_whole_float_is_an_integer_as_json_schema_has_it(client: TestClient) -> None:
+    reply = client.post("/v1/search", json={"text": "red", "top_k": 5.0, "offset": 0.0})
+    assert reply.status_code == 200 and reply.json()["top_k"] == 5
 
 
 def test_multipart_fields_are_typed_strictly(client: TestClient) -> None:

@@ -20,14 +20,15 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
 
+from core.cancel import Cancellation
 from indexer.live import (
     CollectionLockedError,
     CompactionResult,
     ItemNotFoundError,
     LiveCollection,
-    WriteRejectedError,
     WriteResult,
 )
+from indexer.writes import WriteRejectedError
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.test_service_api import BODY_LIMIT, PIXEL_LIMIT, FakeEngine, _error, _noise_png, _png, _tiff
@@ -138,7 +139,9 @@ class FakeLive:
         self._called("needs_compaction")
         return self.due
 
-    def compact(self) -> CompactionResult:
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
+        if cancel is not None:
+            cancel.check()
         self._called("compact")
         self.compacting += 1
         self.most_at_once = max(self.most_at_once, self.compacting)
@@ -331,13 +334,14 @@ def test_an_image_with_captions_is_added_and_served(client: TestClient, live: Fa
 
 
 @pytest.mark.parametrize("captions", [
-    {"captions": ["one", "two"]},
-    {"captions": '["one", "two"]'},
-    {"captions": ' ["one", "two"] '},
+    {"data": {"captions": ["one", "two"]}},
+    {"files": [("captions", (None, '["one", "two"]', "application/json"))]},  # a part sent as JSON: a list
+    {"files": [("captions", (None, ' ["one"] ', "application/json")), ("captions", (None, "two", "text/plain"))]},
 ])
-def test_captions_as_repeated_fields_or_one_json_list(client: TestClient, live: FakeLive,
-                                                      captions: dict[str, Any]) -> None:
-    reply = client.post("/v1/items", headers=AUTH, files={"image": _image()}, data=captions)
+def test_captions_as_repeated_fields_or_json_parts(client: TestClient, live: FakeLive,
+                                                   captions: dict[str, Any]) -> None:
+    files = [("image", _image()), *captions.get("files", [])]
+    reply = client.post("/v1/items", headers=AUTH, files=files, data=captions.get("data"))
     assert reply.status_code == 201, reply.text
     image_id = reply.json()["id"]
     assert live.engine.stores["images"].items[-1]["captions"] == ["one", "two"]
@@ -345,7 +349,7 @@ def test_captions_as_repeated_fields_or_one_json_list(client: TestClient, live: 
 
 
 def test_a_caption_that_only_looks_like_a_list_stays_text(client: TestClient, live: FakeLive) -> None:
-    for caption in ("[draft] a dog", "[", "  strip me  "):
+    for caption in ("[draft] a dog", "[", "  strip me  ", '["one", "two"]', "[1]"):  # a text part: as it is
         reply = client.post("/v1/items", headers=AUTH, files={"image": _image()}, data={"captions": caption})
         assert reply.status_code in (200, 201), reply.text
         assert live.engine.stores["images"].items[-1]["captions"] == [caption.strip()]
@@ -399,8 +403,9 @@ def test_put_creates_then_replaces(client: TestClient, live: FakeLive) -> None:
     same = client.put("/v1/items/note", headers=AUTH, json={"text": "a", "id": "note"})
     assert same.status_code == 201
     _error(client.put("/v1/items/note", headers=AUTH, json={"text": "b", "id": "other"}), 422, "id_mismatch")
-    for bad in ("a%23b", "x/image", "%20lead"):
+    for bad in ("a%23b", "%20lead", "tab%09here"):
         _error(client.put(f"/v1/items/{bad}", headers=AUTH, json={"text": "t"}), 422, "invalid_id")
+    _error(client.put("/v1/items/x/image", headers=AUTH, json={"text": "t"}), 405, "method_not_allowed")
     assert client.get("/v1/items/note").json()["text"] == "a"
 
 
@@ -437,9 +442,10 @@ def test_delete_removes_an_image_with_its_captions_everywhere(client: TestClient
     ({"captions": ""}, {"image": _image()}, 422, "empty_text"),
     ({"captions": ["fine", "  "]}, {"image": _image()}, 422, "empty_text"),
     ({"captions": "x" * 51}, {"image": _image()}, 422, "text_too_long"),
-    ({"captions": '["fine", 1]'}, {"image": _image()}, 422, "invalid_request"),
+    ({}, {"image": _image(), "captions": (None, '["fine", 1]', "application/json")}, 422, "invalid_request"),
     ({"captions": ["a", "b", "c", "d"]}, {"image": _image()}, 422, "too_many_captions"),
-    ({"captions": '["a", "b", "c", "d"]'}, {"image": _image()}, 422, "too_many_captions"),
+    ({}, {"image": _image(), "captions": (None, '["a", "b", "c", "d"]', "application/json")}, 422,
+     "too_many_captions"),
     ({"metadata": "{broken"}, {"image": _image()}, 422, "invalid_metadata"),
     ({"metadata": "[1, 2]"}, {"image": _image()}, 422, "invalid_request"),
     ({"metadata": '"a string"'}, {"image": _image()}, 422, "invalid_request"),
@@ -519,9 +525,9 @@ def test_bad_bodies_content_types_and_sizes(client: TestClient, live: FakeLive, 
     _error(send(b"text=hi", "application/x-www-form-urlencoded"), 415, "unsupported_media_type")
     _error(send(b"{}", ""), 415, "unsupported_media_type")
     big = b'{"text": "' + b"x" * BODY_LIMIT + b'"}'
-    _error(send(big, "application/json"), 413, "body_too_large", with_request_id=False)
+    _error(send(big, "application/json"), 413, "body_too_large")
     upload = {"image": ("big.png", b"\x89PNG" + bytes(BODY_LIMIT), "image/png")}
-    _error(client.request(method, path, headers=AUTH, files=upload), 413, "body_too_large", with_request_id=False)
+    _error(client.request(method, path, headers=AUTH, files=upload), 413, "body_too_large")
     two = [("image", ("a.png", _png(), "image/png")), ("image", ("b.png", _png(), "image/png"))]
     _error(client.request(method, path, headers=AUTH, files=two), 400, "malformed_multipart")
     assert _writes(live) == []
@@ -680,7 +686,7 @@ def test_metrics_count_writes_by_operation_and_outcome(client: TestClient) -> No
     assert 'duet_writes_total{op="upsert",outcome="rejected"} 1.0' in text
     assert 'duet_writes_total{op="delete",outcome="ok"} 1.0' in text
     assert 'duet_writes_total{op="delete",outcome="not_found"} 1.0' in text
-    assert 'duet_http_requests_total{method="DELETE",route="/v1/items/{item_id:path}",status="401"} 1.0' in text
+    assert 'duet_http_requests_total{method="DELETE",route="/v1/items/{item_id:item_id}",status="401"} 1.0' in text
 
 
 def test_the_write_routes_are_documented_with_the_bearer_key(client: TestClient) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from core.cancel import Cancellation
 from indexer import cli
-from indexer.live import CollectionLockedError, CompactionResult, ItemNotFoundError, WriteRejectedError, WriteResult
+from indexer.live import CollectionLockedError, CompactionResult, ItemNotFoundError, WriteResult
+from indexer.writes import WriteRejectedError
 
 
 class StandIn:
@@ -51,7 +53,9 @@ class StandIn:
             raise ItemNotFoundError(item_id)
         return WriteResult(3, "delete", item_id, "images", False, {}, {"images": [item_id]})
 
-    def compact(self) -> CompactionResult:
+    def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
+        if cancel is not None:
+            cancel.check()
         self._called("compact")
         return CompactionResult("v2", {"images": 33, "texts": 160}, 1.5, 3)
 

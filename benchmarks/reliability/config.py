@@ -22,11 +22,14 @@ class ReliabilityBudget(BaseModel):
     max_rate_seconds: float = Field(10.0, gt=0, description="seconds of closed-loop load measuring the maximum rate")
     bad_requests: int = Field(10_000, gt=0, description="bad requests sent between the two RSS readings")
     concurrency_seconds: float = Field(20.0, gt=0, description="seconds of searches during swaps and writes")
+    slow_seconds: float = Field(30.0, gt=0, description="seconds of searches beside each set of trickling sockets "
+                                "(longer than the body rate's grace, so that every trickler is cut off within it)")
 
 
 FULL = ReliabilityBudget()
 SHORT = ReliabilityBudget(examples_per_operation=60, build_kills=2, write_kills=1, load_seconds=4.0,
-                          overload_seconds=4.0, max_rate_seconds=3.0, bad_requests=300, concurrency_seconds=4.0)
+                          overload_seconds=4.0, max_rate_seconds=3.0, bad_requests=300, concurrency_seconds=4.0,
+                          slow_seconds=8.0)
 
 
 class ReliabilityConfig(BaseModel):

@@ -4,15 +4,26 @@ OpenAPI (each request body media type apart), against a real ``python -m service
 Each response is checked: no 5xx (nor a dropped connection), its status code documented, its media type and body
 as documented, and every 4xx/5xx the service's JSON error body. Each operation gets the budget's examples, within a
 wall-clock cap; every distinct failure is kept with what reproduces it.
+
+Then schemathesis's own runner, as a user runs it (``st run URL/openapi.json --checks all``): every phase (coverage,
+fuzzing, stateful) and every check, valid input accepted and invalid refused among them, with the API's hooks
+(benchmarks/reliability/schemathesis_hooks.py: real images, and the mutations the service cannot see on the wire).
+Its stateful phase follows the links the OpenAPI declares (a written item's id to its reads, replacement and
+delete) rather than guessed ones: a text item has no image route to reach.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -36,7 +47,7 @@ from benchmarks.reliability.hostile import (
     reload_problem,
     serving_ready,
 )
-from benchmarks.service_process import Server
+from benchmarks.service_process import ROOT, Server
 
 KEY = "reliability-fuzz-key"
 REQUEST_TIMEOUT_S = 10.0  # a generated request unanswered this long is a failure itself
@@ -53,6 +64,10 @@ OWN_CHECKS = ("error_body", "undocumented_media_type")
 SERVER_ERROR = "not_a_server_error"
 TRANSPORT = "transport_error"
 MAX_UNANSWERED = 2  # an operation whose requests go unanswered this often is hung: more examples add nothing
+HOOKS = "benchmarks.reliability.schemathesis_hooks"
+# the stateful phase follows the links the OpenAPI declares, not links it guesses (see the docstring)
+RUNNER_CONFIG = "[phases.stateful.inference]\nalgorithms = []\n"
+RUNNER_EXAMPLES_SHARE = 5  # the runner's examples per operation: the budget's over this (its phases multiply them)
 
 
 class _Stop(Exception):
@@ -338,6 +353,41 @@ def _findings(ctx: Context) -> list[str]:
     return [f"{finding.text}; seen {finding.count}x" for _, finding in ordered]
 
 
+def all_checks(server: Server, folder: Path, budget: int, seed: int) -> dict[str, Any]:
+    """``st run --checks all`` against the server; its JSON run report's counts and failures."""
+    (folder / "schemathesis.toml").write_text(RUNNER_CONFIG)
+    report = folder / "schemathesis-run.json"
+    report.unlink(missing_ok=True)
+    command = [str(Path(sys.executable).with_name("st")), "--config-file", str(folder / "schemathesis.toml"), "run",
+               f"{server.base}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {KEY}",
+               "--max-examples", str(max(10, budget // RUNNER_EXAMPLES_SHARE)), "--workers", "1",
+               "--continue-on-failure", "--seed", str(seed), "--report", "json", "--report-json-path", str(report)]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    with (folder / "schemathesis-run.log").open("w") as log:
+        code = subprocess.run(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if not report.is_file():
+        return {"exit_code": code, "error": f"no report; see {folder / 'schemathesis-run.log'}",
+                "seconds": round(time.monotonic() - started, 1)}
+    run = json.loads(report.read_text())
+    return {"exit_code": code, "test_cases": run["test_cases"], "phases": {k: v["status"] for k, v in
+            run["phases"].items()}, "failures": [_runner_failure(f) for f in run["failures"]],
+            "errors": [str(e)[:EXCERPT] for e in run["errors"]], "filtered_by_hooks": run.get("filtered"),
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _runner_failure(failure: Any) -> str:
+    return json.dumps(failure)[:EXCERPT * 2]
+
+
+def _runner_goal(runner: dict[str, Any]) -> Goal:
+    failures = len(runner.get("failures", [])) + len(runner.get("errors", []))
+    broken = "error" in runner
+    return Goal(name="schemathesis --checks all (every phase)", target="0 failures of any kind",
+                value=runner["error"] if broken else f"{failures} failures in {runner['test_cases']['generated']} "
+                "generated cases", met=not broken and failures == 0 and runner["exit_code"] == 0)
+
+
 def run_fuzz(config: ReliabilityConfig) -> PartResult:
     started = time.monotonic()
     folder = config.work / "fuzz"
@@ -354,9 +404,12 @@ def run_fuzz(config: ReliabilityConfig) -> PartResult:
         ctx = Context(server, raw, session, ServerLog(server.log_path), budget,
                       max(MIN_CAP_S, budget * SECONDS_PER_EXAMPLE), config.seed)
         tallies = [fuzz_unit(ctx, unit) for unit in units(raw, server.base, ids)]
+        runner = all_checks(server, folder, budget, config.seed)
         compaction = compaction_error(server, KEY)
     left, left_findings = aftermath("fuzz", compaction, folder / "server.log",
                                     reload_problem(index, folder / "reload.log", args))
-    return PartResult(part="fuzz", goals=_goals(tallies, budget), figures={**_figures(tallies, ctx, ids),
-                      "aftermath": left}, findings=_findings(ctx) + left_findings,
+    return PartResult(part="fuzz", goals=[*_goals(tallies, budget), _runner_goal(runner)],
+                      figures={**_figures(tallies, ctx, ids), "all_checks": runner, "aftermath": left},
+                      findings=_findings(ctx) + left_findings + [f"schemathesis --checks all: {f}"
+                                                                  for f in runner.get("failures", [])],
                       seconds=round(time.monotonic() - started, 2))

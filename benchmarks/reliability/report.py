@@ -37,6 +37,27 @@ body; the image route its image types | `test_the_openapi_declares_every_error_w
 | `top_k: true` read as 1, `explain: "yes"` accepted; invalid UTF-8 in a multipart field read as latin-1 | strict \
 validation (multipart fields typed first); 400 for invalid UTF-8 | `test_json_fields_are_not_coerced`, \
 `test_multipart_fields_are_typed_strictly`, `test_invalid_utf8_in_a_multipart_text_field_is_refused` |
+| SIGTERM/SIGINT under traffic deadlocked the process (the JVM's handler halted the VM under a thread holding the \
+GIL); idle, it exited 143 without its shutdown code | the JVM started with `-Xrs`; a drain (503 + Retry-After for new \
+requests, in-flight ones answered, a compaction finished or rolled back within `drain_timeout_s`), exit 0 | \
+`tests/test_service_shutdown.py` |
+| 16 sockets trickling a body held every admission slot: every search 503 for a minute | bodies read whole before \
+admission, under a byte budget, a whole-body deadline and a minimum rate | `tests/test_service_operations.py` \
+(trickling, deadline, budget, admission), part slow |
+| a percent-encoded newline or escape in a path forged a log line | the access log writes the path as sent; every \
+log message is one line | `test_a_path_cannot_forge_a_log_line` |
+| the HTTP parser's refusals were plain text; a 1 MB header reset the connection | the JSON error body (400, 431), \
+then the rest read and dropped before the close | `test_protocol_errors_get_the_json_error_body` |
+| 405 without Allow; PUT on an image was a 422 | Allow names every method of the path; the write routes do not \
+take an id ending in /image | `test_a_405_names_the_allowed_methods` |
+| the OpenAPI accepted more than the service (metadata, images, text and image, extra fields) | the schema states \
+what the service accepts; schemathesis `--checks all` in the fuzz part | \
+`test_schemathesis_with_every_check_finds_nothing` |
+| a 413 from the headers had no request id; a 9 MB JSON body stalled the loop; 40 MP uploads stayed resident; no \
+security headers | the id from the outermost layer; large bodies parsed off the loop; glibc's mmap threshold fixed; \
+nosniff everywhere, CSP and X-Frame-Options on the page | `test_oversized_bodies_get_413`, \
+`test_a_large_json_body_is_parsed_off_the_event_loop`, `test_big_uploads_leave_little_resident`, \
+`test_answers_carry_the_security_headers` |
 """
 
 

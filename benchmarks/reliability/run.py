@@ -25,6 +25,7 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("fuzz", "benchmarks.reliability.fuzz", "run_fuzz"),
     ("hostile", "benchmarks.reliability.hostile", "run_hostile"),
     ("load", "benchmarks.reliability.load", "run_load"),
+    ("slow", "benchmarks.reliability.slow", "run_slow"),
     ("concurrency", "benchmarks.reliability.concurrency", "run_concurrency"),
     ("faults", "benchmarks.reliability.faults", "run_faults"),
 )

@@ -95,7 +95,7 @@ async def item_image(item_id: str, reader: ReaderDep, slot: EngineSlotDep, worke
                              headers={"Content-Length": str(os.fstat(handle.fileno()).st_size)})
 
 
-@router.get("/v1/items/{item_id:path}", responses=errors_of(401, 403, 404, 503),
+@router.get("/v1/items/{item_id:path}", responses=errors_of(401, 403, 404, 503), operation_id="get_item",
             openapi_extra={"security": READ_SECURITY})
 async def get_item(item_id: str, reader: ReaderDep, worker: WorkerDep, ticket: TicketDep) -> dict[str, Any]:
     """A live item's metadata (a deleted item is gone: 404)."""

@@ -22,6 +22,7 @@ from service.dependencies import (
     WorkerDep,
 )
 from service.errors import ApiError, errors_of
+from service.openapi import request_body
 from service.request_context import request_id_of
 from service.routes.items import public_item
 from service.schemas import (
@@ -41,13 +42,7 @@ router = APIRouter(tags=["search"])
 Found = tuple[SearchResult, list[tuple[str, float]], float]  # the result, the query's terms, encoding ms
 
 # The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
-_SCHEMA = SearchRequest.model_json_schema()
-SEARCH_BODY: dict[str, Any] = {"security": READ_SECURITY, "requestBody": {"required": True, "content": {
-    "application/json": {"schema": _SCHEMA},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary"},
-        **{k: v for k, v in _SCHEMA["properties"].items() if k != "image_base64"}}}},
-}}}
+SEARCH_BODY: dict[str, Any] = {"security": READ_SECURITY, **request_body(SearchRequest)}
 
 
 async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str | Image.Image,

@@ -15,38 +15,57 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from indexer.engines import WritableCollection
-from indexer.live import ItemNotFoundError, WriteRejectedError, WriteResult
+from indexer.live import ItemNotFoundError, WriteResult
+from indexer.writes import IdConflictError, WriteRejectedError
 from service.admission import Ticket
 from service.auth import require_write_key
 from service.compaction import Compactor
 from service.dependencies import CompactorDep, LiveDep, MetricsDep, OffLoopDep, SettingsDep, TicketDep, WorkerDep
 from service.errors import ApiError, errors_of
 from service.metrics import Metrics
+from service.openapi import request_body
 from service.routes.items import item_url
 from service.schemas import ItemBody, WriteResponse
 from service.state import EngineWorker
 from service.write_input import ItemWrite, check_item_id, read_item_write
 
 _logger = logging.getLogger("service")
+
+
+class WritableItemId(Convertor[str]):
+    """An item id in a write's path: any path but one ending in /image, which names an item's image (read only).
+    So PUT or DELETE on an image matches no write route, and the router answers 405 with ``Allow: GET``."""
+
+    regex = r".*(?<!/image)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", WritableItemId())
 router = APIRouter(tags=["writes"], dependencies=[Depends(require_write_key)])
 Write = Callable[[WritableCollection], WriteResult]
 
-# The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
-_SCHEMA = ItemBody.model_json_schema()
-ITEM_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _SCHEMA},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary"},
-        "captions": {"type": "array", "items": {"type": "string"}},
-        "metadata": {"type": "string", "description": "a JSON object"},
-        **{k: v for k, v in _SCHEMA["properties"].items() if k in ("id", "text")}}}},
-}}}
+# The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred; a PUT
+# takes the id from its path (a body's id must be the same, so the schema leaves it out).
+ITEM_BODY: dict[str, Any] = request_body(ItemBody, json_parts=("metadata",))
+PUT_BODY: dict[str, Any] = request_body(ItemBody, exclude=("id",), json_parts=("metadata",))
+# what a written item's id leads to (declared, so that generated stateful tests follow these and no guessed ones: a
+# text item has no image)
+ITEM_LINKS = {name: {"operationId": operation, "parameters": {"item_id": "$response.body#/id"}}
+              for name, operation in (("GetItem", "get_item"), ("ReplaceItem", "put_item"),
+                                      ("DeleteItem", "delete_item"))}
 WRITTEN: dict[int | str, dict[str, Any]] = {
-    200: {"model": WriteResponse, "description": "An item with this id was replaced."},
-    201: {"model": WriteResponse, "description": "The item was created."},
-    **errors_of(400, 401, 403, 404, 408, 413, 415, 422, 503)}  # 404: an id the route cannot take (a newline)
+    200: {"model": WriteResponse, "description": "An item with this id was replaced.", "links": ITEM_LINKS},
+    201: {"model": WriteResponse, "description": "The item was created.", "links": ITEM_LINKS},
+    # 404: an id the route cannot take (a newline); 409: the id is taken by an item the write cannot replace
+    **errors_of(400, 401, 403, 404, 408, 409, 413, 415, 422, 503)}
 
 
 @contextmanager
@@ -76,6 +95,8 @@ async def _write(ticket: Ticket, worker: EngineWorker, live: WritableCollection,
     def work() -> WriteResult:
         try:
             result = write(live)
+        except IdConflictError as e:
+            raise ApiError(409, "id_conflict", str(e)) from e
         except WriteRejectedError as e:
             raise ApiError(422, "write_rejected", str(e)) from e
         except ItemNotFoundError as e:
@@ -99,7 +120,7 @@ def _written(result: WriteResult) -> JSONResponse:
                         headers={"Location": item_url(result.id)})
 
 
-@router.post("/v1/items", status_code=201, responses=WRITTEN, openapi_extra=ITEM_BODY)
+@router.post("/v1/items", status_code=201, responses=WRITTEN, openapi_extra=ITEM_BODY, operation_id="add_item")
 async def add_item(request: Request, live: LiveDep, worker: WorkerDep, off_loop: OffLoopDep, compactor: CompactorDep,
                    settings: SettingsDep, metrics: MetricsDep, ticket: TicketDep) -> JSONResponse:
     """Add an image (multipart ``image`` file, or ``image_base64``) with its captions, or a text; 201 with the
@@ -110,7 +131,8 @@ async def add_item(request: Request, live: LiveDep, worker: WorkerDep, off_loop:
     return _written(result)
 
 
-@router.put("/v1/items/{item_id:path}", status_code=200, responses=WRITTEN, openapi_extra=ITEM_BODY)
+@router.put("/v1/items/{item_id:item_id}", status_code=200, responses=WRITTEN, openapi_extra=PUT_BODY,
+            operation_id="put_item")
 async def put_item(item_id: str, request: Request, live: LiveDep, worker: WorkerDep, off_loop: OffLoopDep,
                    compactor: CompactorDep, settings: SettingsDep, metrics: MetricsDep,
                    ticket: TicketDep) -> JSONResponse:
@@ -124,7 +146,8 @@ async def put_item(item_id: str, request: Request, live: LiveDep, worker: Worker
     return _written(result)
 
 
-@router.delete("/v1/items/{item_id:path}", response_model=WriteResponse, responses=errors_of(401, 403, 404, 503))
+@router.delete("/v1/items/{item_id:item_id}", response_model=WriteResponse, responses=errors_of(401, 403, 404, 503),
+               operation_id="delete_item")
 async def delete_item(item_id: str, live: LiveDep, worker: WorkerDep, compactor: CompactorDep,
                       metrics: MetricsDep, ticket: TicketDep) -> JSONResponse:
     """Delete a live item (an image's captions with it); 404 when no live item has this id."""
