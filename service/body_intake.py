@@ -62,14 +62,24 @@ class BodyBudget:
         self.capacity = capacity
         self.held = 0
 
+
+@dataclass
+class Reservation:
+    """One request's share of the budget, given back whole when the request is done."""
+
+    budget: BodyBudget
+    held: int = 0
+
     def take(self, size: int) -> bool:
-        if self.held + size > self.capacity:
+        if self.budget.held + size > self.budget.capacity:
             return False
+        self.budget.held += size
         self.held += size
         return True
 
-    def give(self, size: int) -> None:
-        self.held -= size
+    def release(self) -> None:
+        self.budget.held -= self.held
+        self.held = 0
 
 
 def _header(scope: Scope, name: bytes) -> list[bytes]:
@@ -108,25 +118,21 @@ class BodyIntakeMiddleware:
         if length is None and not _header(scope, b"transfer-encoding"):
             await self.app(scope, receive, send)  # no body at all (a GET): nothing to hold
             return
-        held = [0]
+        reservation = Reservation(self.budget)
         try:
-            body = await self._read(receive, length, held)
-        except BodyRefused as refusal:
-            self.budget.give(held[0])
-            await self._refuse(scope, receive, send, refusal)
-            return
-        except BaseException:
-            self.budget.give(held[0])
-            raise
-        try:
+            try:
+                body = await self._read(receive, length, reservation)
+            except BodyRefused as refusal:
+                await self._refuse(scope, receive, send, refusal)
+                return
             await self.app(scope, _replay(body, receive), send)
         finally:
-            self.budget.give(held[0])
+            reservation.release()
 
-    async def _read(self, receive: Receive, length: int | None, held: list[int]) -> bytes:
+    async def _read(self, receive: Receive, length: int | None, reservation: Reservation) -> bytes:
         """The whole body, within the budget, the deadline, the gap timeout and the minimum rate."""
         policy = self.policy
-        if length is not None and not self._take(length, held):
+        if length is not None and not reservation.take(length):
             raise self._over_budget()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -149,17 +155,11 @@ class BodyIntakeMiddleware:
             received += len(chunk)
             if received > policy.max_bytes:
                 raise BodyRefused(413, "body_too_large", f"request body exceeds {policy.max_bytes} bytes")
-            if length is None and not self._take(len(chunk), held):
+            if length is None and not reservation.take(len(chunk)):
                 raise self._over_budget()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-    def _take(self, size: int, held: list[int]) -> bool:
-        if not self.budget.take(size):
-            return False
-        held[0] += size
-        return True
 
     def _over_budget(self) -> BodyRefused:
         self.metrics.observe_shed("body_budget")

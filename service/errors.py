@@ -17,7 +17,6 @@ from starlette.routing import Match
 from indexer.sharded import ShardUnavailableError
 from service.request_context import request_id_of
 
-
 HTTP_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")  # the ones this API's routes may take
 
 
