@@ -1,7 +1,7 @@
-"""Stopping the service: SIGTERM and SIGINT drain it (a real ``python -m service`` process and real signals). Idle,
-under a steady search load, with a write in flight, and during a compaction: requests in progress are answered, new
-ones get 503 with Retry-After, an acknowledged write survives, a compaction finishes (or, past the drain timeout, is
-rolled back and leaves nothing behind), the stop is logged, and the exit status is 0."""
+"""Stopping the service: SIGTERM and SIGINT drain it (real ``python -m service`` processes and real signals). The
+reliability harness's stop part on the tiny index: idle, under a steady search load, and 1.5 s into a compaction
+that either finishes or, past a short drain timeout, is rolled back. Here too: a write in flight when the signal
+comes is answered and survives."""
 
 from __future__ import annotations
 
@@ -10,105 +10,56 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from benchmarks.reliability.config import ReliabilityConfig
+from benchmarks.reliability.figures import PartResult
+from benchmarks.reliability.stop import EXPECTED_AFTER_SIGNAL, KEY, run_stop, started, stop
 from tests.server import Server
 
 pytestmark = pytest.mark.java  # every test serves a real index
-KEY = "shutdown-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-STOPS = (signal.SIGTERM, signal.SIGINT)
 
 
-def started(index: Path, log: Path, *args: str) -> Server:
-    server = Server(["--index", str(index), "--api-key", KEY, *args], log, log_level="info")
-    server.wait_started()
-    server.wait_ready()
-    return server
+@pytest.fixture(scope="module")
+def part(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> PartResult:
+    work = tmp_path_factory.mktemp("stop")
+    return run_stop(ReliabilityConfig(index=tiny_index, build_folder=work, checkpoint=tiny_index / "current" /
+                                      "checkpoint", work=work, out=work / "out", short=True))
 
 
-def stopped_by(server: Server, sig: signal.Signals) -> tuple[int, float]:
-    """The exit status and how long the stop took."""
-    begun = time.monotonic()
-    server.signal(sig)
-    return server.wait_exit(timeout=90), time.monotonic() - begun
+def failed(part: PartResult, scenario: str) -> list[str]:
+    return [f"{g.name}: {g.value}" for g in part.goals if g.name.startswith(scenario) and not g.met]
 
 
-def logged(server: Server) -> str:
-    return server.log_path.read_text()
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_an_idle_service_stops_cleanly(part: PartResult, sig: str) -> None:
+    run = part.figures[f"idle_{sig}"]
+    assert not failed(part, f"idle_{sig}") and run["seconds"] < 20, run
+    assert run["log"]["draining"] and run["log"]["drained in"] and run["log"]["stopped"], run
 
 
-@dataclass
-class SteadySearches:
-    """A search every 50 ms, each on a new connection; every outcome kept with the time it was sent."""
-
-    server: Server
-    outcomes: list[tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _one(self) -> str:
-        request = urllib.request.Request(self.server.base + "/v1/search", json.dumps({"text": "a red square"}).encode(),
-                                         {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return str(response.status)
-        except urllib.error.HTTPError as e:
-            body = json.loads(e.read())
-            return f"{e.code} {body['error']['code']} retry-after={e.headers.get('Retry-After')}"
-        except urllib.error.URLError as e:
-            return "refused" if isinstance(e.reason, ConnectionRefusedError) else f"error {e.reason!r}"
-        except OSError as e:
-            return f"error {e!r}"
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            self.outcomes.append((sent, self._one()))
-            time.sleep(0.05)
-
-    def __enter__(self) -> SteadySearches:
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._thread.join(timeout=60)
-
-
-@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
-def test_an_idle_service_stops_cleanly(index_copy: Path, tmp_path: Path, sig: signal.Signals) -> None:
-    server = started(index_copy, tmp_path / "server.log")
-    code, seconds = stopped_by(server, sig)
-    log = logged(server)
-    assert code == 0, log[-2000:]
-    assert seconds < 20
-    assert f"{sig.name}: draining" in log and "drained in" in log and "Shutting down" in log
-    assert log.rstrip().endswith("| INFO | service | stopped"), log[-500:]
-
-
-@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
-def test_a_stop_under_search_load_answers_every_request(index_copy: Path, tmp_path: Path,
-                                                        sig: signal.Signals) -> None:
-    server = started(index_copy, tmp_path / "server.log")
-    with SteadySearches(server) as load:
-        time.sleep(1.5)
-        signalled = time.monotonic()
-        code, _ = stopped_by(server, sig)
-        time.sleep(0.3)  # a few more tries against the closed port
-    assert code == 0, logged(server)[-2000:]
-    before = [o for t, o in load.outcomes if t < signalled]
-    after = [o for t, o in load.outcomes if t >= signalled]
-    assert before and set(before) == {"200"}, before
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_under_search_load_answers_every_request(part: PartResult, sig: str) -> None:
+    run = part.figures[f"load_{sig}"]
     # each request after the signal was answered (in flight: 200; while draining: 503 with Retry-After) or found the
     # port closed: none hung, none was cut off mid-answer
-    assert after and set(after) <= {"200", "503 shutting_down retry-after=5", "refused"}, after
-    assert after[-1] == "refused"
+    assert not failed(part, f"load_{sig}") and set(run["after"]) <= EXPECTED_AFTER_SIGNAL, run
+    assert run["before"] > 0 and run["after"].get("refused", 0) > 0, run
+
+
+def test_a_running_compaction_finishes_before_the_stop(part: PartResult) -> None:
+    run = part.figures["compaction_finishes"]
+    assert not failed(part, "compaction_finishes"), run
+    assert run["log"]["compaction done"] and run["log"]["drained in"] and run["published_new"], run
+
+
+def test_a_compaction_past_the_drain_timeout_is_rolled_back(part: PartResult) -> None:
+    run = part.figures["compaction_rolled_back"]
+    assert not failed(part, "compaction_rolled_back"), run
+    assert run["log"]["compaction rolled back"] and run["log"]["drain ended"] and not run["published_new"], run
+    assert run["versions_after"] == run["versions_before"] and run["verified"], run
 
 
 def _trickled_write(server: Server, payload: bytes, seconds: float, replies: list[str]) -> None:
@@ -125,69 +76,19 @@ def _trickled_write(server: Server, payload: bytes, seconds: float, replies: lis
 
 
 def test_a_write_in_flight_is_answered_and_survives(index_copy: Path, tmp_path: Path) -> None:
-    sig = signal.SIGTERM  # SIGINT takes the same path (the idle and load tests stop with both)
     server = started(index_copy, tmp_path / "server.log")
     payload = json.dumps({"text": "written while the service stops", "id": "in-flight"}).encode()
     replies: list[str] = []
     writer = threading.Thread(target=_trickled_write, args=(server, payload, 1.5, replies))
     writer.start()
     time.sleep(0.5)  # the write's head and half its body are in
-    code, seconds = stopped_by(server, sig)
+    code, seconds = stop(server, signal.SIGTERM)  # SIGINT takes the same path (the part stops with both)
     writer.join(timeout=30)
-    assert code == 0 and seconds >= 1.0, logged(server)[-2000:]  # the drain waited for the write
+    assert code == 0 and seconds >= 1.0, server.log_path.read_text()[-2000:]  # the drain waited for the write
     assert replies and replies[0].startswith("HTTP/1.1 201"), replies
     again = started(index_copy, tmp_path / "again.log")
     try:
         reply = again.request("GET", "/v1/items/in-flight")
         assert reply.status == 200 and reply.json()["text"] == "written while the service stops"
-    finally:
-        again.stop()
-
-
-def _compaction_running(server: Server) -> None:
-    for n in range(3):
-        assert server.post_json("/v1/items", {"text": f"a note to compact {n}", "id": f"note-{n}"}, AUTH).status == 201
-    assert server.request("POST", "/v1/compact", b"", AUTH).status == 202
-
-
-def _versions(index: Path) -> list[str]:
-    return sorted(p.name for p in (index / "versions").iterdir())
-
-
-def test_a_running_compaction_finishes_before_the_stop(index_copy: Path, tmp_path: Path) -> None:
-    before = _versions(index_copy)
-    server = started(index_copy, tmp_path / "server.log")
-    _compaction_running(server)
-    draining = time.monotonic()
-    server.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    refused = server.post_json("/v1/search", {"text": "red"})  # while the compaction finishes: 503, not queued
-    assert refused.status == 503 and refused.headers["retry-after"] == "5"
-    assert refused.json()["error"]["code"] == "shutting_down"
-    assert server.wait_exit(timeout=90) == 0
-    log = logged(server)
-    assert "compaction running" in log and "compaction done" in log and "drained in" in log, log[-3000:]
-    assert time.monotonic() - draining < 60
-    after = _versions(index_copy)
-    assert len(after) == 1 and after != before  # the new version is live, the old one removed
-    assert (index_copy / "live" / "wal.jsonl").read_text() == ""  # folded into the new version
-
-
-def test_a_compaction_past_the_drain_timeout_is_rolled_back(index_copy: Path, tmp_path: Path) -> None:
-    from indexer.build import verify_index
-
-    before = _versions(index_copy)
-    server = started(index_copy, tmp_path / "server.log", "--drain-timeout-s", "0.5")
-    _compaction_running(server)
-    code, seconds = stopped_by(server, signal.SIGTERM)
-    log = logged(server)
-    assert code == 0 and seconds < 30, log[-3000:]
-    assert "rolling it back" in log and "compaction rolled back" in log, log[-3000:]
-    assert _versions(index_copy) == before  # nothing staged is left, the live version is the one it was
-    assert len((index_copy / "live" / "wal.jsonl").read_text().splitlines()) == 3  # the writes wait in the log
-    assert verify_index(index_copy)["ok"]
-    again = started(index_copy, tmp_path / "again.log")
-    try:
-        assert [again.request("GET", f"/v1/items/note-{n}").status for n in range(3)] == [200, 200, 200]
     finally:
         again.stop()

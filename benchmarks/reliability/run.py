@@ -27,6 +27,7 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("load", "benchmarks.reliability.load", "run_load"),
     ("slow", "benchmarks.reliability.slow", "run_slow"),
     ("concurrency", "benchmarks.reliability.concurrency", "run_concurrency"),
+    ("stop", "benchmarks.reliability.stop", "run_stop"),
     ("faults", "benchmarks.reliability.faults", "run_faults"),
 )
 

@@ -13,6 +13,9 @@ anyone running the CLI, ``SCHEMATHESIS_HOOKS=benchmarks.reliability.schemathesis
   the body matches the other; and it reports a "negative" case that no mutation reached (it labels such a case a
   positive test case itself). Failures of cases whose every mutation is of the first two kinds, or that have none,
   and only those, are dropped here (``filter_failure``).
+- Words the index does not know. A sparse-mode search whose text has no word of the index's vocabulary is a 422
+  ``empty_sparse_query`` (README): a statement about the text's content, as a 404 is about an id, which no schema
+  can describe. ``positive_data_acceptance`` failures with that answer, and only those, are dropped too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from PIL import Image
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.core.mutations import OperatorKind
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.openapi.checks import RejectedPositiveData
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF", "image/bmp": "BMP"}
 SIZES = ((32, 32), (64, 40), (17, 90))  # odd shapes too, each within the aspect-ratio limit
@@ -76,6 +80,7 @@ def with_image_samples(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 FORM_TEXT_TYPES = {"string", "array"}  # a text part, or repeated text parts
+EMPTY_SPARSE_QUERY = "empty_sparse_query"
 
 
 def _form_text_retyped(mutation: Any) -> bool:
@@ -105,9 +110,22 @@ def only_unseen_mutations(case: Any) -> bool:
     return all((form and _form_text_retyped(m)) or _inside_one_of(m) for m in mutations)
 
 
+def no_sparse_word(response: Any) -> bool:
+    """A 422 saying a sparse-mode text has no word the index knows: an answer about the text's content, which no
+    schema can describe (as a 404 is about an id), not a refusal of the request's form."""
+    if response.status_code != 422:
+        return False
+    try:
+        return bool(response.json()["error"]["code"] == EMPTY_SPARSE_QUERY)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:  # noqa: ARG001 (the signature)
-    return not (isinstance(failure, AcceptedNegativeData) and only_unseen_mutations(case))
+    if isinstance(failure, AcceptedNegativeData):
+        return not only_unseen_mutations(case)
+    return not (isinstance(failure, RejectedPositiveData) and no_sparse_word(response))
 
 
 def _is_image(data: Any) -> bool:
