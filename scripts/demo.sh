@@ -21,4 +21,19 @@ if ! "$PY" -m indexer --log-level WARNING verify --index "$INDEX" --checkpoint "
 fi
 
 echo "== serving http://$HOST:$PORT/ (API docs: /docs, OpenAPI: /openapi.json)"
-exec "$PY" -m service --index "$INDEX" --host "$HOST" --port "$PORT"
+SERVE=("$PY" -m service --index "$INDEX" --host "$HOST" --port "$PORT")
+# Ctrl-C in a terminal sends SIGINT to the whole foreground process group, make included, and GNU make then ends
+# with "Interrupt" (status 130) even though the service drains and exits 0. So when this script holds the terminal's
+# foreground, the service runs as a job of its own process group that takes the foreground (bash job control): Ctrl-C
+# reaches the service alone, and make gets its exit status. A script's bash hands the terminal over through stderr,
+# hence -t 2. Otherwise (CI, nohup, a pipe, a background job of the shell) the plain exec.
+read -r -a stat < /proc/$$/stat 2> /dev/null || stat=()
+if [ -t 0 ] && [ -t 2 ] && [ "${#stat[@]}" -gt 7 ] && [ "${stat[4]}" = "${stat[7]}" ]; then  # pgrp = tty's fg pgrp
+  set -m
+  # Ctrl-Z is ignored: a script's bash abandons a stopped foreground job (and make with it) instead of suspending
+  trap '' TSTP
+  "${SERVE[@]}" &
+  fg > /dev/null  # the service's exit status; bash takes the terminal back afterwards
+  exit
+fi
+exec "${SERVE[@]}"
