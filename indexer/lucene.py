@@ -18,6 +18,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger(__name__)
 _JVM_READY = False
+# pyjnius is not thread-safe across the objects of one Java class: it binds a method to its receiver by storing the
+# receiver on the method object all instances share, then calls it. Two threads calling one method on two objects
+# (two searchers, two query maps) can each run it on the other's object, or on one whose reference another thread
+# just released: a bare NullPointerException, or a search run on another version's searcher. A wrapper released on
+# another thread than the one that made it also acts through that thread's JNI environment. So every Java call of
+# this process, and every release of a Java object, holds this lock (process-wide: the method objects are per class).
+JAVA_CALLS = threading.RLock()
 REDUCED_SIGNALS = "-Xrs"
 JAVA_LOGGING = Path(__file__).with_name("java-logging.properties")
 
@@ -172,13 +180,15 @@ class ImpactSearcher:
         configure_java()
         from pyserini.pyclass import autoclass
 
-        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
-        self._hash_map = autoclass("java.util.HashMap")
-        self._integer = autoclass("java.lang.Integer")
+        with JAVA_CALLS:
+            self._searcher: Any = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
+            self._hash_map = autoclass("java.util.HashMap")
+            self._integer = autoclass("java.lang.Integer")
         self.scale = scale
 
     def num_docs(self) -> int:
-        return int(self._searcher.get_total_num_docs())
+        with JAVA_CALLS:
+            return int(self._searcher.get_total_num_docs())
 
     def _query(self, ids: np.ndarray, values: np.ndarray) -> Any:
         query = self._hash_map()
@@ -187,26 +197,34 @@ class ImpactSearcher:
         return query
 
     def search(self, ids: np.ndarray, values: np.ndarray, k: int) -> list[LuceneHit]:
-        query = self._query(ids, values)
-        if query.isEmpty():
-            return []
-        return [LuceneHit(int(h.docid), float(h.score)) for h in self._searcher.search(query, int(k))]
+        with JAVA_CALLS:  # the query map and the hits are made, read and released inside
+            query = self._query(ids, values)
+            hits = [] if query.isEmpty() else [LuceneHit(int(h.docid), float(h.score))
+                                               for h in self._searcher.search(query, int(k))]
+            del query
+        return hits
 
     def batch_search(self, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
                      threads: int = 1) -> list[list[LuceneHit]]:
         from pyserini.pyclass import JArrayList
 
-        jqueries, jqids = JArrayList(), JArrayList()
-        for n, (ids, values) in enumerate(queries):
-            jqueries.add(self._query(ids, values))
-            jqids.add(str(n))
-        results = self._searcher.batch_search(jqueries, jqids, int(k), int(threads))
         out: list[list[LuceneHit]] = []
-        for n in range(len(queries)):
-            hits = results.get(str(n))
-            out.append([LuceneHit(int(h.docid), float(h.score)) for h in hits] if hits is not None else [])
+        hits = None
+        with JAVA_CALLS:  # the query maps and the hits are made, read and released inside
+            jqueries, jqids = JArrayList(), JArrayList()
+            for n, (ids, values) in enumerate(queries):
+                jqueries.add(self._query(ids, values))
+                jqids.add(str(n))
+            results = self._searcher.batch_search(jqueries, jqids, int(k), int(threads))
+            for n in range(len(queries)):
+                hits = results.get(str(n))
+                out.append([LuceneHit(int(h.docid), float(h.score)) for h in hits] if hits is not None else [])
+            del jqueries, jqids, results, hits
         return out
 
     def close(self) -> None:
-        self._searcher.close()
+        with JAVA_CALLS:
+            if self._searcher is not None:
+                self._searcher.close()
+                self._searcher = None  # the Java reference is released here, under the lock
 

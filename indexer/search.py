@@ -222,8 +222,9 @@ class SearchEngine(QueryEncoding):
             self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
             self.segments[side] = unchanged(self.stores[side])
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
-            if self.lucene[side].num_docs() != side_manifest.count:
-                raise IndexUnavailableError(f"{self.directory / side}/lucene holds {self.lucene[side].num_docs()} "
+            lucene_docs = self.lucene[side].num_docs()
+            if lucene_docs != side_manifest.count:
+                raise IndexUnavailableError(f"{self.directory / side}/lucene holds {lucene_docs} "
                                             f"documents, the manifest {side_manifest.count}")
 
     @property
@@ -299,6 +300,8 @@ class SearchEngine(QueryEncoding):
 
     def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
         self.store(side)
+        if side not in self.lucene:
+            raise IndexUnavailableError(f"{self.directory}: this engine is closed")
         return LuceneLeg(self.lucene[side], threads=threads)
 
     def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
@@ -377,5 +380,7 @@ class SearchEngine(QueryEncoding):
         raise KeyError(item_id)
 
     def close(self) -> None:
-        for searcher in self.lucene.values():
-            searcher.close()
+        # the searchers' Java objects are released now (ImpactSearcher.close, under the Java lock), not by whichever
+        # thread happens to drop this engine last (a live collection's last reader of a replaced version)
+        while self.lucene:
+            self.lucene.popitem()[1].close()

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from indexer import live as live_module
+from indexer import lucene as lucene_module
 from indexer.live import LiveCollection, ReadOnlyCollectionError, read_log
+from indexer.lucene import JAVA_CALLS
 from indexer.search import SearchEngine, SearchParams
+from indexer.store import IndexUnavailableError
 from tests.conftest import noise_png as png
 
 pytestmark = pytest.mark.java  # every test opens a Lucene index
@@ -280,3 +283,41 @@ def test_threads_read_the_follower_while_the_writer_writes_and_compacts(writer: 
     assert searches[0] > 0
     assert follower.stats()["sides"] == writer.stats()["sides"]
     assert follower.engine.directory == writer.engine.directory
+
+
+def test_lucene_runs_under_the_java_lock_and_a_closed_engine_lets_go_of_it(
+        follower: LiveCollection, index_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyjnius binds a Java method to its receiver on an object every instance of the class shares (see
+    indexer/lucene.py JAVA_CALLS): a search's Lucene calls hold the process's lock, so reader threads never run
+    them on each other's searchers or query maps; a closed engine has released its searchers."""
+    def held_by_another_thread() -> bool:
+        taken: list[bool] = []
+
+        def probe() -> None:
+            taken.append(JAVA_CALLS.acquire(blocking=False))
+            if taken[0]:
+                JAVA_CALLS.release()
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return not taken[0]
+
+    held: list[bool] = []
+    query_map = lucene_module.ImpactSearcher._query  # where a search makes its Java query map
+
+    def checked(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        held.append(held_by_another_thread())
+        return query_map(self, *args, **kwargs)
+
+    monkeypatch.setattr(lucene_module.ImpactSearcher, "_query", checked)
+    query = follower.engine.encode_text("a red square on blue")
+    with follower.reading() as engine:
+        for mode in ("sparse", "hybrid"):
+            assert len(engine.search(query, SearchParams(side="images", mode=mode, top_k=5)).hits) == 5
+    assert held and all(held)
+    engine = SearchEngine(index_copy, encoder=follower.engine.encoder)
+    engine.close()
+    assert engine.lucene == {}
+    with pytest.raises(IndexUnavailableError, match="closed"):
+        engine.search(query, SearchParams(side="images", mode="sparse"))
