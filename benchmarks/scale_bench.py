@@ -330,11 +330,12 @@ class Client:
         return json.loads(data)
 
 
-def multipart(fields: Mapping[str, str], files: Mapping[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
-    """A multipart/form-data body and its Content-Type."""
+def multipart(fields: Mapping[str, str | list[str]],
+              files: Mapping[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type (a field given a list: a part per value)."""
     boundary = "duet-scale-out-boundary"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-             for name, value in fields.items()]
+             for name, given in fields.items() for value in (given if isinstance(given, list) else [given])]
     parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
               f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
               for name, (filename, data, content_type) in files.items()]
@@ -442,7 +443,7 @@ def write_figures(port: int, images: Sequence[tuple[str, bytes, list[str]]], key
     ack, visible, polls, poll_ms, items = [], [], [], [], []
     try:
         for n, (item_id, data, captions) in enumerate(progress(images, total=len(images), desc=desc)):
-            body, content_type = multipart({"id": item_id, "captions": json.dumps(captions)},
+            body, content_type = multipart({"id": item_id, "captions": list(captions)},
                                            {"image": (f"{item_id}.jpg", data, "image/jpeg")})
             query = multipart({"side": "images", "mode": "dense", "top_k": "1"},
                               {"image": ("query.jpg", data, "image/jpeg")})

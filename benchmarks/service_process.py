@@ -78,12 +78,15 @@ class Server:
         return self.request(method, path, json.dumps(payload).encode(),
                             {"Content-Type": "application/json", **(headers or {})})
 
-    def post_multipart(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes, str]],
+    def post_multipart(self, path: str, fields: dict[str, str | list[str]], files: dict[str, tuple[str, bytes, str]],
                        headers: dict[str, str] | None = None, method: str = "POST") -> Reply:
+        """A multipart request: a field given a list is sent as one part per value (captions)."""
         boundary = "duet-test-boundary"
         parts = []
-        for name, value in fields.items():
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for name, given in fields.items():
+            for value in given if isinstance(given, list) else [given]:
+                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                             .encode())
         for name, (filename, data, content_type) in files.items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                          f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")

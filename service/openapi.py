@@ -20,14 +20,17 @@ IMAGE_PART_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
 WRITE_PATH = "/v1/items/{item_id}"
 
 
-def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
-    """A form field is text: a nullable field's schema less its null (an absent field is the null)."""
+def _as_form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A nullable text field's schema less its null: a form part "null" is the text null (an absent part is the
+    null). Other fields keep theirs: their parts are read as JSON, so "null" is a null there."""
     options = schema.get("anyOf")
     if options is None:
         return schema
     kept = [o for o in options if o.get("type") != "null"]
+    if len(kept) != 1 or kept[0].get("type") != "string":
+        return schema
     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
-    return {**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept}
+    return {**rest, **kept[0]}
 
 
 def form_of(model: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -37,7 +40,7 @@ def form_of(model: type[BaseModel], *, exclude: tuple[str, ...] = ()) -> dict[st
     properties: dict[str, Any] = {"image": {"type": "string", "format": "binary"}}
     for name, field in schema["properties"].items():
         if name not in ("image_base64", *exclude):
-            properties[name] = _without_null(field)
+            properties[name] = _as_form_field(field)
     return {"type": "object", "properties": properties, "additionalProperties": False,
             "oneOf": [_form_branch(branch) for branch in schema["oneOf"]]}
 

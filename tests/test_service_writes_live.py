@@ -79,7 +79,8 @@ def ok(reply: Reply, *statuses: int) -> Any:
 
 def add_image(server: Server, data: bytes, captions: list[str], *, item_id: str | None = None,
               metadata: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-    fields = {"captions": json.dumps(captions), **({"metadata": json.dumps(metadata)} if metadata else {})}
+    fields: dict[str, str | list[str]] = {"captions": captions,  # a part each
+                                          **({"metadata": json.dumps(metadata)} if metadata else {})}
     path = "/v1/items" if method == "POST" else f"/v1/items/{item_id}"
     if method == "POST" and item_id is not None:
         fields["id"] = item_id

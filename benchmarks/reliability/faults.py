@@ -482,7 +482,7 @@ def send(server: Server, write: Write) -> Reply:
         return server.post_json("/v1/items", {"id": write.item_id, "text": write.after.content[0]}, AUTH)
     assert write.image is not None
     files = {"image": ("fault.png", write.image, "image/png")}
-    captions = {"captions": json.dumps(list(write.after.content))}
+    captions: dict[str, str | list[str]] = {"captions": list(write.after.content)}  # a part each
     if write.op == "replace":
         return server.post_multipart(f"/v1/items/{quote(write.item_id, safe='')}", captions, files, AUTH, "PUT")
     return server.post_multipart("/v1/items", {"id": write.item_id, **captions}, files, AUTH)
