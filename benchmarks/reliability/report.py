@@ -115,13 +115,23 @@ def _part_section(part: str, result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _resumed(report: dict[str, Any]) -> str:
+    """Which parts an earlier invocation measured (a resumed run's time is its own invocation's only)."""
+    earlier = {name: log for name, log in report.get("sections", {}).items() if log.get("resumed")}
+    if not earlier:
+        return ""
+    measured = sum(log.get("seconds") or 0 for log in earlier.values()) / 60
+    return (f" for the parts this invocation measured; {', '.join(earlier)} were measured by an earlier one "
+            f"({measured:.1f} min, at {min(str(log.get('measured_at')) for log in earlier.values())} and after)")
+
+
 def render_reliability(report: dict[str, Any]) -> str:
     machine, budget = report["machine"], report["budget"]
     lines = ["# Reliability: load, faults, bad input and access, measured", "",
              f"`{report.get('command', 'python -m benchmarks reliability')}` on {machine.get('platform')} "
              f"({machine.get('cpus')} CPUs, Python {machine.get('python')}, torch {machine.get('torch')}), "
              f"{'the short run' if report['config'].get('short') else 'the full run'}, "
-             f"{report['seconds'] / 60:.1f} min. Checkpoint `{report['checkpoint']['path']}` "
+             f"{report['seconds'] / 60:.1f} min{_resumed(report)}. Checkpoint `{report['checkpoint']['path']}` "
              f"({report['checkpoint']['content_hash'][:12]}), index `{report['config']['index']}`. "
              "Every server is a real `python -m service` on 127.0.0.1.", "",
              f"**{report['goals_met']} of {report['goals']} goals met.**", "",
