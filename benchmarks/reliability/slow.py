@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.reliability.config import ReliabilityConfig
+from benchmarks.reliability.copies import collection_root_args, copy_index
 from benchmarks.reliability.figures import Goal, PartResult
 from benchmarks.reliability.hostile import serving_ready
 from benchmarks.reliability.load import query_texts
@@ -150,7 +151,8 @@ def run_slow(config: ReliabilityConfig) -> PartResult:
     texts = query_texts(config.index)
     figures: dict[str, Any] = {"announced_body_bytes": ANNOUNCED, "byte_every_s": BYTE_EVERY_S,
                                "window_s": seconds}
-    with serving_ready(config.index, folder / "server.log", ()) as server:
+    index = copy_index(config.index, folder / "index")  # a served index is its server's (its writer lock)
+    with serving_ready(index, folder / "server.log", collection_root_args(config.index)) as server:
         for text in texts[:5]:
             _probe(server, text)  # warm
         baseline = [ms for status, ms in _probes(server, texts, seconds) if status == 200]
