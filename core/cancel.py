@@ -16,6 +16,12 @@ class Cancelled(Exception):
     """The work stopped on request before it finished; nothing it wrote was published."""
 
 
+def check(cancel: Cancellation | None) -> None:
+    """Raise ``Cancelled`` if ``cancel`` was cancelled (None: work nobody cancels)."""
+    if cancel is not None:
+        cancel.check()
+
+
 class Cancellation:
     def __init__(self) -> None:
         self._event = threading.Event()

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.atomic import versioned_directory
 from core.backbone import Backbone
-from core.cancel import Cancellation
+from core.cancel import Cancellation, check
 from core.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from core.checkpoint import WEIGHTS, sha256_file
 from core.data import DatasetError, dataset_dir_setting
@@ -222,11 +222,6 @@ def write_dense_leg(side_dir: Path, dense: np.ndarray, factory: str) -> None:
     faiss.write_index(_build_faiss(dense, factory), str(side_dir / "dense.faiss"))
 
 
-def _check(cancel: Cancellation | None) -> None:
-    if cancel is not None:
-        cancel.check()
-
-
 def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, threads: int,
                      cancel: Cancellation | None = None) -> tuple[int, float]:
     """The Lucene impact index of ``sparse``; return its document count and the seconds its input took to write."""
@@ -254,11 +249,11 @@ def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat"
     items, encoded = side.items, side.encoded
     timings: dict[str, float] = {}
     write_side_store(side_dir, items, encoded, order=side.order, dense_store=dense_store)
-    _check(cancel)
+    check(cancel)
     started = time.perf_counter()
     write_dense_leg(side_dir, encoded.dense, faiss_factory)
     timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
-    _check(cancel)
+    check(cancel)
     started = time.perf_counter()
     docs, timings[f"{side_dir.name}_sparse_collection_seconds"] = write_sparse_leg(
         side_dir, encoded.sparse, scale=sparse_scale, threads=threads, cancel=cancel)
@@ -369,7 +364,7 @@ def _publish_version(config: IndexBuildConfig, encoder: DuetEncoder,
         manifest = make_manifest(config=config, encoder=encoder, binding=binding, sides=side_manifests,
                                  collection=collection, timings=timings).model_copy(update={"wal_seq": wal_seq})
         (contents / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        _check(cancel)  # the last moment: past it, the version is published
+        check(cancel)  # the last moment: past it, the version is published
     return manifest
 
 

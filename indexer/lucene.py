@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from core.cancel import Cancellation
+from core.cancel import Cancellation, check
 from core.encoder import SparseRows
 from core.progress import progress
 from indexer.store import IndexUnavailableError
@@ -158,8 +158,7 @@ def build_impact_index(collection_dir: Path, index_dir: Path, *, threads: int = 
         except BaseException:
             child.kill()  # the parent stops here (Ctrl-C in a build): the child must not outlive it
             raise
-    if cancel is not None:
-        cancel.check()
+    check(cancel)
     if child.returncode != 0:
         raise RuntimeError(f"Lucene indexing failed (exit {child.returncode}):\n" + "\n".join(tail))
     if not any(index_dir.glob("segments_*")):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from core.cancel import Cancellation
+from core.cancel import Cancellation, check
 from indexer.live import CompactionResult, WriteResult
 from indexer.query import Query
 from indexer.search import SearchParams
@@ -126,8 +126,7 @@ class RayShard:
     def compact(self, cancel: Cancellation | None = None) -> CompactionResult:
         # a started compaction runs in the shard's writer replica, out of reach of ``cancel``: it is only not
         # started once cancelled
-        if cancel is not None:
-            cancel.check()
+        check(cancel)
         return self._call(self.writer, "compact", timeout_s=24 * 3600.0, attempts=1)
 
     def close(self) -> None:

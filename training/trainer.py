@@ -264,12 +264,11 @@ def selection_criterion(leg: str, gp10_floor: float | None) -> str:
 
 def selection_explained(metrics: dict[str, Any], leg: str, gp10_floor: float | None) -> str:
     """Which branch of ``selection_value`` gave this epoch's value, so a negative value in the log is understood."""
-    metric = f"val {leg} t2i R@1"
     if gp10_floor is None:
-        return metric
+        return selection_criterion(leg, None)
     gp10 = float(metrics["readability"]["GP@10"])
     if gp10 >= gp10_floor:
-        return f"{metric}, GP@10 {gp10:.3f} meets the floor {gp10_floor:.2f}"
+        return f"val {leg} t2i R@1, GP@10 {gp10:.3f} meets the floor {gp10_floor:.2f}"
     return f"GP@10 {gp10:.3f} under the floor {gp10_floor:.2f}: 100*GP@10-100"
 
 
