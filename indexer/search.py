@@ -59,6 +59,8 @@ Fusion = Literal["weighted", "rrf"]
 HYBRID_QUERY_TERMS = 32
 # explanations for the first hits of a page only: a 1,000-hit page with all of them is tens of megabytes of JSON
 EXPLAINED_HITS = 50
+# hybrid candidates per leg: the one default of the service, the CLIs and the benchmarks
+DEFAULT_CANDIDATE_K = 100
 
 
 class SearchParams(BaseModel):
@@ -74,7 +76,7 @@ class SearchParams(BaseModel):
     w_sparse: float | None = Field(None, ge=0, le=1000)
     top_k: int = Field(10, ge=1)
     offset: int = Field(0, ge=0)
-    candidate_k: int = Field(100, ge=1)
+    candidate_k: int = Field(DEFAULT_CANDIDATE_K, ge=1)
     # Lucene leg only: a little candidate recall for much less Lucene work (one clause per term).
     sparse_query_terms: int | None = Field(
         None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
