@@ -34,7 +34,7 @@ from benchmarks.search_bench import time_calls
 from core.metrics import success_of_lists
 from core.progress import progress_bar
 from indexer.query import Query
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
 from indexer.searchers import Searcher, search_one
 
 _logger = logging.getLogger("benchmarks.compare")
@@ -53,7 +53,7 @@ def set_threads(threads: int) -> None:
 
 
 def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, relevant: Sequence[set[int]] | None,
-                 peers: Sequence[str], work: Path, candidate_k: int = 100, latency_queries: int = 200,
+                 peers: Sequence[str], work: Path, candidate_k: int = DEFAULT_CANDIDATE_K, latency_queries: int = 200,
                  threads: int = 1, batch_threads: int = 2) -> tuple[list[dict[str, Any]], list[str]]:
     """Duet's modes and exact brute force, then each requested peer; returns (rows, unavailable notes).
 

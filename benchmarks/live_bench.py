@@ -48,7 +48,7 @@ from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from core.progress import progress
 from indexer.live import LIVE, LiveCollection, WriteAheadLog
 from indexer.query import Query
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
 from indexer.store import CHECKPOINT_DIR, SideStore, directory_bytes, manifest_path, read_manifest
 from indexer.writes import log_entry
 
@@ -84,7 +84,7 @@ class LiveBenchConfig(BaseModel):
     synthetic_items: int = Field(100_000, ge=0, description="images of the synthetic collection compacted (0: none)")
     synthetic_shares: tuple[float, ...] = Field((0.01, 0.1), description="delta shares on the synthetic collection")
     synthetic_queries: int = Field(100, gt=0, description="text->image queries timed per mode on the synthetic one")
-    candidate_k: int = Field(100, gt=0, description="hybrid candidates per leg")
+    candidate_k: int = Field(DEFAULT_CANDIDATE_K, gt=0, description="hybrid candidates per leg")
 
     @field_validator("delta_shares", "synthetic_shares")
     @classmethod

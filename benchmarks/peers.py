@@ -29,7 +29,7 @@ import numpy as np
 from core.encoder import SparseRows
 from core.fusion import integrated_score
 from indexer.query import Query
-from indexer.search import SearchEngine
+from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine
 from indexer.searchers import Ranking, ranking_of
 from indexer.store import directory_bytes
 
@@ -239,7 +239,8 @@ def _sparse_dict(query: Query) -> dict[int, float]:
 class MilvusLiteEngine(Peer):
     name = "milvus-lite"
 
-    def __init__(self, store: MilvusLiteStore, mode: str, scoring: Scoring, *, candidate_k: int = 100) -> None:
+    def __init__(self, store: MilvusLiteStore, mode: str, scoring: Scoring, *,
+                 candidate_k: int = DEFAULT_CANDIDATE_K) -> None:
         self.store, self.mode, self.scoring, self.candidate_k = store, mode, scoring, candidate_k
         self.build_seconds = store.build_seconds
 

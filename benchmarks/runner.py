@@ -36,7 +36,7 @@ from benchmarks.sweeps import pruning_sweep, weight_sweep
 from benchmarks.synthetic import GENERATOR
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
 from indexer.store import IndexMismatchError, IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks.runner")
@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     work: Path = Field(Path("artifacts/benchmarks"), description="indexes and scratch space (kept for reuse)")
     index: Path | None = Field(None, description="an existing index of the split, bound to --checkpoint, used "
                                "instead of building one")
-    candidate_k: int = Field(100, gt=0, description="hybrid candidates per leg")
+    candidate_k: int = Field(DEFAULT_CANDIDATE_K, gt=0, description="hybrid candidates per leg")
     latency_queries: int = Field(200, gt=0, description="queries timed one at a time")
     threads: int = Field(1, gt=0, description="threads for one-query latency, every engine alike")
     batch_threads: int = Field(2, gt=0, description="threads for batched throughput and builds")

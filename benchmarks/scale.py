@@ -24,7 +24,7 @@ from benchmarks.search_bench import stored_queries
 from benchmarks.synthetic import GENERATOR, CorpusStatistics, corpus_summary, generate
 from indexer.build import IndexBuildConfig, publish_index
 from indexer.query import Query
-from indexer.search import SearchEngine
+from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine
 
 _logger = logging.getLogger("benchmarks.scale")
 
@@ -75,7 +75,7 @@ def caption_queries(real: SearchEngine, count: int) -> list[Query]:
 
 
 def scale_point(real: SearchEngine, items: int, work: Path, *, peers: Sequence[str], queries: int = 100,
-                candidate_k: int = 100, threads: int = 1, batch_threads: int = 2,
+                candidate_k: int = DEFAULT_CANDIDATE_K, threads: int = 1, batch_threads: int = 2,
                 keep: bool = False) -> dict[str, Any]:
     sample = caption_queries(real, queries)
     with synthetic_index(real, items, work, batch_threads=batch_threads, keep=keep) as built:

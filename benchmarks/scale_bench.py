@@ -19,7 +19,7 @@
 
 The Ray cluster runs in a loopback-only network namespace (entered first, before any thread starts) and is always
 stopped, by PID. Every section is saved as soon as it is measured (``--resume`` measures only what is missing).
-Heavy imports (torch, the indexer, Ray) happen inside the measuring functions: rendering a report needs none.
+Ray and the index builders are imported inside the measuring functions, not at the top.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.sections import SectionStore
 from core.progress import progress
+from indexer.search import DEFAULT_CANDIDATE_K
 
 _logger = logging.getLogger("benchmarks.scale_out")
 NODES = 2  # the local Ray cluster: 2 nodes, 1 CPU each
@@ -89,7 +90,7 @@ class ScaleOutConfig(BaseModel):
     clients: int = Field(4, gt=0, description="concurrent clients of the QPS measurement (the same queries again)")
     writes: int = Field(40, gt=0, description="images written one at a time to each written server")
     work: Path = Field(Path("artifacts/scale-work"), description="where the indexes are built (kept)")
-    candidate_k: int = Field(100, gt=0, description="hybrid candidates per leg")
+    candidate_k: int = Field(DEFAULT_CANDIDATE_K, gt=0, description="hybrid candidates per leg")
     batch_size: int = Field(64, gt=0, description="items encoded per batch, every build alike (a Ray batch is what "
                             "one encoding actor takes at a time)")
     factories: tuple[str, ...] = Field(("Flat", "SQfp16", "SQ8", "Flat+float16", "SQ8+float16"), min_length=1,

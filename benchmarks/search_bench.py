@@ -20,7 +20,7 @@ import torch
 from benchmarks.recall import KS
 from core.metrics import success_of_lists
 from indexer.query import Query
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
 from indexer.searchers import ExactScores, Ranking
 from indexer.store import SideStore
 
@@ -43,7 +43,7 @@ def relevance(engine: SearchEngine) -> tuple[list[set[int]], list[set[int]]]:
     return t2i, i2t
 
 
-def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = 100) -> dict[str, Any]:
+def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = DEFAULT_CANDIDATE_K) -> dict[str, Any]:
     t2i_rel, i2t_rel = relevance(engine)
     out: dict[str, Any] = {}
     for direction, query_side, target_side, relevant in (("t2i", "texts", "images", t2i_rel),
@@ -104,7 +104,7 @@ LATENCY_CONFIGS = {
 }
 
 
-def latency(engine: SearchEngine, *, queries: int = 200, side: str = "images", candidate_k: int = 100,
+def latency(engine: SearchEngine, *, queries: int = 200, side: str = "images", candidate_k: int = DEFAULT_CANDIDATE_K,
             texts: Sequence[str] | None = None) -> dict[str, Any]:
     """p50/p95/p99 per configuration, one query at a time: search only (stored query vectors), and from text."""
     query_side = "texts" if side == "images" else "images"

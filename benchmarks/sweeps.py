@@ -20,13 +20,13 @@ from benchmarks.search_bench import quality, relevance, stored_queries
 from core.metrics import success_of_lists
 from core.progress import progress
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine, SearchParams
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks.sweeps")
 
 
-def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: int = 100,
+def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: int = DEFAULT_CANDIDATE_K,
                  threads: int = 2) -> list[dict[str, Any]]:
     t2i_rel, i2t_rel = relevance(engine)
     directions = (("t2i", "texts", "images", t2i_rel), ("i2t", "images", "texts", i2t_rel))
@@ -61,7 +61,7 @@ def pruned_index(base_config: IndexBuildConfig, terms: int, work: Path) -> Path:
 
 
 def pruning_sweep(engine: SearchEngine, base_config: IndexBuildConfig, terms: Sequence[int], work: Path, *,
-                  candidate_k: int = 100, threads: int = 2) -> list[dict[str, Any]]:
+                  candidate_k: int = DEFAULT_CANDIDATE_K, threads: int = 2) -> list[dict[str, Any]]:
     """Recall vs active terms: one pruned index per k, plus the unpruned index as the last point."""
     points = []
     for k in terms:
