@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.live_bench import LiveBenchConfig
+from benchmarks.machine import machine
 from benchmarks.matrix import ResultsMatrix
 from benchmarks.reliability.config import ReliabilityConfig
 from benchmarks.runner import RunConfig
@@ -36,15 +36,6 @@ from core.progress import setup_logging
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks")
-
-
-def machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "processor": platform.processor() or platform.machine()}
 
 
 class _Options(BaseModel):

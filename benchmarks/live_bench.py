@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from benchmarks.machine import machine
 from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.search_bench import percentiles, single_thread, stored_queries, time_calls
 from benchmarks.sections import SectionStore
@@ -648,8 +649,6 @@ def workspace(work: Path | None) -> Iterator[Path]:
 
 
 def run_live(config: LiveBenchConfig, *, resume: bool = False) -> dict[str, Any]:
-    from benchmarks.runner import machine
-
     started = time.perf_counter()
     single_thread()  # one thread for torch and FAISS: single-image encoding on a shared machine stays steady
     with workspace(config.work) as work:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from benchmarks.compare import PEERS, set_threads, side_by_side
 from benchmarks.datasets import PRESETS, BenchmarkDataset, resolve_dataset
 from benchmarks.knobs import KnobGrid, knob_point
+from benchmarks.machine import machine
 from benchmarks.search_bench import latency, quality, relevance, sizes, stored_queries
 from benchmarks.sections import SectionStore
 from benchmarks.sweeps import pruning_sweep, weight_sweep
@@ -103,22 +102,6 @@ class RunConfig(BaseModel):
         if any(not 0.0 <= a <= 1.0 for a in grid):
             raise ValueError("weight_grid values are w_dense shares in [0, 1]")
         return grid
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu": cpu, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)
-            if torch.cuda.is_available() else None}
 
 
 def build_config(config: RunConfig, dataset: BenchmarkDataset) -> IndexBuildConfig:

@@ -728,8 +728,7 @@ def _absolute(config: ScaleOutConfig) -> ScaleOutConfig:
 
 
 def run_scale_out(config: ScaleOutConfig, *, resume: bool = False) -> dict[str, Any]:
-    from benchmarks.cli import machine
-    from benchmarks.runner import machine as machine_detail
+    from benchmarks.machine import machine
     from core.checkpoint import read_manifest
     from indexer.ray_cluster import enter_loopback_namespace
 
@@ -748,7 +747,7 @@ def run_scale_out(config: ScaleOutConfig, *, resume: bool = False) -> dict[str, 
     import torch
 
     report |= {"config": json.loads(given.model_dump_json()), "cluster": facts,
-               "machine": {**machine(), "cpu": machine_detail().get("cpu"), "torch_threads": torch.get_num_threads()},
+               "machine": {**machine(), "torch_threads": torch.get_num_threads()},
                "checkpoint": {"path": str(given.checkpoint), "content_hash": checkpoint["content_hash"],
                               "method": checkpoint.get("metadata", {}).get("method")},
                "collection": {"split": given.split, **report["builds"]["single"]["counts"]},

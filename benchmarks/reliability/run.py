@@ -53,7 +53,7 @@ def run_part(part: str, run: Callable[[ReliabilityConfig], PartResult], config: 
 
 def run_reliability(config: ReliabilityConfig, *, resume: bool = False,
                     only: tuple[str, ...] = ()) -> dict[str, Any]:
-    from benchmarks.cli import machine
+    from benchmarks.machine import machine
     from core.checkpoint import read_manifest
 
     started = time.monotonic()
