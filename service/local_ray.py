@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.data import dataset_dir_setting
 from core.progress import setup_logging
 from indexer.ray_cluster import LocalRayCluster, enter_loopback_namespace
 
@@ -103,7 +104,9 @@ def _until_stopped(process: subprocess.Popen[bytes], stopping: threading.Event) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service.local_ray", description=__doc__)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/grounded/best"))
-    parser.add_argument("--data", type=Path, default=Path("../shared/flickr8k"), help="Karpathy dataset directory")
+    data_setting = dataset_dir_setting()  # --data may be left out only where the DUET_DATA setting names one
+    parser.add_argument("--data", type=Path, default=data_setting, required=data_setting is None,
+                        help="Karpathy dataset directory (default: the DUET_DATA setting)")
     parser.add_argument("--splits", default="train,val,test")
     parser.add_argument("--out", type=Path, default=Path("indexes/flickr8k-sharded"), help="the sharded collection")
     parser.add_argument("--shards", type=int, default=2)
