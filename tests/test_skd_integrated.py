@@ -1,4 +1,5 @@
-"""The main paper's integrated-score self-distillation on the shared core (spec 0.2)."""
+"""The paper's integrated-score self-distillation (Song et al., CIKM 2025) in the shared SKD form: a view of the
+training loss's own teacher and distillation (training/losses.py)."""
 
 from __future__ import annotations
 
