@@ -1,4 +1,4 @@
-"""ALS kernel (spec 7c): adaptive label smoothing with a self-knowledge prior."""
+"""ALS kernel (Lee, Cheung, Zhang, EMNLP 2022): adaptive label smoothing with a self-knowledge prior."""
 
 from __future__ import annotations
 

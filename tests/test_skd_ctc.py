@@ -1,4 +1,4 @@
-"""Spec 3c: frame-level CTC SKD kernel, objective, schedule and metrics."""
+"""Frame-level CTC SKD (Kim, Kim, Lee, Interspeech 2024): kernel, objective, schedule and metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec 2c: logit-standardised KD for generative dataset distillation (hand-computed values)."""
+"""SKD-DD (Li et al., ICASSP 2025): logit-standardised KD for generative dataset distillation (hand-computed values)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec 4c: DRRNet-SKD dual-teacher loss and AWA weights (hand-computed values)."""
+"""DRRNet-SKD (Xu et al., 2023): dual-teacher loss and AWA weights (hand-computed values)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hahn & Choi kernels (spec 8c): the embedding-similarity prior and the SKD loss."""
+"""Hahn & Choi kernels (RANLP 2019): the embedding-similarity prior and the SKD loss."""
 
 from __future__ import annotations
 

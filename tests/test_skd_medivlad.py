@@ -1,4 +1,5 @@
-"""Spec 1c: DINO loss (center / sharpen, cross-view pairs), EMA update, DualVLAD, multi-crop."""
+"""MeDiVLAD (Guo et al., ISBI 2025): DINO loss (center / sharpen, cross-view pairs), EMA update, DualVLAD,
+multi-crop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Shared SKD property tests (spec 0.4 items 1-6), parametrised over every kernel case in tests/skd_cases/.
+"""Shared SKD property tests (items 1-6 of tests/skd_cases' docstring), parametrised over every kernel case in
+tests/skd_cases/.
 
 To add cases: create or extend a module in ``tests/skd_cases/`` with ``CASES: list[KernelCase]`` (see the
 package docstring of tests/skd_cases for each field). This file needs no edits.

@@ -1,4 +1,4 @@
-"""SST kernels (spec 6c): class-balanced batches and the view-consistency SKD loss."""
+"""SST kernels (Kwak, Kweon, Shin 2022): class-balanced batches and the view-consistency SKD loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Spec 5c: span KL, mAP@k / MRR coefficients, the QA SKD objective and the cross-lingual pair sampler."""
+"""Cross-lingual QA SKD (Carrino, Escolano, Fonollosa): span KL, mAP@k / MRR coefficients, the QA SKD objective
+and the cross-lingual pair sampler."""
 
 from __future__ import annotations
 

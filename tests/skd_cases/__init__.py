@@ -1,4 +1,4 @@
-"""Kernel cases for the shared SKD property tests (tests/test_skd_properties.py, spec 0.4 items 1-6).
+"""Kernel cases for the shared SKD property tests (tests/test_skd_properties.py, items 1-6 below).
 
 Mechanism: one module per family of methods in this package, each defining ``CASES: list[KernelCase]``; the
 property test imports every module here, so a new method adds a module and edits no shared file.

@@ -68,7 +68,7 @@ CASES: list[KernelCase] = [
 ]
 
 
-# ---- spec 1: DINO loss (soft CE, so no zero-at-equality; the center is a teacher-side input) ----
+# ---- MeDiVLAD: DINO loss (soft CE, so no zero-at-equality; the center is a teacher-side input) ----
 def _dino_inputs(gen: torch.Generator, batch: int, single_class: bool) -> Inputs:
     return {"student": torch.randn(4 * batch, C, generator=gen), "teacher": torch.randn(2 * batch, C, generator=gen),
             "center": torch.randn(1, C, generator=gen)}
@@ -78,7 +78,7 @@ def _dino(x: Inputs) -> dict[str, torch.Tensor]:
     return dino_loss(x["student"], x["teacher"], x["center"], n_s=4, n_t=2, tau_s=0.1, tau_t=0.04)
 
 
-# ---- spec 3: CTC frame KL and the SKD-CTC objective (alpha = 0 is the teacher's CTC) ----
+# ---- CTC SKD: CTC frame KL and the SKD-CTC objective (alpha = 0 is the teacher's CTC) ----
 def _ctc_inputs(gen: torch.Generator, batch: int, single_class: bool) -> Inputs:
     frames, vocab = 8, 5
     lengths = torch.randint(5, frames + 1, (batch,), generator=gen)

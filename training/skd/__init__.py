@@ -1,6 +1,7 @@
 """Self-knowledge distillation (SKD): one shared core (divergences, transforms, teachers, weights) for every method.
 
-Method kernels live in ``training.skd.methods.<name>``, one module per method.
+Method kernels live in ``training.skd.methods.<name>``, one module per method, each citing its method's paper.
+``[R]`` in a kernel or an experiment marks a detail reconstructed rather than read from that paper or its code.
 """
 
 from training.skd.core import SKDObjective, SKDTerm, masked_mean, soft_ce, soft_kl

@@ -1,6 +1,6 @@
 """Divergences and the one training-loop integration point (SKDObjective) shared by every SKD method.
 
-Conventions (spec 0.3): class axis last; the teacher is detached inside every function; a bool mask (True = valid)
+Conventions of every kernel: class axis last; the teacher is detached inside every function; a bool mask (True = valid)
 is aligned with the leading dims; reduction 'mean' averages over valid positions, 'none' returns per-position
 values with zeros at masked positions.
 """
@@ -114,7 +114,7 @@ class SKDTerm:
 
 
 class SKDObjective:
-    """L = task(*task_args) + sum_j w_j(step) * D_j(student_j, stopgrad(teacher_j)) (spec 0.1)."""
+    """L = task(*task_args) + sum_j w_j(step) * D_j(student_j, stopgrad(teacher_j)), the form every method takes."""
 
     RESERVED = frozenset({"loss", "task"})
 

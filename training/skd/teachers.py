@@ -1,6 +1,6 @@
 """Teachers: the model itself seen at another time (EMA, snapshot, bank), place (deeper head) or geometry.
 
-Every teacher returns its signal without gradient; the objective detaches again anyway (spec 0.3).
+Every teacher returns its signal without gradient; the objective detaches again anyway (training/skd/core.py).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class PredictionBank(_Hooks):
         return self.seen[indices].clone()
 
     def get(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probs, valid mask), spec 4c's spelling."""
+        """(probs, valid mask), the spelling DRRNet-SKD's online teacher uses."""
         return self.lookup(indices), self.has(indices)
 
     def logits(self, *inputs: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Transforms phi applied to logits before a divergence (spec 0.1): temperature, z-score, center+sharpen, masks.
+"""Transforms phi applied to logits before a divergence: temperature, z-score, center+sharpen, masks.
 
 Masks follow one convention across the package: a bool mask (True = valid) is aligned with the *leading* dims of
 the tensor it masks and broadcast over the remaining trailing dims (e.g. a [B, T] frame mask over [B, T, V] logits).

@@ -20,7 +20,8 @@ def linear_ramp(step: int, total: int, start: float = 0.0, end: float = 1.0) -> 
 
 
 def clipped_linear(epoch: int, total: int, t: float = 0.3) -> float:
-    """CTC SKD alpha(e) = min(max((e - 1) / (E - 1), t), 1 - t) for 1-based epochs e = 1..E (spec 3a)."""
+    """CTC SKD alpha(e) = min(max((e - 1) / (E - 1), t), 1 - t) for 1-based epochs e = 1..E (Kim, Kim, Lee,
+Interspeech 2024)."""
     ramp = (epoch - 1) / (total - 1) if total > 1 else 1.0
     return float(min(max(ramp, t), 1.0 - t))
 

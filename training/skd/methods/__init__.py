@@ -1,1 +1,1 @@
-"""Per-method SKD kernels (spec sections 1-8), each built on training.skd.core."""
+"""Per-method SKD kernels, one module per method (its paper cited there), each built on training.skd.core."""

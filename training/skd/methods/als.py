@@ -1,4 +1,4 @@
-"""Adaptive label smoothing with self-knowledge (Lee, Cheung, Zhang, EMNLP 2022; spec section 7).
+"""Adaptive label smoothing with self-knowledge (Lee, Cheung, Zhang, EMNLP 2022).
 
 Per token, the one-hot target is mixed with a prior q from the best-so-far snapshot of the model (uniform before the
 first snapshot), with a per-token smoothing weight alpha computed, detached, from the current model's entropy:

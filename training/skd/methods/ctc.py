@@ -1,4 +1,4 @@
-"""Spec section 3: frame-level SKD between two CTC heads of one encoder (Kim, Kim, Lee, Interspeech 2024).
+"""Frame-level SKD between two CTC heads of one encoder (Kim, Kim, Lee, Interspeech 2024).
 
 The teacher is the top-layer head, the student a head on an intermediate layer of the same encoder:
     L = (1 - alpha) * CTC(teacher) + alpha * [CTC(student) + L_SKD]

@@ -1,4 +1,4 @@
-"""Generative dataset distillation with SKD + logit standardisation (Li et al., ICASSP 2025), spec section 2.
+"""Generative dataset distillation with SKD + logit standardisation (Li et al., ICASSP 2025).
 
 The matching model M sees a real batch O and a synthetic batch S = G(z|y) with the same labels. Its own prediction
 on O is the teacher and its prediction on S the student [R]:

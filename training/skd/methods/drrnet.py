@@ -1,4 +1,4 @@
-"""DRRNet-SKD: offline + online self-distillation with adaptive weight assignment (Xu et al., 2023), spec section 4.
+"""DRRNet-SKD: offline + online self-distillation with adaptive weight assignment (Xu et al., 2023).
 
 Reconstruction [R] (abstract only):
     L = CE(y, p_s) + w_off * tau^2 KL(p_off^tau || p_s^tau) + w_on * tau^2 KL(p_on^tau || p_s^tau)

@@ -1,4 +1,4 @@
-"""Self-knowledge distillation from the word-embedding space (Hahn & Choi, RANLP 2019; spec section 8).
+"""Self-knowledge distillation from the word-embedding space (Hahn & Choi, RANLP 2019).
 
 The soft target is what the model's own softmax would give if the hidden state pointed exactly at the target's
 output embedding: q(j | y) = softmax_j(sim(w_y, w_j) / tau), kept to the top-K most similar words plus y and

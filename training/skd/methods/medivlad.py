@@ -1,4 +1,4 @@
-"""Spec section 1: MeDiVLAD (Guo et al., ISBI 2025): DINO label-free SKD pretraining and the DualVLAD aggregator.
+"""MeDiVLAD (Guo et al., ISBI 2025): DINO label-free SKD pretraining and the DualVLAD aggregator.
 
 DINO loss: the EMA teacher sees the n_t global crops, the student all n_s crops; for every pair (teacher crop iq,
 student crop v != iq): CE(softmax((g_t - c) / tau_t), softmax(g_s / tau_s)), averaged over the batch and the
@@ -84,7 +84,7 @@ class DualVLAD(nn.Module):
 
     a_k(x) = softmax_k(2 alpha c_k.x - alpha ||c_k||) on L2-normalised frames; r_fk = a_k(x_f)(x_f - c_k);
     w_f = softmax_f(w^T tanh(V vec(r_f)) / frame_temp); v_k = sum_f w_f r_fk, intra- then global L2 normalised.
-    frame_attention=False gives plain NetVLAD (v_k = sum_f r_fk), the spec's cluster-level-only baseline.
+    frame_attention=False gives plain NetVLAD (v_k = sum_f r_fk), the cluster-level-only baseline.
     """
 
     def __init__(self, num_clusters: int, dim: int, alpha: float = 1.0, frame_temp: float = 1.2,

@@ -1,4 +1,4 @@
-"""Siamese Sleep Transformer SKD (Kwak, Kweon, Shin 2022; spec section 6).
+"""Siamese Sleep Transformer SKD (Kwak, Kweon, Shin 2022).
 
 Two weight-shared branches see two stochastic views of one EEG epoch; the detached branch B (or an EMA copy on
 view B) teaches branch A through a temperature-scaled KL. "Selective batch sampling" is reconstructed [R] as

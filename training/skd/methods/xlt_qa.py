@@ -1,4 +1,4 @@
-"""Cross-lingual extractive QA via SKD with mAP@k coefficients (Carrino, Escolano, Fonollosa), spec section 5.
+"""Cross-lingual extractive QA via SKD with mAP@k coefficients (Carrino, Escolano, Fonollosa).
 
     L = alpha_ce * (CE(start) + CE(end))/2 + c * 1/2 [KL_T(start) + KL_T(end)],   KL_T = T^2 KL(p_t^T || p_s^T)
 
