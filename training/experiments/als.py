@@ -1,4 +1,5 @@
-"""ALS mini-experiment (spec 7d) and the synthetic class-based language it shares with Hahn & Choi (spec 8d).
+"""ALS mini-experiment (Lee, Cheung, Zhang, EMNLP 2022) and the synthetic class-based language it shares with the
+Hahn & Choi experiment.
 
 Language: a 12-class HMM with a sparse Markov transition matrix; each class emits its own 8 words (96 in all) with
 Zipf weights. A word determines its class, so the true next-token distribution is
@@ -107,7 +108,7 @@ class LMConfig:
     n_val: int = 500
     n_test: int = 2000
     length: int = 20
-    epochs: int = 12  # spec: 20; cut to fit the CPU budget (validation NLL flattens by then)
+    epochs: int = 12  # not 20: cut to fit the CPU budget (validation NLL flattens by then)
     batch_size: int = 64
     lr: float = 3e-3
 

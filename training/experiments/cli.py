@@ -23,7 +23,7 @@ def build_parser(names: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the experiment's)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 seed, a few steps; exit 1 if a method's training loss did not decrease")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (spec 0.5: 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"JSON directory (default {DEFAULT_OUT}; a temporary one for --smoke)")
     parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md",

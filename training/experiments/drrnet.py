@@ -1,10 +1,10 @@
-"""DRRNet-SKD mini-experiment (spec 4d): few-shot, noisy digits; offline + online SKD with AWA weights.
+"""DRRNet-SKD mini-experiment (Xu et al., 2023): few-shot, noisy digits; offline + online SKD with AWA weights.
 
 20 labelled digits per class with 30 % symmetric label noise, a small CNN, 60 epochs of Adam 1e-3, tau=4, beta=1.
 Variants: CE, label smoothing 0.1, offline-only, online-only (PS-KD ramp), DRRNet AWA 'reverse' / 'inverse', and
 fixed 0.5/0.5 weights. Every SKD variant is the same kernel with other weights; the online-only run uses the KL term
 with w_on = alpha_e (not PS-KD's target mixing). The offline teacher of a seed is a CE run from another init.
-Settings are the spec's (batch 50 is not in the spec); nothing was tuned, least of all on the test split.
+Settings were set before any run (batch 50 our own choice); nothing was tuned, least of all on the test split.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def run_seed(seed: int, smoke: bool) -> SeedResult:
 
 
 def extra_rule(results: Sequence[SeedResult]) -> tuple[bool, str]:
-    """The spec's order on seed means: AWA > max(offline, online) > CE and AWA >= fixed."""
+    """The claimed order on seed means: AWA > max(offline, online) > CE and AWA >= fixed."""
     awa, fixed, ce = (seed_mean(results, k) for k in ("awa_reverse", "fixed", "ce"))
     best_single = max(seed_mean(results, "offline"), seed_mean(results, "online"))
     clauses = {"AWA > max(offline, online)": awa > best_single, "max(offline, online) > CE": best_single > ce,

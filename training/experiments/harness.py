@@ -1,4 +1,7 @@
-"""Runs an SKD mini-experiment over seeds, applies the pass rule (spec 0.5) and writes its JSON atomically."""
+"""Runs an SKD mini-experiment over seeds, applies the pass rule and writes its JSON atomically.
+
+The pass rule: the method beats its plain baseline on the seed mean; where the experiment asks, also in
+>= ceil(n/2)+1 paired seeds, and further clauses of its claim (``ExtraRule``)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class SeedResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-# Extra pass conditions beyond "method beats baseline" (spec pass rules with several clauses): given the per-seed
+# Extra pass conditions beyond "method beats baseline" (claims with several clauses): given the per-seed
 # results, return (held, one line saying which clauses held). The verdict needs the main rule AND this one.
 ExtraRule = Callable[[Sequence[SeedResult]], tuple[bool, str]]
 
@@ -39,12 +42,12 @@ class Experiment:
     metric: str  # e.g. "test accuracy (%)"
     higher_is_better: bool
     claim: str  # the paper's claimed direction, in words
-    in_spirit_of: bool  # True when the experiment rests on details the spec marks [R]
-    reconstructed: tuple[str, ...]  # which details are [R] (shown in the README)
+    in_spirit_of: bool  # True when the experiment rests on reconstructed details ([R])
+    reconstructed: tuple[str, ...]  # which details are reconstructed (shown in the README)
     seeds: int  # default number of seeds (>= 3)
-    paired_rule: bool  # True: also needs wins in >= ceil(n/2)+1 paired seeds (spec 0.5)
+    paired_rule: bool  # True: also needs wins in >= ceil(n/2)+1 paired seeds
     run_seed: Callable[[int, bool], SeedResult]  # (seed, smoke) -> result; smoke = a few steps only
-    extra_rule: ExtraRule | None = None  # optional further clauses of the spec's pass rule
+    extra_rule: ExtraRule | None = None  # optional further clauses of the claim's pass rule
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
