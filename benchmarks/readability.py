@@ -20,7 +20,7 @@ from core.readability import GroundingReference, readability
 from core.vocab import tokenize_in_batches
 from indexer.search import SearchEngine
 
-# Queries whose terms the report prints (the first one is the running example).
+# Queries whose terms the report prints (the first one is the README's running example).
 EXAMPLE_QUERIES = ("a dog running on the beach", "two children play in the snow", "a man rides a red bicycle")
 
 

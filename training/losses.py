@@ -1,4 +1,5 @@
-"""Losses of Song et al. (CIKM 2025), spec section 2, as functions of score matrices.
+"""Losses of Song et al. (CIKM 2025, "Sparse and Dense Retrievers Learn Better Together"), as functions of score
+matrices.
 
 Every score matrix is image-to-text: row i = image i, column j = caption j, the diagonal holds the pairs.
 The text-to-image direction is always derived with ``.T``. Each loss returns a dict of named tensors.
@@ -62,7 +63,7 @@ class JointLossWeights:
 
 
 def joint_loss(dense_i2t: torch.Tensor, sparse_i2t: torch.Tensor, weights: JointLossWeights) -> dict[str, torch.Tensor]:
-    """Relevance loss of the joint model (code normalisation, spec section 2).
+    """Relevance loss of the paper's joint model, normalised as its official code does.
 
     dense_i2t: cosine / temperature (B, B); sparse_i2t: raw sparse dot products (B, B).
     L  = (lam1 * L_dense + lam2 * L_sparse + L_integrated) / 2
@@ -142,7 +143,7 @@ def _row_mask(weights: torch.Tensor, threshold: int | None) -> torch.Tensor:
 
 
 def l1_regularizer(weights: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
-    """Mean L1 norm of the rows (spec: mean_i ||z_i||_1); with a threshold, rows at or under it count as 0."""
+    """Mean L1 norm of the rows, mean_i ||z_i||_1; with a threshold, rows at or under it count as 0."""
     return (weights.abs() * _row_mask(weights, threshold)).sum(dim=1).mean()
 
 

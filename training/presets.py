@@ -1,6 +1,6 @@
 """Default configuration of each training method (overridable by --config FILE and --set key=value).
 
-Weights and regulariser strengths start from the official blip-flickr config (spec table 2.1); learning rate,
+Weights and regulariser strengths start from the paper's official blip-flickr config; learning rate,
 epochs and schedule are our own, chosen on the val split for the CPU budget (docs/results.md).
 """
 

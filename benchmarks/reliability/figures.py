@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Goal(BaseModel):
-    """A goal of the issue's list, with the number measured against it."""
+    """One of the service's reliability goals (each part states its own), with the number measured against it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
