@@ -157,3 +157,13 @@ def test_a_cache_recorded_with_a_relative_dataset_path_serves_an_absolute_one(
     subset = compute_feature_cache(tiny_backbone, load_karpathy(synthetic_dataset.resolve()), splits=["val"],
                                    cache_root=tmp_path, after_shard=lambda kind, _index: calls.append(kind))
     assert calls == [] and len(subset.images.ids) == 16  # nothing was encoded again
+
+
+def test_an_index_build_asks_for_the_same_features_as_training(synthetic_dataset) -> None:  # type: ignore[no-untyped-def]
+    """A Karpathy collection of the indexer names the same cache, with the same items, as the training's
+    ``karpathy_inputs``: an index build reuses the features training computed."""
+    from indexer.collection import load_karpathy_collection
+
+    for splits in (("test",), ("val", "test")):
+        collection = load_karpathy_collection(synthetic_dataset, splits)
+        assert collection.feature_inputs() == karpathy_inputs(load_karpathy(synthetic_dataset), splits)
