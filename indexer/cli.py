@@ -1,5 +1,6 @@
-"""``python -m indexer build|verify|add|delete|compact ...``: build the Lucene impact + FAISS indexes of a collection
-offline; add, replace or delete items of a built index and compact it, while no service holds it."""
+"""``python -m indexer build|verify|add|delete|compact|snapshot|restore ...``: build the Lucene impact + FAISS indexes
+of a collection offline; add, replace or delete items of a built index and compact it, while no service holds it;
+snapshot it into one archive and restore an archive as a new index."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from indexer.engines import WritableCollection
 from indexer.live import CollectionLockedError, ItemNotFoundError, LiveCollection
 from indexer.sharded import ShardedCollection
 from indexer.sharding import build_collection_embedded, is_sharded, verify_collection
+from indexer.snapshots import SnapshotStore, UnsupportedCollectionError, restore_snapshot
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("indexer")
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index directory")
     p.add_argument("--checkpoint", help="also check the index was built from this checkpoint")
     _add_write_commands(sub)
+    _add_snapshot_commands(sub)
     return parser
 
 
@@ -66,6 +69,48 @@ def _add_write_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--id", required=True, help="the item's id")
     p = sub.add_parser("compact", help="merge an index's writes since it was built into a new published version")
     p.add_argument("--index", required=True, help="index directory")
+
+
+def _add_snapshot_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("snapshot", help="copy an index (its live version and every write logged since) into one "
+                       "archive, <out>/<name>.tar; not while a service holds it (use its API then)")
+    p.add_argument("--index", required=True, help="index directory (sharded collections are not supported yet)")
+    p.add_argument("--out", type=Path, help="directory of the index's snapshots (default: <index>.snapshots, beside "
+                   "the index directory)")
+    p.add_argument("--name", help="the snapshot's name, [A-Za-z0-9._-] (default: the UTC time, e.g. "
+                   "20250101T120000.000000Z); an existing name is refused")
+    p = sub.add_parser("restore", help="restore a snapshot archive as a new index directory (checked file by file, "
+                       "verified, then renamed into place)")
+    p.add_argument("--snapshot", required=True, type=Path, help="the snapshot archive (.tar)")
+    p.add_argument("--index", required=True, type=Path, help="the new index directory (must not exist)")
+    p.add_argument("--checkpoint", help="refuse a snapshot bound to another checkpoint than this one (a checkpoint "
+                   "directory, or its content hash)")
+
+
+def snapshots_of(index: str | Path) -> Path:
+    """The default directory of an index's snapshots: ``<index>.snapshots`` beside it."""
+    root = Path(index).resolve()
+    return root.with_name(f"{root.name}.snapshots")
+
+
+def _run_snapshot(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "restore":
+        expected = args.checkpoint
+        if expected is not None and Path(expected).is_dir():
+            from core.checkpoint import read_manifest as read_checkpoint_manifest
+
+            expected = str(read_checkpoint_manifest(expected)["content_hash"])
+        return restore_snapshot(args.snapshot, args.index, checkpoint_hash=expected).model_dump()
+    if is_sharded(args.index):
+        raise UnsupportedCollectionError(f"{args.index}: snapshots of sharded collections are not supported yet "
+                                         "(a collection.json over several indexes; their points would differ)")
+    store = SnapshotStore(args.out or snapshots_of(args.index))
+    live = LiveCollection.open(args.index, auto_compact_ratio=None)
+    try:
+        info = store.take(live, args.name)
+    finally:
+        live.close()
+    return {**info.model_dump(), "path": str(store.path(info.name))}
 
 
 def build_config(args: argparse.Namespace) -> IndexBuildConfig:
@@ -117,6 +162,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if is_sharded(args.index):
             return verify_collection(args.index, checkpoint=args.checkpoint)
         return verify_index(args.index, checkpoint=args.checkpoint)
+    if args.command in ("snapshot", "restore"):
+        return _run_snapshot(args)
     return _run_write(args)
 
 

@@ -693,3 +693,44 @@ class LiveCollection:
             self._generation.engine.close()
             if self._lock_handle is not None:
                 self._lock_handle.close()
+
+    # ----- snapshots (indexer/snapshots.py) -----
+    @contextlib.contextmanager
+    def snapshot_point(self) -> Iterator[tuple[Path, bytes, int, dict[str, int]]]:
+        """A consistent point of the collection to copy while writes go on: (the live version's directory, the
+        log's lines after that version up to the point, the point's sequence number (``last_seq``), each side's
+        live item count). Writes wait only while the point is taken; a compaction in flight is waited for first.
+        The version stays on disk until the block ends: held as a reader holds it (a publication meanwhile leaves it
+        to the next one), or, for an index from before versions, by keeping compactions off for the block."""
+        from core.atomic import reading_version
+
+        wal = self.wal
+        if wal is None:
+            raise ReadOnlyCollectionError(f"{self.index_dir} is followed read-only: its writer (the process that "
+                                          "opened it with LiveCollection.open) takes its snapshots")
+        self._compacting.acquire()
+        compacting = True
+        try:
+            with self._lock:
+                generation, seq = self._generation, self.last_seq
+                version, base_seq = generation.engine.directory, generation.engine.manifest.wal_seq
+                counts = {side: b.base_count + b.count - int(b.deleted.size) for side, b in generation.buffers.items()}
+                log = wal.path.open("rb")  # this file to the end, even after a compaction rewrites the log
+                size = os.fstat(log.fileno()).st_size  # every append before the point is complete: it held the lock
+            with log, contextlib.ExitStack() as pinned:
+                if (self.index_dir / CURRENT).is_symlink():
+                    if pinned.enter_context(reading_version(self.index_dir)) != version:
+                        raise RuntimeError(f"{self.index_dir}: the live version is not its writer's ({version})")
+                    self._compacting.release()
+                    compacting = False
+                lines = []
+                for raw in io.BytesIO(log.read(size)):
+                    record = _record(raw)
+                    if record is None:
+                        raise RuntimeError(f"{wal.path}: a damaged record before seq {seq}")
+                    if base_seq < int(record["seq"]) <= seq:
+                        lines.append(raw)
+                yield version, b"".join(lines), seq, counts
+        finally:
+            if compacting:
+                self._compacting.release()
