@@ -262,7 +262,7 @@ def run_search(options: SearchOptions) -> dict[str, Any]:
     from benchmarks.search_bench import latency, quality, single_thread, sizes
     from indexer.search import SearchEngine
 
-    engine = SearchEngine(options.index)
+    engine = SearchEngine.open(options.index)
     report: dict[str, Any] = {"index": str(options.index), "machine": machine(),
                               "manifest_build": engine.manifest.build}
     report["sizes"] = sizes(engine)
@@ -270,7 +270,7 @@ def run_search(options: SearchOptions) -> dict[str, Any]:
         started = time.perf_counter()
         report["quality"] = quality(engine, candidate_k=options.candidate_k)
         report["quality_seconds"] = time.perf_counter() - started
-    texts = [item["text"] for item in engine.stores["texts"].items]
+    texts = [item["text"] for item in engine.reader.stores["texts"].items]
     step = max(1, len(texts) // options.latency_queries)
     sample = texts[::step][:options.latency_queries]
     single_thread()
@@ -290,20 +290,20 @@ def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
     from indexer.search import SearchEngine
 
     items, statistics_of = options.items, str(options.index)
-    real = SearchEngine(options.index)
-    stats = CorpusStatistics.of(real.stores["images"])
+    real = SearchEngine.open(options.index)
+    stats = CorpusStatistics.of(real.reader.stores["images"])
     encoded = generate(stats, items)
     out = options.work / f"synthetic-{items}"
-    config = IndexBuildConfig(checkpoint=real.checkpoint_dir, output=out,
+    config = IndexBuildConfig(checkpoint=real.reader.checkpoint_dir, output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]))
     started = time.perf_counter()
     manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(items)], encoded)},
                              {"name": f"synthetic-{items}", "source": "synthetic", "root": tempfile.gettempdir(),
                               "splits": [], "statistics_of": statistics_of})
     build_seconds = time.perf_counter() - started
-    synthetic = SearchEngine(out, encoder=real.encoder)
+    synthetic = SearchEngine.open(out, encoder=real.encoder)
     # Queries: the real index's captions (stored vectors), searched against the synthetic images.
-    synthetic.stores["texts"] = real.stores["texts"]
+    synthetic.reader.stores["texts"] = real.reader.stores["texts"]
     single_thread()
     return {"items": items, "statistics_of": statistics_of, "machine": machine(), "statistics": stats.summary(),
             "synthetic_mean_terms": manifest.sides["images"].mean_terms, "build_seconds": build_seconds,

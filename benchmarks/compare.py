@@ -33,8 +33,9 @@ from benchmarks.recall import KS, exact_top_k, overlap_with
 from benchmarks.search_bench import time_calls
 from core.metrics import success_of_lists
 from core.progress import progress_bar
+from indexer.params import DEFAULT_CANDIDATE_K, MODES, SearchParams
 from indexer.query import Query
-from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.searchers import Searcher, search_one
 
 _logger = logging.getLogger("benchmarks.compare")
@@ -100,7 +101,7 @@ def side_by_side(engine: SearchEngine, side: str, queries: Sequence[Query], *, r
 
 def exact_reference(engine: SearchEngine, side: str) -> tuple[Vectors, Scoring, ExactScorer]:
     """One index side's vectors (what the peers index) and the exact brute force over them (the ground truth)."""
-    store = engine.stores[side]
+    store = engine.reader.stores[side]
     vectors = Vectors(np.asarray(store.dense, np.float32), store.sparse)
     scoring = Scoring.of(engine)
     return vectors, scoring, ExactScorer(vectors, scoring)
@@ -169,7 +170,7 @@ class Measurement:
 
     def duet(self, engine: SearchEngine, params: SearchParams, *, label: str = "duet") -> dict[str, Any]:
         """Duet's searcher for ``params`` (its batches on the batch threads), as the service runs it."""
-        searcher = engine.searcher(params, threads=self.batch_threads, name=label)
+        searcher = engine.reader.searcher(params, threads=self.batch_threads, name=label)
         return self(searcher, params.mode, build_seconds=0.0,
                     size_bytes=duet_size_bytes(engine, params.side, params.mode))
 

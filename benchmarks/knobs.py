@@ -29,8 +29,9 @@ from benchmarks.peers import (
 from benchmarks.scale import caption_queries, synthetic_index
 from benchmarks.synthetic import GENERATOR
 from core.progress import progress_bar
+from indexer.params import MODES, SearchParams
 from indexer.query import Query
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import SearchEngine
 
 _logger = logging.getLogger("benchmarks.knobs")
 

@@ -48,8 +48,9 @@ from core.atomic import current_version
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from core.progress import progress
 from indexer.live import LIVE, LiveCollection, WriteAheadLog
+from indexer.params import DEFAULT_CANDIDATE_K, MODES, SearchParams
 from indexer.query import Query
-from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.store import CHECKPOINT_DIR, SideStore, directory_bytes, manifest_path, read_manifest
 from indexer.writes import log_entry
 
@@ -219,8 +220,8 @@ class LiveBench:
     def __init__(self, config: LiveBenchConfig, encoder: DuetEncoder, base: Path, work: Path,
                  image_root: Path) -> None:
         self.config, self.encoder, self.base_dir, self.work, self.image_root = config, encoder, base, work, image_root
-        self.base = SearchEngine(base, encoder=encoder)  # read only: statistics, queries, items to re-add
-        self.images, self.texts = self.base.stores["images"], self.base.stores["texts"]
+        self.base = SearchEngine.open(base, encoder=encoder)  # read only: statistics, queries, items to re-add
+        self.images, self.texts = self.base.reader.stores["images"], self.base.reader.stores["texts"]
         self.captions_per_image = max(1, round(len(self.texts.ids) / max(1, len(self.images.ids))))
         self._synthetic: tuple[Path, dict[str, Any]] | None = None
 
@@ -318,7 +319,8 @@ class LiveBench:
         samples = [(f"seen-{n}", self.texts.items[row]["text"]) for n, row in enumerate(rows)]
         half = len(samples) // 2
         with self.live_copy("visibility") as live:
-            queries = {item_id: live.engine.encode_text(text) for item_id, text in samples}
+            engine = live.engine
+            queries = {item_id: engine.encode_text(text) for item_id, text in samples}
             same = self.same_thread(live, samples[:half], queries)
             other = self.other_thread(live, samples[half:], queries)
             images = self.image_visibility(live)
@@ -332,7 +334,7 @@ class LiveBench:
 
     def _search_once(self, live: LiveCollection, query: Query, side: str) -> None:
         """One search as ``_first_hit`` makes it (for the time of one search alone)."""
-        with live.reading() as engine:
+        with live.searching() as engine:
             self._found(engine, query, side, "")
 
     def _first_hit(self, live: LiveCollection, query: Query, side: str, item_id: str) -> tuple[float, int]:
@@ -340,7 +342,7 @@ class LiveBench:
         started, attempts = time.perf_counter(), 0
         while time.perf_counter() - started < VISIBLE_WITHIN_S:
             attempts += 1
-            with live.reading() as engine:
+            with live.searching() as engine:
                 if self._found(engine, query, side, item_id):
                     return (time.perf_counter() - started) * 1000, attempts
         return float("inf"), attempts
@@ -391,7 +393,8 @@ class LiveBench:
 
     def image_visibility(self, live: LiveCollection) -> dict[str, Any]:
         files = self.image_files(self.config.visibility_images)
-        queries = [live.engine.encode_image(Image.open(io.BytesIO(data))) for _, data in files]
+        engine = live.engine
+        queries = [engine.encode_image(Image.open(io.BytesIO(data))) for _, data in files]
         delays, attempts = [], []
         for n, ((item, data), query) in enumerate(progress(list(zip(files, queries, strict=True)), total=len(files),
                                                            desc="visibility, images")):
@@ -423,10 +426,10 @@ class LiveBench:
 
     def apply_delta(self, live: LiveCollection, share: float, *, seed: int = 1) -> dict[str, Any]:
         """Add ``share`` of the images (with their captions) and delete as many of the base's."""
-        engine = live.engine
-        base_ids = engine.stores["images"].ids
+        reader = live.reader
+        base_ids = reader.stores["images"].ids
         count = max(1, round(share * len(base_ids)))
-        records = self.delta_records("texts" in engine.stores, count, seed)
+        records = self.delta_records("texts" in reader.stores, count, seed)
         write_ms = _timed(lambda record: record.write(live), records, f"delta {share:g}: writes")
         victims = [base_ids[row] for row in spread(count, len(base_ids))]
         delete_ms = _timed(live.delete, victims, f"delta {share:g}: deletes")
@@ -458,7 +461,8 @@ class LiveBench:
             with self.live_copy(f"compacted-{share:g}", live.index_dir) as compacted:
                 reopen_seconds = time.perf_counter() - started
                 compaction = self.compaction(compacted)
-                latency = search_latency({"base": base, "delta": live.engine, "compacted": compacted.engine},
+                latency = search_latency({"base": base, "delta": live.engine,
+                                          "compacted": compacted.engine},
                                          queries, self.config.candidate_k)
         return {"delta": delta, "copy_and_reopen_seconds": reopen_seconds, "compaction": compaction,
                 "latency": latency}
@@ -498,7 +502,7 @@ class LiveBench:
             except Exception as e:  # noqa: BLE001 - the failure is what this probe reports
                 error = f"{type(e).__name__}: {e}".replace(str(live.index_dir), "<the copy>")
             try:
-                SearchEngine(live.index_dir, encoder=self.encoder).close()
+                SearchEngine.open(live.index_dir, encoder=self.encoder).close()
                 opens = True
             except Exception:  # noqa: BLE001 - likewise
                 opens = False
@@ -518,7 +522,7 @@ class LiveBench:
     def synthetic(self, share: float) -> dict[str, Any]:
         path, info = self.synthetic_base()
         queries = {"t2i": caption_queries(self.base, self.config.synthetic_queries)}
-        base = SearchEngine(path, encoder=self.encoder)  # read only: the untouched synthetic collection
+        base = SearchEngine.open(path, encoder=self.encoder)  # read only: the untouched synthetic collection
         try:
             return {"collection": info, **self.delta_states(share, path, base, queries)}
         finally:
@@ -564,7 +568,7 @@ class _Watcher:
                 time.sleep(0.0001)
                 continue
             began = time.perf_counter()
-            with self.live.reading() as engine:
+            with self.live.searching() as engine:
                 seen = self.found(engine, target[1], "texts", target[0])
             self.searches += 1
             if seen and self.target is target:
@@ -618,7 +622,7 @@ class _Load:
 
     def _search(self, n: int) -> None:
         started = time.perf_counter()
-        with self.live.reading() as engine:
+        with self.live.searching() as engine:
             engine.search(self.queries[n % len(self.queries)], self.params)
         self.search_ms.append((time.perf_counter() - started) * 1000)
 

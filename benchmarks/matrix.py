@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.datasets import PRESETS
-from indexer.search import MODES
+from indexer.params import MODES
 
 # which runner stage produces each top-level report key
 STAGE_OF = {"quality": "quality", "headline": "quality", "sizes": "quality", "build": "quality",

@@ -28,8 +28,9 @@ import numpy as np
 
 from core.encoder import SparseRows
 from core.fusion import integrated_score
+from indexer.params import DEFAULT_CANDIDATE_K
 from indexer.query import Query
-from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine
+from indexer.search import SearchEngine
 from indexer.searchers import Ranking, ranking_of
 from indexer.store import directory_bytes
 
@@ -53,7 +54,7 @@ class Scoring:
     @classmethod
     def of(cls, engine: SearchEngine) -> Scoring:
         return cls(engine.manifest.fusion_dense_weight, engine.manifest.fusion_sparse_weight,
-                   engine.manifest.temperature, engine.vocab_size)
+                   engine.manifest.temperature, engine.reader.vocab_size)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict
             dataset.split
     reference = GroundingReference(vocabulary.content_mask(), tokenize_in_batches(tokenizer, train_captions))
 
-    images = engine.stores["images"]
+    images = engine.reader.stores["images"]
     captions = [(row, text) for row, item in enumerate(images.items) for text in item.get("captions", [])]
     caption_tokens = tokenize_in_batches(tokenizer, [text for _, text in captions])
     caption_image = torch.tensor([row for row, _ in captions], dtype=torch.long)
@@ -53,9 +53,9 @@ def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict
         "frequency_floor": reference.floor(caption_tokens, caption_image, len(images.ids)),
         "caption_vocabulary_from": vocabulary_from,
     }
-    if "texts" in engine.stores:
+    if "texts" in engine.reader.stores:
         out["texts"] = _own_words(engine)
-        out["flops"] = _flops(engine.stores["texts"].sparse, images.sparse, len(vocabulary))
+        out["flops"] = _flops(engine.reader.stores["texts"].sparse, images.sparse, len(vocabulary))
     out["examples"] = [{"query": text, "terms": [[term, round(weight, 3)] for term, weight in
                                                  engine.query_terms(engine.encode_text(text), limit=10)]}
                        for text in EXAMPLE_QUERIES]
@@ -71,7 +71,7 @@ def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict
 
 def _own_words(engine: SearchEngine) -> dict[str, float]:
     """Terms per indexed caption, and the share of captions whose every term is one of its own tokens."""
-    texts = engine.stores["texts"]
+    texts = engine.reader.stores["texts"]
     tokens = tokenize_in_batches(engine.encoder.backbone.tokenizer, [item["text"] for item in texts.items])
     counts = texts.sparse.terms_per_row()
     own = 0

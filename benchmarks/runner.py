@@ -35,7 +35,8 @@ from benchmarks.sweeps import pruning_sweep, weight_sweep
 from benchmarks.synthetic import GENERATOR
 from core.encoder import DuetEncoder
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
+from indexer.params import DEFAULT_CANDIDATE_K, MODES, SearchParams
+from indexer.search import SearchEngine
 from indexer.store import IndexMismatchError, IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks.runner")
@@ -113,7 +114,7 @@ def build_config(config: RunConfig, dataset: BenchmarkDataset) -> IndexBuildConf
 def ensure_index(config: RunConfig, dataset: BenchmarkDataset, encoder: DuetEncoder) -> tuple[Path, bool]:
     """(index dir, built now?). A given index is checked against the checkpoint and the split, never rebuilt."""
     if config.index is not None:
-        engine = SearchEngine(config.index, encoder=encoder)  # raises IndexMismatchError on another checkpoint
+        engine = SearchEngine.open(config.index, encoder=encoder)  # raises IndexMismatchError on another checkpoint
         splits = engine.manifest.collection.get("splits")
         engine.close()
         if splits != [config.split]:
@@ -157,7 +158,7 @@ def encoding_throughput(encoder: DuetEncoder, dataset: BenchmarkDataset, samples
 def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) -> dict[str, Any]:
     """Queries per second with every caption as a query in one search_batch call per mode."""
     set_threads(threads)
-    queries = stored_queries(engine.stores["texts"])
+    queries = stored_queries(engine.reader.stores["texts"])
     out = {"threads": threads, "queries": len(queries)}
     for mode in MODES:
         params = SearchParams(side="images", mode=mode, top_k=10, candidate_k=candidate_k)
@@ -170,7 +171,7 @@ def batched_throughput(engine: SearchEngine, *, candidate_k: int, threads: int) 
 def peers_on_split(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
     _logger.info("peers on the same vectors: %s", config.peers)
     t2i_relevant, _ = relevance(engine)
-    rows, notes = side_by_side(engine, "images", stored_queries(engine.stores["texts"]), relevant=t2i_relevant,
+    rows, notes = side_by_side(engine, "images", stored_queries(engine.reader.stores["texts"]), relevant=t2i_relevant,
                                peers=config.peers, work=config.work, candidate_k=config.candidate_k,
                                latency_queries=config.latency_queries, threads=config.threads,
                                batch_threads=config.batch_threads)
@@ -220,7 +221,7 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     config.work.mkdir(parents=True, exist_ok=True)
     encoder = DuetEncoder.from_checkpoint(config.checkpoint)
     index, built = ensure_index(config, dataset, encoder)
-    engine = SearchEngine(index, encoder=encoder)
+    engine = SearchEngine.open(index, encoder=encoder)
     partial = PartialReport(config, encoder.checkpoint.content_hash, resume=resume)
     report: dict[str, Any] = {
         "dataset": {"name": config.dataset, "directory": str(dataset.directory), "split": config.split,
@@ -287,7 +288,7 @@ def knob_section(partial: PartialReport, engine: SearchEngine, config: RunConfig
 
 def one_thread_latency(engine: SearchEngine, config: RunConfig) -> dict[str, Any]:
     set_threads(config.threads)
-    texts = [item["text"] for item in engine.stores["texts"].items]
+    texts = [item["text"] for item in engine.reader.stores["texts"].items]
     out = latency(engine, queries=config.latency_queries, candidate_k=config.candidate_k,
                   texts=texts[::max(1, len(texts) // config.latency_queries)])
     return {**out, "threads": config.threads}

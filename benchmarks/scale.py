@@ -23,8 +23,9 @@ from benchmarks.compare import side_by_side
 from benchmarks.search_bench import stored_queries
 from benchmarks.synthetic import GENERATOR, CorpusStatistics, corpus_summary, generate
 from indexer.build import IndexBuildConfig, publish_index
+from indexer.params import DEFAULT_CANDIDATE_K
 from indexer.query import Query
-from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine
+from indexer.search import SearchEngine
 
 _logger = logging.getLogger("benchmarks.scale")
 
@@ -45,20 +46,20 @@ def synthetic_index(real: SearchEngine, items: int, work: Path, *, batch_threads
                     keep: bool = False) -> Iterator[SyntheticBuild]:
     """Generate ``items`` synthetic items (the same corpus for the same size: the generator's seed is fixed),
     publish them as a Duet index under ``work`` and open it; the index is deleted afterwards unless ``keep``."""
-    stats = CorpusStatistics.of(real.stores["images"])
+    stats = CorpusStatistics.of(real.reader.stores["images"])
     encoded = generate(stats, items)
     out = work / f"synthetic-{items}"
-    config = IndexBuildConfig(checkpoint=real.checkpoint_dir, output=out,
+    config = IndexBuildConfig(checkpoint=real.reader.checkpoint_dir, output=out,
                               sparse_scale=float(real.manifest.quantization["scale"]), threads=batch_threads)
     started = time.perf_counter()
     manifest = publish_index(config, real.encoder, {"images": ([{"id": f"s{i}"} for i in range(items)], encoded)},
                              {"name": f"synthetic-{items}", "source": "synthetic", "root": tempfile.gettempdir(),
-                              "splits": [], "statistics_of": str(real.index_dir)})
+                              "splits": [], "statistics_of": str(real.root)})
     build_seconds = time.perf_counter() - started
     synthetic_statistics = corpus_summary(encoded.sparse)
     del encoded  # the index's own store holds the vectors now; at 1M items a second copy costs 3.3 GB
     gc.collect()
-    engine = SearchEngine(out, encoder=real.encoder, sides=("images",))
+    engine = SearchEngine.open(out, encoder=real.encoder, sides=("images",))
     try:
         yield SyntheticBuild(engine, stats.summary(), synthetic_statistics, build_seconds,
                              items / manifest.build["timings"]["images_sparse_seconds"])
@@ -70,7 +71,7 @@ def synthetic_index(real: SearchEngine, items: int, work: Path, *, batch_threads
 
 def caption_queries(real: SearchEngine, count: int) -> list[Query]:
     """``count`` real caption vectors of the benchmark's index, evenly spaced over its captions."""
-    text_queries = stored_queries(real.stores["texts"])
+    text_queries = stored_queries(real.reader.stores["texts"])
     return text_queries[::max(1, len(text_queries) // count)][:count]
 
 

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.sections import SectionStore
 from core.progress import progress
-from indexer.search import DEFAULT_CANDIDATE_K
+from indexer.params import DEFAULT_CANDIDATE_K
 
 _logger = logging.getLogger("benchmarks.scale_out")
 NODES = 2  # the local Ray cluster: 2 nodes, 1 CPU each
@@ -661,7 +661,7 @@ class ScaleOutBench:
         faiss_factory, _, store = factory.partition("+")
         manifest = build_index(self.build_config(output, faiss_factory=faiss_factory,  # the shared feature cache
                                                  dense_store=store or "float32"))
-        engine = SearchEngine(output)
+        engine = SearchEngine.open(output)
         try:
             measured = {"sizes": sizes(engine), "quality": quality(engine, candidate_k=self.config.candidate_k)}
         finally:

@@ -19,8 +19,9 @@ import torch
 
 from benchmarks.recall import KS
 from core.metrics import success_of_lists
+from indexer.params import DEFAULT_CANDIDATE_K, MODES, SearchParams
 from indexer.query import Query
-from indexer.search import DEFAULT_CANDIDATE_K, MODES, SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.searchers import ExactScores, Ranking
 from indexer.store import SideStore
 
@@ -35,7 +36,7 @@ def stored_queries(store: SideStore) -> list[Query]:
 
 def relevance(engine: SearchEngine) -> tuple[list[set[int]], list[set[int]]]:
     """Relevant target rows per query: t2i (caption -> its image), i2t (image -> its captions)."""
-    images, texts = engine.stores["images"], engine.stores["texts"]
+    images, texts = engine.reader.stores["images"], engine.reader.stores["texts"]
     t2i = [{images.row_of[item["image_id"]]} for item in texts.items]
     i2t: list[set[int]] = [set() for _ in images.ids]
     for row, item in enumerate(texts.items):
@@ -48,14 +49,14 @@ def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = DEFAUL
     out: dict[str, Any] = {}
     for direction, query_side, target_side, relevant in (("t2i", "texts", "images", t2i_rel),
                                                          ("i2t", "images", "texts", i2t_rel)):
-        queries = stored_queries(engine.stores[query_side])
-        target = engine.stores[target_side]
+        queries = stored_queries(engine.reader.stores[query_side])
+        target = engine.reader.stores[target_side]
         rows = np.arange(len(target.ids))
-        exact_scores = ExactScores(target, engine.vocab_size)
+        exact_scores = ExactScores(target, engine.reader.vocab_size)
         result: dict[str, Any] = {}
         for mode in MODES:
             params = SearchParams(side=target_side, mode=mode, top_k=10, candidate_k=candidate_k)
-            found = engine.searcher(params, threads=threads).search_batch(queries, params.top_k)
+            found = engine.reader.searcher(params, threads=threads).search_batch(queries, params.top_k)
             result[mode] = success_of_lists(found, relevant)
         exact = [Ranking(rows, exact_scores.sparse(query, rows)) for query in queries]  # every item, scored
         result["sparse_exact"] = success_of_lists(exact, relevant)
@@ -108,7 +109,7 @@ def latency(engine: SearchEngine, *, queries: int = 200, side: str = "images", c
             texts: Sequence[str] | None = None) -> dict[str, Any]:
     """p50/p95/p99 per configuration, one query at a time: search only (stored query vectors), and from text."""
     query_side = "texts" if side == "images" else "images"
-    store = engine.stores[query_side]
+    store = engine.reader.stores[query_side]
     step = max(1, len(store.ids) // queries)
     sample = stored_queries(store)[::step][:queries]
     out: dict[str, Any] = {"queries": len(sample), "side": side, "search_only": {}, "with_text_encoding": {}}

@@ -20,7 +20,8 @@ from benchmarks.search_bench import quality, relevance, stored_queries
 from core.metrics import success_of_lists
 from core.progress import progress
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.search import DEFAULT_CANDIDATE_K, SearchEngine, SearchParams
+from indexer.params import DEFAULT_CANDIDATE_K, SearchParams
+from indexer.search import SearchEngine
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("benchmarks.sweeps")
@@ -30,7 +31,7 @@ def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: in
                  threads: int = 2) -> list[dict[str, Any]]:
     t2i_rel, i2t_rel = relevance(engine)
     directions = (("t2i", "texts", "images", t2i_rel), ("i2t", "images", "texts", i2t_rel))
-    queries = {name: stored_queries(engine.stores[query_side]) for name, query_side, _, _ in directions}
+    queries = {name: stored_queries(engine.reader.stores[query_side]) for name, query_side, _, _ in directions}
     default = engine.manifest.fusion_dense_weight / (engine.manifest.fusion_dense_weight
                                                       + engine.manifest.fusion_sparse_weight)
     points = []
@@ -39,7 +40,7 @@ def weight_sweep(engine: SearchEngine, grid: Sequence[float], *, candidate_k: in
         for name, _, target_side, relevant in directions:
             params = SearchParams(side=target_side, mode="hybrid", top_k=max(KS), candidate_k=candidate_k,
                                   w_dense=a, w_sparse=1 - a)
-            found = engine.searcher(params, threads=threads).search_batch(queries[name], params.top_k)
+            found = engine.reader.searcher(params, threads=threads).search_batch(queries[name], params.top_k)
             point[name] = success_of_lists(found, relevant)
         point["rsum"] = rsum(point["t2i"], point["i2t"])
         points.append(point)
@@ -66,7 +67,7 @@ def pruning_sweep(engine: SearchEngine, base_config: IndexBuildConfig, terms: Se
     points = []
     for k in terms:
         index = pruned_index(base_config, k, work)
-        pruned = SearchEngine(index, encoder=engine.encoder)
+        pruned = SearchEngine.open(index, encoder=engine.encoder)
         try:
             points.append(_pruning_point(pruned, k, candidate_k, threads))
         finally:

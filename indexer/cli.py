@@ -20,11 +20,10 @@ from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
 from indexer.build import IndexBuildConfig, build_index, verify_index
-from indexer.engines import WritableCollection
 from indexer.live import CollectionLockedError, ItemNotFoundError, LiveCollection
-from indexer.sharded import ShardedCollection
+from indexer.served import ServedCollection
 from indexer.sharding import build_collection_embedded, is_sharded, verify_collection
-from indexer.snapshots import SnapshotStore, UnsupportedCollectionError, restore_snapshot
+from indexer.snapshots import SnapshotStore, UnsupportedCollectionError, restore_snapshot, snapshots_of
 from indexer.store import IndexUnavailableError
 
 _logger = logging.getLogger("indexer")
@@ -87,12 +86,6 @@ def _add_snapshot_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
                    "directory, or its content hash)")
 
 
-def snapshots_of(index: str | Path) -> Path:
-    """The default directory of an index's snapshots: ``<index>.snapshots`` beside it."""
-    root = Path(index).resolve()
-    return root.with_name(f"{root.name}.snapshots")
-
-
 def _run_snapshot(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "restore":
         expected = args.checkpoint
@@ -132,7 +125,7 @@ def _metadata(text: str | None) -> dict[str, Any] | None:
     return metadata
 
 
-def _write(live: WritableCollection, args: argparse.Namespace, metadata: dict[str, Any] | None) -> dict[str, Any]:
+def _write(live: ServedCollection, args: argparse.Namespace, metadata: dict[str, Any] | None) -> dict[str, Any]:
     if args.command == "delete":
         return live.delete(args.id).to_json()
     if args.command == "compact":
@@ -147,8 +140,7 @@ def _run_write(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "caption", None) and args.text is not None:
         raise ValueError("--caption goes with --image; a text item has no captions")
     metadata = _metadata(getattr(args, "metadata", None))  # checked before the index (and its model) is opened
-    live: WritableCollection = (ShardedCollection.open_local(args.index) if is_sharded(args.index) else
-                                LiveCollection.open(args.index, auto_compact_ratio=None))  # compaction: its command
+    live = ServedCollection.open(args.index, auto_compact_ratio=None)  # compaction: its own command
     try:
         return _write(live, args, metadata)
     finally:

@@ -45,9 +45,10 @@ from core.atomic import CURRENT, atomic_file, current_version
 from core.cancel import Cancellation
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index
+from indexer.index_reader import IndexReader
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView, live_row
-from indexer.store import SIDES, read_manifest
+from indexer.store import LIVE, SIDES, UPLOADS, read_manifest
 from indexer.writes import (
     IdConflictError,
     PreparedWrite,
@@ -57,9 +58,7 @@ from indexer.writes import (
 )
 
 _logger = logging.getLogger(__name__)
-LIVE = "live"
 WAL = "wal.jsonl"
-UPLOADS = "uploads"
 LOCK = ".writer.lock"
 _FOLLOW_ATTEMPTS = 5  # passes of one refresh: each compaction that lands during it costs one
 
@@ -310,9 +309,9 @@ class DeltaBuffer:
 
 @dataclass
 class _Generation:
-    """One published version in use: its engine, the writer's buffers over it, and who still reads it."""
+    """One published version in use: its reader, the writer's buffers over it, and who still reads it."""
 
-    engine: SearchEngine
+    reader: IndexReader
     buffers: dict[str, DeltaBuffer]
     readers: int = 0
     retired: bool = False
@@ -321,7 +320,7 @@ class _Generation:
 class LiveCollection:
     """An index plus its write-ahead log: searches see every acknowledged write; see the module docstring."""
 
-    def __init__(self, index_dir: Path, engine: SearchEngine, wal: WriteAheadLog | None,
+    def __init__(self, index_dir: Path, engine: IndexReader, wal: WriteAheadLog | None,
                  lock_handle: io.BufferedWriter | None, *, auto_compact_ratio: float | None,
                  tail: LogTail | None = None) -> None:
         """A writer has ``wal`` and ``lock_handle``; a follower has neither, only ``tail`` (``follow``)."""
@@ -353,9 +352,9 @@ class LiveCollection:
             handle.close()
             raise CollectionLockedError(f"{root} is being written by another process (it holds {live / LOCK})") \
                 from e
-        engine: SearchEngine | None = None
+        engine: IndexReader | None = None
         try:
-            engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
+            engine = IndexReader(root, checkpoint=checkpoint, encoder=encoder)
             return cls(root, engine, WriteAheadLog(live / WAL), handle, auto_compact_ratio=auto_compact_ratio)
         except BaseException:
             handle.close()
@@ -370,7 +369,7 @@ class LiveCollection:
         (not even ``live/``); ``refresh`` (done before each read) catches up with the writer's log."""
         root = Path(index_dir)
         read_manifest(root)
-        engine = SearchEngine(root, checkpoint=checkpoint, encoder=encoder)
+        engine = IndexReader(root, checkpoint=checkpoint, encoder=encoder)
         try:
             collection = cls(root, engine, None, None, auto_compact_ratio=None, tail=LogTail(root / LIVE / WAL))
         except BaseException:
@@ -389,24 +388,36 @@ class LiveCollection:
 
     # ----- reading -----
     @property
-    def engine(self) -> SearchEngine:
+    def reader(self) -> IndexReader:
+        """The current generation's index reader."""
         self.refresh()
-        return self._generation.engine
+        return self._generation.reader
+
+    @property
+    def engine(self) -> SearchEngine:
+        """The read engine over the current generation (``searching`` holds one generation for a whole read)."""
+        return SearchEngine.over(self.reader)
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[SearchEngine]:
-        """The current generation's engine, kept open until the block ends even if a compaction replaces it."""
+    def reading(self) -> Iterator[IndexReader]:
+        """The current generation's reader, kept open until the block ends even if a compaction replaces it."""
         with self._lock:
             self.refresh()
             generation = self._generation
             generation.readers += 1
         try:
-            yield generation.engine
+            yield generation.reader
         finally:
             with self._lock:
                 generation.readers -= 1
                 if generation.retired and generation.readers == 0:
-                    generation.engine.close()
+                    generation.reader.close()
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[SearchEngine]:
+        """The read engine over the current generation, kept open until the block ends (``reading``)."""
+        with self.reading() as reader:
+            yield SearchEngine.over(reader)
 
     def image_path(self, side: str, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
         """Where an image item's file is: an upload, or under ``root`` (default: the recorded collection root),
@@ -416,7 +427,7 @@ class LiveCollection:
         if item.get("upload"):
             path = self.index_dir / LIVE / UPLOADS / str(item["upload"])
             return path if path.is_file() and path.parent == self.index_dir / LIVE / UPLOADS else None
-        return self.engine.image_path(item, root=root)
+        return self.reader.image_path(item, root=root)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -426,9 +437,9 @@ class LiveCollection:
                             "live": buffer.base_count + buffer.count - int(buffer.deleted.size)}
                      for side, buffer in generation.buffers.items()}
             log = self.wal if self.wal is not None else self._tail
-            return {"generation": generation.engine.directory.name, "sides": sides,
+            return {"generation": generation.reader.directory.name, "sides": sides,
                     "wal_bytes": log.size() if log is not None else 0,
-                    "last_seq": self.last_seq, "base_wal_seq": generation.engine.manifest.wal_seq,
+                    "last_seq": self.last_seq, "base_wal_seq": generation.reader.manifest.wal_seq,
                     "needs_compaction": self.needs_compaction()}
 
     def needs_compaction(self) -> bool:
@@ -445,16 +456,16 @@ class LiveCollection:
                   metadata: Mapping[str, Any] | None = None) -> WriteResult:
         """An image (its file's bytes) and its captions; a live item with the same id is replaced, captions too."""
         self._writable()  # before the encoder's work
-        engine = self.engine
-        return self.apply(prepare_image(engine.encoder, engine.manifest.pruning, engine.sides, data, item_id=item_id,
+        reader = self.reader
+        return self.apply(prepare_image(reader.encoder, reader.manifest.pruning, reader.sides, data, item_id=item_id,
                                         captions=captions, metadata=metadata))
 
     def add_text(self, text: str, *, item_id: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
         """A text item of its own on the texts side; a live text with the same id is replaced."""
         self._writable()
-        engine = self.engine
-        return self.apply(prepare_text(engine.encoder, engine.manifest.pruning, engine.sides, text, item_id=item_id,
+        reader = self.reader
+        return self.apply(prepare_text(reader.encoder, reader.manifest.pruning, reader.sides, text, item_id=item_id,
                                        metadata=metadata))
 
     def apply(self, write: PreparedWrite) -> WriteResult:
@@ -543,9 +554,9 @@ class LiveCollection:
     @staticmethod
     def _publish_segments(generation: _Generation) -> None:
         for side, buffer in generation.buffers.items():
-            generation.engine.set_segment(side, buffer.snapshot())
+            generation.reader.set_segment(side, buffer.snapshot())
 
-    def _new_generation(self, engine: SearchEngine) -> _Generation:
+    def _new_generation(self, engine: IndexReader) -> _Generation:
         return _Generation(engine, {side: DeltaBuffer(engine.view(side)) for side in SIDES if side in engine.stores})
 
     def _store_upload(self, upload: Upload) -> None:
@@ -573,7 +584,7 @@ class LiveCollection:
                 sides = {side: EncodedSide(*buffer.live_rows()) for side, buffer in generation.buffers.items()}
                 self._since_snapshot = []
             try:
-                fresh = self._publish(generation.engine, sides, seq, cancel)
+                fresh = self._publish(generation.reader, sides, seq, cancel)
             except BaseException:
                 with self._lock:
                     self._since_snapshot = None
@@ -593,16 +604,16 @@ class LiveCollection:
                          result.generation, result.counts, result.seconds, len(tail))
             return result
 
-    def _publish(self, engine: SearchEngine, sides: dict[str, EncodedSide], seq: int,
-                 cancel: Cancellation | None) -> SearchEngine:
+    def _publish(self, engine: IndexReader, sides: dict[str, EncodedSide], seq: int,
+                 cancel: Cancellation | None) -> IndexReader:
         """The live rows as the index's new version (including the log up to ``seq``), opened."""
         collection = {**engine.manifest.collection, "root": str(engine.collection_root)}
         publish_index(self._build_config(engine), engine.encoder, sides, collection, wal_seq=seq,
                       keep_at_top=(LIVE,), cancel=cancel)
-        return SearchEngine(self.index_dir, encoder=engine.encoder)
+        return IndexReader(self.index_dir, encoder=engine.encoder)
 
     @staticmethod
-    def _build_config(engine: SearchEngine) -> IndexBuildConfig:
+    def _build_config(engine: IndexReader) -> IndexBuildConfig:
         """The new version is built like the old one: its FAISS factory, impact scale and pruning."""
         manifest = engine.manifest
         recorded = manifest.build.get("config", {})
@@ -623,7 +634,7 @@ class LiveCollection:
         """A generation swapped out: closed now, or by its last reader (``reading``)."""
         generation.retired = True
         if generation.readers == 0:
-            generation.engine.close()
+            generation.reader.close()
 
     # ----- following -----
     def refresh(self) -> bool:
@@ -633,7 +644,7 @@ class LiveCollection:
         if self._tail is None:
             return False
         with self._lock:
-            if self._live_version() == self._generation.engine.directory and self._tail.unchanged():
+            if self._live_version() == self._generation.reader.directory and self._tail.unchanged():
                 return False
             changed = False
             for _ in range(_FOLLOW_ATTEMPTS):
@@ -645,7 +656,7 @@ class LiveCollection:
                                f"(at seq {self.last_seq}); its writer must reopen the collection")
 
     def _live_version(self) -> Path:
-        """The version ``current`` names now (as SearchEngine resolves it, so the two compare)."""
+        """The version ``current`` names now (as IndexReader resolves it, so the two compare)."""
         try:
             return self.index_dir / os.readlink(self.index_dir / CURRENT)
         except OSError:
@@ -655,9 +666,9 @@ class LiveCollection:
         """One pass: open the live version if it changed, apply the new records; (still behind, changed). Behind:
         the log skipped a sequence number or the version moved meanwhile (a compaction since: the next pass)."""
         generation, last = self._generation, self.last_seq
-        if self._live_version() != generation.engine.directory:
-            generation = self._new_generation(SearchEngine(self.index_dir, encoder=generation.engine.encoder))
-            last = generation.engine.manifest.wal_seq
+        if self._live_version() != generation.reader.directory:
+            generation = self._new_generation(IndexReader(self.index_dir, encoder=generation.reader.encoder))
+            last = generation.reader.manifest.wal_seq
             tail.restart()
         last, continuous = self._apply_following(generation, tail.read(), last)
         changed = generation is not self._generation or last != self.last_seq
@@ -669,7 +680,7 @@ class LiveCollection:
         self.last_seq = last
         if not continuous:
             tail.restart()  # the rest of this log is read again, after the version it belongs to
-        return not continuous or self._live_version() != generation.engine.directory, changed
+        return not continuous or self._live_version() != generation.reader.directory, changed
 
     @classmethod
     def _apply_following(cls, generation: _Generation, records: Sequence[Mapping[str, Any]],
@@ -690,7 +701,7 @@ class LiveCollection:
         with self._lock:
             if self.wal is not None:
                 self.wal.close()
-            self._generation.engine.close()
+            self._generation.reader.close()
             if self._lock_handle is not None:
                 self._lock_handle.close()
 
@@ -713,7 +724,7 @@ class LiveCollection:
         try:
             with self._lock:
                 generation, seq = self._generation, self.last_seq
-                version, base_seq = generation.engine.directory, generation.engine.manifest.wal_seq
+                version, base_seq = generation.reader.directory, generation.reader.manifest.wal_seq
                 counts = {side: b.base_count + b.count - int(b.deleted.size) for side, b in generation.buffers.items()}
                 log = wal.path.open("rb")  # this file to the end, even after a compaction rewrites the log
                 size = os.fstat(log.fileno()).st_size  # every append before the point is complete: it held the lock

@@ -1,89 +1,42 @@
-"""The one search path, shared by the service and the benchmarks: an index, its encoder, and the searcher a search's
-parameters compose from the legs of indexer/searchers.py.
+"""The one read engine, shared by the service and the benchmarks: a collection is a set of shards, a single index
+is a collection of one shard, and every search goes the same way.
 
-A query (text or image) is encoded by the same checkpoint the index was built with, then searched on one side:
-  dense   FAISS top-k;
-  sparse  Lucene impact top-k with the query's own quantised term weights;
-  hybrid  the top candidate_k of each leg, every candidate rescored exactly on both legs (dense dot product from
-          the stored vectors, sparse dot product from the forward store) and ranked by the paper's integrated score
-          w_dense * dense / temperature + w_sparse * sparse, or by reciprocal-rank fusion.
-Every hit carries its exact dense, sparse and fused scores, whatever the mode.
+A query (text or image) is encoded once by the checkpoint the collection was built with, then searched on one side:
+  gather  every shard, at once, runs the mode's legs over its rows (indexer/index_reader.py):
+            dense   FAISS top-k;
+            sparse  Lucene impact top-k with the query's own quantised term weights;
+            hybrid  the top candidate_k of each leg;
+          and rescores every candidate exactly on both legs (dense dot product from the stored vectors, sparse dot
+          product from the forward store);
+  merge   each leg's global top candidates across shards (indexer/merge.py);
+  rank    their union by the paper's integrated score w_dense * dense / temperature + w_sparse * sparse, by
+          reciprocal-rank fusion, or by one leg's exact score (single-leg modes), ties by collection position;
+  fetch   the page's items and sparse rows from the shards that hold them (and the explanation).
+Every hit carries its exact dense, sparse and fused scores, whatever the mode. The embedded index, an in-process
+sharded collection and a collection on Ray differ only in how a shard is called (``ShardReader``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.encoder import DuetEncoder, vocabulary_digest
-from core.fusion import integrated_score, reciprocal_rank_fusion
 from core.vocab import Vocabulary
-from indexer.lucene import ImpactSearcher
+from indexer.index_reader import IndexReader, ReaderShard
+from indexer.merge import MergedRanking, ShardReader, merge_candidates
+from indexer.params import EXPLAINED_HITS, SearchParams, search_fusion, search_weights
 from indexer.query import Query
-from indexer.searchers import (
-    ExactScores,
-    FaissLeg,
-    Fuse,
-    HybridSearcher,
-    LuceneLeg,
-    Rescored,
-    RowScorer,
-    Searcher,
-    StrongestTerms,
-    excluding_rows,
-)
-from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
-from indexer.store import (
-    IndexManifest,
-    IndexUnavailableError,
-    Side,
-    SideStore,
-    check_binding,
-    manifest_in,
-    manifest_path,
-    opening_index,
-)
+from indexer.sharding import shard_of
+from indexer.store import LIVE, UPLOADS, IndexManifest, SideManifest, check_binding
 
-Mode = Literal["dense", "sparse", "hybrid"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-Fusion = Literal["weighted", "rrf"]
-# Hybrid sends only the query's 32 strongest terms to Lucene: on Flickr8k val (1K images, 5K captions) hybrid
-# R@1/5/10 in both directions were identical with 16, 32, 64, 128 and all terms (the dense candidates and the exact
-# rescoring carry the ranking); 32 keeps a margin. Sparse-only mode keeps all terms by default.
-HYBRID_QUERY_TERMS = 32
-# explanations for the first hits of a page only: a 1,000-hit page with all of them is tens of megabytes of JSON
-EXPLAINED_HITS = 50
-# hybrid candidates per leg: the one default of the service, the CLIs and the benchmarks
-DEFAULT_CANDIDATE_K = 100
-
-
-class SearchParams(BaseModel):
-    """How to search: the one definition of the search options and their defaults (the service's request schema
-    extends it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    side: Side = Field("images", description="What to return: images or captions.")
-    mode: Mode = "hybrid"
-    fusion: Fusion = "weighted"
-    w_dense: float | None = Field(None, ge=0, le=1000, description="Default: the checkpoint's val-selected weight.")
-    w_sparse: float | None = Field(None, ge=0, le=1000)
-    top_k: int = Field(10, ge=1)
-    offset: int = Field(0, ge=0)
-    candidate_k: int = Field(DEFAULT_CANDIDATE_K, ge=1)
-    # Lucene leg only: a little candidate recall for much less Lucene work (one clause per term).
-    sparse_query_terms: int | None = Field(
-        None, ge=0, le=100_000, description="Query terms sent to Lucene (strongest first); null: the mode's "
-        f"default ({HYBRID_QUERY_TERMS} in hybrid, all in sparse mode); 0: all. Candidates are always rescored "
-        "with the full query.")
-    explain: bool = Field(False, description=f"Explain the sparse score of the page's first {EXPLAINED_HITS} hits "
-                          "(matched terms and the item's strongest terms); later hits have none.")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,7 +56,6 @@ class Explanation:
 
 @dataclass(frozen=True)
 class Hit:
-    row: int
     id: str
     rank: int
     dense: float
@@ -141,23 +93,6 @@ def sparse_leg_warnings(query: Query, params: SearchParams) -> list[str]:
     return [EMPTY_SPARSE_WARNING] if params.mode == "hybrid" else []
 
 
-def search_weights(manifest: IndexManifest, params: SearchParams) -> tuple[float, float]:
-    """The fusion weights of a search: the request's, else the checkpoint's val-selected ones."""
-    w_dense = manifest.fusion_dense_weight if params.w_dense is None else params.w_dense
-    w_sparse = manifest.fusion_sparse_weight if params.w_sparse is None else params.w_sparse
-    return w_dense, w_sparse
-
-
-def search_fusion(manifest: IndexManifest, params: SearchParams) -> Fuse:
-    """How a search fuses exact (dense, sparse) scores: the integrated score with its weights, or RRF."""
-    if params.fusion == "rrf":
-        return reciprocal_rank_fusion
-    w_dense, w_sparse = search_weights(manifest, params)
-    temperature = manifest.temperature
-    return lambda dense, sparse: integrated_score(dense, sparse, w_dense=w_dense, w_sparse=w_sparse,
-                                                  temperature=temperature)
-
-
 def explain_terms(query: Query, ids: np.ndarray, values: np.ndarray, vocabulary: Vocabulary, *,
                   item_terms: int = 12) -> Explanation:
     """Matched terms (query weight x item weight) of an item's sparse row, and its own strongest terms, as words."""
@@ -177,12 +112,78 @@ def query_terms(query: Query, vocabulary: Vocabulary, limit: int = 32) -> list[t
     return [(vocabulary.display(int(query.term_ids[i])), float(query.term_weights[i])) for i in order]
 
 
-class QueryEncoding:
-    """Queries encoded with the collection's own checkpoint: what every engine (one index, or the ingress of a
-    sharded collection) does before it searches."""
+def summed_manifest(manifests: Sequence[IndexManifest]) -> IndexManifest:
+    """One manifest for the whole collection: the first shard's, with each side's counts and bytes summed."""
+    first = manifests[0]
+    if len(manifests) == 1:
+        return first
+    sides: dict[str, SideManifest] = {}
+    for side, entry in first.sides.items():
+        parts = [m.sides[side] for m in manifests if side in m.sides]
+        count = sum(p.count for p in parts)
+        mean = sum(p.mean_terms * p.count for p in parts) / max(count, 1)
+        sides[side] = entry.model_copy(update={
+            "count": count, "lucene_docs": sum(p.lucene_docs for p in parts), "mean_terms": mean, "files": {},
+            "bytes": {key: sum(p.bytes.get(key, 0) for p in parts) for key in entry.bytes}})
+    return first.model_copy(update={"sides": sides})
 
-    encoder: DuetEncoder
 
+class SearchEngine:
+    """A collection's shards, the encoder they were built with, and the one search over them: gather, merge, rank,
+    fetch."""
+
+    def __init__(self, shards: Sequence[ShardReader], manifests: Sequence[IndexManifest], encoder: DuetEncoder, *,
+                 root: Path, collection_root: Path, shard_dirs: Sequence[Path] = ()) -> None:
+        """``root``: the directory served; ``collection_root``: where indexed image files are; ``shard_dirs``:
+        each shard's index directory (where its uploads are), in shard order."""
+        self.shards = list(shards)
+        self.manifest = summed_manifest(manifests)
+        self.encoder = encoder
+        self.root, self.collection_root, self.shard_dirs = root, collection_root, list(shard_dirs)
+        check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
+                      backbone_fingerprint=encoder.checkpoint.backbone_fingerprint,
+                      vocabulary_digest=vocabulary_digest(encoder.vocabulary))
+        # one shard is called on the caller's thread; several at once from a pool
+        self._pool = (ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="duet-fanout")
+                      if len(self.shards) > 1 else None)
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, encoder: DuetEncoder | None = None, checkpoint: str | Path | None = None,
+             sides: tuple[str, ...] | None = None) -> SearchEngine:
+        """A published index, read only (its write-ahead log is not replayed: see indexer/live.py for that)."""
+        return cls.over(IndexReader(index_dir, encoder=encoder, checkpoint=checkpoint, sides=sides), owned=True)
+
+    @classmethod
+    def over(cls, reader: IndexReader, *, owned: bool = False) -> SearchEngine:
+        """The engine of one index reader (``owned``: closing the engine closes the reader)."""
+        return cls([ReaderShard(reader, owned=owned)], [reader.manifest], reader.encoder, root=reader.index_dir,
+                   collection_root=reader.collection_root, shard_dirs=[reader.index_dir])
+
+    @property
+    def reader(self) -> IndexReader:
+        """The index reader of an engine over one index in this process (what benchmarks measure legs of)."""
+        shard = self.shards[0] if len(self.shards) == 1 else None
+        if not isinstance(shard, ReaderShard):
+            raise TypeError("this engine is not over one index reader in this process")
+        return shard.reader
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return tuple(self.manifest.sides)
+
+    def default_weights(self) -> tuple[float, float]:
+        return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
+
+    def fan_out(self, call: Callable[[int], T], shards: Sequence[int] | None = None) -> list[T]:
+        """``call(n)`` for every shard number (or for these) at once, answers in that order; the first failure
+        raises."""
+        chosen = range(len(self.shards)) if shards is None else shards
+        if self._pool is None:
+            return [call(s) for s in chosen]
+        futures = [self._pool.submit(call, s) for s in chosen]
+        return [future.result() for future in futures]
+
+    # ----- queries -----
     def encode_text(self, text: str) -> Query:
         return Query.from_encoded(self.encoder.encode_texts([text]))
 
@@ -192,197 +193,94 @@ class QueryEncoding:
     def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
         return query_terms(query, self.encoder.vocabulary, limit)
 
-
-class SearchEngine(QueryEncoding):
-    """An index plus the encoder it was built with."""
-
-    def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
-                 checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None) -> None:
-        self.index_dir = Path(index_dir)
-        # the live version, resolved once and held while it is opened: every read comes from it
-        with opening_index(self.index_dir) as directory:
-            self.directory = directory
-            self._open(encoder, checkpoint, sides)
-
-    def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None) -> None:
-        self.manifest: IndexManifest = manifest_in(self.directory, self.index_dir)
-        if encoder is None:
-            encoder = DuetEncoder.from_checkpoint(Path(checkpoint) if checkpoint is not None else self.checkpoint_dir)
-        check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
-                      backbone_fingerprint=encoder.checkpoint.backbone_fingerprint,
-                      vocabulary_digest=vocabulary_digest(encoder.vocabulary))
-        self.encoder = encoder
-        self.vocab_size = len(encoder.vocabulary)
-        scale = float(self.manifest.quantization["scale"])
-        self.stores: dict[str, SideStore] = {}
-        self.lucene: dict[str, ImpactSearcher] = {}
-        self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
-        self._exclusions: dict[str, tuple[np.ndarray, Any]] = {}  # per side: FAISS parameters skipping deletes
-        for side, side_manifest in self.manifest.sides.items():
-            if sides is not None and side not in sides:
-                continue
-            self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
-            self.segments[side] = unchanged(self.stores[side])
-            self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
-            lucene_docs = self.lucene[side].num_docs()
-            if lucene_docs != side_manifest.count:
-                raise IndexUnavailableError(f"{self.directory / side}/lucene holds {lucene_docs} "
-                                            f"documents, the manifest {side_manifest.count}")
-
-    @property
-    def sides(self) -> tuple[str, ...]:
-        return tuple(self.stores)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """The checkpoint the index was built with (its own copy; format 1: where it was built from)."""
-        return manifest_path(self.directory, self.manifest.checkpoint.path)
-
-    @property
-    def collection_root(self) -> Path:
-        """Where the index's image files are, as recorded at build time (relative to the index directory)."""
-        return manifest_path(self.index_dir, self.manifest.collection["root"])
-
-    def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
-        """An indexed image item's file under ``root`` (default: the recorded collection root), never outside it;
-        None when there is none."""
-        resolved = (root or self.collection_root).resolve()
-        path = (resolved / str(item.get("path", ""))).resolve()
-        return path if path.is_relative_to(resolved) and path.is_file() else None
-
-    # ----- queries -----
-    def default_weights(self) -> tuple[float, float]:
-        return self.manifest.fusion_dense_weight, self.manifest.fusion_sparse_weight
-
     # ----- search -----
-    def store(self, side: str) -> SideStore:
-        if side not in self.stores:
-            raise KeyError(f"this index has no {side!r} side (sides: {sorted(self.stores)})")
-        return self.stores[side]
-
-    @staticmethod
-    def _query_term_limit(params: SearchParams) -> int | None:
-        if params.sparse_query_terms is None:
-            return HYBRID_QUERY_TERMS if params.mode == "hybrid" else None
-        return params.sparse_query_terms or None
-
-    def exact_scores(self, side: str) -> ExactScores:
-        return ExactScores(self.store(side), self.vocab_size)
-
-    def view(self, side: str) -> SideView:
-        """The side as a search sees it now: the base index and the live segment (writes since, deletes)."""
-        return SideView(self.store(side), self.segments.get(side))
-
-    def set_segment(self, side: str, segment: Segment) -> None:
-        """Make a side's changes visible to every later search (one reference swap: a search in flight keeps the
-        segment it took)."""
-        self.store(side)
-        self.segments = {**self.segments, side: segment}
-
-    def weights(self, params: SearchParams) -> tuple[float, float]:
-        return search_weights(self.manifest, params)
-
-    def fuse(self, params: SearchParams) -> Fuse:
-        return search_fusion(self.manifest, params)
-
-    def dense_leg(self, side: str, *, excluded: np.ndarray | None = None) -> Searcher:
-        """FAISS over a side; ``excluded`` rows (deleted ones) are skipped inside FAISS where the index kind allows
-        it, else dropped from an over-fetched answer."""
-        index = self.store(side).faiss_index
-        if excluded is None or excluded.size == 0:
-            return FaissLeg(index)
-        cached = self._exclusions.get(side)
-        if cached is None or cached[0] is not excluded:  # one selector per deletes snapshot, not per search
-            cached = (excluded, excluding_rows(index, excluded))
-            self._exclusions[side] = cached
-        parameters = cached[1]
-        if parameters is None:
-            return Excluding(FaissLeg(index), excluded, int(index.ntotal))
-        return FaissLeg(index, parameters=parameters)
-
-    def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
-        self.store(side)
-        if side not in self.lucene:
-            raise IndexUnavailableError(f"{self.directory}: this engine is closed")
-        return LuceneLeg(self.lucene[side], threads=threads)
-
-    def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
-                 view: SideView | None = None) -> HybridSearcher:
-        """The searcher a search runs: the mode's legs over one side, every candidate rescored exactly.
-
-        Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
-        to candidate_k too, so the full-query rescoring can recover what the cut missed. On a side that changed
-        since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
-        score the mode ranks by."""
-        view = view or self.view(params.side)
-        deleted = view.segment.deleted_base_rows
-        legs: dict[str, Searcher] = {}
-        if params.mode in ("dense", "hybrid"):
-            legs["dense"] = self.dense_leg(params.side, excluded=deleted)
-        term_limit = self._query_term_limit(params)
-        if params.mode in ("sparse", "hybrid"):
-            sparse: Searcher = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
-            legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
-        scores = self._with_delta(legs, view)
-        widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
-        return HybridSearcher(legs, scores, self.fuse(params),
-                              rank_by="fused" if params.mode == "hybrid" else params.mode,
-                              candidate_k=params.candidate_k if widen else None, name=name)
-
-    def _with_delta(self, legs: dict[str, Searcher], view: SideView) -> RowScorer:
-        """Add the delta as one more leg per score the base legs rank by; return the scorer over both parts."""
-        segment, base_scores = view.segment, self.exact_scores(view.base.side)
-        if not segment.delta.count:
-            return base_scores
-        delta = ExactScores(segment.delta, self.vocab_size)
-        for by in ("dense", "sparse"):
-            if by in legs:
-                legs[f"delta_{by}"] = DeltaLeg(delta, segment, by)
-        return SegmentScores(base_scores, delta, view.base_count)
-
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         return self.search_batch([query], params)[0]
 
     def search_batch(self, queries: Sequence[Query], params: SearchParams, *, threads: int = 1) -> list[SearchResult]:
-        """One batch through the mode's searcher (one FAISS call, one Lucene batch over ``threads``), then the
-        requested page of each ranking as hits."""
+        """One batch: each shard searches it at once (one FAISS call, one Lucene batch over ``threads``), then
+        each query's merged ranking and the requested page of it as hits."""
+        if params.side not in self.sides:
+            raise KeyError(f"this collection has no {params.side!r} side (sides: {list(self.sides)})")
         warnings = [sparse_leg_warnings(q, params) for q in queries]
-        view = self.view(params.side)
-        searcher = self.searcher(params, threads=threads, view=view)
-        rankings = searcher.search_batch(queries, params.offset + params.top_k)
-        w_dense, w_sparse = self.weights(params)
+        k = params.offset + params.top_k
+        answers = self.fan_out(lambda s: self.shards[s].candidates(params.side, queries, params, k, threads=threads))
+        w_dense, w_sparse = search_weights(self.manifest, params)
         weights = {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": self.manifest.temperature}
-        return [SearchResult(self._hits(query, view, ranking, params), ranking.candidates, weights,
-                             timings_ms=dict(ranking.timings_ms), warnings=notes)
-                for query, ranking, notes in zip(queries, rankings, warnings, strict=True)]
+        fuse = search_fusion(self.manifest, params)
+        results = []
+        for n, query in enumerate(queries):
+            per_shard = [answer[n] for answer in answers]
+            merged = merge_candidates(per_shard, fuse, params.rank_by, k)
+            # the slowest shard's time per leg: the fan-out waits for all of them
+            timings = {key: max(a.timings_ms.get(key, 0.0) for a in per_shard)
+                       for key in {key for a in per_shard for key in a.timings_ms}}
+            results.append(SearchResult(self._hits(query, params, merged), merged.candidates, weights,
+                                        timings_ms=timings, warnings=warnings[n]))
+        return results
 
-    def _hits(self, query: Query, view: SideView, ranking: Rescored, params: SearchParams) -> list[Hit]:
+    def _hits(self, query: Query, params: SearchParams, merged: MergedRanking) -> list[Hit]:
+        page = range(params.offset, len(merged.ids))
+        wanted: dict[int, list[str]] = {}
+        for position in page:
+            wanted.setdefault(int(merged.shards[position]), []).append(merged.ids[position])
+        owners = sorted(wanted)
+        answers = self.fan_out(lambda s: self.shards[s].records(params.side, wanted[s]), owners)
+        records = {(s, item_id): record for s, answer in zip(owners, answers, strict=True)
+                   for item_id, record in zip(wanted[s], answer, strict=True)}
         hits = []
-        for position in range(params.offset, len(ranking)):
-            row = int(ranking.rows[position])
+        for position in page:
+            record = records[(int(merged.shards[position]), merged.ids[position])]
+            if record is None:  # deleted between the two calls: the page is one short rather than wrong
+                continue
             explained = params.explain and position - params.offset < EXPLAINED_HITS
-            explanation = self.explain(query, params.side, row, view=view) if explained else None
-            hits.append(Hit(row, view.id(row), position + 1, float(ranking.dense[position]),
-                            float(ranking.sparse[position]), float(ranking.fused[position]), view.item(row),
+            explanation = (explain_terms(query, record.term_ids, record.term_weights, self.encoder.vocabulary)
+                           if explained else None)
+            hits.append(Hit(merged.ids[position], position + 1, float(merged.dense[position]),
+                            float(merged.sparse[position]), float(merged.fused[position]), record.item,
                             explanation))
         return hits
 
-    def explain(self, query: Query, side: str, row: int, *, item_terms: int = 12,
-                view: SideView | None = None) -> Explanation:
-        ids, values = (view or self.view(side)).sparse_row(row)
-        return explain_terms(query, ids, values, self.encoder.vocabulary, item_terms=item_terms)
+    # ----- items -----
+    def owner(self, item_id: str) -> int:
+        """The shard an id's writes go to."""
+        return shard_of(item_id, len(self.shards))
+
+    def holder(self, item_id: str) -> int | None:
+        """The shard that holds a live item with this id, if any: its owner first, then every other (a caption
+        built with its image on another shard)."""
+        owner = self.owner(item_id)
+        if self.shards[owner].find(item_id) is not None:
+            return owner
+        others = [s for s in range(len(self.shards)) if s != owner]
+        for s, answer in zip(others, self.fan_out(lambda s: self.shards[s].find(item_id), others), strict=True):
+            if answer is not None:
+                return s
+        return None
 
     def item(self, item_id: str) -> tuple[str, dict[str, Any]]:
         """The live item with this id and its side (a deleted item is gone)."""
-        for side in self.stores:
-            view = self.view(side)
-            row = view.row_of(item_id)
-            if row is not None:
-                return side, view.item(row)
-        raise KeyError(item_id)
+        holder = self.holder(item_id)
+        found = None if holder is None else self.shards[holder].find(item_id)
+        if found is None:
+            raise KeyError(item_id)
+        return found
+
+    def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
+        """An image item's file: an upload kept by its shard, else under ``root`` (default: the collection root),
+        never outside either."""
+        if item.get("upload"):
+            if not self.shard_dirs:
+                return None
+            uploads = (self.shard_dirs[self.owner(str(item["id"]))] / LIVE / UPLOADS).resolve()
+            path = (uploads / str(item["upload"])).resolve()
+            return path if path.parent == uploads and path.is_file() else None
+        resolved = (root or self.collection_root).resolve()
+        path = (resolved / str(item.get("path", ""))).resolve()
+        return path if path.is_relative_to(resolved) and path.is_file() else None
 
     def close(self) -> None:
-        # the searchers' Java objects are released now (ImpactSearcher.close, under the Java lock), not by whichever
-        # thread happens to drop this engine last (a live collection's last reader of a replaced version)
-        while self.lucene:
-            self.lucene.popitem()[1].close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        for shard in self.shards:
+            shard.close()

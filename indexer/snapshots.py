@@ -235,6 +235,13 @@ def _add(tar: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> FileE
     return FileEntry(sha256=reader.digest.hexdigest(), bytes=size)
 
 
+def snapshots_of(index: str | Path) -> Path:
+    """The default directory of a lone index's snapshots: ``<index>.snapshots`` beside it (a data directory's
+    collections keep theirs in ``<data-dir>/.snapshots/<name>``, indexer/catalog.py)."""
+    root = Path(index).resolve()
+    return root.with_name(f"{root.name}.snapshots")
+
+
 class SnapshotStore:
     """A directory of snapshot archives (``<name>.tar``) of one collection."""
 

@@ -40,6 +40,8 @@ FORMAT: Final = "duet-index/2"
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"
 ORDER_FILE = "order.npy"
+LIVE = "live"  # beside the versions: a live collection's write-ahead log and uploads (indexer/live.py)
+UPLOADS = "uploads"
 Side = Literal["images", "texts"]
 SIDES: tuple[Side, ...] = get_args(Side)
 

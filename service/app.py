@@ -7,8 +7,9 @@ from fastapi_offline import FastAPIOffline
 
 from service.body_intake import BodyIntakeMiddleware, BodyPolicy
 from service.errors import install_error_handlers
-from service.lifespan import EngineLoader, engine_lifespan, load_engine
+from service.lifespan import collections_lifespan, load_collection
 from service.openapi import install_openapi
+from service.registry import CollectionLoader
 from service.request_context import RequestContextMiddleware
 from service.routes import ROUTERS
 from service.settings import ServiceSettings
@@ -16,13 +17,14 @@ from service.state import ServiceState
 
 DOCS_ASSETS = "/docs-assets"  # where /docs and /redoc load Swagger UI and ReDoc from
 
-__all__ = ["DOCS_ASSETS", "EngineLoader", "create_app", "load_engine"]
+__all__ = ["DOCS_ASSETS", "CollectionLoader", "create_app", "load_collection"]
 
 
-def create_app(settings: ServiceSettings, *, engine_loader: EngineLoader = load_engine) -> FastAPI:
-    """The app over the index ``settings`` name, loaded by ``engine_loader`` at startup (not ready until then)."""
+def create_app(settings: ServiceSettings, *, engine_loader: CollectionLoader = load_collection) -> FastAPI:
+    """The app over the collections ``settings`` name, each opened by ``engine_loader`` at startup (not ready until
+    then)."""
     # /docs and /redoc from assets packaged with fastapi-offline, so the pages need no CDN
-    app = FastAPIOffline(title="Duet", version="0.1.0", lifespan=engine_lifespan(engine_loader),
+    app = FastAPIOffline(title="Duet", version="0.1.0", lifespan=collections_lifespan(engine_loader),
                          static_url=DOCS_ASSETS,
                          description="Hybrid sparse-dense text-image retrieval (Song et al., CIKM 2025).")
     # /v1/search/ is a 404, not a redirect built from the client's Host header

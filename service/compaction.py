@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.cancel import Cancellation, Cancelled
-from indexer.engines import WritableCollection
 from indexer.live import CompactionResult
+from indexer.served import ServedCollection
 from service.metrics import Metrics
 
 _logger = logging.getLogger("service")
@@ -51,7 +51,7 @@ class Compactor:
     def running(self) -> bool:
         return self._running_since is not None
 
-    def start(self, live: WritableCollection, *, automatic: bool = False) -> bool:
+    def start(self, live: ServedCollection, *, automatic: bool = False) -> bool:
         """Start a compaction unless one is running (or, for an automatic one, the last failed lately); whether
         this call started one."""
         with self._lock:
@@ -68,7 +68,7 @@ class Compactor:
                 return False
         return True
 
-    def _run(self, live: WritableCollection, cancel: Cancellation) -> None:
+    def _run(self, live: ServedCollection, cancel: Cancellation) -> None:
         started = time.perf_counter()
         result: CompactionResult | None = None
         error: str | None = None

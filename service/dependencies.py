@@ -1,4 +1,7 @@
-"""What a route may ask for, as FastAPI dependencies: tests replace any of them with ``app.dependency_overrides``."""
+"""What a route may ask for, as FastAPI dependencies: tests replace any of them with ``app.dependency_overrides``.
+
+A route under ``/v1/collections/{collection}/`` serves that collection (or the one its alias names, resolved once
+for the request); the same route without the prefix serves the default collection."""
 
 from __future__ import annotations
 
@@ -6,19 +9,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
-from indexer.engines import ReadEngine, WritableCollection
+from indexer.catalog import NAME_PATTERN
+from indexer.search import SearchEngine
+from indexer.served import ServedCollection
 from service.admission import Ticket
 from service.compaction import Compactor
 from service.errors import ApiError
 from service.metrics import Metrics
+from service.registry import CollectionSlot, Registry
 from service.settings import ServiceSettings
-from service.state import EngineSlot, EngineWorker, OffLoop, state_of
+from service.state import EngineWorker, OffLoop, state_of
 
 # Opens a read of the engine: the generation current when it is entered, held (a compaction publishing meanwhile
 # cannot close it) until it is left. Entered on the worker thread, around the engine calls of one request.
-Reader = Callable[[], AbstractContextManager[ReadEngine]]
+Reader = Callable[[], AbstractContextManager[SearchEngine]]
 
 
 def get_settings(request: Request) -> ServiceSettings:
@@ -37,6 +43,10 @@ def get_off_loop(request: Request) -> OffLoop:
     return state_of(request.app).off_loop
 
 
+def get_registry(request: Request) -> Registry:
+    return state_of(request.app).registry
+
+
 async def admitted(request: Request) -> AsyncIterator[Ticket]:
     """The request's admission ticket, taken once its body has arrived (service/body_intake.py) and before it is
     decoded; 503 with Retry-After past the bound. Held until the response is sent."""
@@ -44,37 +54,49 @@ async def admitted(request: Request) -> AsyncIterator[Ticket]:
         yield ticket
 
 
-def get_compactor(request: Request) -> Compactor:
-    return state_of(request.app).compactor
+def collection_name(collection: Annotated[str, Path(
+        pattern=NAME_PATTERN, description="A collection's name, or an alias (resolved once for the request).")]) -> str:
+    """The ``{collection}`` of a route under /v1/collections/ (documented once, checked against the name rule)."""
+    return collection
 
 
-def get_engine_slot(request: Request) -> EngineSlot:
-    return state_of(request.app).slot
+def get_engine_slot(request: Request) -> CollectionSlot:
+    """The collection the request names (its path's ``collection``), else the default one; 404 when there is none.
+    Resolved once per request and kept: an alias swapped meanwhile does not change what this request serves."""
+    slot = getattr(request.state, "collection_slot", None)
+    if slot is None:
+        slot = state_of(request.app).registry.resolve(request.path_params.get("collection"))
+        request.state.collection_slot = slot
+    return slot
 
 
-def _unavailable(slot: EngineSlot) -> ApiError:
-    return ApiError(503, "index_unavailable", f"the index is not available: {slot.not_ready}")
+def _unavailable(slot: CollectionSlot) -> ApiError:
+    return ApiError(503, "index_unavailable", f"collection {slot.name} is not available: {slot.not_ready}")
 
 
-def get_engine(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> ReadEngine:
-    """The live collection's current engine; 503 while there is none."""
+def get_engine(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> SearchEngine:
+    """The collection's read engine; 503 while there is none."""
     engine = slot.engine
     if engine is None:
         raise _unavailable(slot)
     return engine
 
 
-def get_live(slot: Annotated[EngineSlot, Depends(get_engine_slot)]) -> WritableCollection:
-    """The live collection (writes, stats, compaction); 503 while there is none."""
+def get_live(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> ServedCollection:
+    """The collection (writes, stats, compaction); 503 while there is none."""
     if slot.live is None:
         raise _unavailable(slot)
     return slot.live
 
 
-def get_reader(slot: Annotated[EngineSlot, Depends(get_engine_slot)],
-               engine: Annotated[ReadEngine, Depends(get_engine)]) -> Reader:
-    """How a route reads: through the live collection, or the engine as it is where no collection holds it (an
-    engine given in place of the collection, as tests do)."""
+def get_compactor(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> Compactor:
+    return slot.compactor
+
+
+def get_reader(slot: Annotated[CollectionSlot, Depends(get_engine_slot)],
+               engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
+    """How a route reads: through the collection, or the engine as it is where no collection holds it (an engine
+    given in place of the collection, as tests do)."""
     if slot.live is not None:
         return slot.live.reading
     return lambda: nullcontext(engine)
@@ -84,9 +106,10 @@ SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[EngineWorker, Depends(get_worker)]
 OffLoopDep = Annotated[OffLoop, Depends(get_off_loop)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 TicketDep = Annotated[Ticket, Depends(admitted)]
 CompactorDep = Annotated[Compactor, Depends(get_compactor)]
-EngineSlotDep = Annotated[EngineSlot, Depends(get_engine_slot)]
-EngineDep = Annotated[ReadEngine, Depends(get_engine)]
-LiveDep = Annotated[WritableCollection, Depends(get_live)]
+EngineSlotDep = Annotated[CollectionSlot, Depends(get_engine_slot)]
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+LiveDep = Annotated[ServedCollection, Depends(get_live)]
 ReaderDep = Annotated[Reader, Depends(get_reader)]

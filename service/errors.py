@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from indexer.sharded import ShardUnavailableError
+from indexer.merge import ShardUnavailableError
 from service.request_context import request_id_of
 
 HTTP_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")  # the ones this API's routes may take

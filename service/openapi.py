@@ -99,10 +99,12 @@ def with_limits(document: dict[str, Any], settings: ServiceSettings) -> dict[str
                     field.update(limit)
                     if name == "captions" and "items" in field:
                         field["items"]["maxLength"] = settings.max_text_chars
+    write_paths = [path for path in document["paths"] if path.endswith(WRITE_PATH.removeprefix("/v1"))]
     for operation, pattern in (("put", ITEM_ID_PATTERN), ("delete", "(?<!/image)$")):
-        for parameter in document["paths"].get(WRITE_PATH, {}).get(operation, {}).get("parameters", []):
-            if parameter["name"] == "item_id":
-                parameter["schema"]["pattern"] = pattern
+        for path in write_paths:
+            for parameter in document["paths"][path].get(operation, {}).get("parameters", []):
+                if parameter["name"] == "item_id":
+                    parameter["schema"]["pattern"] = pattern
     return document
 
 

@@ -1,7 +1,7 @@
 """A sharded collection served on Ray Serve: each shard a deployment of reader replicas plus one writer replica,
 and an ingress deployment running Duet's HTTP app (the same API and web page) behind Serve's HTTP proxy. The
 ingress encodes each query once, asks every shard through its deployment handle and merges their answers
-(indexer/sharded.py).
+(indexer/search.py).
 
 Per shard ``shard-NNN`` (``indexer/sharding.py`` names them):
   duet-shard-NNN          reader replicas (``--replicas``, one per node where there are enough): each follows the
@@ -26,17 +26,12 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from core.cancel import Cancellation, check
+from core.encoder import DuetEncoder
 from indexer.live import CompactionResult, WriteResult
+from indexer.merge import ItemRecord, ShardCandidates, ShardUnavailableError
+from indexer.params import SearchParams
 from indexer.query import Query
-from indexer.search import SearchParams
-from indexer.sharded import (
-    ItemRecord,
-    ShardCandidates,
-    ShardedCollection,
-    ShardedEngine,
-    ShardService,
-    ShardUnavailableError,
-)
+from indexer.served import ServedCollection, ShardService, sharded_engine
 from indexer.sharding import ShardedLayout, read_layout
 from indexer.store import IndexUnavailableError, read_manifest
 from indexer.writes import PreparedWrite
@@ -99,8 +94,9 @@ class RayShard:
                                 type(e).__name__)
         raise ShardUnavailableError(self.name, f"no replica answered {method} ({type(failure).__name__})")
 
-    def candidates(self, side: str, queries: Sequence[Query], params: SearchParams,
-                   k: int) -> list[ShardCandidates]:
+    def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
+                   threads: int = 1) -> list[ShardCandidates]:
+        del threads  # a replica searches with its own threads
         return self._call(self.reader, "candidates", side, list(queries), params, k)
 
     def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]:
@@ -172,25 +168,24 @@ def _alive_nodes() -> int:
     return len([node for node in ray.nodes() if node.get("Alive")])
 
 
-def sharded_on_ray(layout: ShardedLayout, settings: ServiceSettings) -> ShardedEngine:
-    """The ingress engine over the deployed shards: handles to each one's readers and writer."""
+def open_deployed(settings: ServiceSettings, encoder: DuetEncoder | None = None) -> ServedCollection:
+    """The collection as the ingress serves it: the read engine over the deployed shards (``serve_on_ray``),
+    handles to each one's readers and writer."""
     from ray import serve
 
+    layout = read_layout(settings.index_dir)
     shards = [RayShard(entry.name, serve.get_app_handle(reader_app(entry.name)),
                        serve.get_app_handle(writer_app(entry.name)), timeout_s=settings.shard_timeout_s,
                        attempts=settings.shard_attempts) for entry in layout.manifest.shards]
     manifests = [read_manifest(shard_dir) for shard_dir in layout.shard_dirs]
-    return ShardedEngine(layout, shards, manifests, checkpoint=settings.checkpoint)
-
-
-def open_deployed(settings: ServiceSettings) -> ShardedCollection:
-    """The collection as the ingress serves it: its shards already deployed (``serve_on_ray``)."""
-    return ShardedCollection(sharded_on_ray(read_layout(settings.index_dir), settings))
+    encoder = encoder or DuetEncoder.from_checkpoint(settings.checkpoint or layout.checkpoint_dir)
+    return ServedCollection(sharded_engine(layout, shards, encoder, manifests), shards,
+                            generation=layout.version.name)
 
 
 def ingress_deployment(settings: ServiceSettings) -> Any:
     """The ingress: Duet's HTTP app, built in each replica (its state, threads and metrics are the replica's own),
-    over the shards' handles. It encodes each query once, fans out and merges (indexer/sharded.py)."""
+    over the shards' handles. It encodes each query once, fans out and merges (indexer/search.py)."""
     from ray import serve
 
     @serve.deployment(name="ingress", num_replicas=settings.ingress_replicas, ray_actor_options={"num_cpus": 0},

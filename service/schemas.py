@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from indexer.item_rules import ITEM_ID_PATTERN, MAX_ID_CHARS, TEXT_PATTERN
-from indexer.search import SearchParams
+from indexer.params import SearchParams
 
 # What the schemas say beyond the types, for clients and generated-input tests; the route code enforces each (with
 # its own error codes), and service/openapi.py adds the limits that are settings.

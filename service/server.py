@@ -58,19 +58,19 @@ class DrainingServer(uvicorn.Server):
         drain = self.state.drain
         if drain.requested is not None and not drain.draining:
             drain.begin()
-            self.state.compactor.refuse_new()
+            self.state.registry.refuse_compactions()
             _logger.info("%s: draining (up to %g s): %d request(s) in progress, compaction %s; new requests get 503",
                          drain.requested, drain.timeout_s, drain.in_progress,
-                         "running" if self.state.compactor.running else "not running")
+                         "running" if self.state.registry.compacting else "not running")
         if drain.draining:
-            idle = drain.in_progress == 0 and not self.state.compactor.running
+            idle = drain.in_progress == 0 and not self.state.registry.compacting
             if idle or drain.remaining_s() <= 0:
                 if idle:
                     _logger.info("drained in %.1f s", drain.elapsed_s())
                 else:
                     _logger.warning("drain ended after %.1f s: %d request(s) still in progress, compaction %s",
                                     drain.elapsed_s(), drain.in_progress,
-                                    "running (to be rolled back)" if self.state.compactor.running else "done")
+                                    "running (to be rolled back)" if self.state.registry.compacting else "done")
                 return True
         return await super().on_tick(counter)
 

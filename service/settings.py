@@ -16,7 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DUET_", extra="forbid", frozen=True)
 
-    index_dir: Path = Field(Path("indexes/flickr8k"), description="Index directory built by `python -m indexer`.")
+    index_dir: Path = Field(Path("indexes/flickr8k"), description="Index directory built by `python -m indexer` "
+                            "(served as one collection, named after the directory).")
+    data_dir: Path | None = Field(None, description="Serve every collection under this directory by name, with "
+                                  "its aliases and snapshots (wins over index_dir).")
+    default_collection: str | None = Field(None, description="With data_dir: the collection (or alias) the routes "
+                                           "without a collection name serve; default: the only collection, if "
+                                           "there is one.")
     checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")
     collection_root: Path | None = Field(None, description="Image root (default: the one the index recorded).")
     engine: Literal["embedded", "ray"] = Field("embedded", description="Where the collection is served: this "

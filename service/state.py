@@ -1,5 +1,5 @@
 """What one app holds: its settings, its metrics, the engine's worker thread, the threads that keep decoding and
-serialisation off the event loop, admission, the live collection once loaded, and the compaction thread.
+serialisation off the event loop, admission, and the collections served (service/registry.py).
 
 All engine work (encoding, FAISS, Lucene through pyjnius, torch) and every write runs on one dedicated worker thread:
 the JVM is attached to that thread once, torch gets both cores for each request, writes and reads of the live
@@ -17,11 +17,10 @@ from typing import TypeVar, cast
 
 from starlette.applications import Starlette
 
-from indexer.engines import ReadEngine, WritableCollection
 from service.admission import Admission
-from service.compaction import Compactor
 from service.drain import Drain
 from service.metrics import Metrics
+from service.registry import Registry
 from service.settings import ServiceSettings
 
 T = TypeVar("T")
@@ -57,33 +56,19 @@ class OffLoop(ThreadLane):
         super().__init__(2, OFF_LOOP_THREADS)
 
 
-@dataclass
-class EngineSlot:
-    """The live collection, or why there is none yet (loading, or the error that stopped it loading)."""
-
-    live: WritableCollection | None = None
-    not_ready: str | None = "loading"
-
-    @property
-    def engine(self) -> ReadEngine | None:
-        """The current generation's engine (a compaction replaces it)."""
-        return None if self.live is None else self.live.engine
-
-
 @dataclass(frozen=True)
 class ServiceState:
     settings: ServiceSettings
     metrics: Metrics = field(default_factory=Metrics)
     worker: EngineWorker = field(default_factory=EngineWorker)
     off_loop: OffLoop = field(default_factory=OffLoop)
-    slot: EngineSlot = field(default_factory=EngineSlot)
-    compactor: Compactor = field(init=False)
+    registry: Registry = field(init=False)
     admission: Admission = field(init=False)
     drain: Drain = field(init=False)
 
     def __post_init__(self) -> None:  # frozen: set once, here
         object.__setattr__(self, "drain", Drain(self.settings.drain_timeout_s))
-        object.__setattr__(self, "compactor", Compactor(self.metrics))
+        object.__setattr__(self, "registry", Registry(self.settings, self.metrics))
         object.__setattr__(self, "admission", Admission(self.settings.max_pending, self.settings.queue_timeout_s,
                                                         self.metrics))
 

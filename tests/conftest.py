@@ -137,7 +137,7 @@ def tiny_engine(tiny_index: Path):  # type: ignore[no-untyped-def]
     """The tiny index opened for searching (read only: share it)."""
     from indexer.search import SearchEngine
 
-    engine = SearchEngine(tiny_index)
+    engine = SearchEngine.open(tiny_index)
     yield engine
     engine.close()
 

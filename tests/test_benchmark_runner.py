@@ -321,9 +321,9 @@ def test_peers_are_built_and_released_one_at_a_time(tiny_index: Path, tmp_path: 
         return engines, [*closables, Recorded(peer)]
 
     monkeypatch.setattr(compare, "_build_peer", recording_build)
-    engine = SearchEngine(tiny_index)
+    engine = SearchEngine.open(tiny_index)
     try:
-        queries = stored_queries(engine.stores["texts"])[:6]
+        queries = stored_queries(engine.reader.stores["texts"])[:6]
         rows, notes = compare.side_by_side(engine, "images", queries, relevant=None, peers=("hnsw", "seismic"),
                                            work=tmp_path, latency_queries=3)
     finally:

@@ -27,15 +27,15 @@ def test_search_report_on_a_real_index(tiny_index: Path, tmp_path: Path) -> None
     assert bench_main(["search", "--index", str(tiny_index), "--output", str(out), "--latency-queries", "8"]) == 0
     report = json.loads(out.read_text())
     # text -> image recall through FAISS flat equals an exact ranking of the index's own stored vectors
-    engine = SearchEngine(tiny_index)
+    engine = SearchEngine.open(tiny_index)
     try:
-        images, texts = engine.stores["images"], engine.stores["texts"]
+        images, texts = engine.reader.stores["images"], engine.reader.stores["texts"]
         row_of = {item_id: row for row, item_id in enumerate(images.ids)}
         relevant = [{row_of[text_id.split("#")[0]]} for text_id in texts.ids]
         # every image scored by the search path's own exact dense scoring (identical images tie exactly, and a
         # tie counts against the query in both)
         every = np.arange(len(images.ids))
-        scoring = ExactScores(images, engine.vocab_size)
+        scoring = ExactScores(images, engine.reader.vocab_size)
         exact = success_of_lists([Ranking(every, scoring.dense(q, every)) for q in stored_queries(texts)], relevant)
     finally:
         engine.close()
@@ -46,7 +46,7 @@ def test_search_report_on_a_real_index(tiny_index: Path, tmp_path: Path) -> None
 
 
 def test_synthetic_corpus_follows_the_statistics(tiny_index: Path) -> None:
-    store = SearchEngine(tiny_index).stores["images"]
+    store = SearchEngine.open(tiny_index).stores["images"]
     stats = CorpusStatistics.of(store)
     corpus = generate(stats, 500, chunk=128)
     ids, _ = corpus.sparse.row(7)

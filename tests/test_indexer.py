@@ -119,16 +119,16 @@ def test_the_index_is_self_contained_and_its_manifest_has_no_absolute_path(tiny_
     own = index_contents(tiny_index) / "checkpoint"
     assert (own / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
     assert verify_index(tiny_index)["own_checkpoint"] == "matches"
-    engine = SearchEngine(tiny_index)
+    engine = SearchEngine.open(tiny_index)
     try:
-        assert engine.checkpoint_dir == own and engine.encoder.checkpoint_path == own
+        assert engine.reader.checkpoint_dir == own and engine.encoder.checkpoint_path == own
         assert engine.collection_root.resolve() == (synthetic_dataset / "images").resolve()
     finally:
         engine.close()
 
 
 def _hits(engine: Any, text: str) -> list[tuple[str, float, float]]:
-    from indexer.search import SearchParams
+    from indexer.params import SearchParams
 
     result = engine.search(engine.encode_text(text), SearchParams(mode="hybrid", top_k=8))
     return [(h.id, round(h.dense, 6), round(h.sparse, 6)) for h in result.hits]
@@ -143,7 +143,7 @@ def test_a_moved_index_opens_and_serves_the_same_hits(tiny_checkpoint: Path, syn
     shutil.copytree(tiny_checkpoint, checkpoint)
     build_index(IndexBuildConfig(checkpoint=checkpoint, output=site / "index", dataset=site / "data",
                                  splits=("test",), cache_root=tmp_path / "cache"))
-    engine = SearchEngine(site / "index")
+    engine = SearchEngine.open(site / "index")
     expected = {text: _hits(engine, text) for text in ("a red square on blue", "green dot")}
     engine.close()
 
@@ -151,11 +151,11 @@ def test_a_moved_index_opens_and_serves_the_same_hits(tiny_checkpoint: Path, syn
     shutil.copytree(site, moved, symlinks=True)  # the index with its images alongside
     shutil.rmtree(site)
     shutil.rmtree(checkpoint)
-    engine = SearchEngine(moved / "index")
+    engine = SearchEngine.open(moved / "index")
     try:
-        assert engine.checkpoint_dir.is_relative_to(moved)
+        assert engine.reader.checkpoint_dir.is_relative_to(moved)
         assert {text: _hits(engine, text) for text in expected} == expected
-        image = engine.store("images").items[0]["path"]
+        image = engine.reader.store("images").items[0]["path"]
         assert (engine.collection_root / image).resolve() == (moved / "data" / "images" / image).resolve()
     finally:
         engine.close()
@@ -163,7 +163,7 @@ def test_a_moved_index_opens_and_serves_the_same_hits(tiny_checkpoint: Path, syn
 
     alone = tmp_path / "version-alone"  # one version copied out on its own is a plain index
     shutil.copytree(index_contents(moved / "index"), alone)
-    engine = SearchEngine(alone)
+    engine = SearchEngine.open(alone)
     try:
         assert {text: _hits(engine, text) for text in expected} == expected
     finally:
@@ -182,9 +182,9 @@ def test_an_index_with_an_old_manifest_still_opens(tiny_index: Path, tiny_checkp
     manifest["checkpoint"]["path"] = str(tiny_checkpoint.resolve())
     manifest["collection"]["root"] = str((synthetic_dataset / "images").resolve())
     (old / "manifest.json").write_text(json.dumps(manifest))
-    engine = SearchEngine(old)
+    engine = SearchEngine.open(old)
     try:
-        assert engine.checkpoint_dir == tiny_checkpoint.resolve()
+        assert engine.reader.checkpoint_dir == tiny_checkpoint.resolve()
         assert engine.collection_root == (synthetic_dataset / "images").resolve()
         assert _hits(engine, "a red square")
     finally:
@@ -269,7 +269,7 @@ def test_readers_never_see_a_missing_index_while_a_rebuild_publishes(tiny_index:
 
     out = tmp_path / "index"
     shutil.copytree(index_contents(tiny_index), out)  # contents at the top, as published before versions
-    real = SearchEngine(tiny_index, sides=("images",))
+    real = SearchEngine.open(tiny_index, sides=("images",))
     stop = threading.Event()
     errors: list[BaseException] = []
     seen: set[int] = set()
@@ -290,7 +290,7 @@ def test_readers_never_see_a_missing_index_while_a_rebuild_publishes(tiny_index:
     config = IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, threads=1)
     try:
         for count in (20, 10):
-            publish_index(config, real.encoder, {"images": _prefix(real.store("images"), count)},
+            publish_index(config, real.encoder, {"images": _prefix(real.reader.store("images"), count)},
                           {"name": "prefix", "source": "test", "root": str(tmp_path), "splits": []})
             deadline = time.monotonic() + 20
             while count not in seen and not errors and time.monotonic() < deadline:
@@ -354,23 +354,25 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path: Path, tiny_checkpoint: 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat"])
 def test_approximate_dense_indexes_from_a_factory_string(factory: str, tiny_checkpoint: Path,
                                                          synthetic_dataset: Path, tmp_path: Path) -> None:
-    from indexer.search import SearchEngine, SearchParams
+    from indexer.params import SearchParams
+    from indexer.search import SearchEngine
 
     out = tmp_path / "index"
     build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset,
                                  splits=("test", "val"), cache_root=tmp_path / "cache", faiss_factory=factory))
-    engine = SearchEngine(out)
+    engine = SearchEngine.open(out)
     assert engine.manifest.sides["images"].faiss_factory == factory
     query = engine.encode_text("a red square")
     hits = engine.search(query, SearchParams(mode="dense", top_k=5)).hits
     assert len(hits) == 5
-    exact = np.sort(engine.stores["images"].dense @ query.dense)[::-1][:5]
+    exact = np.sort(engine.reader.stores["images"].dense @ query.dense)[::-1][:5]
     assert hits[0].dense <= exact[0] + 1e-5  # approximate: never better than exact, scores are exact
 
 
 def test_a_float16_dense_store_halves_its_bytes_and_keeps_the_ranking(tiny_checkpoint: Path, synthetic_dataset: Path,
                                                                       tiny_index: Path, tmp_path: Path) -> None:
-    from indexer.search import SearchEngine, SearchParams
+    from indexer.params import SearchParams
+    from indexer.search import SearchEngine
 
     out = tmp_path / "half"
     build_index(IndexBuildConfig(checkpoint=tiny_checkpoint, output=out, dataset=synthetic_dataset,
@@ -379,7 +381,7 @@ def test_a_float16_dense_store_halves_its_bytes_and_keeps_the_ranking(tiny_check
     for side in ("images", "texts"):
         assert half.sides[side].dense_store == "float16" and full.sides[side].dense_store == "float32"
         assert half.sides[side].bytes["dense_store"] < 0.6 * full.sides[side].bytes["dense_store"]
-    small, large = SearchEngine(out), SearchEngine(tiny_index)
+    small, large = SearchEngine.open(out), SearchEngine.open(tiny_index)
     query = large.encode_text("a red square on blue")
     params = SearchParams(mode="dense", top_k=5)
     a, b = small.search(query, params), large.search(query, params)

@@ -25,8 +25,9 @@ from indexer.live import (
     LiveCollection,
     read_log,
 )
+from indexer.params import MODES, SearchParams
 from indexer.query import Query
-from indexer.search import MODES, SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.writes import WriteRejectedError
 from tests.conftest import noise_png as png
 
@@ -102,9 +103,9 @@ def test_an_added_image_is_found_in_every_mode_with_exact_scores(live: LiveColle
 
 def test_a_deleted_item_is_never_returned(live: LiveCollection) -> None:
     engine = live.engine
-    victim = engine.stores["images"].ids[3]
-    captions = [i for i in engine.stores["texts"].ids if i.startswith(f"{victim}#")]
-    query = Query.from_encoded(engine.encoder.encode_texts([engine.stores["texts"].items[0]["text"]]))
+    victim = engine.reader.stores["images"].ids[3]
+    captions = [i for i in engine.reader.stores["texts"].ids if i.startswith(f"{victim}#")]
+    query = Query.from_encoded(engine.encoder.encode_texts([engine.reader.stores["texts"].items[0]["text"]]))
     assert victim in every_hit(engine, query, "images", "dense")
     result = live.delete(victim)
     assert result.deleted == {"images": [victim], "texts": captions}
@@ -160,7 +161,7 @@ def test_bad_writes_are_refused_and_change_nothing(live: LiveCollection) -> None
 def test_the_log_is_replayed_on_restart_and_a_torn_tail_is_cut(index_copy: Path) -> None:
     live = LiveCollection.open(index_copy, auto_compact_ratio=None)
     live.add_image(png(5), item_id="kept.png", captions=["a red square"])
-    live.delete(live.engine.stores["images"].ids[0])
+    live.delete(live.reader.stores["images"].ids[0])
     expected = every_hit(live.engine, image_query(live.engine, png(5)), "images", "hybrid")
     live.close()
     with (index_copy / "live" / "wal.jsonl").open("ab") as log:
@@ -212,7 +213,7 @@ def test_an_acknowledged_write_survives_kill_9(index_copy: Path) -> None:
 def test_compaction_publishes_the_same_results_and_carries_writes_made_meanwhile(
         live: LiveCollection, index_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     live.add_image(png(6), item_id="c1.png", captions=["a green dot on red"])
-    live.delete(live.engine.stores["images"].ids[1])
+    live.delete(live.reader.stores["images"].ids[1])
     live.add_text("a blue square", item_id="t1")
     queries = [image_query(live.engine, png(6)), live.engine.encode_text("a green dot")]
     before = {(n, side, mode): every_hit(live.engine, q, side, mode)
@@ -263,7 +264,7 @@ def test_searches_never_fail_during_writes_and_compaction(live: LiveCollection) 
         deadline = time.monotonic() + 120
         while not stop.is_set() and time.monotonic() < deadline:
             try:
-                with live.reading() as engine:
+                with live.searching() as engine:
                     for mode in MODES:
                         hits = engine.search(query, SearchParams(side="images", mode=mode, top_k=5)).hits
                         assert len(hits) == 5 and len({h.id for h in hits}) == 5
@@ -298,7 +299,7 @@ def test_deletes_hold_for_every_faiss_index_kind(factory: str, tiny_checkpoint: 
                                  cache_root=tmp_path / "cache", faiss_factory=factory))
     live = LiveCollection.open(out, auto_compact_ratio=None)
     try:
-        store = live.engine.stores["images"]
+        store = live.reader.stores["images"]
         query = Query(np.asarray(store.dense[0]), *store.sparse.row(0))
         for item_id in store.ids[:5]:
             live.delete(item_id)
@@ -322,11 +323,11 @@ def test_a_text_without_sparse_terms_is_kept_through_compaction(tiny_grounded_in
 def _compact_a_termless_text(live: LiveCollection) -> None:
     result = live.add_text(".", item_id="no-terms")
     engine = live.engine
-    row = engine.view("texts").row_of("no-terms")
-    assert row is not None and engine.view("texts").sparse_row(row)[0].size == 0
+    row = engine.reader.view("texts").row_of("no-terms")
+    assert row is not None and engine.reader.view("texts").sparse_row(row)[0].size == 0
     live.compact()
     assert live.engine.item("no-terms")[1]["text"] == "."
-    assert live.engine.lucene["texts"].num_docs() == len(live.engine.stores["texts"].ids)
+    assert live.reader.lucene["texts"].num_docs() == len(live.reader.stores["texts"].ids)
     query = live.engine.encode_text(".")
     assert "no-terms" in every_hit(live.engine, query, "texts", "dense")
     assert result.seq == 1

@@ -16,7 +16,8 @@ from indexer import live as live_module
 from indexer import lucene as lucene_module
 from indexer.live import LiveCollection, ReadOnlyCollectionError, read_log
 from indexer.lucene import JAVA_CALLS
-from indexer.search import SearchEngine, SearchParams
+from indexer.params import SearchParams
+from indexer.search import SearchEngine
 from indexer.store import IndexUnavailableError
 from tests.conftest import noise_png as png
 
@@ -56,7 +57,7 @@ def test_a_write_is_searchable_on_the_follower(writer: LiveCollection, follower:
     assert "w1" in found(follower.engine, "a red square on a blue field")
     assert not follower.refresh()
     writer.add_image(png(1), item_id="i1.png", captions=["a green dot"])
-    with follower.reading() as engine:  # no explicit refresh: reading does it
+    with follower.searching() as engine:  # no explicit refresh: reading does it
         assert "i1.png#0" in found(engine, "a green dot")
         assert "i1.png" in found(engine, "a green dot", side="images")
         assert engine.item("i1.png")[1]["captions"] == ["a green dot"]
@@ -67,12 +68,12 @@ def test_a_write_is_searchable_on_the_follower(writer: LiveCollection, follower:
 
 
 def test_a_delete_is_gone_on_the_follower(writer: LiveCollection, follower: LiveCollection) -> None:
-    victim = writer.engine.stores["images"].ids[2]
-    caption = next(i for i in writer.engine.stores["texts"].ids if i.startswith(f"{victim}#"))
+    victim = writer.reader.stores["images"].ids[2]
+    caption = next(i for i in writer.reader.stores["texts"].ids if i.startswith(f"{victim}#"))
     text = writer.engine.item(caption)[1]["text"]
     assert victim in found(follower.engine, text, side="images")
     writer.delete(victim)
-    with follower.reading() as engine:
+    with follower.searching() as engine:
         assert victim not in found(engine, text, side="images") and caption not in found(engine, text)
         with pytest.raises(KeyError):
             engine.item(victim)
@@ -84,7 +85,7 @@ def test_a_delete_is_gone_on_the_follower(writer: LiveCollection, follower: Live
 
 def test_the_follower_switches_to_a_compacted_version(writer: LiveCollection, follower: LiveCollection,
                                                       index_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    victim = writer.engine.stores["images"].ids[0]
+    victim = writer.reader.stores["images"].ids[0]
     writer.add_text("before the compaction", item_id="before")
     writer.delete(victim)
     follower.refresh()
@@ -101,21 +102,21 @@ def test_the_follower_switches_to_a_compacted_version(writer: LiveCollection, fo
         # a follower opened now, and one refreshed now, skip those by sequence number
         fresh = LiveCollection.follow(index_copy, encoder=writer.engine.encoder)
         try:
-            fresh_saw.append((fresh.engine.directory.name, found(fresh.engine, "written during the compaction")))
+            fresh_saw.append((fresh.reader.directory.name, found(fresh.engine, "written during the compaction")))
         finally:
             fresh.close()
-        refreshed_to.append((follower.refresh(), follower.engine.directory.name))
+        refreshed_to.append((follower.refresh(), follower.reader.directory.name))
         return rewrite(self, records)
 
     publish = live_module.publish_index
     monkeypatch.setattr(live_module, "publish_index", publish_while_writing)
     monkeypatch.setattr(live_module.WriteAheadLog, "rewrite", rewrite_after_a_look)
-    with follower.reading() as old_engine:
-        old_version = old_engine.directory
+    with follower.searching() as old_engine:
+        old_version = old_engine.reader.directory
         result = writer.compact()
         assert follower.refresh() is False  # the rewritten log (a new file) holds only records applied already
         new_engine = follower.engine
-        assert new_engine.directory.name == result.generation != old_version.name
+        assert new_engine.reader.directory.name == result.generation != old_version.name
         assert "before" in found(old_engine, "before the compaction")  # a reader of the old version goes on
     monkeypatch.undo()
     assert refreshed_to == [(True, result.generation)]
@@ -123,15 +124,15 @@ def test_the_follower_switches_to_a_compacted_version(writer: LiveCollection, fo
     assert name == result.generation and {"during", "before"} <= ids
     assert result.wal_seq == 2 and [r["seq"] for r in read_log(wal(index_copy))[0]] == [3]
     writer.add_text("after the compaction", item_id="after")
-    with follower.reading() as engine:
-        assert engine is new_engine and engine.manifest.wal_seq == 2
+    with follower.searching() as engine:
+        assert engine.reader is new_engine.reader and engine.manifest.wal_seq == 2
         ids = found(engine, "written during the compaction")
         assert {"before", "during", "after"} <= ids
         assert victim not in found(engine, "anything", side="images")
         assert engine.item("after")[1]["text"] == "after the compaction"
     assert follower.stats()["sides"] == writer.stats()["sides"] and follower.last_seq == 4
     writer.compact()  # a second compaction, refreshed on the next read
-    assert follower.engine.directory == writer.engine.directory
+    assert follower.reader.directory == writer.reader.directory
     assert {"before", "during", "after"} <= found(follower.engine, "after the compaction")
 
 
@@ -161,7 +162,7 @@ def test_a_torn_last_line_waits_and_is_not_cut(writer: LiveCollection, follower:
 
 def test_a_follower_refuses_writes(writer: LiveCollection, follower: LiveCollection, index_copy: Path) -> None:
     before = wal(index_copy).read_bytes()
-    victim = follower.engine.stores["images"].ids[0]
+    victim = follower.reader.stores["images"].ids[0]
     for call in (lambda: follower.add_text("a text", item_id="t"), lambda: follower.add_image(png(2)),
                  lambda: follower.delete(victim), lambda: follower.write_entries("delete", "images", victim, []),
                  follower.compact):
@@ -196,7 +197,7 @@ def test_a_follower_started_before_the_writer_created_live(index_copy: Path) -> 
         writer = LiveCollection.open(index_copy, encoder=follower.engine.encoder, auto_compact_ratio=None)
         try:
             writer.add_text("the writer came later", item_id="late")
-            with follower.reading() as engine:
+            with follower.searching() as engine:
                 assert "late" in found(engine, "the writer came later")
         finally:
             writer.close()
@@ -215,7 +216,7 @@ def test_nothing_changed_costs_no_read(writer: LiveCollection, follower: LiveCol
     monkeypatch.setattr(live_module.LogTail, "read", no_read)
     for _ in range(3):
         assert not follower.refresh()
-        with follower.reading() as engine:
+        with follower.searching() as engine:
             assert engine.item("one")[0] == "texts"
 
 
@@ -232,7 +233,7 @@ def test_a_compaction_landing_while_the_follower_opens_the_previous_one(
     def open_then_compact(*args, **kwargs):  # type: ignore[no-untyped-def]
         engine = opened(*args, **kwargs)
         if not landed:
-            landed.append(engine.directory.name)
+            landed.append(engine.reader.directory.name)
             monkeypatch.setattr(live_module, "SearchEngine", opened)  # the writer's own compaction opens plainly
             writer.compact()  # version 3 (wal_seq 2)
             writer.add_text("after both", item_id="c")  # seq 3: the rewritten log's first record
@@ -240,8 +241,8 @@ def test_a_compaction_landing_while_the_follower_opens_the_previous_one(
 
     monkeypatch.setattr(live_module, "SearchEngine", open_then_compact)
     assert follower.refresh()
-    assert landed and landed[0] != writer.engine.directory.name  # it had opened version 2
-    assert follower.engine.directory == writer.engine.directory and follower.last_seq == 3
+    assert landed and landed[0] != writer.reader.directory.name  # it had opened version 2
+    assert follower.reader.directory == writer.reader.directory and follower.last_seq == 3
     ids = found(follower.engine, "between the compactions")
     assert {"a", "b", "c"} <= ids
 
@@ -257,7 +258,7 @@ def test_threads_read_the_follower_while_the_writer_writes_and_compacts(writer: 
         deadline = time.monotonic() + 120
         while not stop.is_set() and time.monotonic() < deadline:
             try:
-                with follower.reading() as engine:
+                with follower.searching() as engine:
                     for mode in ("dense", "sparse", "hybrid"):
                         hits = engine.search(query, SearchParams(side="images", mode=mode, top_k=5)).hits
                         assert len(hits) == 5 and len({h.id for h in hits}) == 5
@@ -282,7 +283,7 @@ def test_threads_read_the_follower_while_the_writer_writes_and_compacts(writer: 
     assert not failures, failures[:3]
     assert searches[0] > 0
     assert follower.stats()["sides"] == writer.stats()["sides"]
-    assert follower.engine.directory == writer.engine.directory
+    assert follower.reader.directory == writer.reader.directory
 
 
 def test_lucene_runs_under_the_java_lock_and_a_closed_engine_lets_go_of_it(
@@ -312,12 +313,12 @@ def test_lucene_runs_under_the_java_lock_and_a_closed_engine_lets_go_of_it(
 
     monkeypatch.setattr(lucene_module.ImpactSearcher, "_query", checked)
     query = follower.engine.encode_text("a red square on blue")
-    with follower.reading() as engine:
+    with follower.searching() as engine:
         for mode in ("sparse", "hybrid"):
             assert len(engine.search(query, SearchParams(side="images", mode=mode, top_k=5)).hits) == 5
     assert held and all(held)
-    engine = SearchEngine(index_copy, encoder=follower.engine.encoder)
+    engine = SearchEngine.open(index_copy, encoder=follower.engine.encoder)
     engine.close()
-    assert engine.lucene == {}
+    assert engine.reader.lucene == {}
     with pytest.raises(IndexUnavailableError, match="closed"):
         engine.search(query, SearchParams(side="images", mode="sparse"))

@@ -88,10 +88,10 @@ def test_the_ray_build_encodes_on_both_nodes_and_matches_the_embedded_index(coll
     layout = read_layout(collection)
     encode = layout.manifest.build["encode"]
     assert encode["engine"] == "ray" and encode["nodes"] == 2 and encode["workers"] == 2
-    for side, store in tiny_engine.stores.items():
+    for side, store in tiny_engine.reader.stores.items():
         found = 0
         for shard_dir in layout.shard_dirs:
-            shard = SearchEngine(shard_dir, encoder=tiny_engine.encoder)
+            shard = SearchEngine.open(shard_dir, encoder=tiny_engine.encoder)
             part = shard.stores[side]
             rows = [store.row_of[i] for i in part.ids]
             assert list(part.order) == rows  # each row's position in the collection, in collection order
@@ -108,7 +108,7 @@ def _search(server: Server, payload: dict[str, Any]) -> Any:
 
 
 def _expected(tiny_engine: SearchEngine, payload: dict[str, Any]) -> list[tuple[str, float]]:
-    from indexer.search import SearchParams
+    from indexer.params import SearchParams
 
     query = tiny_engine.encode_text(payload["text"])
     params = SearchParams(**{k: v for k, v in payload.items() if k != "text"})

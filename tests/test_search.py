@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.params import SearchParams
 from indexer.query import Query
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.searchers import ExactScores
 from indexer.store import IndexMismatchError
 
@@ -17,18 +18,18 @@ pytestmark = pytest.mark.java  # every test searches a Lucene index
 
 @pytest.fixture(scope="module")
 def engine(tiny_index: Path) -> SearchEngine:
-    return SearchEngine(tiny_index)
+    return SearchEngine.open(tiny_index)
 
 
 def _stored_query(engine: SearchEngine, side: str, row: int) -> Query:
-    store = engine.stores[side]
+    store = engine.reader.stores[side]
     ids, values = store.sparse.row(row)
     return Query(np.asarray(store.dense[row]), ids, values)
 
 
 def _exact_top(engine: SearchEngine, query: Query, side: str, k: int) -> list[int]:
-    store = engine.stores[side]
-    scores = ExactScores(store, engine.vocab_size).sparse(query, np.arange(len(store.ids)))
+    store = engine.reader.stores[side]
+    scores = ExactScores(store, engine.reader.vocab_size).sparse(query, np.arange(len(store.ids)))
     return list(np.lexsort((np.arange(scores.size), -scores))[:k])
 
 
@@ -36,14 +37,15 @@ def _exact_top(engine: SearchEngine, query: Query, side: str, k: int) -> list[in
 def test_lucene_sparse_ranking_agrees_with_exact_scoring(engine: SearchEngine, query_side: str,
                                                          target_side: str) -> None:
     """Lucene's top 10 has the exact top 10's scores, up to the quantisation error bound (tie-aware)."""
-    store = engine.stores[target_side]
+    store = engine.reader.stores[target_side]
     step = 0.5 / engine.manifest.quantization["scale"]  # rounding error of one impact, in weight units
     max_doc_mass = max(float(store.sparse.row(r)[1].sum()) for r in range(len(store.ids)))
-    for row in range(len(engine.stores[query_side].ids)):
+    for row in range(len(engine.reader.stores[query_side].ids)):
         query = _stored_query(engine, query_side, row)
-        lucene = [h.row for h in engine.search(query, SearchParams(side=target_side, mode="sparse", top_k=10)).hits]
+        found = engine.search(query, SearchParams(side=target_side, mode="sparse", top_k=10)).hits
+        lucene = [store.row_of[h.id] for h in found]
         exact = _exact_top(engine, query, target_side, 10)
-        scores = ExactScores(store, engine.vocab_size).sparse(query, np.arange(len(store.ids)))
+        scores = ExactScores(store, engine.reader.vocab_size).sparse(query, np.arange(len(store.ids)))
         bound = 2 * step * (float(query.term_weights.sum()) + max_doc_mass) + 2 * query.term_ids.size * step**2
         assert len(lucene) == len(exact)
         assert np.all(np.abs(np.sort(scores[lucene]) - np.sort(scores[exact])) <= bound + 1e-6)
@@ -52,12 +54,12 @@ def test_lucene_sparse_ranking_agrees_with_exact_scoring(engine: SearchEngine, q
 def test_hybrid_scores_are_exact_and_ranked_by_the_integrated_score(engine: SearchEngine) -> None:
     query = engine.encode_text("a red square on blue")
     result = engine.search(query, SearchParams(side="images", mode="hybrid", top_k=8, candidate_k=12))
-    store = engine.stores["images"]
+    store = engine.reader.stores["images"]
     w_dense, w_sparse = engine.default_weights()
     assert result.weights["w_dense"] == w_dense and result.candidates >= 8
     for hit in result.hits:
-        dense = float(store.dense[hit.row] @ query.dense)
-        sparse = float(ExactScores(store, engine.vocab_size).sparse(query, np.array([hit.row]))[0])
+        dense = float(store.dense[store.row_of[hit.id]] @ query.dense)
+        sparse = float(ExactScores(store, engine.reader.vocab_size).sparse(query, np.array([store.row_of[hit.id]]))[0])
         assert hit.dense == pytest.approx(dense, abs=1e-5)
         assert hit.sparse == pytest.approx(sparse, abs=1e-4)
         assert hit.fused == pytest.approx(w_dense * dense / engine.manifest.temperature + w_sparse * sparse, abs=1e-4)
@@ -69,7 +71,7 @@ def test_hybrid_scores_are_exact_and_ranked_by_the_integrated_score(engine: Sear
 def test_dense_mode_matches_brute_force(engine: SearchEngine) -> None:
     query = engine.encode_text("a green dot")
     result = engine.search(query, SearchParams(side="texts", mode="dense", top_k=5))
-    scores = engine.stores["texts"].dense @ query.dense
+    scores = engine.reader.stores["texts"].dense @ query.dense
     assert [h.dense for h in result.hits] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-6)
 
 
@@ -116,7 +118,7 @@ def test_only_the_first_hits_of_a_page_are_explained(engine: SearchEngine, monke
 def test_image_queries_search_both_sides(engine: SearchEngine, synthetic_dataset: Path) -> None:
     from PIL import Image
 
-    item = engine.stores["images"].items[0]
+    item = engine.reader.stores["images"].items[0]
     image = Image.open(synthetic_dataset / "images" / item["path"])
     query = engine.encode_image(image)
     same = engine.search(query, SearchParams(side="images", mode="dense", top_k=1))
@@ -131,7 +133,7 @@ def test_an_index_from_another_checkpoint_is_refused(tiny_index: Path, tiny_back
 
     other = save_tiny_checkpoint(tiny_backbone, synthetic_dataset, tmp_path / "other", seed=2)
     with pytest.raises(IndexMismatchError, match="checkpoint content hash"):
-        SearchEngine(tiny_index, checkpoint=other)
+        SearchEngine.open(tiny_index, checkpoint=other)
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
@@ -149,9 +151,9 @@ def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None
     assert query.term_ids.size > 3
     pruned = engine.search(query, SearchParams(mode="sparse", top_k=5, candidate_k=32, sparse_query_terms=3))
     full = engine.search(query, SearchParams(mode="sparse", top_k=5, sparse_query_terms=0))
-    store = engine.stores["images"]
+    store = engine.reader.stores["images"]
     for hit in pruned.hits:  # scores use the full query whatever reached Lucene
-        exact = ExactScores(store, engine.vocab_size).sparse(query, np.array([hit.row]))[0]
+        exact = ExactScores(store, engine.reader.vocab_size).sparse(query, np.array([store.row_of[hit.id]]))[0]
         assert hit.sparse == pytest.approx(float(exact), abs=1e-4)
     assert pruned.candidates == 32 and full.candidates == 5
     # all 32 images are candidates here, so the exact rescoring recovers the full query's top 5
@@ -160,7 +162,7 @@ def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None
 
 @pytest.fixture(scope="module")
 def grounded_engine(tiny_grounded_index: Path) -> SearchEngine:
-    return SearchEngine(tiny_grounded_index)
+    return SearchEngine.open(tiny_grounded_index)
 
 
 def test_grounded_query_terms_are_the_querys_own_words(grounded_engine: SearchEngine) -> None:
@@ -173,7 +175,7 @@ def test_grounded_query_terms_are_the_querys_own_words(grounded_engine: SearchEn
     terms = encoder.encode_text_terms(["the red square is on a blue one"])
     assert np.array_equal(terms.indices, query.term_ids) and np.allclose(terms.values, query.term_weights)
     # indexed captions are their own words too
-    store = grounded_engine.stores["texts"]
+    store = grounded_engine.reader.stores["texts"]
     for row in range(len(store.ids)):
         ids, _ = store.sparse.row(row)
         caption_words = set(store.items[row]["text"].lower().replace(".", "").split())

@@ -19,8 +19,9 @@ from benchmarks.peers import (
     SeismicEngine,
     Vectors,
 )
+from indexer.params import SearchParams, search_fusion
 from indexer.query import Query
-from indexer.search import SearchEngine, SearchParams
+from indexer.search import SearchEngine
 from indexer.searchers import HybridSearcher, Ranking, Searcher, search_one
 
 pytestmark = [pytest.mark.java, pytest.mark.peers]
@@ -28,16 +29,16 @@ pytestmark = [pytest.mark.java, pytest.mark.peers]
 
 @pytest.fixture(scope="module")
 def engine(tiny_index: Path) -> SearchEngine:
-    return SearchEngine(tiny_index)
+    return SearchEngine.open(tiny_index)
 
 
 def _queries(engine: SearchEngine, count: int = 12) -> list[Query]:
-    store = engine.stores["texts"]
+    store = engine.reader.stores["texts"]
     return [Query(np.asarray(store.dense[r]), *store.sparse.row(r)) for r in range(count)]
 
 
 def _exact(engine: SearchEngine, side: str) -> tuple[Vectors, Scoring, ExactScorer]:
-    store = engine.stores[side]
+    store = engine.reader.stores[side]
     vectors = Vectors(np.asarray(store.dense, np.float32), store.sparse)
     scoring = Scoring.of(engine)
     return vectors, scoring, ExactScorer(vectors, scoring)
@@ -77,7 +78,8 @@ def test_every_peer_scores_its_rows_like_the_exact_rule(engine: SearchEngine, tm
         scale = engine.manifest.quantization["scale"]
         step = 0.5 / scale
         max_doc_mass = max(float(vectors.sparse.row(r)[1].sum()) for r in range(len(vectors)))
-        for query, ranking in zip(queries, _check_contract(engine.sparse_leg("images"), queries, 5), strict=True):
+        found = _check_contract(engine.reader.sparse_leg("images"), queries, 5)
+        for query, ranking in zip(queries, found, strict=True):
             truth = exact.scores([query], "sparse")[0][ranking.rows]
             bound = step * (float(query.term_weights.sum()) + max_doc_mass) + query.term_ids.size * step**2
             assert np.allclose(ranking.scores / scale**2, truth, atol=bound + 1e-6)
@@ -89,7 +91,7 @@ def test_every_peer_scores_its_rows_like_the_exact_rule(engine: SearchEngine, tm
 def test_duet_searcher_keeps_the_contract_and_exact_scores(engine: SearchEngine, mode: str) -> None:
     _, _, exact = _exact(engine, "images")
     queries = _queries(engine)
-    searcher = engine.searcher(SearchParams(side="images", mode=mode, candidate_k=8))
+    searcher = engine.reader.searcher(SearchParams(side="images", mode=mode, candidate_k=8))
     for query, ranking in zip(queries, _check_contract(searcher, queries, 5), strict=True):
         assert np.allclose(ranking.dense, exact.scores([query], "dense")[0][ranking.rows], atol=1e-5)
         assert np.allclose(ranking.sparse, exact.scores([query], "sparse")[0][ranking.rows], atol=1e-5)
@@ -102,10 +104,10 @@ def test_hybrid_searcher_composes_a_peer_leg(engine: SearchEngine) -> None:
     vectors, _, exact = _exact(engine, "images")
     queries = _queries(engine)
     params = SearchParams(side="images", mode="hybrid", candidate_k=len(vectors))
-    duet = engine.searcher(params)
+    duet = engine.reader.searcher(params)
     for peer in (ExactEngine(exact, "dense"), HNSWEngine(vectors, ef_search=len(vectors))):
-        swapped = HybridSearcher({"dense": peer, "sparse": duet.legs["sparse"]}, engine.exact_scores("images"),
-                                 engine.fuse(params))
+        swapped = HybridSearcher({"dense": peer, "sparse": duet.legs["sparse"]}, engine.reader.exact_scores("images"),
+                                 search_fusion(engine.manifest, params))
         for query, ours, theirs in zip(queries, duet.search_batch(queries, 5), swapped.search_batch(queries, 5),
                                        strict=True):
             assert np.allclose(theirs.fused, exact.scores([query], "hybrid")[0][theirs.rows], atol=1e-4)
@@ -115,7 +117,7 @@ def test_hybrid_searcher_composes_a_peer_leg(engine: SearchEngine) -> None:
 
 def test_a_hybrid_searcher_needs_a_leg(engine: SearchEngine) -> None:
     with pytest.raises(ValueError, match="at least one leg"):
-        HybridSearcher({}, engine.exact_scores("images"), engine.fuse(SearchParams()))
+        HybridSearcher({}, engine.reader.exact_scores("images"), search_fusion(engine.manifest, SearchParams()))
 
 
 def test_an_exact_dense_score_does_not_depend_on_the_other_rows_scored() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -19,22 +20,15 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
 
-from indexer.live import LiveCollection
-from indexer.search import (
-    Explanation,
-    Hit,
-    Query,
-    SearchEngine,
-    SearchParams,
-    SearchResult,
-    TermMatch,
-    sparse_leg_warnings,
-)
+from indexer.params import SearchParams
+from indexer.query import Query
+from indexer.search import Explanation, Hit, SearchEngine, SearchResult, TermMatch, sparse_leg_warnings
+from indexer.served import ServedCollection
 from indexer.store import CheckpointBinding, IndexManifest, SideManifest
 from service.app import create_app
-from service.dependencies import get_engine, get_engine_slot
+from service.dependencies import get_engine
 from service.settings import ServiceSettings
-from service.state import EngineSlot
+from service.state import state_of
 
 STOPWORDS = {"a", "an", "the", "of", "on"}
 BODY_LIMIT = 64 * 1024
@@ -89,6 +83,7 @@ class FakeEngine:
         self.stores = self.stores or {"images": FakeStore([i["id"] for i in images], images),
                                       "texts": FakeStore([t["id"] for t in texts], texts)}
         self.vocabulary: list[str] = []
+        self.encoder = SimpleNamespace(checkpoint=SimpleNamespace(content_hash="c" * 8))  # what a registry shares
         self.manifest = IndexManifest(
             created_at="2025-01-01T00:00:00Z",
             checkpoint=CheckpointBinding(path="ckpt", content_hash="c" * 8, backbone_fingerprint="b" * 8,
@@ -133,7 +128,7 @@ class FakeEngine:
         store = self.stores[params.side]
         explanation = Explanation([TermMatch("red", 0, 1.0, 0.5, 0.5)], [("red", 0.5)]) if params.explain else None
         rows = range(len(store.ids))[params.offset:params.offset + params.top_k]
-        hits = [Hit(row, store.ids[row], rank, 0.9 - row / 10, 0.5, 1.0 - row / 10, store.items[row], explanation)
+        hits = [Hit(store.ids[row], rank, 0.9 - row / 10, 0.5, 1.0 - row / 10, store.items[row], explanation)
                 for rank, row in enumerate(rows, start=params.offset + 1)]
         weights = {"w_dense": 0.1 if params.w_dense is None else params.w_dense,
                    "w_sparse": 0.2 if params.w_sparse is None else params.w_sparse, "temperature": 0.05}
@@ -188,7 +183,7 @@ def engine(collection: Path) -> FakeEngine:
     return FakeEngine(collection)
 
 
-def _unavailable(settings: ServiceSettings) -> SearchEngine:
+def _unavailable(settings: ServiceSettings, encoder: object) -> SearchEngine:
     raise RuntimeError("no engine in these tests")
 
 
@@ -320,15 +315,20 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
     assert summary["sides"]["images"] == {"count": 5, "dense_dim": 4, "faiss_factory": "Flat", "mean_terms": 3.0,
                                           "bytes": {"dense_store": 1}}
     assert summary["checkpoint"]["method"] == "test" and summary["collection"]["name"] == "fake"
-    app.dependency_overrides[get_engine_slot] = lambda: EngineSlot(cast(LiveCollection, ReadOnlyLive(engine)))
+    slot = state_of(app).registry.resolve(None)
+    slot.live, slot.not_ready = cast(ServedCollection, ReadOnlyLive(engine)), None
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"ready": True, "sides": {"images": 5, "texts": 2}}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/v1/search" in page.text
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/v1/search", "/v1/items/{item_id}/image", "/v1/items/{item_id}", "/v1/indexes",
-                                    "/healthz", "/readyz", "/metrics", "/v1/items", "/v1/compact", "/v1/collection"}
+    collection_routes = {"/v1/search", "/v1/items/{item_id}/image", "/v1/items/{item_id}", "/v1/items", "/v1/compact"}
+    assert set(schema["paths"]) == {
+        *collection_routes, *(path.replace("/v1", "/v1/collections/{collection}", 1) for path in collection_routes),
+        "/v1/indexes", "/healthz", "/readyz", "/metrics", "/v1/collection", "/v1/collections",
+        "/v1/collections/{collection}", "/v1/aliases", "/v1/aliases/{alias}", "/v1/collections/{collection}/snapshots",
+        "/v1/collections/{collection}/snapshots/{snapshot}"}
     assert set(schema["paths"]["/v1/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     docs = client.get("/docs")
@@ -561,9 +561,9 @@ def test_without_an_engine_search_and_items_get_503_and_readiness_says_why(setti
 def test_the_loaded_engine_serves_and_is_closed_on_shutdown(settings: ServiceSettings, engine: FakeEngine) -> None:
     loaded: list[ServiceSettings] = []
 
-    def loader(given: ServiceSettings) -> LiveCollection:
+    def loader(given: ServiceSettings, encoder: object) -> ServedCollection:
         loaded.append(given)
-        return cast(LiveCollection, ReadOnlyLive(engine))
+        return cast(ServedCollection, ReadOnlyLive(engine))
 
     with TestClient(create_app(settings, engine_loader=loader)) as client:
         assert client.get("/readyz").json() == {"ready": True, "sides": {"images": 5, "texts": 2}}

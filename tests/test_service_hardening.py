@@ -24,7 +24,9 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from benchmarks.http_bench import free_port
-from indexer.search import Query, SearchEngine, SearchParams, SearchResult
+from indexer.params import SearchParams
+from indexer.query import Query
+from indexer.search import SearchEngine, SearchResult
 from service.app import create_app
 from service.dependencies import get_engine
 from service.http_protocol import service_http_protocol
@@ -37,7 +39,7 @@ KEY = "write-key"
 READ_KEY = "read-key"
 
 
-def _unavailable(settings: ServiceSettings) -> SearchEngine:
+def _unavailable(settings: ServiceSettings, encoder: object) -> SearchEngine:
     raise RuntimeError("no engine in these tests")
 
 

@@ -25,9 +25,9 @@ from indexer.live import (
     CollectionLockedError,
     CompactionResult,
     ItemNotFoundError,
-    LiveCollection,
     WriteResult,
 )
+from indexer.served import ServedCollection
 from indexer.writes import WriteRejectedError
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -199,7 +199,7 @@ def _settings(tmp_path: Path, **changes: Any) -> ServiceSettings:
 
 
 def _app(settings: ServiceSettings, live: FakeLive) -> FastAPI:
-    return create_app(settings, engine_loader=lambda _: cast(LiveCollection, live))
+    return create_app(settings, engine_loader=lambda *_: cast(ServedCollection, live))
 
 
 @pytest.fixture()
@@ -582,7 +582,7 @@ def test_an_unexpected_failure_is_a_json_500(client: TestClient, live: FakeLive,
 
 
 def test_without_a_collection_writes_get_503(tmp_path: Path) -> None:
-    def locked(settings: ServiceSettings) -> LiveCollection:
+    def locked(settings: ServiceSettings, encoder: object) -> ServedCollection:
         raise CollectionLockedError("index is being written by another process")
 
     with TestClient(create_app(_settings(tmp_path), engine_loader=locked)) as client:

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from core.encoder import DuetEncoder
+from indexer.params import EXPLAINED_HITS, MODES
 from indexer.query import Query
-from indexer.search import EXPLAINED_HITS, MODES
 from tests.conftest import noise_png as png
 from tests.server import ROOT, Reply, Server
 

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from indexer.build import IndexBuildConfig
-from indexer.search import SearchEngine, SearchParams, SearchResult
-from indexer.sharded import ShardCandidates, ShardedCollection, merge_candidates
+from indexer.index_reader import IndexReader
+from indexer.merge import ShardCandidates, merge_candidates
+from indexer.params import SearchParams
+from indexer.search import SearchEngine, SearchResult
+from indexer.served import ServedCollection
 from indexer.sharding import build_collection_embedded, is_sharded, read_layout, shard_of
 from tests.conftest import noise_png
 
@@ -41,8 +44,8 @@ def sharded_dir(tiny_checkpoint: Path, synthetic_dataset: Path, tmp_path_factory
 
 
 @pytest.fixture()
-def sharded(sharded_dir: Path) -> Iterator[ShardedCollection]:
-    collection = ShardedCollection.open_local(sharded_dir)
+def sharded(sharded_dir: Path) -> Iterator[ServedCollection]:
+    collection = ServedCollection.open_sharded(sharded_dir)
     yield collection
     collection.close()
 
@@ -52,20 +55,20 @@ def test_the_build_places_every_item_on_the_shard_its_id_names(sharded_dir: Path
     assert is_sharded(sharded_dir) and len(layout.shard_dirs) == 3
     seen: dict[str, list[str]] = {"images": [], "texts": []}
     for n, shard_dir in enumerate(layout.shard_dirs):
-        shard = SearchEngine(shard_dir)
+        shard = IndexReader(shard_dir)
         for side, store in shard.stores.items():
             assert all(shard_of(i, 3) == n for i in store.ids)
             assert store.order is not None and list(store.order) == sorted(store.order)
-            assert [tiny_engine.stores[side].ids[int(p)] for p in store.order] == store.ids
+            assert [tiny_engine.reader.stores[side].ids[int(p)] for p in store.order] == store.ids
             seen[side] += store.ids
         shard.close()
     for side, ids in seen.items():
-        assert sorted(ids) == sorted(tiny_engine.stores[side].ids)
-    assert sum(e.counts["images"] for e in layout.manifest.shards) == len(tiny_engine.stores["images"].ids)
+        assert sorted(ids) == sorted(tiny_engine.reader.stores[side].ids)
+    assert sum(e.counts["images"] for e in layout.manifest.shards) == len(tiny_engine.reader.stores["images"].ids)
 
 
 @pytest.mark.parametrize("side", ["images", "texts"])
-def test_every_mode_ranks_as_the_single_index(tiny_engine: SearchEngine, sharded: ShardedCollection,
+def test_every_mode_ranks_as_the_single_index(tiny_engine: SearchEngine, sharded: ServedCollection,
                                               side: str) -> None:
     engine = sharded.engine
     queries = ([tiny_engine.encode_text(t) for t in TEXTS]
@@ -99,7 +102,7 @@ def test_merge_breaks_ties_by_collection_position() -> None:
     assert merged.ids == ["a", "b", "c"] and merged.candidates == 3
 
 
-def test_a_write_goes_to_the_shard_that_owns_its_id(sharded: ShardedCollection) -> None:
+def test_a_write_goes_to_the_shard_that_owns_its_id(sharded: ServedCollection) -> None:
     result = sharded.add_image(noise_png(7), item_id="written-7", captions=["a purple hexagon"])
     assert result.written == {"images": ["written-7"], "texts": ["written-7#0"]}
     owner = shard_of("written-7", 3)

@@ -80,7 +80,7 @@ def _prefill(live: LiveCollection) -> None:
     live.add_image(png(1), item_id="up1.png", captions=["a red square on blue", "a green dot"])
     live.add_text("a blue stripe on white", item_id="t-pre")
     live.add_text("a yellow dot on black", item_id="t-pre")  # replaced
-    live.delete(live.engine.stores["images"].ids[2])
+    live.delete(live.reader.stores["images"].ids[2])
 
 
 def _at_point(source: Path, seq: int, target: Path) -> LiveCollection:

@@ -257,9 +257,10 @@ def _key(query: str, side: str, mode: str) -> str:
 
 def engine_results(index: Path, encoder: Any, queries: Iterable[str], sides: Iterable[str]) -> Results:
     """The fixed queries searched in this process (faster than a service for a check after each kill)."""
-    from indexer.search import SearchEngine, SearchParams
+    from indexer.params import SearchParams
+    from indexer.search import SearchEngine
 
-    engine = SearchEngine(index, encoder=encoder)
+    engine = SearchEngine.open(index, encoder=encoder)
     try:
         results: Results = {}
         for query in queries:

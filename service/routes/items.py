@@ -12,7 +12,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from indexer.engines import ReadEngine, WritableCollection
+from indexer.search import SearchEngine
+from indexer.served import ServedCollection
 from service.auth import READ_SECURITY, require_read_key
 from service.dependencies import EngineSlotDep, ReaderDep, SettingsDep, TicketDep, WorkerDep
 from service.errors import ApiError, errors_of
@@ -41,14 +42,14 @@ def public_item(side: str, item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "side": side, "image_url": image_url(image_id) if image_id else None}
 
 
-def _find(engine: ReadEngine, item_id: str) -> tuple[str, dict[str, Any]]:
+def _find(engine: SearchEngine, item_id: str) -> tuple[str, dict[str, Any]]:
     try:
         return engine.item(item_id)
     except KeyError as e:
         raise ApiError(404, "item_not_found", f"no item with id {item_id!r}") from e
 
 
-def image_file(engine: ReadEngine, live: WritableCollection | None, settings: ServiceSettings, side: str,
+def image_file(engine: SearchEngine, live: ServedCollection | None, settings: ServiceSettings, side: str,
                item: dict[str, Any]) -> Path | None:
     """An image item's file: an upload where the live collection keeps it, else under the collection root the
     settings name (which wins over the index's record)."""

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from PIL import Image
 
-from indexer.search import EmptySparseQueryError, Hit, SearchParams, SearchResult
+from indexer.params import SearchParams
+from indexer.search import EmptySparseQueryError, Hit, SearchResult
 from service.admission import Ticket
 from service.auth import READ_SECURITY, require_read_key
 from service.dependencies import (

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from indexer.engines import WritableCollection
 from indexer.live import ItemNotFoundError, WriteResult
+from indexer.served import ServedCollection
 from indexer.writes import IdConflictError, WriteRejectedError
 from service.admission import Ticket
 from service.auth import require_write_key
@@ -50,7 +50,7 @@ class WritableItemId(Convertor[str]):
 
 register_url_convertor("item_id", WritableItemId())
 router = APIRouter(tags=["writes"], dependencies=[Depends(require_write_key)])
-Write = Callable[[WritableCollection], WriteResult]
+Write = Callable[[ServedCollection], WriteResult]
 
 # The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred; a PUT
 # takes the id from its path (a body's id must be the same, so the schema leaves it out).
@@ -82,7 +82,7 @@ def _counted(metrics: Metrics, op: str) -> Iterator[None]:
     metrics.observe_write(op, "ok")
 
 
-def _compact_if_due(live: WritableCollection, compactor: Compactor) -> None:
+def _compact_if_due(live: ServedCollection, compactor: Compactor) -> None:
     try:
         if live.needs_compaction() and compactor.start(live, automatic=True):
             _logger.info("compaction started: the changes passed the threshold")
@@ -90,7 +90,7 @@ def _compact_if_due(live: WritableCollection, compactor: Compactor) -> None:
         _logger.exception("could not check whether the collection needs compacting")
 
 
-async def _write(ticket: Ticket, worker: EngineWorker, live: WritableCollection, compactor: Compactor,
+async def _write(ticket: Ticket, worker: EngineWorker, live: ServedCollection, compactor: Compactor,
                  write: Write, item_id: str | None) -> WriteResult:
     def work() -> WriteResult:
         try:
@@ -158,17 +158,11 @@ async def delete_item(item_id: str, live: LiveDep, worker: WorkerDep, compactor:
 
 
 @router.post("/v1/compact", status_code=202, responses=errors_of(401, 403, 409, 503))
-async def compact(live: LiveDep, compactor: CompactorDep) -> JSONResponse:
+async def compact(request: Request, live: LiveDep, compactor: CompactorDep) -> JSONResponse:
     """Start a compaction in the background (searches and writes go on); 409 while one is running."""
     if not compactor.start(live):
         raise ApiError(409, "compaction_running", "a compaction is already running; GET /v1/collection says when "
                        "it is done")
-    return JSONResponse({"compaction": compactor.status()}, status_code=202, headers={"Location": "/v1/collection"})
-
-
-@router.get("/v1/collection", responses=errors_of(401, 403, 503))
-async def collection(live: LiveDep, worker: WorkerDep, compactor: CompactorDep) -> dict[str, Any]:
-    """The live collection's state (generation, counts per side, log size, last write) and its compaction's:
-    whether one is running, and how the last one went."""
-    stats = await worker.run(live.stats)
-    return {**stats, "compaction": compactor.status()}
+    location = f"/v1/collections/{request.path_params['collection']}" if "collection" in request.path_params \
+        else "/v1/collection"
+    return JSONResponse({"compaction": compactor.status()}, status_code=202, headers={"Location": location})

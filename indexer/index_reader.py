@@ -1,0 +1,254 @@
+"""One published index version as a shard of a collection: its stores, its Lucene and FAISS legs, and the live
+segment of writes since it was built (indexer/segments.py).
+
+A search's legs are composed here (``searcher``): FAISS top-k for the dense leg, Lucene impacts with the query's
+own quantised term weights for the sparse leg, deleted rows dropped from each, and the delta as one more leg per
+score the mode ranks by; every candidate is rescored exactly on both legs from the forward store. The reader stops
+before ranking: ``candidates`` answers each leg's candidates with their exact scores, and the one read engine
+(indexer/search.py) merges the answers of every shard, ranks them and fetches the hits' ``records``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.encoder import DuetEncoder, vocabulary_digest
+from indexer.lucene import ImpactSearcher
+from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
+from indexer.params import SearchParams, search_fusion
+from indexer.query import Query
+from indexer.searchers import (
+    ExactScores,
+    FaissLeg,
+    HybridSearcher,
+    LuceneLeg,
+    RowScorer,
+    Searcher,
+    StrongestTerms,
+    excluding_rows,
+)
+from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
+from indexer.store import (
+    IndexManifest,
+    IndexUnavailableError,
+    SideStore,
+    check_binding,
+    manifest_in,
+    manifest_path,
+    opening_index,
+)
+
+
+class IndexReader:
+    """An index version plus the encoder it was built with: a collection's shard (a single index is its only one).
+    """
+
+    def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
+                 checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        # the live version, resolved once and held while it is opened: every read comes from it
+        with opening_index(self.index_dir) as directory:
+            self.directory = directory
+            self._open(encoder, checkpoint, sides)
+
+    def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None) -> None:
+        self.manifest: IndexManifest = manifest_in(self.directory, self.index_dir)
+        if encoder is None:
+            encoder = DuetEncoder.from_checkpoint(Path(checkpoint) if checkpoint is not None else self.checkpoint_dir)
+        check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
+                      backbone_fingerprint=encoder.checkpoint.backbone_fingerprint,
+                      vocabulary_digest=vocabulary_digest(encoder.vocabulary))
+        self.encoder = encoder
+        self.vocab_size = len(encoder.vocabulary)
+        scale = float(self.manifest.quantization["scale"])
+        self.stores: dict[str, SideStore] = {}
+        self.lucene: dict[str, ImpactSearcher] = {}
+        self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
+        self._exclusions: dict[str, tuple[np.ndarray, Any]] = {}  # per side: FAISS parameters skipping deletes
+        for side, side_manifest in self.manifest.sides.items():
+            if sides is not None and side not in sides:
+                continue
+            self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
+            self.segments[side] = unchanged(self.stores[side])
+            self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
+            lucene_docs = self.lucene[side].num_docs()
+            if lucene_docs != side_manifest.count:
+                raise IndexUnavailableError(f"{self.directory / side}/lucene holds {lucene_docs} "
+                                            f"documents, the manifest {side_manifest.count}")
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return tuple(self.stores)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The checkpoint the index was built with (its own copy; format 1: where it was built from)."""
+        return manifest_path(self.directory, self.manifest.checkpoint.path)
+
+    @property
+    def collection_root(self) -> Path:
+        """Where the index's image files are, as recorded at build time (relative to the index directory)."""
+        return manifest_path(self.index_dir, self.manifest.collection["root"])
+
+    def store(self, side: str) -> SideStore:
+        if side not in self.stores:
+            raise KeyError(f"this index has no {side!r} side (sides: {sorted(self.stores)})")
+        return self.stores[side]
+
+    def exact_scores(self, side: str) -> ExactScores:
+        return ExactScores(self.store(side), self.vocab_size)
+
+    def view(self, side: str) -> SideView:
+        """The side as a search sees it now: the base index and the live segment (writes since, deletes)."""
+        return SideView(self.store(side), self.segments.get(side))
+
+    def set_segment(self, side: str, segment: Segment) -> None:
+        """Make a side's changes visible to every later search (one reference swap: a search in flight keeps the
+        segment it took)."""
+        self.store(side)
+        self.segments = {**self.segments, side: segment}
+
+    # ----- the legs -----
+    def dense_leg(self, side: str, *, excluded: np.ndarray | None = None) -> Searcher:
+        """FAISS over a side; ``excluded`` rows (deleted ones) are skipped inside FAISS where the index kind allows
+        it, else dropped from an over-fetched answer."""
+        index = self.store(side).faiss_index
+        if excluded is None or excluded.size == 0:
+            return FaissLeg(index)
+        cached = self._exclusions.get(side)
+        if cached is None or cached[0] is not excluded:  # one selector per deletes snapshot, not per search
+            cached = (excluded, excluding_rows(index, excluded))
+            self._exclusions[side] = cached
+        parameters = cached[1]
+        if parameters is None:
+            return Excluding(FaissLeg(index), excluded, int(index.ntotal))
+        return FaissLeg(index, parameters=parameters)
+
+    def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
+        self.store(side)
+        if side not in self.lucene:
+            raise IndexUnavailableError(f"{self.directory}: this index is closed")
+        return LuceneLeg(self.lucene[side], threads=threads)
+
+    def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
+                 view: SideView | None = None) -> HybridSearcher:
+        """The searcher of one side: the mode's legs, every candidate rescored exactly.
+
+        Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
+        to candidate_k too, so the full-query rescoring can recover what the cut missed. On a side that changed
+        since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
+        score the mode ranks by."""
+        view = view or self.view(params.side)
+        deleted = view.segment.deleted_base_rows
+        legs: dict[str, Searcher] = {}
+        if params.mode in ("dense", "hybrid"):
+            legs["dense"] = self.dense_leg(params.side, excluded=deleted)
+        term_limit = params.query_term_limit
+        if params.mode in ("sparse", "hybrid"):
+            sparse: Searcher = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
+            legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
+        scores = self._with_delta(legs, view)
+        widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
+        return HybridSearcher(legs, scores, search_fusion(self.manifest, params), rank_by=params.rank_by,
+                              candidate_k=params.candidate_k if widen else None, name=name)
+
+    def _with_delta(self, legs: dict[str, Searcher], view: SideView) -> RowScorer:
+        """Add the delta as one more leg per score the base legs rank by; return the scorer over both parts."""
+        segment, base_scores = view.segment, self.exact_scores(view.base.side)
+        if not segment.delta.count:
+            return base_scores
+        delta = ExactScores(segment.delta, self.vocab_size)
+        for by in ("dense", "sparse"):
+            if by in legs:
+                legs[f"delta_{by}"] = DeltaLeg(delta, segment, by)
+        return SegmentScores(base_scores, delta, view.base_count)
+
+    # ----- what a shard answers -----
+    @staticmethod
+    def _keys(view: SideView, rows: np.ndarray) -> np.ndarray:
+        """Rows' collection positions: a shard's built rows have theirs; other rows sort after, by row (and by
+        shard once placed: ``ShardCandidates.placed``)."""
+        keys = UNORDERED + rows
+        order = view.base.order
+        if order is not None:
+            built = rows < view.base_count
+            keys[built] = order[rows[built]]
+        return keys.astype(np.int64)
+
+    def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
+                   threads: int = 1) -> list[ShardCandidates]:
+        """Each query's candidates for a top k on a side: every leg's, with exact scores (no ranking yet)."""
+        view = self.view(side)
+        searcher = self.searcher(params, threads=threads, view=view)
+        gathered, timings = searcher.gather(queries, k)
+        live_rows = len(view) - int(view.segment.deleted.size)
+        out = []
+        for found in gathered:
+            by_row = np.argsort(found.rows, kind="stable")  # a single leg's rows come in its ranking's order
+            legs = {role: (by_row[np.searchsorted(found.rows[by_row], ranking.rows)], ranking.scores)
+                    for role, ranking in found.legs.items()}
+            out.append(ShardCandidates([view.id(int(r)) for r in found.rows], self._keys(view, found.rows),
+                                       found.dense, found.sparse, legs, live_rows, searcher.candidate_k, timings))
+        return out
+
+    def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]:
+        """The live items of these ids on a side (None for one gone since it was found)."""
+        view = self.view(side)
+        out: list[ItemRecord | None] = []
+        for item_id in ids:
+            row = view.row_of(item_id)
+            if row is None:
+                out.append(None)
+                continue
+            term_ids, weights = view.sparse_row(row)
+            out.append(ItemRecord(side, view.item(row), np.asarray(term_ids), np.asarray(weights)))
+        return out
+
+    def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The live item with this id and its side (a deleted item is gone)."""
+        for side in self.stores:
+            view = self.view(side)
+            row = view.row_of(item_id)
+            if row is not None:
+                return side, view.item(row)
+        return None
+
+    def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
+        """An indexed image item's file under ``root`` (default: the recorded collection root), never outside it;
+        None when there is none."""
+        resolved = (root or self.collection_root).resolve()
+        path = (resolved / str(item.get("path", ""))).resolve()
+        return path if path.is_relative_to(resolved) and path.is_file() else None
+
+    def close(self) -> None:
+        # the searchers' Java objects are released now (ImpactSearcher.close, under the Java lock), not by whichever
+        # thread happens to drop this reader last (a live collection's last reader of a replaced version)
+        while self.lucene:
+            self.lucene.popitem()[1].close()
+
+
+class ReaderShard:
+    """An index reader as a shard of the read engine, in this process (a read-only index, or one generation of a
+    live collection pinned for a read)."""
+
+    def __init__(self, reader: IndexReader, *, name: str = "index", owned: bool = True) -> None:
+        """``owned``: closing the shard closes the reader (not so for a generation its live collection owns)."""
+        self.reader, self.name, self._owned = reader, name, owned
+
+    def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
+                   threads: int = 1) -> list[ShardCandidates]:
+        return self.reader.candidates(side, queries, params, k, threads=threads)
+
+    def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]:
+        return self.reader.records(side, ids)
+
+    def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
+        return self.reader.find(item_id)
+
+    def close(self) -> None:
+        if self._owned:
+            self.reader.close()
