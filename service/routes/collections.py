@@ -247,47 +247,48 @@ async def delete_alias(alias: str, registry: RegistryDep) -> dict[str, Any]:
 
 
 # ----- snapshots -----
-def _store(registry: Registry, slot: CollectionSlot) -> SnapshotStore:
+def _store(registry: Registry, name: str) -> SnapshotStore:
+    """A collection's snapshots: in a data directory, kept by name (a deleted collection's too, to restore)."""
     catalog = registry.catalog
-    return SnapshotStore(catalog.snapshots_dir(slot.name) if catalog is not None else snapshots_of(slot.path))
+    if catalog is not None:
+        return SnapshotStore(catalog.snapshots_dir(registry.aliases().get(name, name)))
+    return SnapshotStore(snapshots_of(registry.resolve(name).path))
 
 
 @router.post("/v1/collections/{collection}/snapshots", status_code=201, dependencies=[Depends(require_write_key)],
              responses=errors_of(401, 403, 404, 409, 422, 503))
-async def take_snapshot(name: Name, slot: EngineSlotDep, live: LiveDep, registry: RegistryDep,
+async def take_snapshot(name: Name, live: LiveDep, registry: RegistryDep,
                         snapshot: Annotated[str | None, Body(embed=True, pattern=SNAPSHOT_NAME,
                                                              description="Default: a UTC timestamp.")] = None
                         ) -> JSONResponse:
     """A consistent point-in-time copy of the collection, taken while writes go on: its live version plus its
     log up to one sequence number, one archive with a checksum per file."""
-    del name
     try:
         collection = live.live_collection()
-        info = await asyncio.to_thread(_store(registry, slot).take, collection, snapshot)
+        info = await asyncio.to_thread(_store(registry, name).take, collection, snapshot)
     except SnapshotExistsError as e:
         raise ApiError(409, "snapshot_exists", str(e)) from e
     except SnapshotError as e:
         raise ApiError(422, "snapshot_refused", str(e)) from e
     return JSONResponse(info.model_dump(), status_code=201,
-                        headers={"Location": f"/v1/collections/{slot.name}/snapshots/{info.name}"})
+                        headers={"Location": f"/v1/collections/{name}/snapshots/{info.name}"})
 
 
 @router.get("/v1/collections/{collection}/snapshots", dependencies=[Depends(require_write_key)],
             responses=errors_of(401, 403, 404, 422))
-async def list_snapshots(name: Name, slot: EngineSlotDep, registry: RegistryDep) -> dict[str, Any]:
-    del name
-    found = await asyncio.to_thread(_store(registry, slot).list)
-    return {"collection": slot.name, "snapshots": [info.model_dump() for info in found]}
+async def list_snapshots(name: Name, registry: RegistryDep) -> dict[str, Any]:
+    """A collection's snapshots, oldest first (a deleted collection's are kept, to be restored)."""
+    found = await asyncio.to_thread(_store(registry, name).list)
+    return {"collection": name, "snapshots": [info.model_dump() for info in found]}
 
 
 @router.get("/v1/collections/{collection}/snapshots/{snapshot}", dependencies=[Depends(require_write_key)],
             response_class=FileResponse, responses={200: {"description": "The snapshot archive (tar).", "content": {
                 "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
                 **errors_of(401, 403, 404, 422)})
-async def download_snapshot(name: Name, snapshot: str, slot: EngineSlotDep, registry: RegistryDep) -> FileResponse:
+async def download_snapshot(name: Name, snapshot: str, registry: RegistryDep) -> FileResponse:
     """The snapshot as one archive (``snapshot.json`` inside lists a sha256 per file)."""
-    del name
-    store = _store(registry, slot)
+    store = _store(registry, name)
     try:
         await asyncio.to_thread(store.get, snapshot)
         path = store.path(snapshot)
@@ -298,10 +299,9 @@ async def download_snapshot(name: Name, snapshot: str, slot: EngineSlotDep, regi
 
 @router.delete("/v1/collections/{collection}/snapshots/{snapshot}", dependencies=[Depends(require_write_key)],
                responses=errors_of(401, 403, 404, 422))
-async def delete_snapshot(name: Name, snapshot: str, slot: EngineSlotDep, registry: RegistryDep) -> dict[str, Any]:
-    del name
+async def delete_snapshot(name: Name, snapshot: str, registry: RegistryDep) -> dict[str, Any]:
     try:
-        await asyncio.to_thread(_store(registry, slot).delete, snapshot)
+        await asyncio.to_thread(_store(registry, name).delete, snapshot)
     except (SnapshotNotFoundError, SnapshotError) as e:
         raise ApiError(404, "snapshot_not_found", str(e)) from e
-    return {"collection": slot.name, "snapshot": snapshot, "deleted": True}
+    return {"collection": name, "snapshot": snapshot, "deleted": True}

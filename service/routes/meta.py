@@ -64,8 +64,8 @@ def readyz(registry: RegistryDep) -> JSONResponse:
     loading = any(reason == "loading" for reason in failed.values())
     if loading or (default is not None and (default_slot is None or default_slot.live is None)):
         reason = "loading" if loading else failed.get(str(default), f"no collection named {default!r}")
-        named = {"failed": failed} if registry.catalog is not None else {}
-        return JSONResponse({"ready": False, "reason": reason, **named}, status_code=503)
+        lost: dict[str, Any] = {"failed": failed} if registry.catalog is not None else {}
+        return JSONResponse({"ready": False, "reason": reason, **lost}, status_code=503)
     # the live counts of the default collection: published items, plus those written since, less those deleted
     sides = ({s: c["live"] for s, c in default_slot.live.stats()["sides"].items()}
              if default_slot is not None and default_slot.live is not None else {})
