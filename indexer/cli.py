@@ -1,6 +1,7 @@
-"""``python -m indexer build|verify|add|delete|compact|snapshot|restore ...``: build the Lucene impact + FAISS indexes
-of a collection offline; add, replace or delete items of a built index and compact it, while no service holds it;
-snapshot it into one archive and restore an archive as a new index."""
+"""``python -m indexer build|verify|add|delete|compact|snapshot|restore|alias ...``: build the Lucene impact + FAISS
+indexes of a collection offline; add, replace or delete items of a built index and compact it, while no service
+holds it; snapshot it into one archive and restore an archive as a new index; name a data directory's collections
+by aliases."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from core.data import DatasetError
 from core.feature_cache import CorruptImageError
 from core.progress import setup_logging
 from indexer.build import IndexBuildConfig, build_index, verify_index
+from indexer.catalog import Catalog
 from indexer.live import CollectionLockedError, ItemNotFoundError, LiveCollection
 from indexer.served import ServedCollection
 from indexer.sharding import build_collection_embedded, is_sharded, verify_collection
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="also check the index was built from this checkpoint")
     _add_write_commands(sub)
     _add_snapshot_commands(sub)
+    _add_alias_command(sub)
     return parser
 
 
@@ -84,6 +87,27 @@ def _add_snapshot_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--index", required=True, type=Path, help="the new index directory (must not exist)")
     p.add_argument("--checkpoint", help="refuse a snapshot bound to another checkpoint than this one (a checkpoint "
                    "directory, or its content hash)")
+
+
+def _add_alias_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("alias", help="list, set or delete the aliases of a data directory's collections (a running "
+                       "service resolves each request's alias afresh, so a swap here takes effect at once)")
+    p.add_argument("--data-dir", required=True, type=Path, help="the data directory (one collection per folder)")
+    p.add_argument("alias", nargs="?", help="the alias to set or delete (none: list them)")
+    p.add_argument("collection", nargs="?", help="the collection it names (swapped atomically)")
+    p.add_argument("--delete", action="store_true", help="delete the alias")
+
+
+def _run_alias(args: argparse.Namespace) -> dict[str, Any]:
+    catalog = Catalog(args.data_dir)
+    if args.alias is None:
+        return {"aliases": catalog.aliases(), "collections": catalog.names()}
+    if args.delete:
+        return {"alias": args.alias, "collection": catalog.delete_alias(args.alias), "deleted": True}
+    if args.collection is None:
+        raise ValueError("name the collection the alias is to name, or --delete it")
+    previous = catalog.set_alias(args.alias, args.collection)
+    return {"alias": args.alias, "collection": args.collection, "previous": previous}
 
 
 def _run_snapshot(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,6 +180,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return verify_index(args.index, checkpoint=args.checkpoint)
     if args.command in ("snapshot", "restore"):
         return _run_snapshot(args)
+    if args.command == "alias":
+        return _run_alias(args)
     return _run_write(args)
 
 

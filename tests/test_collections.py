@@ -81,6 +81,11 @@ def test_two_checkpoints_in_one_process_each_rank_as_its_own_index(server: Serve
                 assert [hit[0] for hit in _ranking(server, name, text, side="images")] == expected
         finally:
             engine.close()
+    hit = _json(server.post_json("/v1/collections/grounded/search", {"text": "green dot"}))["hits"][0]
+    assert hit["metadata"]["image_url"].startswith("/v1/collections/grounded/items/")
+    image = server.request("GET", hit["metadata"]["image_url"])
+    assert image.status == 200 and image.headers["content-type"].startswith("image/")
+    assert _json(server.request("GET", "/v1/collections/grounded"))["state"]["sides"]["images"]["live"] > 0
     _json(server.post_json("/v1/collections/nope/search", {"text": "x"}), 404)
     assert _json(server.post_json("/v1/collections/bad%20name%21/search", {"text": "x"}), 404)["error"]
 
@@ -188,3 +193,45 @@ def test_kill_9_during_alias_swaps_leaves_every_collection_opening(data_dir: Pat
     assert catalog.names() == ["grounded", "latent"]
     for name in catalog.names():
         verify_index(root / name)
+
+
+def test_the_alias_command_sets_swaps_lists_and_deletes(data_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name in ("latent", "grounded"):
+        shutil.copytree(data_dir / name, root / name, symlinks=True)
+
+    def alias(*args: str) -> tuple[int, Any]:
+        done = subprocess.run([sys.executable, "-m", "indexer", "alias", "--data-dir", str(root), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        return done.returncode, json.loads(done.stdout) if done.returncode == 0 else done.stderr
+
+    assert alias("prod", "latent") == (0, {"alias": "prod", "collection": "latent", "previous": None})
+    assert alias("prod", "grounded") == (0, {"alias": "prod", "collection": "grounded", "previous": "latent"})
+    assert alias() == (0, {"aliases": {"prod": "grounded"}, "collections": ["grounded", "latent"]})
+    code, error = alias("latent", "grounded")  # a collection's name cannot be an alias
+    assert code == 2 and "collection's name" in error
+    code, error = alias("other", "missing")
+    assert code == 2 and "no collection named 'missing'" in error
+    assert alias("prod", "--delete") == (0, {"alias": "prod", "collection": "grounded", "deleted": True})
+    assert alias()[1]["aliases"] == {}
+
+
+@pytest.mark.browser
+def test_the_page_picks_a_collection(browser: Any, server: Server) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(server.base + "/")
+    wait.until(lambda d: d.find_element(By.ID, "collection-label").is_displayed())
+    picker = Select(browser.find_element(By.ID, "collection"))
+    assert {o.get_attribute("value") for o in picker.options} >= {"latent", "grounded"}
+    picker.select_by_value("latent")  # the first option ("grounded") is the page's default when none is served
+    wait.until(lambda d: "images" in d.find_element(By.ID, "index-info").text)
+    browser.find_element(By.ID, "text").send_keys("green dot")
+    browser.find_element(By.ID, "search").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit img"))
+    sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#results .hit img")]
+    assert sources and all("/v1/collections/latent/items/" in src for src in sources)
+    assert "collection=latent" in browser.current_url

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from indexer.search import SearchEngine
@@ -28,18 +28,26 @@ IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
     **errors_of(401, 403, 404, 503)}
 
 
-def item_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}"
+def collection_of(request: Request) -> str | None:
+    """The collection a request names in its path (as given: an alias stays an alias); None: the default one."""
+    name = request.path_params.get("collection")
+    return str(name) if name is not None else None
 
 
-def image_url(item_id: str) -> str:
-    return f"{item_url(item_id)}/image"
+def item_url(item_id: str, collection: str | None = None) -> str:
+    """An item's URL, in the collection the request named (or the default one's routes)."""
+    prefix = f"/v1/collections/{quote(collection, safe='')}" if collection is not None else "/v1"
+    return f"{prefix}/items/{quote(item_id, safe='')}"
 
 
-def public_item(side: str, item: dict[str, Any]) -> dict[str, Any]:
+def image_url(item_id: str, collection: str | None = None) -> str:
+    return f"{item_url(item_id, collection)}/image"
+
+
+def public_item(side: str, item: dict[str, Any], collection: str | None = None) -> dict[str, Any]:
     """An item as the API shows it: its side, and where its image (a caption's: its image's) is served."""
     image_id = item["id"] if side == "images" else item.get("image_id")
-    return {**item, "side": side, "image_url": image_url(image_id) if image_id else None}
+    return {**item, "side": side, "image_url": image_url(image_id, collection) if image_id else None}
 
 
 def _find(engine: SearchEngine, item_id: str) -> tuple[str, dict[str, Any]]:
@@ -98,11 +106,12 @@ async def item_image(item_id: str, reader: ReaderDep, slot: EngineSlotDep, worke
 
 @router.get("/v1/items/{item_id:path}", responses=errors_of(401, 403, 404, 503), operation_id="get_item",
             openapi_extra={"security": READ_SECURITY})
-async def get_item(item_id: str, reader: ReaderDep, worker: WorkerDep, ticket: TicketDep) -> dict[str, Any]:
+async def get_item(item_id: str, request: Request, reader: ReaderDep, worker: WorkerDep,
+                   ticket: TicketDep) -> dict[str, Any]:
     """A live item's metadata (a deleted item is gone: 404)."""
 
     def find() -> dict[str, Any]:
         with reader() as engine:
-            return public_item(*_find(engine, item_id))
+            return public_item(*_find(engine, item_id), collection_of(request))
 
     return await ticket.run(worker, find)

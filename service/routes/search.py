@@ -25,7 +25,7 @@ from service.dependencies import (
 from service.errors import ApiError, errors_of
 from service.openapi import request_body
 from service.request_context import request_id_of
-from service.routes.items import public_item
+from service.routes.items import collection_of, public_item
 from service.schemas import (
     HitExplanation,
     MatchedTerm,
@@ -64,7 +64,7 @@ async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str 
         raise ApiError(422, "empty_sparse_query", str(e)) from e
 
 
-def _hit(side: str, hit: Hit) -> SearchHit:
+def _hit(side: str, hit: Hit, collection: str | None) -> SearchHit:
     explanation = None
     if hit.explanation is not None:
         explanation = HitExplanation(
@@ -72,18 +72,18 @@ def _hit(side: str, hit: Hit) -> SearchHit:
                                        contribution=m.contribution) for m in hit.explanation.matched_terms],
             item_terms=[TermWeight(term=t, weight=w) for t, w in hit.explanation.item_terms])
     return SearchHit(id=hit.id, rank=hit.rank, scores=Scores(dense=hit.dense, sparse=hit.sparse, fused=hit.fused),
-                     metadata=public_item(side, hit.item), explanation=explanation)
+                     metadata=public_item(side, hit.item, collection), explanation=explanation)
 
 
 def _response_json(request_id: str, body: SearchRequest, text: str | None, found: Found,
-                   timings_ms: dict[str, float]) -> str:
+                   timings_ms: dict[str, float], collection: str | None) -> str:
     result, terms, _ = found
     response = SearchResponse(
         request_id=request_id, side=body.side, mode=body.mode, fusion=body.fusion,
         query=QueryInfo(kind="text" if text is not None else "image", text=text,
                         terms=[TermWeight(term=t, weight=w) for t, w in terms]),
         weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
-        hits=[_hit(body.side, hit) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms)
+        hits=[_hit(body.side, hit, collection) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms)
     # Already a validated model: serialise it once instead of letting FastAPI validate it again.
     return response.model_dump_json()
 
@@ -105,5 +105,6 @@ async def search(request: Request, engine: EngineDep, reader: ReaderDep, setting
     total_ms = (time.perf_counter() - started) * 1000
     metrics.observe_search(body.mode, body.side, total_ms / 1000)
     timings_ms = {"decode": decode_ms, "encode": found[2], **found[0].timings_ms, "total": total_ms}
-    payload = await off_loop.run(lambda: _response_json(request_id_of(request) or "", body, text, found, timings_ms))
+    payload = await off_loop.run(lambda: _response_json(request_id_of(request) or "", body, text, found, timings_ms,
+                                                             collection_of(request)))
     return Response(payload, media_type="application/json")

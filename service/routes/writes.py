@@ -27,7 +27,7 @@ from service.dependencies import CompactorDep, LiveDep, MetricsDep, OffLoopDep, 
 from service.errors import ApiError, errors_of
 from service.metrics import Metrics
 from service.openapi import request_body
-from service.routes.items import item_url
+from service.routes.items import collection_of, item_url
 from service.schemas import ItemBody, WriteResponse
 from service.state import EngineWorker
 from service.write_input import ItemWrite, check_item_id, read_item_write
@@ -115,9 +115,9 @@ def _upsert(item: ItemWrite, item_id: str | None) -> Write:
     return lambda live: live.add_image(image, item_id=item_id, captions=item.captions, metadata=item.metadata)
 
 
-def _written(result: WriteResult) -> JSONResponse:
+def _written(result: WriteResult, request: Request) -> JSONResponse:
     return JSONResponse(result.to_json(), status_code=200 if result.replaced else 201,
-                        headers={"Location": item_url(result.id)})
+                        headers={"Location": item_url(result.id, collection_of(request))})
 
 
 @router.post("/v1/items", status_code=201, responses=WRITTEN, openapi_extra=ITEM_BODY, operation_id="add_item")
@@ -128,7 +128,7 @@ async def add_item(request: Request, live: LiveDep, worker: WorkerDep, off_loop:
     with _counted(metrics, "upsert"):
         item = await read_item_write(request, settings, off_loop)
         result = await _write(ticket, worker, live, compactor, _upsert(item, item.id), item.id)
-    return _written(result)
+    return _written(result, request)
 
 
 @router.put("/v1/items/{item_id:item_id}", status_code=200, responses=WRITTEN, openapi_extra=PUT_BODY,
@@ -143,7 +143,7 @@ async def put_item(item_id: str, request: Request, live: LiveDep, worker: Worker
         if item.id is not None and item.id != item_id:
             raise ApiError(422, "id_mismatch", f"the body's id {item.id!r} is not the path's {item_id!r}")
         result = await _write(ticket, worker, live, compactor, _upsert(item, item_id), item_id)
-    return _written(result)
+    return _written(result, request)
 
 
 @router.delete("/v1/items/{item_id:item_id}", response_model=WriteResponse, responses=errors_of(401, 403, 404, 503),
