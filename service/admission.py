@@ -17,15 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from starlette.requests import Request
 
 from service.errors import ApiError
+from service.lanes import EngineWorker
 from service.metrics import Metrics
-
-if TYPE_CHECKING:  # the state holds the admission: a type here, not an import cycle
-    from service.state import EngineWorker
 
 T = TypeVar("T")
 

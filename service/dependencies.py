@@ -17,10 +17,11 @@ from indexer.served import ServedCollection
 from service.admission import Ticket
 from service.compaction import Compactor
 from service.errors import ApiError
+from service.lanes import EngineWorker, OffLoop
 from service.metrics import Metrics
 from service.registry import CollectionSlot, Registry
 from service.settings import ServiceSettings
-from service.state import EngineWorker, OffLoop, state_of
+from service.state import state_of
 
 # Opens a read of the engine: the generation current when it is entered, held (a compaction publishing meanwhile
 # cannot close it) until it is left. Entered on the worker thread, around the engine calls of one request.

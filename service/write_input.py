@@ -13,6 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 from indexer.item_rules import has_content, item_id_problem, trimmed
 from service.errors import ApiError, validation_message
 from service.images import decode_image
+from service.lanes import OffLoop
 from service.request_body import (
     JSON,
     MULTIPART,
@@ -26,7 +27,6 @@ from service.request_body import (
 from service.schemas import ItemBody
 from service.search_input import base64_bytes
 from service.settings import ServiceSettings
-from service.state import OffLoop
 
 MAX_METADATA_DEPTH = 32  # deeper JSON is refused here, before it is logged, copied and serialised again
 SINGLE_FIELDS = ("id", "text", "metadata")

@@ -23,6 +23,7 @@ from service.dependencies import (
     WorkerDep,
 )
 from service.errors import ApiError, errors_of
+from service.lanes import EngineWorker
 from service.openapi import request_body
 from service.request_context import request_id_of
 from service.routes.items import collection_of, public_item
@@ -37,7 +38,6 @@ from service.schemas import (
     TermWeight,
 )
 from service.search_input import check_limits, query_of, read_search_request
-from service.state import EngineWorker
 
 router = APIRouter(tags=["search"])
 Found = tuple[SearchResult, list[tuple[str, float]], float]  # the result, the query's terms, encoding ms

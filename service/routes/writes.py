@@ -25,11 +25,11 @@ from service.auth import require_write_key
 from service.compaction import Compactor
 from service.dependencies import CompactorDep, LiveDep, MetricsDep, OffLoopDep, SettingsDep, TicketDep, WorkerDep
 from service.errors import ApiError, errors_of
+from service.lanes import EngineWorker
 from service.metrics import Metrics
 from service.openapi import request_body
 from service.routes.items import collection_of, item_url
 from service.schemas import ItemBody, WriteResponse
-from service.state import EngineWorker
 from service.write_input import ItemWrite, check_item_id, read_item_write
 
 _logger = logging.getLogger("service")
