@@ -235,3 +235,26 @@ def test_the_page_picks_a_collection(browser: Any, server: Server) -> None:
     sources = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "#results .hit img")]
     assert sources and all("/v1/collections/latent/items/" in src for src in sources)
     assert "collection=latent" in browser.current_url
+
+
+def test_collections_sharing_a_checkpoint_share_one_encoder(tiny_index: Path, tmp_path: Path) -> None:
+    from service.lifespan import load_collection
+    from service.metrics import Metrics
+    from service.registry import Registry
+    from service.settings import ServiceSettings
+
+    root = tmp_path / "data"
+    for name in ("first", "second"):
+        shutil.copytree(tiny_index, root / name, symlinks=True)
+    registry = Registry(ServiceSettings(data_dir=root), Metrics())
+    slots = registry.discover()
+    try:
+        for slot in slots:
+            registry.load(slot, load_collection)
+        engines = [slot.engine for slot in slots]
+        assert all(engine is not None for engine in engines)
+        assert engines[0].encoder is engines[1].encoder and len(registry.encoders) == 1  # type: ignore[union-attr]
+    finally:
+        for slot in slots:
+            if slot.live is not None:
+                slot.live.close()
