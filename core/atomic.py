@@ -204,7 +204,8 @@ def _remove_abandoned_staging(versions: Path) -> None:
             os.close(fd)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -222,7 +223,7 @@ def _swap_link(root: Path, target: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(fresh)
         raise
-    _fsync_directory(root)
+    fsync_directory(root)
 
 
 def _remove(entry: Path) -> None:

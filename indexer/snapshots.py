@@ -41,7 +41,7 @@ from typing import IO, Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.atomic import CURRENT, VERSIONS
+from core.atomic import CURRENT, VERSIONS, fsync_directory
 from indexer.live import LIVE, UPLOADS, WAL, LiveCollection
 from indexer.store import CHECKPOINT_DIR, MANIFEST, read_items, read_manifest
 
@@ -177,14 +177,6 @@ def _abandoned(lock: Path) -> bool:
             os.close(fd)
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -273,7 +265,7 @@ class SnapshotStore:
     def delete(self, name: str) -> None:
         path = self.path(name)
         path.unlink()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def take(self, live: LiveCollection, name: str | None = None) -> SnapshotInfo:
         """Snapshot the collection now (writes go on meanwhile); SnapshotExistsError when ``name`` is taken."""
@@ -299,7 +291,7 @@ class SnapshotStore:
                     raise SnapshotExistsError(f"a snapshot named {name!r} exists already in {self.directory}") from e
         finally:
             temp.unlink(missing_ok=True)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         _logger.info("snapshot %s of %s at seq %d: %s", final, live.index_dir, seq, counts)
         return _info(manifest, final)
 
@@ -482,7 +474,7 @@ def restore_snapshot(archive: str | Path, target_dir: str | Path, *, checkpoint_
                 if target.exists() or target.is_symlink():
                     raise RestoreTargetExistsError(f"cannot restore into {target}: it appeared meanwhile")
                 os.rename(staging, target)
-                _fsync_directory(target.parent)
+                fsync_directory(target.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             lock.unlink(missing_ok=True)
@@ -499,7 +491,7 @@ def _finish(staging: Path, version: str) -> None:
     (staging / LIVE / WAL).touch()
     os.symlink(f"{VERSIONS}/{version}", staging / CURRENT)
     for directory, _, _ in os.walk(staging):
-        _fsync_directory(Path(directory))
+        fsync_directory(Path(directory))
 
 
 def _remove_abandoned_restores(target: Path) -> None:
