@@ -60,6 +60,7 @@ from indexer.writes import (
 _logger = logging.getLogger(__name__)
 WAL = "wal.jsonl"
 LOCK = ".writer.lock"
+COMPACTION_FLOOR = 10_000
 _FOLLOW_ATTEMPTS = 5  # passes of one refresh: each compaction that lands during it costs one
 
 
@@ -449,7 +450,10 @@ class LiveCollection:
             buffers = self._generation.buffers.values()
             changed = sum(b.count + int(b.deleted.size) for b in buffers)
             base = sum(b.base_count for b in buffers)
-        return changed > 0 and changed >= self.auto_compact_ratio * max(base, 1)
+        # a small collection compacts as one of COMPACTION_FLOOR items would: its delta is scored exactly and cheaply,
+        # while every compaction rebuilds both legs (seconds), and an empty one being filled would otherwise rebuild
+        # them after every write
+        return changed > 0 and changed >= self.auto_compact_ratio * max(base, COMPACTION_FLOOR)
 
     # ----- writing -----
     def add_image(self, data: bytes, *, item_id: str | None = None, captions: Sequence[str] = (),

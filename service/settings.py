@@ -67,7 +67,7 @@ class ServiceSettings(BaseSettings):
                                    "meanwhile); past it, a compaction is rolled back and the process exits.")
     auto_compact_ratio: float = Field(0.1, ge=0, description="Compact in the background once the items written and "
                                       "deleted since the last compaction reach this fraction of the published "
-                                      "ones; 0: only on request.")
+                                      "ones (a collection under 10,000 items counts as 10,000); 0: only on request.")
     # SecretStr: the key never shows in a repr, a log line or a validation error
     api_key: SecretStr | None = Field(None, description="Bearer key the write API requires (sent as "
                                       "'Authorization: Bearer KEY'); unset or empty: writes are disabled.")

@@ -383,8 +383,9 @@ def test_searches_never_fail_while_writes_and_a_compaction_run(index_copy: Path,
 
 
 def test_the_threshold_compacts_in_the_background_and_a_request_again(index_copy: Path, tmp_path: Path) -> None:
-    # 192 published items (32 images, 160 captions): 0.01 of them is two changes, one image with a caption
-    with serving(index_copy, tmp_path / "server.log", DUET_AUTO_COMPACT_RATIO="0.01") as server:
+    # 192 published items (32 images, 160 captions), counted as the floor of 10,000: 0.0002 of them is two changes,
+    # one image with a caption
+    with serving(index_copy, tmp_path / "server.log", DUET_AUTO_COMPACT_RATIO="0.0002") as server:
         generation = ok(server.request("GET", "/v1/collection", headers=AUTH))["generation"]
         add_image(server, png(30), ["a white dot"], item_id="auto.png")
         deadline = time.monotonic() + 180
