@@ -36,7 +36,7 @@ ERROR_MEANINGS = {
     400: "Malformed request: not JSON or not UTF-8, a bad multipart form, a bad Content-Length.",
     401: "The route needs an API key: none was sent.",
     403: "The API key is not valid, or the route is disabled on this server.",
-    404: "No such item, image or route (an item id with a line break matches no route).",
+    404: "No such item, image, collection, alias, snapshot or route (an item id with a line break matches no route).",
     408: "The request body did not arrive in time.",
     409: "Conflict: a compaction is running, or the item id is taken by an item this write cannot replace.",
     413: "The body or the image is too large.",

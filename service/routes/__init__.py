@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 
 from service.dependencies import collection_name
+from service.errors import errors_of
 from service.routes import collections, items, meta, metrics, page, search, writes
 
 COLLECTION_PREFIX = "/v1/collections/{collection}"
@@ -19,9 +20,10 @@ SCOPED_SUFFIX = "_in_collection"
 COLLECTION_ROUTERS: tuple[APIRouter, ...] = (search.router, items.router, writes.router)
 
 
-def _scoped_links(responses: dict[int | str, Any]) -> dict[int | str, Any]:
-    """Responses whose links lead to the scoped twins of their operations, in the same collection."""
-    responses = copy.deepcopy(responses)
+def _scoped_responses(responses: dict[int | str, Any]) -> dict[int | str, Any]:
+    """A route's responses in a named collection: a 404 for a name no collection or alias has, and links that lead
+    to the scoped twins of their operations, in the same collection."""
+    responses = {**errors_of(404), **copy.deepcopy(responses)}
     for response in responses.values():
         for link in response.get("links", {}).values():
             link["operationId"] += SCOPED_SUFFIX
@@ -39,7 +41,7 @@ def scoped(router: APIRouter) -> APIRouter:
             COLLECTION_PREFIX + route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()),
             response_model=route.response_model, status_code=route.status_code, tags=route.tags,
             dependencies=route.dependencies, summary=route.summary, description=route.description,
-            responses=_scoped_links(route.responses), response_class=route.response_class, name=route.name,
+            responses=_scoped_responses(route.responses), response_class=route.response_class, name=route.name,
             operation_id=route.operation_id + SCOPED_SUFFIX if route.operation_id else None,
             openapi_extra=route.openapi_extra, include_in_schema=route.include_in_schema)
     return twin
