@@ -46,7 +46,7 @@ def test_search_report_on_a_real_index(tiny_index: Path, tmp_path: Path) -> None
 
 
 def test_synthetic_corpus_follows_the_statistics(tiny_index: Path) -> None:
-    store = SearchEngine.open(tiny_index).stores["images"]
+    store = SearchEngine.open(tiny_index).reader.stores["images"]
     stats = CorpusStatistics.of(store)
     corpus = generate(stats, 500, chunk=128)
     ids, _ = corpus.sparse.row(7)

@@ -227,19 +227,19 @@ def test_a_compaction_landing_while_the_follower_opens_the_previous_one(
     writer.add_text("before both", item_id="a")
     writer.compact()  # version 2 (wal_seq 1)
     writer.add_text("between the compactions", item_id="b")  # seq 2: in version 3 only
-    opened = live_module.SearchEngine
+    opened = live_module.IndexReader
     landed: list[str] = []
 
     def open_then_compact(*args, **kwargs):  # type: ignore[no-untyped-def]
-        engine = opened(*args, **kwargs)
+        reader = opened(*args, **kwargs)
         if not landed:
-            landed.append(engine.reader.directory.name)
-            monkeypatch.setattr(live_module, "SearchEngine", opened)  # the writer's own compaction opens plainly
+            landed.append(reader.directory.name)
+            monkeypatch.setattr(live_module, "IndexReader", opened)  # the writer's own compaction opens plainly
             writer.compact()  # version 3 (wal_seq 2)
             writer.add_text("after both", item_id="c")  # seq 3: the rewritten log's first record
-        return engine
+        return reader
 
-    monkeypatch.setattr(live_module, "SearchEngine", open_then_compact)
+    monkeypatch.setattr(live_module, "IndexReader", open_then_compact)
     assert follower.refresh()
     assert landed and landed[0] != writer.reader.directory.name  # it had opened version 2
     assert follower.reader.directory == writer.reader.directory and follower.last_seq == 3

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from indexer.index_reader import IndexReader
 from indexer.ray_cluster import LocalRayCluster
 from indexer.search import SearchEngine
 from indexer.sharding import read_layout
@@ -91,7 +92,7 @@ def test_the_ray_build_encodes_on_both_nodes_and_matches_the_embedded_index(coll
     for side, store in tiny_engine.reader.stores.items():
         found = 0
         for shard_dir in layout.shard_dirs:
-            shard = SearchEngine.open(shard_dir, encoder=tiny_engine.encoder)
+            shard = IndexReader(shard_dir, encoder=tiny_engine.encoder)
             part = shard.stores[side]
             rows = [store.row_of[i] for i in part.ids]
             assert list(part.order) == rows  # each row's position in the collection, in collection order

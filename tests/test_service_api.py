@@ -321,7 +321,7 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
     assert ready.status_code == 200 and ready.json() == {"ready": True, "sides": {"images": 5, "texts": 2}}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/v1/search" in page.text
+    assert "/search" in page.text and "/v1/collections" in page.text
     schema = client.get("/openapi.json").json()
     collection_routes = {"/v1/search", "/v1/items/{item_id}/image", "/v1/items/{item_id}", "/v1/items", "/v1/compact"}
     assert set(schema["paths"]) == {

@@ -65,7 +65,7 @@ class StandIn:
 
 @pytest.fixture(autouse=True)
 def stand_in(monkeypatch: pytest.MonkeyPatch) -> type[StandIn]:
-    monkeypatch.setattr(cli, "LiveCollection", StandIn)
+    monkeypatch.setattr(cli, "ServedCollection", StandIn)
     StandIn.opened, StandIn.calls, StandIn.closed, StandIn.locked = [], [], 0, False
     return StandIn
 

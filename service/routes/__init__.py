@@ -26,7 +26,8 @@ def _scoped_responses(responses: dict[int | str, Any]) -> dict[int | str, Any]:
     responses = {**errors_of(404), **copy.deepcopy(responses)}
     for response in responses.values():
         for link in response.get("links", {}).values():
-            link["operationId"] += SCOPED_SUFFIX
+            if not link["operationId"].endswith(SCOPED_SUFFIX):  # a link object two responses share: once
+                link["operationId"] += SCOPED_SUFFIX
             link["parameters"] = {"collection": "$request.path.collection", **link.get("parameters", {})}
     return responses
 

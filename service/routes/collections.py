@@ -218,7 +218,7 @@ def list_aliases(registry: RegistryDep) -> dict[str, dict[str, str]]:
 
 
 @router.put("/v1/aliases/{alias}", dependencies=[Depends(require_write_key)],
-            responses=errors_of(401, 403, 404, 409, 422))
+            responses=errors_of(400, 401, 403, 404, 409, 422))
 async def put_alias(alias: Annotated[str, PathParam(pattern=NAME_PATTERN)], target: AliasTarget,
                     registry: RegistryDep) -> dict[str, Any]:
     """Point an alias at a collection, atomically: each request resolves it once and sees the old target or the
@@ -256,7 +256,7 @@ def _store(registry: Registry, name: str) -> SnapshotStore:
 
 
 @router.post("/v1/collections/{collection}/snapshots", status_code=201, dependencies=[Depends(require_write_key)],
-             responses=errors_of(401, 403, 404, 409, 422, 503))
+             responses=errors_of(400, 401, 403, 404, 409, 422, 503))
 async def take_snapshot(name: Name, live: LiveDep, registry: RegistryDep,
                         snapshot: Annotated[str | None, Body(embed=True, pattern=SNAPSHOT_NAME,
                                                              description="Default: a UTC timestamp.")] = None
