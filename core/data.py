@@ -1,9 +1,12 @@
-"""Karpathy-format image-caption datasets (MSCOCO, Flickr30k, Flickr8k share this JSON layout)."""
+"""Image-caption datasets: the Karpathy format (MSCOCO, Flickr30k, Flickr8k share this JSON layout), and the
+plain item list features are computed of (``FeatureInputs``; ``karpathy_inputs`` makes one of a dataset's splits).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class KarpathyDataset:
+    """Images with their captions, by split, as a Karpathy JSON lists them (an image folder can be listed alike)."""
+
     name: str
     json_path: Path
     image_root: Path
@@ -47,6 +52,44 @@ class KarpathyDataset:
 
     def image_path(self, record: ImageRecord) -> Path:
         return self.image_root / record.relative_path
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    id: int  # the cache key of its features (a Karpathy imgid)
+    path: Path
+
+
+@dataclass(frozen=True)
+class TextInput:
+    id: int  # the cache key of its features (a Karpathy sentid)
+    text: str
+    image_id: int  # the image it describes: it is dropped with that image when the image is unreadable
+
+
+@dataclass(frozen=True)
+class FeatureInputs:
+    """What to compute features of (core/feature_cache.py), and under which name the result is cached.
+
+    ``dataset``, ``origin`` and ``splits`` name the cache: a finished cache of the same dataset and origin whose
+    splits include these serves them without encoding anything again.
+    """
+
+    dataset: str  # a name unique to the item list's source (a folder's includes a digest of its listing)
+    origin: str  # the file the items were read from (dataset JSON, metadata.jsonl), recorded and matched on reuse
+    splits: tuple[str, ...]
+    images: tuple[ImageInput, ...]
+    texts: tuple[TextInput, ...]
+
+
+def karpathy_inputs(dataset: KarpathyDataset, splits: Sequence[str]) -> FeatureInputs:
+    """The images and captions of ``splits`` of a dataset, in dataset order: the one way training and the index
+    build name their features, so each reuses the other's cache."""
+    records = dataset.split(*splits)
+    return FeatureInputs(
+        dataset.name, str(dataset.json_path), tuple(sorted(splits)),
+        tuple(ImageInput(r.image_id, dataset.image_path(r)) for r in records),
+        tuple(TextInput(c.caption_id, c.text, r.image_id) for r in records for c in r.captions))
 
 
 def _field(entry: dict[str, Any], key: str, where: str) -> Any:

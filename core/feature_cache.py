@@ -1,9 +1,9 @@
 """Feature cache: pre-final-layer features of a list of images and texts, computed once.
 
-The input is a ``FeatureInputs``: image files and texts, each with an integer id (a Karpathy split gives one
-through ``karpathy_inputs``; any other collection builds its own). Keyed by the backbone fingerprint, so features
-of another base model are never mixed in. Computation runs in shards; each finished shard is written atomically,
-so an interrupted run resumes where it stopped. The final cache directory is published atomically:
+The input is a ``FeatureInputs`` (core/data.py): image files and texts, each with an integer id (a dataset's
+splits give one through ``karpathy_inputs``). Keyed by the backbone fingerprint, so features of another base model
+are never mixed in. Computation runs in shards; each finished shard is written atomically, so an interrupted run
+resumes where it stopped. The final cache directory is published atomically:
 
   <root>/<fingerprint>/<dataset>-<splits>/images.safetensors   {"features": (N, D) float32, "ids": (N,) int64}
   <root>/<fingerprint>/<dataset>-<splits>/texts.safetensors    {"features": (M, D') float32, "ids": (M,) int64}
@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from core.atomic import atomic_directory, write_text_atomic
 from core.backbone import Backbone
-from core.data import KarpathyDataset
+from core.data import FeatureInputs, ImageInput
 from core.progress import progress_bar
 
 _logger = logging.getLogger(__name__)
@@ -38,43 +38,6 @@ _logger = logging.getLogger(__name__)
 
 class CorruptImageError(ValueError):
     """An image file is missing, truncated or not an image."""
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    id: int  # the cache key of its features (a Karpathy imgid)
-    path: Path
-
-
-@dataclass(frozen=True)
-class TextInput:
-    id: int  # the cache key of its features (a Karpathy sentid)
-    text: str
-    image_id: int  # the image it describes: it is dropped with that image when the image is unreadable
-
-
-@dataclass(frozen=True)
-class FeatureInputs:
-    """What to compute features of, and under which name the result is cached.
-
-    ``dataset``, ``origin`` and ``splits`` name the cache: a finished cache of the same dataset and origin whose
-    splits include these serves them without encoding anything again.
-    """
-
-    dataset: str  # a name unique to the item list's source (a folder's includes a digest of its listing)
-    origin: str  # the file the items were read from (the dataset JSON), recorded and matched on reuse
-    splits: tuple[str, ...]
-    images: tuple[ImageInput, ...]
-    texts: tuple[TextInput, ...]
-
-
-def karpathy_inputs(dataset: KarpathyDataset, splits: Sequence[str]) -> FeatureInputs:
-    """The images and captions of ``splits`` of a Karpathy dataset, in dataset order."""
-    records = dataset.split(*splits)
-    return FeatureInputs(
-        dataset.name, str(dataset.json_path), tuple(sorted(splits)),
-        tuple(ImageInput(r.image_id, dataset.image_path(r)) for r in records),
-        tuple(TextInput(c.caption_id, c.text, r.image_id) for r in records for c in r.captions))
 
 
 @dataclass(frozen=True)
@@ -191,16 +154,6 @@ def _encode_images(backbone: Backbone, images: Sequence[ImageInput], batch_size:
         bar.update(len(decoded))
     width = backbone.image_feature_dim
     return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
-
-
-def compute_feature_cache(backbone: Backbone, dataset: KarpathyDataset, *, splits: Sequence[str],
-                          cache_root: str | Path, image_batch_size: int = 64, text_batch_size: int = 256,
-                          shard_size: int = 1024, skip_corrupt: bool = False,
-                          after_shard: Callable[[str, int], None] | None = None) -> CachedFeatures:
-    """``compute_features`` for ``splits`` of a Karpathy dataset."""
-    return compute_features(backbone, karpathy_inputs(dataset, splits), cache_root=cache_root,
-                            image_batch_size=image_batch_size, text_batch_size=text_batch_size,
-                            shard_size=shard_size, skip_corrupt=skip_corrupt, after_shard=after_shard)
 
 
 def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: str | Path,

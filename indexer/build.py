@@ -152,7 +152,7 @@ def load_collection(config: IndexBuildConfig) -> Collection:
 def extract_features(collection: Collection, backbone: Backbone, *, cache_root: Path,
                      skip_corrupt: bool = False) -> CollectionFeatures:
     """The collection's features from the shared cache (computed and cached first where missing)."""
-    cached = compute_features(backbone, collection.feature_inputs(), cache_root=cache_root,
+    cached = compute_features(backbone, collection.feature_inputs, cache_root=cache_root,
                               skip_corrupt=skip_corrupt)
     readable = collection.restricted_to({int(i) for i in cached.images.ids})
     kept = {i.id for i in readable.images}

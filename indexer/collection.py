@@ -4,9 +4,11 @@
   - a plain folder of images, with an optional ``metadata.jsonl`` whose lines are
     ``{"file": "relative/path.jpg", "captions": ["...", ...], ...any other fields}``.
 
-Item ids are strings, unique across both sides: an image's id is its path relative to the collection root and a
-caption's id is ``<image id>#<n>`` (the Flickr convention). Either way a collection is a list of images and texts;
-``feature_inputs`` hands that list to the shared feature cache (resumable, keyed by base model).
+Either way the source is read as a listing of images with captions (``KarpathyDataset``; a folder's is one split,
+"all"), which gives the items and, through ``karpathy_inputs`` as training does, ``feature_inputs``: what the
+shared feature cache (resumable, keyed by base model) is asked for. Item ids are strings, unique across both sides:
+an image's id is its path relative to the collection root and a caption's id is ``<image id>#<n>`` (the Flickr
+convention).
 """
 
 from __future__ import annotations
@@ -14,15 +16,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data import DatasetError, ImageRecord, load_karpathy
-from core.feature_cache import FeatureInputs, ImageInput, TextInput
+from core.data import (
+    Caption,
+    DatasetError,
+    FeatureInputs,
+    ImageRecord,
+    KarpathyDataset,
+    karpathy_inputs,
+    load_karpathy,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 METADATA_FILE = "metadata.jsonl"
+FOLDER_SPLIT = "all"  # a folder's one split
 
 
 @dataclass(frozen=True)
@@ -48,19 +59,14 @@ class Collection:
     source: str  # "karpathy" | "folder"
     root: Path  # image root
     splits: tuple[str, ...]
-    origin: Path  # the file the items were read from (dataset JSON, metadata.jsonl): part of the cache identity
     images: tuple[ImageItem, ...]
     texts: tuple[TextItem, ...]
+    # what the feature cache is asked for, by cache id, named by the source's name, file (dataset JSON,
+    # metadata.jsonl) and splits: the whole collection as read (``restricted_to`` leaves it so)
+    feature_inputs: FeatureInputs
 
     def image_path(self, image: ImageItem) -> Path:
         return self.root / image.relative_path
-
-    def feature_inputs(self) -> FeatureInputs:
-        """The images and texts to compute features of, by cache id."""
-        cache_id = {i.id: i.cache_id for i in self.images}
-        return FeatureInputs(self.name, str(self.origin), self.splits,
-                             tuple(ImageInput(i.cache_id, self.image_path(i)) for i in self.images),
-                             tuple(TextInput(t.cache_id, t.text, cache_id[t.image_id]) for t in self.texts))
 
     def restricted_to(self, readable_image_ids: set[int]) -> Collection:
         """The collection less images the encoder could not read (and their captions)."""
@@ -72,24 +78,25 @@ class Collection:
         return dataclasses.replace(self, images=images, texts=texts)
 
 
-def _karpathy_items(records: tuple[ImageRecord, ...]) -> tuple[tuple[ImageItem, ...], tuple[TextItem, ...]]:
+def _collection(source: str, root: Path, records: tuple[ImageRecord, ...], inputs: FeatureInputs,
+                metadata: Callable[[ImageRecord], dict[str, Any]]) -> Collection:
+    """The items of ``records`` (the images of ``inputs``, in its order); named, as its cache is, by ``inputs``."""
     images: list[ImageItem] = []
     texts: list[TextItem] = []
     for record in records:
         image_id = record.relative_path
         images.append(ImageItem(image_id, record.relative_path, record.image_id,
-                                tuple(c.text for c in record.captions), {"split": record.split}))
+                                tuple(c.text for c in record.captions), metadata(record)))
         texts.extend(TextItem(f"{image_id}#{n}", c.text, image_id, c.caption_id)
                      for n, c in enumerate(record.captions))
-    return tuple(images), tuple(texts)
+    return Collection(inputs.dataset, source, root, inputs.splits, tuple(images), tuple(texts), inputs)
 
 
 def load_karpathy_collection(dataset_dir: str | Path | None, splits: tuple[str, ...], *,
                              image_root: str | Path | None = None) -> Collection:
     dataset = load_karpathy(dataset_dir, image_root=image_root)
-    images, texts = _karpathy_items(dataset.split(*splits))
-    return Collection(dataset.name, "karpathy", dataset.image_root, tuple(sorted(splits)), dataset.json_path,
-                      images, texts)
+    records, inputs = dataset.split(*splits), karpathy_inputs(dataset, splits)
+    return _collection("karpathy", dataset.image_root, records, inputs, lambda record: {"split": record.split})
 
 
 def _read_metadata(path: Path) -> dict[str, dict[str, Any]]:
@@ -124,18 +131,22 @@ def load_folder_collection(folder: str | Path) -> Collection:
     unknown = sorted(set(metadata) - set(files))
     if unknown:
         raise DatasetError(f"{metadata_path}: entries for files that are not images under {root}: {unknown[:5]}")
-    images: list[ImageItem] = []
-    texts: list[TextItem] = []
+    records: list[ImageRecord] = []
+    captions = 0  # caption cache ids run on across the folder, in file order
     for imgid, relative in enumerate(files):
-        entry = metadata.get(relative, {})
-        captions = tuple(text.strip() for text in entry.get("captions", []))
-        # "split" is the Karpathy items' field; a folder has no splits
-        extra = {f: v for f, v in entry.items() if f not in ("file", "captions", "split")}
-        images.append(ImageItem(relative, relative, imgid, captions, extra))
-        first = len(texts)  # caption cache ids run on across the folder, in file order
-        texts.extend(TextItem(f"{relative}#{n}", text, relative, first + n) for n, text in enumerate(captions))
+        texts = [text.strip() for text in metadata.get(relative, {}).get("captions", [])]
+        records.append(ImageRecord(imgid, relative, FOLDER_SPLIT,
+                                   tuple(Caption(captions + n, text) for n, text in enumerate(texts))))
+        captions += len(texts)
     # The cache key must change when the folder's listing or captions change.
     digest = hashlib.sha256(json.dumps([files, {k: v.get("captions", []) for k, v in metadata.items()}],
                                        sort_keys=True).encode()).hexdigest()[:12]
-    return Collection(f"{root.name or 'folder'}-{digest}", "folder", root, ("all",), metadata_path, tuple(images),
-                      tuple(texts))
+    listing = KarpathyDataset(f"{root.name or 'folder'}-{digest}", metadata_path, root, tuple(records))
+    inputs = karpathy_inputs(listing, (FOLDER_SPLIT,))
+    return _collection("folder", root, listing.images, inputs, lambda record: _extra_fields(metadata, record))
+
+
+def _extra_fields(metadata: dict[str, dict[str, Any]], record: ImageRecord) -> dict[str, Any]:
+    """An image's own metadata.jsonl fields ("split" is the Karpathy items' field; a folder has no splits)."""
+    entry = metadata.get(record.relative_path, {})
+    return {f: v for f, v in entry.items() if f not in ("file", "captions", "split")}

@@ -6,18 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.data import load_karpathy
-from core.feature_cache import (
-    CorruptImageError,
-    FeatureInputs,
-    ImageInput,
-    TextInput,
-    cache_directory,
-    compute_feature_cache,
-    compute_features,
-    karpathy_inputs,
-    load_feature_cache,
-)
+from core.data import FeatureInputs, ImageInput, TextInput, karpathy_inputs, load_karpathy
+from core.feature_cache import CorruptImageError, cache_directory, compute_features, load_feature_cache
 
 SPLITS = ["train", "val", "test"]
 
@@ -28,7 +18,7 @@ class Interrupt(RuntimeError):
 
 def test_cache_contents(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
     ds = load_karpathy(synthetic_dataset)
-    cache = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path, shard_size=16)
+    cache = compute_features(tiny_backbone, karpathy_inputs(ds, SPLITS), cache_root=tmp_path, shard_size=16)
     assert cache.images.features.shape == (80, 32)
     assert cache.texts.features.shape == (400, 32)
     assert sorted(cache.images.ids.tolist()) == sorted(r.image_id for r in ds.split(*SPLITS))
@@ -48,21 +38,21 @@ def test_cache_contents(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) 
 
 def test_resume_after_interruption(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) -> None:  # type: ignore[no-untyped-def]
     ds = load_karpathy(synthetic_dataset)
-    reference = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "ref", shard_size=16)
+    inputs = karpathy_inputs(ds, SPLITS)
+    reference = compute_features(tiny_backbone, inputs, cache_root=tmp_path / "ref", shard_size=16)
 
     def crash_on_third(kind: str, index: int) -> None:
         if kind == "images" and index == 2:
             raise Interrupt("simulated crash")
 
     with pytest.raises(Interrupt):
-        compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "run", shard_size=16,
-                              after_shard=crash_on_third)
-    final = cache_directory(tmp_path / "run", tiny_backbone.fingerprint, karpathy_inputs(ds, SPLITS))
+        compute_features(tiny_backbone, inputs, cache_root=tmp_path / "run", shard_size=16, after_shard=crash_on_third)
+    final = cache_directory(tmp_path / "run", tiny_backbone.fingerprint, inputs)
     assert not final.exists()  # nothing half-written is published
 
     computed: list[tuple[str, int]] = []
-    resumed = compute_feature_cache(tiny_backbone, ds, splits=SPLITS, cache_root=tmp_path / "run", shard_size=16,
-                                    after_shard=lambda kind, index: computed.append((kind, index)))
+    resumed = compute_features(tiny_backbone, inputs, cache_root=tmp_path / "run", shard_size=16,
+                               after_shard=lambda kind, index: computed.append((kind, index)))
     image_shards = [i for kind, i in computed if kind == "images"]
     assert image_shards == [3, 4]  # shards 0-2 were kept from the interrupted run
     assert torch.equal(resumed.images.features, reference.images.features)
@@ -86,7 +76,7 @@ def test_corrupt_image_fails_with_its_name(tmp_path: Path, synthetic_dataset: Pa
     ds = load_karpathy(root)
     bad = ds.image_path(ds.split("test")[0]).name
     with pytest.raises(CorruptImageError, match=bad):
-        compute_feature_cache(tiny_backbone, ds, splits=["test"], cache_root=tmp_path / "c")
+        compute_features(tiny_backbone, karpathy_inputs(ds, ["test"]), cache_root=tmp_path / "c")
     assert not cache_directory(tmp_path / "c", tiny_backbone.fingerprint, karpathy_inputs(ds, ["test"])).exists()
 
 
@@ -94,7 +84,8 @@ def test_corrupt_images_listed_and_skipped_with_flag(tmp_path: Path, synthetic_d
     root = _dataset_with_bad_images(tmp_path, synthetic_dataset)
     ds = load_karpathy(root)
     bad_records = ds.split("test")[:2]
-    cache = compute_feature_cache(tiny_backbone, ds, splits=["test"], cache_root=tmp_path / "c", skip_corrupt=True)
+    cache = compute_features(tiny_backbone, karpathy_inputs(ds, ["test"]), cache_root=tmp_path / "c",
+                             skip_corrupt=True)
     assert sorted(Path(p).name for p in cache.corrupt_images) == sorted(ds.image_path(r).name for r in bad_records)
     assert len(cache.images.ids) == 14
     bad_captions = {c.caption_id for r in bad_records for c in r.captions}
@@ -109,15 +100,15 @@ def test_missing_image_is_named(tmp_path: Path, synthetic_dataset: Path, tiny_ba
     victim = ds.image_path(ds.split("val")[5])
     victim.unlink()
     with pytest.raises(CorruptImageError, match=f"missing: .*{victim.name}"):
-        compute_feature_cache(tiny_backbone, ds, splits=["val"], cache_root=tmp_path / "c")
+        compute_features(tiny_backbone, karpathy_inputs(ds, ["val"]), cache_root=tmp_path / "c")
 
 
 def test_a_cache_of_more_splits_serves_a_subset(tiny_backbone, synthetic_dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
     dataset = load_karpathy(synthetic_dataset)
-    full = compute_feature_cache(tiny_backbone, dataset, splits=["test", "val"], cache_root=tmp_path)
+    full = compute_features(tiny_backbone, karpathy_inputs(dataset, ["test", "val"]), cache_root=tmp_path)
     calls: list[str] = []
-    subset = compute_feature_cache(tiny_backbone, dataset, splits=["val"], cache_root=tmp_path,
-                                   after_shard=lambda kind, _index: calls.append(kind))
+    subset = compute_features(tiny_backbone, karpathy_inputs(dataset, ["val"]), cache_root=tmp_path,
+                              after_shard=lambda kind, _index: calls.append(kind))
     assert calls == []  # nothing was encoded again
     val = dataset.split("val")
     assert sorted(int(i) for i in subset.images.ids) == sorted(r.image_id for r in val)
@@ -151,11 +142,11 @@ def test_features_of_any_item_list(tiny_backbone, synthetic_dataset, tmp_path) -
 def test_a_cache_recorded_with_a_relative_dataset_path_serves_an_absolute_one(
         tiny_backbone, synthetic_dataset, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(synthetic_dataset.parent)
-    compute_feature_cache(tiny_backbone, load_karpathy(Path(synthetic_dataset.name)), splits=["test", "val"],
-                          cache_root=tmp_path)
+    compute_features(tiny_backbone, karpathy_inputs(load_karpathy(Path(synthetic_dataset.name)), ["test", "val"]),
+                     cache_root=tmp_path)
     calls: list[str] = []
-    subset = compute_feature_cache(tiny_backbone, load_karpathy(synthetic_dataset.resolve()), splits=["val"],
-                                   cache_root=tmp_path, after_shard=lambda kind, _index: calls.append(kind))
+    subset = compute_features(tiny_backbone, karpathy_inputs(load_karpathy(synthetic_dataset.resolve()), ["val"]),
+                              cache_root=tmp_path, after_shard=lambda kind, _index: calls.append(kind))
     assert calls == [] and len(subset.images.ids) == 16  # nothing was encoded again
 
 
@@ -166,4 +157,4 @@ def test_an_index_build_asks_for_the_same_features_as_training(synthetic_dataset
 
     for splits in (("test",), ("val", "test")):
         collection = load_karpathy_collection(synthetic_dataset, splits)
-        assert collection.feature_inputs() == karpathy_inputs(load_karpathy(synthetic_dataset), splits)
+        assert collection.feature_inputs == karpathy_inputs(load_karpathy(synthetic_dataset), splits)

@@ -204,7 +204,7 @@ def test_the_build_stages_are_functions_composing_to_build_index(tiny_checkpoint
     collection = load_collection(config)
     assert (collection.source, collection.splits, len(collection.images), len(collection.texts)) == (
         "karpathy", ("test",), 16, 80)
-    inputs = collection.feature_inputs()
+    inputs = collection.feature_inputs
     assert [i.id for i in inputs.images] == [i.cache_id for i in collection.images]
     assert inputs.images[0].path == synthetic_dataset / "images" / collection.images[0].relative_path
 
@@ -318,6 +318,9 @@ def test_folder_collection_with_metadata(tmp_path: Path, tiny_checkpoint: Path) 
     assert [i.id for i in collection.images] == ["a.png", "b.jpg", "sub/c.png"]
     assert [t.id for t in collection.texts] == ["a.png#0", "sub/c.png#0", "sub/c.png#1"]
     assert collection.images[0].metadata == {"source": "test"}
+    inputs = collection.feature_inputs  # a folder is listed as one split, "all", and named by its listing
+    assert (inputs.dataset, inputs.origin, inputs.splits) == (collection.name, str(folder / "metadata.jsonl"), ("all",))
+    assert [(t.id, t.image_id) for t in inputs.texts] == [(0, 0), (1, 2), (2, 2)]
     out = tmp_path / "index"
     assert indexer_main(["build", "--checkpoint", str(tiny_checkpoint), "--folder", str(folder), "--out", str(out),
                          "--cache-root", str(tmp_path / "cache")]) == 0

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from core.feature_cache import compute_feature_cache
+from core.data import karpathy_inputs
+from core.feature_cache import compute_features
 from core.sparse_head import OwnTerms
 from training.config import TrainConfig
 from training.features import split_features
@@ -40,7 +41,7 @@ def tower_throughput(ws: Workspace, *, images: int, batch_size: int = 64) -> dic
                                  images=tuple(dataclasses.replace(r, captions=()) for r in records))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        compute_feature_cache(ws.backbone, subset, splits=["test"], cache_root=tmp, image_batch_size=batch_size)
+        compute_features(ws.backbone, karpathy_inputs(subset, ["test"]), cache_root=tmp, image_batch_size=batch_size)
         cached = len(records) / (time.perf_counter() - started)
     return {"raw_tower_images_per_s": raw, "cache_images_per_s": cached, "cache_over_raw": cached / raw}
 

@@ -17,8 +17,8 @@ import torch
 from core.atomic import atomic_file, write_text_atomic
 from core.backbone import Backbone, build_backbone
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.data import KarpathyDataset, load_karpathy
-from core.feature_cache import CachedFeatures, compute_feature_cache
+from core.data import KarpathyDataset, karpathy_inputs, load_karpathy
+from core.feature_cache import CachedFeatures, compute_features
 from core.model import DuetModel
 from core.progress import progress
 from core.readability import GroundingReference
@@ -69,8 +69,8 @@ def prepare_workspace(config: TrainConfig) -> Workspace:
     dataset = load_karpathy(config.data.dataset_dir, image_root=config.data.image_root)
     backbone = build_backbone(config.model.backbone).to(resolve_device(config.device))
     splits = sorted({config.data.train_split, config.data.val_split, config.data.test_split})
-    cache = compute_feature_cache(backbone, dataset, splits=splits, cache_root=config.data.cache_root,
-                                  skip_corrupt=config.data.skip_corrupt)
+    cache = compute_features(backbone, karpathy_inputs(dataset, splits), cache_root=config.data.cache_root,
+                             skip_corrupt=config.data.skip_corrupt)
     return Workspace(backbone=backbone.to("cpu"), dataset=dataset, cache=cache)
 
 
