@@ -191,7 +191,8 @@ class Rescored(Ranking):
 @dataclass(frozen=True)
 class Candidates:
     """What the legs found for one query, before ranking: each leg's own ranking (by role), and their union with
-    its exact dense and sparse scores. A sharded search merges these across shards (indexer/sharded.py)."""
+    its exact dense and sparse scores. A shard answers these (indexer/index_reader.py), and the read engine merges
+    them across shards (indexer/merge.py)."""
 
     legs: dict[str, Ranking]
     rows: np.ndarray  # (n,) int64, the distinct rows any leg found

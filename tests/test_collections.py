@@ -162,6 +162,17 @@ def test_an_alias_swapped_under_concurrent_searches_never_shows_a_half_state(ser
     _json(server.request("DELETE", "/v1/aliases/swapped", headers=AUTH))
 
 
+def test_an_id_that_spells_a_percent_escape_is_kept_as_written(server: Server) -> None:
+    """An id "%C3%89" is those six characters: written through a JSON body, read back at its Location (the "%"
+    escaped as %25), and not found as the character it would decode to."""
+    created = server.post_json("/v1/collections/latent/items", {"text": "a percent id", "id": "%C3%89"}, AUTH)
+    assert created.status == 201 and created.headers["location"] == "/v1/collections/latent/items/%25C3%2589"
+    assert _json(server.request("GET", created.headers["location"]))["id"] == "%C3%89"
+    assert _json(server.request("GET", "/v1/collections/latent/items/%C3%89"), 404)["error"]["code"] == \
+        "item_not_found"  # "É": another id
+    _json(server.request("DELETE", created.headers["location"], headers=AUTH))
+
+
 SWAPPER = """
 import sys
 from indexer.catalog import Catalog

@@ -24,6 +24,7 @@ import base64
 import io
 from functools import cache
 from typing import Any
+from urllib.parse import unquote
 
 import schemathesis
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from PIL import Image
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.core.mutations import OperatorKind
 from schemathesis.core.parameters import ParameterLocation
-from schemathesis.openapi.checks import RejectedPositiveData
+from schemathesis.openapi.checks import EnsureResourceAvailability, RejectedPositiveData
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF", "image/bmp": "BMP"}
 SIZES = ((32, 32), (64, 40), (17, 90))  # odd shapes too, each within the aspect-ratio limit
@@ -121,10 +122,20 @@ def no_sparse_word(response: Any) -> bool:
         return False
 
 
+def spells_a_percent_escape(case: Any) -> bool:
+    """Whether a path parameter is a text that spells a percent-escape ("%C3%89"). The runner unquotes each path
+    parameter before it quotes it (its quote_all, "to keep quoting idempotent"), so such an id, taken from a
+    response by a link, reaches the service as the character it spells ("É"): another id. The service keeps the
+    six characters as the id and finds it at its Location, %25C3%2589 (tests/test_collections.py)."""
+    return any(isinstance(value, str) and unquote(value) != value for value in (case.path_parameters or {}).values())
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:  # noqa: ARG001 (the signature)
     if isinstance(failure, AcceptedNegativeData):
         return not only_unseen_mutations(case)
+    if isinstance(failure, EnsureResourceAvailability) and spells_a_percent_escape(case):
+        return False
     return not (isinstance(failure, RejectedPositiveData) and no_sparse_word(response))
 
 
