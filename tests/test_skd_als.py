@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from training.skd.methods.als import adaptive_ls_loss, entropy_alpha
+from training.skd.kernels.als import adaptive_ls_loss, entropy_alpha
 
 
 def _data(seed: int = 0, n: int = 6, v: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.skd.methods.ctc import (
+from training.skd.kernels.ctc import (
     char_error_rate,
     clipped_linear,
     ctc_frame_skd_loss,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.skd.methods.dd_skd import class_mean_logits, dd_match_loss, logit_mse_match, standardized_logit_kd
+from training.skd.kernels.dd_skd import class_mean_logits, dd_match_loss, logit_mse_match, standardized_logit_kd
 from training.skd.transforms import zscore
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from training.skd.core import soft_kl
-from training.skd.methods.drrnet import awa_weights, dual_teacher_skd_loss
+from training.skd.kernels.drrnet import awa_weights, dual_teacher_skd_loss
 from training.skd.teachers import PredictionBank
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.skd.methods.hahn_choi import embedding_prior, embedding_skd_loss
+from training.skd.kernels.hahn_choi import embedding_prior, embedding_skd_loss
 
 
 def _emb(seed: int = 0, v: int = 12, d: int = 5) -> torch.Tensor:

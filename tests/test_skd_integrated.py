@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from training.losses import JointLossWeights, joint_loss
-from training.skd.methods.integrated import integrated_score_skd_loss
+from training.skd.kernels.integrated import integrated_score_skd_loss
 
 
 def _scores(seed: int, b: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.skd.methods.medivlad import DualVLAD, dino_loss, ema_update_, multi_crop
+from training.skd.kernels.medivlad import DualVLAD, dino_loss, ema_update_, multi_crop
 
 
 def _ce(t_logits: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.skd.methods.sst import ClassBalancedBatchSampler, sst_loss, view_consistency_skd_loss
+from training.skd.kernels.sst import ClassBalancedBatchSampler, sst_loss, view_consistency_skd_loss
 
 LABELS = [0] * 40 + [1] * 3 + [2] * 10 + [3] * 7 + [4] * 12  # class 1 has only 3 examples
 

@@ -22,7 +22,7 @@ from training.experiments.xlt_qa import (
     render,
     train_epochs,
 )
-from training.skd.methods.xlt_qa import (
+from training.skd.kernels.xlt_qa import (
     cross_lingual_pairs,
     map_at_k_coefficient,
     mrr_coefficient,

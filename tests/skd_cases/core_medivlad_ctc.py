@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from tests.skd_cases import Inputs, KernelCase
 from training.skd.core import SKDObjective, SKDTerm, soft_ce, soft_kl
-from training.skd.methods.ctc import ctc_frame_skd_loss, skd_ctc_objective
-from training.skd.methods.medivlad import dino_loss
+from training.skd.kernels.ctc import ctc_frame_skd_loss, skd_ctc_objective
+from training.skd.kernels.medivlad import dino_loss
 
 C, T = 5, 6  # classes, positions per row
 

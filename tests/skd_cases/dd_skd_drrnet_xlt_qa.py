@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.skd_cases import Inputs, KernelCase
-from training.skd.methods.dd_skd import dd_match_loss, logit_mse_match, standardized_logit_kd
-from training.skd.methods.drrnet import dual_teacher_skd_loss
-from training.skd.methods.xlt_qa import cross_lingual_pairs, qa_skd_objective, span_ce
+from training.skd.kernels.dd_skd import dd_match_loss, logit_mse_match, standardized_logit_kd
+from training.skd.kernels.drrnet import dual_teacher_skd_loss
+from training.skd.kernels.xlt_qa import cross_lingual_pairs, qa_skd_objective, span_ce
 
 K = 5  # classes
 L, VALID = 12, 9  # QA sequence length; positions >= VALID are padding

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.skd_cases import Inputs, KernelCase
-from training.skd.methods.als import adaptive_ls_loss
-from training.skd.methods.hahn_choi import embedding_prior, embedding_skd_loss
-from training.skd.methods.integrated import integrated_score_skd_loss
-from training.skd.methods.sst import ClassBalancedBatchSampler, sst_loss, view_consistency_skd_loss
+from training.skd.kernels.als import adaptive_ls_loss
+from training.skd.kernels.hahn_choi import embedding_prior, embedding_skd_loss
+from training.skd.kernels.integrated import integrated_score_skd_loss
+from training.skd.kernels.sst import ClassBalancedBatchSampler, sst_loss, view_consistency_skd_loss
 
 C, V, D = 5, 9, 4  # sleep stages, vocabulary, embedding size
 

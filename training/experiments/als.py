@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.experiments.harness import Experiment, SeedResult, seed_mean
-from training.skd.methods.als import AlphaFn, adaptive_ls_loss
+from training.skd.kernels.als import AlphaFn, adaptive_ls_loss
 from training.skd.teachers import SnapshotTeacher
 
 # ---- the synthetic language (shared with training/experiments/hahn_choi.py) -----------------------------------

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from training.experiments.harness import Experiment, SeedResult, seed_mean
-from training.skd.methods.ctc import (
+from training.skd.kernels.ctc import (
     char_error_rate,
     ctc_frame_skd_loss,
     frame_mask,

@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from training.experiments.harness import Experiment, SeedResult, seed_mean
-from training.skd.methods.dd_skd import dd_match_loss
+from training.skd.kernels.dd_skd import dd_match_loss
 
 NUM_CLASSES = 10
 SPLIT_SEED = 12345  # fixed train/test split of load_digits (1347 / 450), shared by all seeds

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from training.experiments.dd_skd import DigitsSplit, digits_split
 from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
-from training.skd.methods.drrnet import awa_weights, dual_teacher_skd_loss
+from training.skd.kernels.drrnet import awa_weights, dual_teacher_skd_loss
 from training.skd.teachers import PredictionBank
 
 NUM_CLASSES = 10

@@ -34,7 +34,7 @@ from training.experiments.als import (
     true_nll,
 )
 from training.experiments.harness import Experiment, SeedResult, required_wins
-from training.skd.methods.hahn_choi import Similarity, embedding_skd_loss
+from training.skd.kernels.hahn_choi import Similarity, embedding_skd_loss
 from training.skd.weights import linear_ramp
 
 

@@ -26,7 +26,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
-from training.skd.methods.medivlad import DualVLAD, dino_loss, ema_update_, multi_crop
+from training.skd.kernels.medivlad import DualVLAD, dino_loss, ema_update_, multi_crop
 from training.skd.weights import cosine_value, linear_ramp
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from training.experiments.harness import Experiment, SeedResult, seed_mean
-from training.skd.methods.sst import ClassBalancedBatchSampler, sst_loss
+from training.skd.kernels.sst import ClassBalancedBatchSampler, sst_loss
 
 FS = 50
 STAGES = ("W", "N1", "N2", "N3", "REM")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from training.experiments.harness import Experiment, SeedResult, all_clauses, seed_mean
-from training.skd.methods.xlt_qa import Coefficient, cross_lingual_pairs, qa_skd_objective
+from training.skd.kernels.xlt_qa import Coefficient, cross_lingual_pairs, qa_skd_objective
 from training.skd.teachers import SnapshotTeacher
 
 PAD, CLS, SEP, DELIM = 0, 1, 2, 3

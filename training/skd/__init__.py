@@ -1,6 +1,8 @@
 """Self-knowledge distillation (SKD): one shared core (divergences, transforms, teachers, weights) for every method.
 
-Method kernels live in ``training.skd.methods.<name>``, one module per method, each citing its method's paper.
+The kernels (each method's losses and transforms) live in ``training.skd.kernels.<name>``, one module per method,
+each citing its method's paper: "method" is one of the eight auxiliary self-distillation methods, "kernel" its
+code here, "experiment" its run (training/experiments/).
 ``[R]`` in a kernel or an experiment marks a detail reconstructed rather than read from that paper or its code.
 """
 
