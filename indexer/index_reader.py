@@ -191,7 +191,7 @@ class IndexReader:
             by_row = np.argsort(found.rows, kind="stable")  # a single leg's rows come in its ranking's order
             legs = {role: (by_row[np.searchsorted(found.rows[by_row], ranking.rows)], ranking.scores)
                     for role, ranking in found.legs.items()}
-            out.append(ShardCandidates([view.id(int(r)) for r in found.rows], self._keys(view, found.rows),
+            out.append(ShardCandidates(view.ids(found.rows), self._keys(view, found.rows),
                                        found.dense, found.sparse, legs, live_rows, searcher.candidate_k, timings))
         return out
 

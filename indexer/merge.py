@@ -101,46 +101,39 @@ def merge_candidates(answers: Sequence[ShardCandidates], fuse: Fuse, rank_by: Ra
     total = sum(a.rows for a in answers)
     candidate_k = max((a.candidate_k or 0) for a in answers) if answers else 0
     depth = min(max(k, candidate_k), total)
-    chosen: dict[tuple[int, int], tuple[float, int]] = {}  # (shard, position) -> (-leg score, rank in its leg)
     roles = sorted({role for a in answers for role in a.legs})
+    picks: list[tuple[np.ndarray, ...]] = []  # per leg: its top candidates' shard, position, key, score, leg rank
     for role in roles:
-        shard_of_hit, position, keys, scores, leg_ranks = [], [], [], [], []
-        for s, answer in enumerate(answers):
-            if role in answer.legs:
-                positions, leg_scores = answer.legs[role]
-                shard_of_hit.append(np.full(positions.size, s, np.int64))
-                position.append(positions)
-                keys.append(answer.keys[positions])
-                scores.append(leg_scores)
-                leg_ranks.append(np.arange(positions.size))
-        if not position:
-            continue
-        all_keys, all_scores = np.concatenate(keys), np.concatenate(scores)
-        top = np.lexsort((all_keys, -all_scores))[:depth]
-        hits = zip(np.concatenate(shard_of_hit)[top].tolist(), np.concatenate(position)[top].tolist(), strict=True)
-        chosen.update(zip(hits, zip((-all_scores[top]).tolist(), np.concatenate(leg_ranks)[top].tolist(),
-                                    strict=True), strict=True))
+        parts = [(np.full(positions.size, s, np.int64), positions, answer.keys[positions], leg_scores,
+                  np.arange(positions.size)) for s, answer in enumerate(answers) if role in answer.legs
+                 for positions, leg_scores in [answer.legs[role]]]
+        shard, position, keys, scores, leg_rank = (np.concatenate(column) for column in zip(*parts, strict=True))
+        top = np.lexsort((keys, -scores))[:depth]
+        picks.append((shard[top], position[top], keys[top], scores[top], leg_rank[top]))
+    shard, position, keys, scores, leg_rank = (np.concatenate(column) for column in zip(*picks, strict=True))
+    _, first = np.unique(keys, return_index=True)  # a candidate two legs found, once (keys are unique per row)
+    shard, position, keys, scores, leg_rank = (column[first] for column in (shard, position, keys, scores, leg_rank))
     # the candidates in the order a fusion by ranks (RRF) breaks ties by, as one index lists them: the union of
     # several legs in collection order; one leg's in its ranking (one shard: as the leg gave it, whose order of tied
     # scores is its own; several: by score, then collection position)
-    def listed(hit: tuple[int, int]) -> tuple[float, int, int]:
-        key = int(answers[hit[0]].keys[hit[1]])
-        if len(roles) > 1:
-            return 0.0, 0, key
-        score, leg_rank = chosen[hit]
-        return (0.0, leg_rank, key) if len(answers) == 1 else (score, 0, key)
-
-    picked = sorted(chosen, key=listed)
-    shard_ids = np.array([s for s, _ in picked], np.int64)
-    rows = np.array([p for _, p in picked], np.int64)
+    if len(roles) > 1:
+        listed = np.argsort(keys, kind="stable")
+    elif len(answers) == 1:
+        listed = np.lexsort((keys, leg_rank))
+    else:
+        listed = np.lexsort((keys, -scores))
+    shard, position, keys = shard[listed], position[listed], keys[listed]
 
     def gathered(attribute: str) -> np.ndarray:
-        return np.array([getattr(answers[s], attribute)[p] for s, p in picked], np.float32)
+        out = np.zeros(keys.size, np.float32)
+        for s in np.unique(shard).tolist():
+            mask = shard == s
+            out[mask] = getattr(answers[s], attribute)[position[mask]]
+        return out
 
     # ranked in the listed order (a fusion by ranks breaks ties by it), the ranking's own ties by collection position
-    listed_keys = np.array([answers[s].keys[p] for s, p in picked], np.int64)
-    result = ranked(listed_keys, gathered("dense"), gathered("sparse"), fuse, rank_by, k)
-    position_of = {int(key): n for n, key in enumerate(listed_keys.tolist())}
-    order = np.array([position_of[int(key)] for key in result.rows], np.int64)
-    return MergedRanking(shard_ids[order], [answers[shard_ids[i]].ids[rows[i]] for i in order], result.scores,
-                         result.dense, result.sparse, result.fused, len(picked))
+    result = ranked(keys, gathered("dense"), gathered("sparse"), fuse, rank_by, k)
+    by_key = np.argsort(keys)
+    order = by_key[np.searchsorted(keys, result.rows, sorter=by_key)]
+    return MergedRanking(shard[order], [answers[int(shard[i])].ids[int(position[i])] for i in order], result.scores,
+                         result.dense, result.sparse, result.fused, int(keys.size))

@@ -89,6 +89,13 @@ class SideView:
     def id(self, row: int) -> str:
         return self.base.ids[row] if row < self.base_count else self.segment.delta.ids[row - self.base_count]
 
+    def ids(self, rows: np.ndarray) -> list[str]:
+        """The ids of many rows (a search's candidates) at once."""
+        in_base = rows < self.base_count
+        if in_base.all():
+            return list(self.base.id_array[rows])
+        return [self.id(int(row)) for row in rows]
+
     def item(self, row: int) -> dict[str, Any]:
         return self.base.items[row] if row < self.base_count else self.segment.delta.items[row - self.base_count]
 

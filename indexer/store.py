@@ -23,6 +23,7 @@ Sides: ``images`` (targets of text->image and image->image) and ``texts`` (targe
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -211,6 +212,11 @@ class SideStore:
     faiss_index: Any
     row_of: dict[str, int]
     order: np.ndarray | None = None  # a shard's: each row's position in the whole collection
+
+    @functools.cached_property
+    def id_array(self) -> np.ndarray:
+        """The ids as an array, to take many rows' at once (a search's candidates)."""
+        return np.array(self.ids, dtype=object)
 
     @classmethod
     def load(cls, side_dir: Path, side: str, expected: SideManifest) -> SideStore:
