@@ -34,13 +34,14 @@ def collections_lifespan(loader: CollectionLoader) -> Callable[[FastAPI], Abstra
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = state_of(app)
         registry = state.registry
+        registry.loader = loader
         try:
             slots = await state.worker.run(registry.discover)
         except Exception as e:  # an unreadable data directory: the service runs, with nothing to serve
             slots = []
             _logger.error("no collections: %s: %s", type(e).__name__, e)
         for slot in slots:
-            await state.worker.run(functools.partial(registry.load, slot, loader))
+            await state.worker.run(functools.partial(registry.load, slot))
         yield
         # waits for running compactions (rolled back past the drain's time) without blocking the loop
         await asyncio.to_thread(registry.shutdown_compactions, state.drain.remaining_s())

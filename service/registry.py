@@ -52,6 +52,7 @@ class Registry:
     metrics: Metrics
     slots: dict[str, CollectionSlot] = field(default_factory=dict)
     encoders: dict[str, DuetEncoder] = field(default_factory=dict)  # checkpoint content hash -> encoder
+    loader: CollectionLoader | None = None  # set by the app's lifespan
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -80,8 +81,10 @@ class Registry:
                     self.slots[name] = CollectionSlot(name, path, Compactor(self.metrics))
             return [self.slots[name] for name in paths]
 
-    def load(self, slot: CollectionSlot, loader: CollectionLoader) -> None:
+    def load(self, slot: CollectionSlot) -> None:
         """Open a slot's collection (on the engine worker), sharing a loaded encoder of the same checkpoint."""
+        loader = self.loader
+        assert loader is not None, "the lifespan sets the loader before anything loads"
         try:
             live = loader(self.settings.model_copy(update={"index_dir": slot.path}), self._shared_encoder(slot.path))
             encoder = live.engine.encoder
@@ -142,6 +145,13 @@ class Registry:
         if slot is None:
             raise ApiError(404, "collection_not_found", f"no collection or alias named {name!r}")
         return slot
+
+    def load_new(self) -> list[CollectionSlot]:
+        """Serve the collections that appeared on disk since (created through the API, or restored beside it)."""
+        fresh = [slot for slot in self.discover() if slot.live is None and slot.not_ready == "loading"]
+        for slot in fresh:
+            self.load(slot)
+        return fresh
 
     def remove(self, name: str) -> CollectionSlot | None:
         with self._lock:

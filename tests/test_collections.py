@@ -257,11 +257,9 @@ def test_collections_sharing_a_checkpoint_share_one_encoder(tiny_index: Path, tm
     root = tmp_path / "data"
     for name in ("first", "second"):
         shutil.copytree(tiny_index, root / name, symlinks=True)
-    registry = Registry(ServiceSettings(data_dir=root), Metrics())
-    slots = registry.discover()
+    registry = Registry(ServiceSettings(data_dir=root), Metrics(), loader=load_collection)
+    slots = registry.load_new()
     try:
-        for slot in slots:
-            registry.load(slot, load_collection)
         engines = [slot.engine for slot in slots]
         assert all(engine is not None for engine in engines)
         assert engines[0].encoder is engines[1].encoder and len(registry.encoders) == 1  # type: ignore[union-attr]

@@ -38,7 +38,6 @@ from service.dependencies import (
     collection_name,
 )
 from service.errors import ApiError, errors_of
-from service.lifespan import load_collection
 from service.registry import CollectionSlot, Registry
 from service.routes.meta import index_info
 
@@ -168,9 +167,7 @@ async def create_collection(name: Name, registry: RegistryDep, worker: WorkerDep
             if encoder.checkpoint_path is None:
                 raise ApiError(422, "unknown_checkpoint", f"checkpoint {content_hash} has no files to copy")
             catalog.create_empty(name, encoder.checkpoint_path, encoder)
-        for slot in registry.discover():
-            if slot.name == name:
-                registry.load(slot, load_collection)
+        registry.load_new()
 
     with _creation_refusals():
         await worker.run(create)
