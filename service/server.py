@@ -10,20 +10,30 @@ indexer/lucene.py): its own handler would halt the VM under a thread holding the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import logging
+import os
 import signal
+import socket
+import uuid
+from collections.abc import Iterator
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from fastapi import FastAPI
 
+from service.drain import RETRY_AFTER_S
 from service.http_protocol import service_http_protocol
+from service.request_context import shutting_down_body
 from service.state import ServiceState, state_of
 
 _logger = logging.getLogger("service")
 # after the drain, what is still in progress gets this long to finish before uvicorn cancels it
 AFTER_DRAIN_S = 2
+BACKLOG_SEND_S = 0.5  # a connection taken from the accept queue at the close gets this long to take its 503
 # glibc's mallopt: allocations from this size up are mapped apart and unmapped when freed
 M_MMAP_THRESHOLD = -3
 MMAP_FROM_BYTES = 1 << 20
@@ -40,6 +50,38 @@ def return_freed_memory() -> None:
         pass
 
 
+def _backlog(listener: socket.socket) -> Iterator[socket.socket]:
+    """The connections the kernel has accepted on ``listener`` and the event loop has not yet taken."""
+    taker = socket.socket(fileno=os.dup(listener.fileno()))  # the same accept queue, closed apart
+    try:
+        taker.setblocking(False)
+        while True:
+            try:
+                connection, _ = taker.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            yield connection
+    finally:
+        taker.close()
+
+
+def refuse_with_503(connection: socket.socket) -> None:
+    """Answer a connection the server will not serve with the drain's 503, without a reset: its request (read and
+    dropped first, as far as it has arrived) is never processed."""
+    with connection:
+        connection.setblocking(False)
+        with contextlib.suppress(OSError):
+            while connection.recv(65536):
+                pass
+        body = json.dumps(shutting_down_body(uuid.uuid4().hex)).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+                f"\r\nretry-after: {RETRY_AFTER_S}\r\nconnection: close\r\n\r\n").encode()
+        connection.settimeout(BACKLOG_SEND_S)
+        with contextlib.suppress(OSError):
+            connection.sendall(head + body)
+            connection.shutdown(socket.SHUT_WR)
+
+
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
         super().__init__(config)
@@ -53,6 +95,15 @@ class DrainingServer(uvicorn.Server):
             drain.requested = signal.Signals(sig).name
         else:
             drain.hasten()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Closing a listening socket resets the connections still in its accept queue: each client would read a
+        # reset for a request no one saw. They are taken first and answered 503, as the drain answers new requests.
+        for server in self.servers:
+            for listener in server.sockets:
+                for connection in _backlog(cast(socket.socket, listener)):
+                    refuse_with_503(connection)
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         drain = self.state.drain

@@ -92,3 +92,34 @@ def test_a_write_in_flight_is_answered_and_survives(index_copy: Path, tmp_path: 
         assert reply.status == 200 and reply.json()["text"] == "written while the service stops"
     finally:
         again.stop()
+
+
+def test_connections_left_in_the_accept_queue_at_the_close_get_the_drain_503() -> None:
+    """What the kernel accepted and the server had not taken when it closes its listener is answered 503
+    shutting_down, not reset (closing a listener resets its queued connections)."""
+    from service.server import _backlog, refuse_with_503
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=8)
+    clients = []
+    try:
+        for n in range(3):
+            client = socket.create_connection(listener.getsockname(), timeout=5)
+            client.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-N: {n}\r\n\r\n{{}}".encode())
+            clients.append(client)
+        time.sleep(0.1)
+        queued = list(_backlog(listener))
+        assert len(queued) == 3
+        for connection in queued:
+            refuse_with_503(connection)
+        for client in clients:
+            reply = b""
+            while chunk := client.recv(65536):
+                reply += chunk
+            head, body = reply.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5" in head.lower()
+            assert json.loads(body)["error"]["code"] == "shutting_down"
+        assert list(_backlog(listener)) == []
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
