@@ -81,6 +81,7 @@ class Catalog:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
+        self._read: tuple[tuple[int, int, int], dict[str, str]] | None = None  # aliases.json as last read
         if not self.data_dir.is_dir():
             raise IndexUnavailableError(f"data directory not found: {self.data_dir}")
 
@@ -154,14 +155,21 @@ class Catalog:
 
     # ----- aliases -----
     def aliases(self) -> dict[str, str]:
+        """The aliases as the file holds them now; read again only when it was replaced (every request resolves
+        through here: a stat, not a read)."""
         path = self.data_dir / ALIASES
-        if not path.is_file():
-            return {}
         try:
-            found = json.loads(path.read_text())["aliases"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise IndexUnavailableError(f"{path} is damaged: {e}") from e
-        return {str(alias): str(target) for alias, target in found.items()}
+            stat = path.stat()
+        except FileNotFoundError:
+            return {}
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._read is None or self._read[0] != signature:
+            try:
+                found = json.loads(path.read_text())["aliases"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise IndexUnavailableError(f"{path} is damaged: {e}") from e
+            self._read = signature, {str(alias): str(target) for alias, target in found.items()}
+        return dict(self._read[1])
 
     def set_alias(self, alias: str, collection: str) -> str | None:
         """Point ``alias`` at ``collection`` (atomically: a reader sees the old target or the new); the old target."""

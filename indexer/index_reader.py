@@ -217,13 +217,6 @@ class IndexReader:
                 return side, view.item(row)
         return None
 
-    def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
-        """An indexed image item's file under ``root`` (default: the recorded collection root), never outside it;
-        None when there is none."""
-        resolved = (root or self.collection_root).resolve()
-        path = (resolved / str(item.get("path", ""))).resolve()
-        return path if path.is_relative_to(resolved) and path.is_file() else None
-
     def close(self) -> None:
         # the searchers' Java objects are released now (ImpactSearcher.close, under the Java lock), not by whichever
         # thread happens to drop this reader last (a live collection's last reader of a replaced version)
@@ -238,6 +231,10 @@ class ReaderShard:
     def __init__(self, reader: IndexReader, *, name: str = "index", owned: bool = True) -> None:
         """``owned``: closing the shard closes the reader (not so for a generation its live collection owns)."""
         self.reader, self.name, self._owned = reader, name, owned
+
+    @property
+    def manifest(self) -> IndexManifest:
+        return self.reader.manifest
 
     def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
                    threads: int = 1) -> list[ShardCandidates]:

@@ -48,7 +48,7 @@ from indexer.build import EncodedSide, IndexBuildConfig, publish_index
 from indexer.index_reader import IndexReader
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView, live_row
-from indexer.store import LIVE, SIDES, UPLOADS, read_manifest
+from indexer.store import LIVE, SIDES, UPLOADS, image_file, read_manifest
 from indexer.writes import (
     IdConflictError,
     PreparedWrite,
@@ -425,10 +425,7 @@ class LiveCollection:
         never outside it."""
         if side != "images":
             return None
-        if item.get("upload"):
-            path = self.index_dir / LIVE / UPLOADS / str(item["upload"])
-            return path if path.is_file() and path.parent == self.index_dir / LIVE / UPLOADS else None
-        return self.reader.image_path(item, root=root)
+        return image_file(item, index_dir=self.index_dir, root=root or self.reader.collection_root)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

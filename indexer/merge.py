@@ -19,7 +19,7 @@ import numpy as np
 from indexer.params import SearchParams
 from indexer.query import Query
 from indexer.searchers import Fuse, RankBy, ranked
-from indexer.store import IndexUnavailableError
+from indexer.store import IndexManifest, IndexUnavailableError
 
 # Rows with no collection position (an index that is no shard, rows written since the build, or a shard compacted
 # since) sort after every built row, by row then shard: still one deterministic order across the collection.
@@ -71,6 +71,9 @@ class ShardReader(Protocol):
     """What a search asks of a shard, wherever it runs: this process, or a replica set on Ray."""
 
     name: str
+
+    @property
+    def manifest(self) -> IndexManifest: ...  # the shard's current version's (a compaction replaces it)
 
     def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
                    threads: int = 1) -> list[ShardCandidates]: ...  # threads: a Lucene batch's

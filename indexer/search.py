@@ -34,7 +34,7 @@ from indexer.merge import MergedRanking, ShardReader, merge_candidates
 from indexer.params import EXPLAINED_HITS, SearchParams, search_fusion, search_weights
 from indexer.query import Query
 from indexer.sharding import shard_of
-from indexer.store import LIVE, UPLOADS, IndexManifest, SideManifest, check_binding
+from indexer.store import IndexManifest, SideManifest, check_binding, image_file
 
 T = TypeVar("T")
 
@@ -132,12 +132,12 @@ class SearchEngine:
     """A collection's shards, the encoder they were built with, and the one search over them: gather, merge, rank,
     fetch."""
 
-    def __init__(self, shards: Sequence[ShardReader], manifests: Sequence[IndexManifest], encoder: DuetEncoder, *,
-                 root: Path, collection_root: Path, shard_dirs: Sequence[Path] = ()) -> None:
+    def __init__(self, shards: Sequence[ShardReader], encoder: DuetEncoder, *, root: Path, collection_root: Path,
+                 shard_dirs: Sequence[Path]) -> None:
         """``root``: the directory served; ``collection_root``: where indexed image files are; ``shard_dirs``:
         each shard's index directory (where its uploads are), in shard order."""
         self.shards = list(shards)
-        self.manifest = summed_manifest(manifests)
+        self._summed: tuple[tuple[int, ...], IndexManifest] | None = None  # the shards' manifests it sums, by identity
         self.encoder = encoder
         self.root, self.collection_root, self.shard_dirs = root, collection_root, list(shard_dirs)
         check_binding(self.manifest, content_hash=encoder.checkpoint.content_hash,
@@ -146,6 +146,15 @@ class SearchEngine:
         # one shard is called on the caller's thread; several at once from a pool
         self._pool = (ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="duet-fanout")
                       if len(self.shards) > 1 else None)
+
+    @property
+    def manifest(self) -> IndexManifest:
+        """The collection's manifest: its shards' current ones, summed (again only when a shard's has changed)."""
+        manifests = [shard.manifest for shard in self.shards]
+        identity = tuple(map(id, manifests))
+        if self._summed is None or self._summed[0] != identity:
+            self._summed = identity, summed_manifest(manifests)
+        return self._summed[1]
 
     @classmethod
     def open(cls, index_dir: str | Path, *, encoder: DuetEncoder | None = None, checkpoint: str | Path | None = None,
@@ -156,7 +165,7 @@ class SearchEngine:
     @classmethod
     def over(cls, reader: IndexReader, *, owned: bool = False) -> SearchEngine:
         """The engine of one index reader (``owned``: closing the engine closes the reader)."""
-        return cls([ReaderShard(reader, owned=owned)], [reader.manifest], reader.encoder, root=reader.index_dir,
+        return cls([ReaderShard(reader, owned=owned)], reader.encoder, root=reader.index_dir,
                    collection_root=reader.collection_root, shard_dirs=[reader.index_dir])
 
     @property
@@ -205,9 +214,10 @@ class SearchEngine:
         warnings = [sparse_leg_warnings(q, params) for q in queries]
         k = params.offset + params.top_k
         answers = self.fan_out(lambda s: self.shards[s].candidates(params.side, queries, params, k, threads=threads))
-        w_dense, w_sparse = search_weights(self.manifest, params)
-        weights = {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": self.manifest.temperature}
-        fuse = search_fusion(self.manifest, params)
+        manifest = self.manifest
+        w_dense, w_sparse = search_weights(manifest, params)
+        weights = {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": manifest.temperature}
+        fuse = search_fusion(manifest, params)
         results = []
         for n, query in enumerate(queries):
             per_shard = [answer[n] for answer in answers]
@@ -246,38 +256,36 @@ class SearchEngine:
         """The shard an id's writes go to."""
         return shard_of(item_id, len(self.shards))
 
-    def holder(self, item_id: str) -> int | None:
-        """The shard that holds a live item with this id, if any: its owner first, then every other (a caption
-        built with its image on another shard)."""
+    def _located(self, item_id: str) -> tuple[int, tuple[str, dict[str, Any]]] | None:
+        """The shard holding a live item with this id, and the item: its owner asked first, then every other (a
+        caption built with its image on another shard)."""
         owner = self.owner(item_id)
-        if self.shards[owner].find(item_id) is not None:
-            return owner
+        found = self.shards[owner].find(item_id)
+        if found is not None:
+            return owner, found
         others = [s for s in range(len(self.shards)) if s != owner]
         for s, answer in zip(others, self.fan_out(lambda s: self.shards[s].find(item_id), others), strict=True):
             if answer is not None:
-                return s
+                return s, answer
         return None
+
+    def holder(self, item_id: str) -> int | None:
+        """The shard that holds a live item with this id, if any."""
+        located = self._located(item_id)
+        return None if located is None else located[0]
 
     def item(self, item_id: str) -> tuple[str, dict[str, Any]]:
         """The live item with this id and its side (a deleted item is gone)."""
-        holder = self.holder(item_id)
-        found = None if holder is None else self.shards[holder].find(item_id)
-        if found is None:
+        located = self._located(item_id)
+        if located is None:
             raise KeyError(item_id)
-        return found
+        return located[1]
 
     def image_path(self, item: dict[str, Any], *, root: Path | None = None) -> Path | None:
         """An image item's file: an upload kept by its shard, else under ``root`` (default: the collection root),
         never outside either."""
-        if item.get("upload"):
-            if not self.shard_dirs:
-                return None
-            uploads = (self.shard_dirs[self.owner(str(item["id"]))] / LIVE / UPLOADS).resolve()
-            path = (uploads / str(item["upload"])).resolve()
-            return path if path.parent == uploads and path.is_file() else None
-        resolved = (root or self.collection_root).resolve()
-        path = (resolved / str(item.get("path", ""))).resolve()
-        return path if path.is_relative_to(resolved) and path.is_file() else None
+        return image_file(item, index_dir=self.shard_dirs[self.owner(str(item["id"]))],
+                          root=root or self.collection_root)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -23,7 +23,7 @@ from indexer.query import Query
 from indexer.search import SearchEngine
 from indexer.sharding import ShardedLayout, is_sharded, read_layout
 from indexer.snapshots import UnsupportedCollectionError
-from indexer.store import IndexUnavailableError, manifest_path
+from indexer.store import IndexManifest, IndexUnavailableError, manifest_path
 from indexer.writes import IdConflictError, PreparedWrite, prepare_image, prepare_text
 
 
@@ -40,6 +40,10 @@ class ShardService:
         else:
             self.live = LiveCollection.open(index_dir, encoder=encoder, checkpoint=checkpoint,
                                             auto_compact_ratio=auto_compact_ratio)
+
+    @property
+    def manifest(self) -> IndexManifest:
+        return self.live.reader.manifest
 
     def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
                    threads: int = 1) -> list[ShardCandidates]:
@@ -96,14 +100,14 @@ class LocalShard(ShardService):
         self.name = name
 
 
-def sharded_engine(layout: ShardedLayout, shards: Sequence[ShardClient], encoder: DuetEncoder,
-                   manifests: Sequence[Any]) -> SearchEngine:
+def sharded_engine(layout: ShardedLayout, shards: Sequence[ShardClient], encoder: DuetEncoder) -> SearchEngine:
     """The read engine of a sharded collection over its shards, wherever they run."""
-    if layout.manifest.checkpoint.content_hash != manifests[0].checkpoint.content_hash:
+    engine = SearchEngine(shards, encoder, root=layout.root, shard_dirs=layout.shard_dirs,
+                          collection_root=manifest_path(layout.root, layout.manifest.collection.get("root", ".")))
+    if layout.manifest.checkpoint.content_hash != engine.manifest.checkpoint.content_hash:
+        engine.close()
         raise IndexUnavailableError("the collection and its shards name different checkpoints")
-    return SearchEngine(shards, manifests, encoder, root=layout.root,
-                        collection_root=manifest_path(layout.root, layout.manifest.collection.get("root", ".")),
-                        shard_dirs=layout.shard_dirs)
+    return engine
 
 
 class ServedCollection:
@@ -125,8 +129,8 @@ class ServedCollection:
                            auto_compact_ratio=auto_compact_ratio)
         try:
             reader = shard.live.reader
-            engine = SearchEngine([shard], [reader.manifest], reader.encoder, root=Path(path),
-                                  collection_root=reader.collection_root, shard_dirs=[Path(path)])
+            engine = SearchEngine([shard], reader.encoder, root=Path(path), collection_root=reader.collection_root,
+                                  shard_dirs=[Path(path)])
         except BaseException:
             shard.close()
             raise
@@ -144,8 +148,7 @@ class ServedCollection:
             for n, (entry, shard_dir) in enumerate(zip(layout.manifest.shards, layout.shard_dirs, strict=True)):
                 shards.append(LocalShard(entry.name, shard_dir, shard=n, shards=len(layout.shard_dirs),
                                          encoder=encoder, auto_compact_ratio=auto_compact_ratio))
-            manifests = [shard.live.reader.manifest for shard in shards]
-            return cls(sharded_engine(layout, shards, encoder, manifests), shards, generation=layout.version.name)
+            return cls(sharded_engine(layout, shards, encoder), shards, generation=layout.version.name)
         except BaseException:
             for shard in shards:
                 shard.close()
@@ -209,7 +212,7 @@ class ServedCollection:
     def apply(self, write: PreparedWrite) -> WriteResult:
         engine = self._engine
         owner = engine.owner(write.item_id)
-        holder = engine.holder(write.item_id)
+        holder = engine.holder(write.item_id) if len(self._shards) > 1 else owner
         if holder is not None and holder != owner:  # only a caption built with its image sits off its own shard
             raise IdConflictError(f"id {write.item_id!r} belongs to an item of shard "
                                   f"{self._shards[holder].name} (a caption of another image); ids are unique "

@@ -47,6 +47,21 @@ Side = Literal["images", "texts"]
 SIDES: tuple[Side, ...] = get_args(Side)
 
 
+def file_inside(root: Path, name: str) -> Path | None:
+    """``root / name`` when it is a file inside ``root`` (no "..", absolute name or link leads out), else None."""
+    resolved = root.resolve()
+    path = (resolved / name).resolve()
+    return path if path.is_relative_to(resolved) and path.is_file() else None
+
+
+def image_file(item: dict[str, Any], *, index_dir: Path, root: Path) -> Path | None:
+    """An image item's file: its upload, kept by the live collection at ``index_dir``, else its path under the
+    image ``root``; never outside either."""
+    if item.get("upload"):
+        return file_inside(index_dir / LIVE / UPLOADS, str(item["upload"]))
+    return file_inside(root, str(item.get("path", "")))
+
+
 class IndexUnavailableError(RuntimeError):
     """The index is missing, damaged, or bound to another model."""
 

@@ -33,7 +33,7 @@ from indexer.params import SearchParams
 from indexer.query import Query
 from indexer.served import ServedCollection, ShardService, sharded_engine
 from indexer.sharding import ShardedLayout, read_layout
-from indexer.store import IndexUnavailableError, read_manifest
+from indexer.store import IndexManifest, IndexUnavailableError, read_manifest
 from indexer.writes import PreparedWrite
 from service.settings import ServiceSettings
 
@@ -77,8 +77,11 @@ def _retryable() -> tuple[type[BaseException], ...]:
 class RayShard:
     """A shard's deployments, called like ``ShardService``: reads on the readers, writes on the writer."""
 
-    def __init__(self, name: str, reader: Any, writer: Any, *, timeout_s: float, attempts: int) -> None:
-        self.name, self.reader, self.writer = name, reader, writer
+    def __init__(self, name: str, reader: Any, writer: Any, manifest: IndexManifest, *, timeout_s: float,
+                 attempts: int) -> None:
+        """``manifest``: the shard's as the ingress read it from disk (counts as of then; the fusion defaults and
+        the binding do not change)."""
+        self.name, self.reader, self.writer, self.manifest = name, reader, writer, manifest
         self.timeout_s, self.attempts = timeout_s, attempts
 
     def _call(self, handle: Any, method: str, *args: Any, timeout_s: float | None = None,
@@ -175,11 +178,11 @@ def open_deployed(settings: ServiceSettings, encoder: DuetEncoder | None = None)
 
     layout = read_layout(settings.index_dir)
     shards = [RayShard(entry.name, serve.get_app_handle(reader_app(entry.name)),
-                       serve.get_app_handle(writer_app(entry.name)), timeout_s=settings.shard_timeout_s,
-                       attempts=settings.shard_attempts) for entry in layout.manifest.shards]
-    manifests = [read_manifest(shard_dir) for shard_dir in layout.shard_dirs]
+                       serve.get_app_handle(writer_app(entry.name)), read_manifest(shard_dir),
+                       timeout_s=settings.shard_timeout_s, attempts=settings.shard_attempts)
+              for entry, shard_dir in zip(layout.manifest.shards, layout.shard_dirs, strict=True)]
     encoder = encoder or DuetEncoder.from_checkpoint(settings.checkpoint or layout.checkpoint_dir)
-    return ServedCollection(sharded_engine(layout, shards, encoder, manifests), shards,
+    return ServedCollection(sharded_engine(layout, shards, encoder), shards,
                             generation=layout.version.name)
 
 

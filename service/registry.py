@@ -9,6 +9,7 @@ bound to the same checkpoint share one encoder in memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -55,7 +56,7 @@ class Registry:
     loader: CollectionLoader | None = None  # set by the app's lifespan
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
+    @functools.cached_property
     def catalog(self) -> Catalog | None:
         """The data directory's catalog (None when one index is served)."""
         return Catalog(self.settings.data_dir) if self.settings.data_dir is not None else None
@@ -69,10 +70,10 @@ class Registry:
 
     def discover(self) -> list[CollectionSlot]:
         """The slots of every collection on disk (new ones added, loading); those gone are dropped."""
-        if self.settings.data_dir is None:
+        catalog = self.catalog
+        if catalog is None:
             paths = {self.settings.index_dir.name: self.settings.index_dir}
         else:
-            catalog = Catalog(self.settings.data_dir)
             catalog.remove_abandoned()
             paths = {name: catalog.path(name) for name in catalog.names()}
         with self._lock:

@@ -98,6 +98,13 @@ class FakeEngine:
     def collection_root(self) -> Path:
         return self.root
 
+    @property
+    def shard_dirs(self) -> list[Path]:  # one shard: uploads would be under the root's live/uploads
+        return [self.root]
+
+    def owner(self, item_id: str) -> int:  # noqa: ARG002 (one shard owns every id)
+        return 0
+
     image_path = SearchEngine.image_path  # the real rule: a file under the root, never outside it
 
     def _term(self, word: str) -> int:
