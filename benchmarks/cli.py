@@ -1,5 +1,5 @@
-"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|scale-out|reliability``: Duet's
-benchmarks.
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|filtered|scale-out|reliability``:
+Duet's benchmarks.
 
 ``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
 what a results matrix needs and prints OK/FAIL per row; ``search``/``synthetic``/``report`` are the single
@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmarks.filtered import FilteredOptions
 from benchmarks.live_bench import LiveBenchConfig
 from benchmarks.machine import machine
 from benchmarks.matrix import ResultsMatrix
@@ -86,6 +87,7 @@ REPORT_ARGS = ModelArgs(ReportOptions, flags={"search": Flag(nargs=True), "synth
 LIVE_ARGS = ModelArgs(LiveBenchConfig)
 SCALE_OUT_ARGS = ModelArgs(ScaleOutConfig)
 RELIABILITY_ARGS = ModelArgs(ReliabilityConfig)
+FILTERED_ARGS = ModelArgs(FilteredOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "search latency beside a delta, compaction time (JSON and Markdown)")
     LIVE_ARGS.add_to(p)
     _add_resume(p, "this index, checkpoint and options")
+    FILTERED_ARGS.add_to(sub.add_parser("filtered", help="filtered hybrid search on a synthetic corpus with payload "
+                                        "fields: the planner against exact brute force and milvus-lite, by "
+                                        "selectivity (JSON and Markdown)"))
     p = sub.add_parser("scale-out", help="sharded and Ray builds, sharded search and writes over HTTP (Ray Serve "
                        "included) against one index, bytes per item by FAISS factory (JSON and Markdown)")
     SCALE_OUT_ARGS.add_to(p)
@@ -169,6 +174,13 @@ def _written(out: Path, report: dict[str, Any], argv: Sequence[str], render: Cal
     write_text_atomic(out / "README.md", render(report))
     _logger.info("wrote %s (report.json, README.md)", out)
     return 0
+
+
+def command_filtered(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmarks.filtered import render, run_filtered
+
+    options = FILTERED_ARGS.build(args)
+    return _written(options.out, run_filtered(options), argv, render)
 
 
 def command_scale_out(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -314,7 +326,8 @@ def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
 
 # the commands that write a report of their own: (parsed flags, the command line) -> exit status
 REPORTING_COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
-    "run": command_run, "live": command_live, "scale-out": command_scale_out, "reliability": command_reliability}
+    "run": command_run, "live": command_live, "scale-out": command_scale_out, "reliability": command_reliability,
+    "filtered": command_filtered}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

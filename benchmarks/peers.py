@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,9 @@ class MilvusLiteStore:
 
     COLLECTION = "duet_bench"
 
-    def __init__(self, vectors: Vectors, workdir: Path, *, chunk: int = 2000) -> None:
+    def __init__(self, vectors: Vectors, workdir: Path, *, chunk: int = 2000,
+                 fields: Mapping[str, np.ndarray] | None = None) -> None:
+        """``fields``: scalar fields to filter on, a value per row (int64, or strings as VARCHAR)."""
         try:
             from pymilvus import DataType, MilvusClient
         except ImportError as e:  # milvus-lite 2.5.1 needs pkg_resources (setuptools<81), see deps-notes
@@ -210,6 +212,12 @@ class MilvusLiteStore:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=int(vectors.dense.shape[1]))
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        fields = dict(fields or {})
+        for name, values in fields.items():
+            if values.dtype.kind in "iu":
+                schema.add_field(name, DataType.INT64)
+            else:
+                schema.add_field(name, DataType.VARCHAR, max_length=256)
         index_params = self.client.prepare_index_params()
         index_params.add_index("dense", index_type="FLAT", metric_type="IP")
         index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP",
@@ -220,7 +228,8 @@ class MilvusLiteStore:
             rows = range(start, min(len(vectors), start + chunk))
             self.client.insert(self.COLLECTION, [
                 {"id": r, "dense": vectors.dense[r].tolist(),
-                 "sparse": dict(zip(*(a.tolist() for a in sparse.row(r)), strict=True))} for r in rows])
+                 "sparse": dict(zip(*(a.tolist() for a in sparse.row(r)), strict=True)),
+                 **{name: values[r].item() for name, values in fields.items()}} for r in rows])
         self.client.flush(self.COLLECTION)
         self.client.load_collection(self.COLLECTION)
         self.build_seconds = time.perf_counter() - started
@@ -241,8 +250,10 @@ class MilvusLiteEngine(Peer):
     name = "milvus-lite"
 
     def __init__(self, store: MilvusLiteStore, mode: str, scoring: Scoring, *,
-                 candidate_k: int = DEFAULT_CANDIDATE_K) -> None:
+                 candidate_k: int = DEFAULT_CANDIDATE_K, filter_expression: str = "") -> None:
+        """``filter_expression``: a Milvus boolean expression over the store's scalar fields (empty: none)."""
         self.store, self.mode, self.scoring, self.candidate_k = store, mode, scoring, candidate_k
+        self.filter_expression = filter_expression
         self.build_seconds = store.build_seconds
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
@@ -253,13 +264,16 @@ class MilvusLiteEngine(Peer):
         if self.mode == "hybrid":
             from pymilvus import AnnSearchRequest, WeightedRanker
 
-            requests = [AnnSearchRequest([query.dense.tolist()], "dense", {"metric_type": "IP"}, self.candidate_k),
-                        AnnSearchRequest([_sparse_dict(query)], "sparse", {"metric_type": "IP"}, self.candidate_k)]
+            expr = self.filter_expression or None
+            requests = [AnnSearchRequest([query.dense.tolist()], "dense", {"metric_type": "IP"}, self.candidate_k,
+                                         expr=expr),
+                        AnnSearchRequest([_sparse_dict(query)], "sparse", {"metric_type": "IP"}, self.candidate_k,
+                                         expr=expr)]
             hits = client.hybrid_search(name, requests, WeightedRanker(self.scoring.w_dense, self.scoring.w_sparse),
                                         limit=k)[0]
         else:
             data = [query.dense.tolist()] if self.mode == "dense" else [_sparse_dict(query)]
-            hits = client.search(name, data, anns_field=self.mode, limit=k,
+            hits = client.search(name, data, anns_field=self.mode, limit=k, filter=self.filter_expression,
                                  search_params={"metric_type": "IP"})[0]
         return Ranking(np.array([h["id"] for h in hits], np.int64), np.array([h["distance"] for h in hits], np.float32))
 

@@ -54,6 +54,22 @@ def split_commas(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def split_pairs(text: str) -> dict[str, str]:
+    """``"a:x, b:y"`` -> ``{"a": "x", "b": "y"}``; ``""`` -> ``{}``; a part without ``:`` is refused."""
+    pairs: dict[str, str] = {}
+    for part in split_commas(text):
+        key, colon, value = part.partition(":")
+        if not colon:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected name:value")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _is_scalar(annotation: Any) -> bool:
+    """A value one word on the command line gives: a number, a string, or one of some literals."""
+    return annotation in (int, float, str) or get_origin(annotation) is Literal
+
+
 def _without_none(annotation: Any) -> Any:
     if get_origin(annotation) in (Union, types.UnionType):
         rest = [a for a in get_args(annotation) if a is not type(None)]
@@ -143,6 +159,9 @@ class ModelArgs(Generic[M]):
             if flag.nargs:
                 return {"nargs": "+" if required else "*", "metavar": metavar, "required": required}
             return {"type": split_commas, "metavar": metavar, "required": required}
+        if get_origin(annotation) is dict and _is_scalar(get_args(annotation)[1]):
+            # name:value pairs; the model converts and validates the values
+            return {"type": split_pairs, "metavar": "NAME:VALUE,...", "required": required}
         if annotation in (int, float, str):
             return {"type": annotation, "metavar": metavar, "required": required}
         if isinstance(annotation, type) and not _is_model(annotation):

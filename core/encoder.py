@@ -42,6 +42,14 @@ class SparseRows:
     def terms_per_row(self) -> np.ndarray:
         return np.diff(self.indptr)
 
+    def by_term(self) -> TermPostings:
+        """The same weights by term: each term's rows (ascending) and weights (an inverted index in memory)."""
+        order = np.argsort(self.indices, kind="stable")  # within a term, rows stay ascending
+        counts = np.bincount(self.indices, minlength=int(self.indices.max()) + 1 if self.indices.size else 0)
+        row_of = np.repeat(np.arange(len(self), dtype=np.int32), np.diff(self.indptr))
+        return TermPostings(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), row_of[order],
+                            self.values[order], len(self))
+
     @staticmethod
     def concatenate(parts: Sequence[SparseRows]) -> SparseRows:
         if not parts:
@@ -51,6 +59,21 @@ class SparseRows:
         indptr = np.concatenate([parts[0].indptr[:1], *shifted])
         return SparseRows(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]).astype(np.int32),
                           np.concatenate([p.values for p in parts]).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class TermPostings:
+    """Sparse rows transposed: term t's rows ``rows[indptr[t]:indptr[t+1]]`` (ascending) with their weights."""
+
+    indptr: np.ndarray  # (T + 1,) int64
+    rows: np.ndarray  # (nnz,) int32
+    values: np.ndarray  # (nnz,) float32
+    row_count: int
+
+    def postings(self, term_ids: np.ndarray) -> int:
+        """How many postings the terms have (the work of scoring every row through them)."""
+        known = term_ids[term_ids < self.indptr.size - 1]
+        return int((self.indptr[known + 1] - self.indptr[known]).sum())
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.atomic import versioned_directory
 from core.backbone import Backbone
@@ -43,6 +43,7 @@ from core.feature_cache import compute_features
 from core.progress import progress_bar
 from indexer.collection import Collection, load_folder_collection, load_karpathy_collection
 from indexer.lucene import ImpactSearcher, build_impact_index, write_json_vector_collection
+from indexer.payload import PAYLOAD_FILE, PayloadError, PayloadIndex, PayloadSchema, check_schema
 from indexer.store import (
     CHECKPOINT_DIR,
     MANIFEST,
@@ -65,6 +66,16 @@ from indexer.store import (
 _logger = logging.getLogger(__name__)
 
 
+# The dense index a build picks unless told (``dense_factory``): FAISS flat is exact and its time grows with the
+# rows; past APPROXIMATE_DENSE_ROWS an HNSW graph answers the dense leg in a fraction of it, and the exact rescoring
+# of its candidates keeps the scores exact. efSearch 512 found 97.9% of the exact dense top 10 at 1M synthetic items
+# (docs/benchmarks/flickr8k-test), and the hybrid rescoring of 100 candidates per leg recovers the rest.
+AUTO_FACTORY = "auto"
+APPROXIMATE_DENSE_ROWS = 50_000
+APPROXIMATE_FACTORY = "HNSW32"
+HNSW_EF_SEARCH = 512
+
+
 def _setting_path(value: str | None) -> Path | None:
     # a default_factory's value is not validated, so the setting's string becomes a Path here
     return Path(value) if value else None
@@ -83,8 +94,10 @@ class IndexBuildConfig(BaseModel):
                                  "folder.")
     image_root: Path | None = Field(None, description="Karpathy image root (default <dataset>/images).")
     splits: tuple[str, ...] = Field(("test",), description="Karpathy splits, e.g. test or train,val,test.")
-    faiss_factory: str = Field("Flat", description="FAISS index_factory string (inner product): Flat, HNSW32, "
-                               "IVF256,Flat, SQfp16, SQ8, ...")
+    faiss_factory: str = Field(AUTO_FACTORY, description="FAISS index_factory string (inner product): Flat, "
+                               "HNSW32, IVF256,Flat, SQfp16, SQ8, ...; auto: Flat (exact) for a side under "
+                               f"{APPROXIMATE_DENSE_ROWS:,} items, else {APPROXIMATE_FACTORY} (approximate; "
+                               "candidates are rescored exactly).")
     dense_store: DenseStore = Field("float32", description="Precision of the stored dense vectors the exact "
                                     "rescoring reads: float32, or float16 for half their memory.")
     sparse_scale: float = Field(100.0, gt=0, le=10_000, description="Lucene impact = round(weight * scale).")
@@ -105,8 +118,19 @@ class IndexBuildConfig(BaseModel):
                          "has them, else a CPU).")
     actor_batch_size: int = Field(64, gt=0, le=4096, description="Items per batch of a Ray build's encoding actor "
                                   "(it runs the whole model on decoded images: memory grows with the batch).")
+    payload: PayloadSchema | None = Field(None, description="Payload fields to index for filtered search, name -> "
+                                          "type (keyword, keywords, integer, float, datetime, bool); default: the "
+                                          "source's own fields (indexer/collection.py).")
     keep_previous: bool = Field(False, description="Keep the version this build replaces (a rollback is one link "
                                 "away, for the disk of one more index); older versions are removed.")
+
+    @field_validator("payload")
+    @classmethod
+    def _known_payload(cls, payload: PayloadSchema | None) -> PayloadSchema | None:
+        try:
+            return None if payload is None else check_schema(payload)
+        except PayloadError as e:
+            raise ValueError(str(e)) from e
 
 
 # ----- stage outputs -----
@@ -141,6 +165,13 @@ class WrittenSide:
 
 
 # ----- stages -----
+def with_source_payload(config: IndexBuildConfig, collection: Collection) -> IndexBuildConfig:
+    """The build's payload fields: the declared ones, else the source's own (``Collection.payload``)."""
+    if config.payload is not None:
+        return config
+    return config.model_copy(update={"payload": dict(collection.payload)})
+
+
 def load_collection(config: IndexBuildConfig) -> Collection:
     if config.source == "folder":
         if config.dataset is None:
@@ -189,8 +220,7 @@ def encode_collection(features: CollectionFeatures, encoder: DuetEncoder, *, bat
     images = _encode_rows(lambda start, end: encoder.encode_image_features(features.images[start:end],
                                                                            prune=prune_image_terms),
                           features.images.shape[0], batch_size, "encode images")
-    image_items = [{"id": i.id, "path": i.relative_path, "captions": list(i.captions), **i.metadata}
-                   for i in collection.images]
+    image_items = [collection.image_record(i) for i in collection.images]
     sides = {"images": EncodedSide(image_items, images)}
     if collection.texts:
         captions = [t.text for t in collection.texts]
@@ -201,9 +231,16 @@ def encode_collection(features: CollectionFeatures, encoder: DuetEncoder, *, bat
             return encoder.encode_text_features(features.texts[start:end], token_ids=tokens, prune=prune_text_terms)
 
         texts = _encode_rows(encode_texts, len(captions), batch_size, "encode texts")
-        sides["texts"] = EncodedSide([{"id": t.id, "text": t.text, "image_id": t.image_id}
-                                      for t in collection.texts], texts)
+        sides["texts"] = EncodedSide(collection.text_records(), texts)
     return EncodedCollection(collection, sides, features.skipped_images)
+
+
+def dense_factory(requested: str, rows: int) -> str:
+    """The FAISS factory a side of ``rows`` items gets: the one requested, or for ``auto`` exact below
+    ``APPROXIMATE_DENSE_ROWS`` and an HNSW graph above (a flat scan's time grows with the rows, a graph's barely)."""
+    if requested != AUTO_FACTORY:
+        return requested
+    return "Flat" if rows < APPROXIMATE_DENSE_ROWS else APPROXIMATE_FACTORY
 
 
 def _build_faiss(dense: np.ndarray, factory: str) -> Any:
@@ -213,6 +250,9 @@ def _build_faiss(dense: np.ndarray, factory: str) -> Any:
     if not index.is_trained:
         index.train(dense)
     index.add(dense)
+    inner: Any = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):  # saved with the index: every search of it explores this deep
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
     return index
 
 
@@ -241,16 +281,21 @@ def write_sparse_leg(side_dir: Path, sparse: SparseRows, *, scale: float, thread
     return docs, collection_seconds
 
 
-def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat", sparse_scale: float = 100.0,
-               threads: int = 2, dense_store: DenseStore = "float32",
+def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = AUTO_FACTORY, sparse_scale: float = 100.0,
+               threads: int = 2, dense_store: DenseStore = "float32", payload: PayloadSchema | None = None,
                cancel: Cancellation | None = None) -> WrittenSide:
-    """Every leg of one side: the forward store, the FAISS index and the Lucene impact index (``cancel`` is
-    checked between them, and stops the Lucene indexer)."""
+    """Every leg of one side: the forward store, the payload index, the FAISS index and the Lucene impact index
+    (``cancel`` is checked between them, and stops the Lucene indexer)."""
     items, encoded = side.items, side.encoded
     timings: dict[str, float] = {}
+    started = time.perf_counter()
+    payload_index = PayloadIndex.from_items(payload or {}, items)  # first: an item of a wrong type stops the build
     write_side_store(side_dir, items, encoded, order=side.order, dense_store=dense_store)
+    payload_index.save(side_dir / PAYLOAD_FILE)
+    timings[f"{side_dir.name}_payload_seconds"] = time.perf_counter() - started
     check(cancel)
     started = time.perf_counter()
+    faiss_factory = dense_factory(faiss_factory, len(items))
     write_dense_leg(side_dir, encoded.dense, faiss_factory)
     timings[f"{side_dir.name}_dense_seconds"] = time.perf_counter() - started
     check(cancel)
@@ -264,7 +309,8 @@ def write_side(side_dir: Path, side: EncodedSide, *, faiss_factory: str = "Flat"
         lucene_docs=docs, mean_terms=float(encoded.sparse.terms_per_row().mean()) if len(items) else 0.0,
         bytes={"dense_faiss": (side_dir / "dense.faiss").stat().st_size,
                "dense_store": (side_dir / "dense.npy").stat().st_size,
-               "sparse_lucene": directory_bytes(side_dir / "lucene"), "sparse_store": sparse_store},
+               "sparse_lucene": directory_bytes(side_dir / "lucene"), "sparse_store": sparse_store,
+               "payload": (side_dir / PAYLOAD_FILE).stat().st_size},
         files=side_files(side_dir), dense_store=dense_store)
     return WrittenSide(manifest, timings)
 
@@ -315,6 +361,7 @@ def make_manifest(*, config: IndexBuildConfig, encoder: DuetEncoder, binding: Ch
                       "rule": "impact = round(weight * scale); zero impacts dropped; queries quantised alike"},
         pruning={"images": config.prune_image_terms, "texts": config.prune_text_terms},
         collection=collection, sides=dict(sides), build={"timings": dict(timings), "config": recorded},
+        payload=dict(config.payload or {}),
     )
 
 
@@ -356,7 +403,8 @@ def _publish_version(config: IndexBuildConfig, encoder: DuetEncoder,
         for name, side in sides.items():
             written = write_side(contents / name, side if isinstance(side, EncodedSide) else EncodedSide(*side),
                                  faiss_factory=config.faiss_factory, sparse_scale=config.sparse_scale,
-                                 threads=config.threads, dense_store=config.dense_store, cancel=cancel)
+                                 threads=config.threads, dense_store=config.dense_store,
+                                 payload=config.payload, cancel=cancel)
             side_manifests[name] = written.manifest
             timings.update(written.timings)
         binding = copy_checkpoint(encoder, source, contents)
@@ -373,6 +421,7 @@ def build_index(config: IndexBuildConfig) -> IndexManifest:
     started = time.perf_counter()
     check_publishable(config.output)  # before the slow stages, not after them
     collection = load_collection(config)
+    config = with_source_payload(config, collection)
     encoder = DuetEncoder.from_checkpoint(config.checkpoint, device=config.device)
     features = extract_features(collection, encoder.backbone, cache_root=config.cache_root,
                                 skip_corrupt=config.skip_corrupt)
@@ -393,6 +442,16 @@ def verify_index(index_dir: str | Path, *, checkpoint: str | Path | None = None)
         return _verify_version(root, str(index_dir), checkpoint)
 
 
+def _verify_payload(side_dir: Path, store: SideStore, schema: PayloadSchema) -> None:
+    """The stored payload index is the items' own fields, as the manifest declares them."""
+    try:
+        rebuilt = PayloadIndex.from_items(schema, store.items)
+    except PayloadError as e:
+        raise IndexUnavailableError(f"{side_dir}: an item's payload does not fit the manifest: {e}") from e
+    if not rebuilt.equals(store.payload):
+        raise IndexUnavailableError(f"{side_dir}/{PAYLOAD_FILE} is not the payload index of its items")
+
+
 def _verify_version(root: Path, index_dir: str, checkpoint: str | Path | None) -> dict[str, Any]:
     from core.checkpoint import read_manifest as read_checkpoint_manifest
     from indexer.lucene import ImpactSearcher
@@ -408,15 +467,17 @@ def _verify_version(root: Path, index_dir: str, checkpoint: str | Path | None) -
         if missing or changed or extra:
             raise IndexUnavailableError(f"{side_dir}: files differ from the manifest: missing {missing[:5]}, "
                                         f"changed {changed[:5]}, unexpected {extra[:5]}")
-        store = SideStore.load(side_dir, side, expected)
+        store = SideStore.load(side_dir, side, expected, manifest.payload)
         if len(set(store.ids)) != len(store.ids):
             raise IndexUnavailableError(f"{side_dir}: duplicate item ids")
+        _verify_payload(side_dir, store, manifest.payload)
         searcher = ImpactSearcher(side_dir / "lucene", manifest.quantization["scale"])
         lucene_docs = searcher.num_docs()
         searcher.close()
         if lucene_docs != expected.count:
             raise IndexUnavailableError(f"{side_dir}/lucene has {lucene_docs} documents, expected {expected.count}")
-        report["sides"][side] = {"count": expected.count, "files": len(actual), "lucene_docs": lucene_docs}
+        report["sides"][side] = {"count": expected.count, "files": len(actual), "lucene_docs": lucene_docs,
+                                 "payload_fields": len(manifest.payload)}
     if manifest.format != "duet-index/1":  # format 1 named the checkpoint where it was built from, not a copy
         own = manifest_path(root, manifest.checkpoint.path)
         weights = own / WEIGHTS

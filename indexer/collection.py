@@ -4,6 +4,10 @@
   - a plain folder of images, with an optional ``metadata.jsonl`` whose lines are
     ``{"file": "relative/path.jpg", "captions": ["...", ...], ...any other fields}``.
 
+An image's fields beyond its captions are its payload (indexer/payload.py), which its captions carry too: a
+Karpathy image's split, Flickr photo id, file size and pixel size (``karpathy_fields``); a folder image's own
+metadata.jsonl fields, indexed by the type each holds unless the build declares them.
+
 Either way the source is read as a listing of images with captions (``KarpathyDataset``; a folder's is one split,
 "all"), which gives the items and, through ``karpathy_inputs`` as training does, ``feature_inputs``: what the
 shared feature cache (resumable, keyed by base model) is asked for. Item ids are strings, unique across both sides:
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from core.data import (
     Caption,
     DatasetError,
@@ -30,6 +36,7 @@ from core.data import (
     karpathy_inputs,
     load_karpathy,
 )
+from indexer.payload import PayloadSchema, inferred_schema
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 METADATA_FILE = "metadata.jsonl"
@@ -64,9 +71,19 @@ class Collection:
     # what the feature cache is asked for, by cache id, named by the source's name, file (dataset JSON,
     # metadata.jsonl) and splits: the whole collection as read (``restricted_to`` leaves it so)
     feature_inputs: FeatureInputs
+    payload: PayloadSchema = field(default_factory=dict)  # the fields its items hold, indexed by default
 
     def image_path(self, image: ImageItem) -> Path:
         return self.root / image.relative_path
+
+    def image_record(self, image: ImageItem) -> dict[str, Any]:
+        """What an image's row stores (items.jsonl): its id, path, captions and payload."""
+        return {"id": image.id, "path": image.relative_path, "captions": list(image.captions), **image.metadata}
+
+    def text_records(self) -> list[dict[str, Any]]:
+        """What each caption's row stores: its id, text, image and its image's payload."""
+        fields = {i.id: i.metadata for i in self.images}
+        return [{"id": t.id, "text": t.text, "image_id": t.image_id, **fields.get(t.image_id, {})} for t in self.texts]
 
     def restricted_to(self, readable_image_ids: set[int]) -> Collection:
         """The collection less images the encoder could not read (and their captions)."""
@@ -79,8 +96,9 @@ class Collection:
 
 
 def _collection(source: str, root: Path, records: tuple[ImageRecord, ...], inputs: FeatureInputs,
-                metadata: Callable[[ImageRecord], dict[str, Any]]) -> Collection:
-    """The items of ``records`` (the images of ``inputs``, in its order); named, as its cache is, by ``inputs``."""
+                metadata: Callable[[ImageRecord], dict[str, Any]], payload: PayloadSchema | None = None) -> Collection:
+    """The items of ``records`` (the images of ``inputs``, in its order); named, as its cache is, by ``inputs``.
+    ``payload``: the fields to index (default: those the metadata holds, each with one type)."""
     images: list[ImageItem] = []
     texts: list[TextItem] = []
     for record in records:
@@ -89,14 +107,39 @@ def _collection(source: str, root: Path, records: tuple[ImageRecord, ...], input
                                 tuple(c.text for c in record.captions), metadata(record)))
         texts.extend(TextItem(f"{image_id}#{n}", c.text, image_id, c.caption_id)
                      for n, c in enumerate(record.captions))
-    return Collection(inputs.dataset, source, root, inputs.splits, tuple(images), tuple(texts), inputs)
+    schema = inferred_schema(i.metadata for i in images) if payload is None else payload
+    return Collection(inputs.dataset, source, root, inputs.splits, tuple(images), tuple(texts), inputs, schema)
 
 
 def load_karpathy_collection(dataset_dir: str | Path | None, splits: tuple[str, ...], *,
                              image_root: str | Path | None = None) -> Collection:
     dataset = load_karpathy(dataset_dir, image_root=image_root)
     records, inputs = dataset.split(*splits), karpathy_inputs(dataset, splits)
-    return _collection("karpathy", dataset.image_root, records, inputs, lambda record: {"split": record.split})
+    return _collection("karpathy", dataset.image_root, records, inputs,
+                       lambda record: karpathy_fields(dataset.image_root, record), KARPATHY_PAYLOAD)
+
+
+# A Karpathy image's fields: facts of the photo and its file, none derived from its captions.
+KARPATHY_PAYLOAD: PayloadSchema = {"split": "keyword", "photo_id": "integer", "file_bytes": "integer",
+                                   "width": "integer", "height": "integer", "orientation": "keyword"}
+
+
+def karpathy_fields(image_root: Path, record: ImageRecord) -> dict[str, Any]:
+    """Its split; the Flickr photo id its file is named by (``<id>_<secret>.jpg``); its file's size in bytes; and
+    its pixel size and orientation, read from the file's header. A fact the file cannot give is left out."""
+    fields: dict[str, Any] = {"split": record.split}
+    stem = Path(record.relative_path).stem.split("_", 1)[0]
+    if stem.isdigit():
+        fields["photo_id"] = int(stem)
+    path = image_root / record.relative_path
+    try:
+        fields["file_bytes"] = path.stat().st_size
+        with Image.open(path) as image:  # the header only: no pixel is decoded
+            width, height = image.size
+    except (OSError, ValueError):  # unreadable: the build lists and skips it, or fails on it, later
+        return fields
+    orientation = "square" if width == height else "landscape" if width > height else "portrait"
+    return {**fields, "width": width, "height": height, "orientation": orientation}
 
 
 def _read_metadata(path: Path) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ before ranking: ``candidates`` answers each leg's candidates with their exact sc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from core.encoder import DuetEncoder, vocabulary_digest
+from indexer.filters import CompiledFilter, Filter, Part, compile_filter, is_empty
 from indexer.lucene import ImpactSearcher
 from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
 from indexer.params import SearchParams, search_fusion
+from indexer.payload import PayloadIndex
+from indexer.planner import ExactSearcher, Filtered, choose_plan
 from indexer.query import Query
 from indexer.searchers import (
     ExactScores,
@@ -30,8 +34,9 @@ from indexer.searchers import (
     Searcher,
     StrongestTerms,
     excluding_rows,
+    within_rows,
 )
-from indexer.segments import DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
+from indexer.segments import Delta, DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
 from indexer.store import (
     IndexManifest,
     IndexUnavailableError,
@@ -69,10 +74,11 @@ class IndexReader:
         self.lucene: dict[str, ImpactSearcher] = {}
         self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
         self._exclusions: dict[str, tuple[np.ndarray, Any]] = {}  # per side: FAISS parameters skipping deletes
+        self._delta_payloads: dict[str, tuple[Delta, PayloadIndex]] = {}  # per side: the payload of the rows since
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
-            self.stores[side] = SideStore.load(self.directory / side, side, side_manifest)
+            self.stores[side] = SideStore.load(self.directory / side, side, side_manifest, self.manifest.payload)
             self.segments[side] = unchanged(self.stores[side])
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             lucene_docs = self.lucene[side].num_docs()
@@ -135,37 +141,107 @@ class IndexReader:
         return LuceneLeg(self.lucene[side], threads=threads)
 
     def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
-                 view: SideView | None = None) -> HybridSearcher:
-        """The searcher of one side: the mode's legs, every candidate rescored exactly.
+                 view: SideView | None = None, allowed: np.ndarray | None = None) -> HybridSearcher:
+        """The searcher of one side through its indexes: the mode's legs, every candidate rescored exactly.
 
         Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
         to candidate_k too, so the full-query rescoring can recover what the cut missed. On a side that changed
         since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
-        score the mode ranks by."""
+        score the mode ranks by. ``allowed`` (a filter's live rows, a mask over the view's rows): FAISS searches
+        only those, and the other legs' answers are filtered (indexer/planner.py)."""
         view = view or self.view(params.side)
-        deleted = view.segment.deleted_base_rows
         legs: dict[str, Searcher] = {}
-        if params.mode in ("dense", "hybrid"):
-            legs["dense"] = self.dense_leg(params.side, excluded=deleted)
         term_limit = params.query_term_limit
+        sparse: Searcher | None = None
         if params.mode in ("sparse", "hybrid"):
-            sparse: Searcher = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
-            legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
-        scores = self._with_delta(legs, view)
+            sparse = StrongestTerms(self.sparse_leg(params.side, threads=threads), term_limit)
+        if allowed is None:
+            deleted = view.segment.deleted_base_rows
+            if params.mode in ("dense", "hybrid"):
+                legs["dense"] = self.dense_leg(params.side, excluded=deleted)
+            if sparse is not None:
+                legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
+        else:
+            in_base = allowed[:view.base_count]
+            count = int(in_base.sum())
+            if params.mode in ("dense", "hybrid"):
+                index = self.store(params.side).faiss_index
+                parameters = within_rows(index, in_base)
+                legs["dense"] = (FaissLeg(index, parameters=parameters) if parameters is not None
+                                 else Filtered(FaissLeg(index), in_base, count))
+            if sparse is not None:
+                legs["sparse"] = Filtered(sparse, in_base, count)
+        scores = self._with_delta(legs, view, allowed)
         widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
         return HybridSearcher(legs, scores, search_fusion(self.manifest, params), rank_by=params.rank_by,
                               candidate_k=params.candidate_k if widen else None, name=name)
 
-    def _with_delta(self, legs: dict[str, Searcher], view: SideView) -> RowScorer:
-        """Add the delta as one more leg per score the base legs rank by; return the scorer over both parts."""
-        segment, base_scores = view.segment, self.exact_scores(view.base.side)
-        if not segment.delta.count:
+    def row_scores(self, view: SideView) -> RowScorer:
+        """Exact scores of any row of the view (the base index's and the delta's)."""
+        base_scores = self.exact_scores(view.base.side)
+        if not view.segment.delta.count:
             return base_scores
+        return SegmentScores(base_scores, ExactScores(view.segment.delta, self.vocab_size), view.base_count)
+
+    def _with_delta(self, legs: dict[str, Searcher], view: SideView, allowed: np.ndarray | None) -> RowScorer:
+        """Add the delta (its rows ``allowed`` passes) as one more leg per score the base legs rank by; return the
+        scorer over both parts."""
+        segment = view.segment
+        scores = self.row_scores(view)
+        if not segment.delta.count:
+            return scores
         delta = ExactScores(segment.delta, self.vocab_size)
+        rows = None if allowed is None else view.base_count + np.flatnonzero(allowed[view.base_count:])
         for by in ("dense", "sparse"):
             if by in legs:
-                legs[f"delta_{by}"] = DeltaLeg(delta, segment, by)
-        return SegmentScores(base_scores, delta, view.base_count)
+                legs[f"delta_{by}"] = DeltaLeg(delta, segment, by, rows=rows)
+        return scores
+
+    # ----- filters -----
+    def payload_parts(self, view: SideView) -> list[Part]:
+        """The view's rows as parts a filter evaluates over: the base index's, and the delta's when it has rows."""
+        def rows_of_ids(ids: Sequence[str]) -> np.ndarray:
+            rows = [view.row_of(item_id) for item_id in ids]
+            return np.array([r for r in rows if r is not None], np.int64)
+
+        parts = [Part(view.base.payload, 0, view.base_count, rows_of_ids)]
+        delta = view.segment.delta
+        if delta.count:
+            cached = self._delta_payloads.get(view.base.side)
+            if cached is None or cached[0] is not delta:  # once per write, when a filter first needs it
+                cached = delta, PayloadIndex.from_items(self.manifest.payload, delta.items[:delta.count])
+                self._delta_payloads[view.base.side] = cached
+            parts.append(Part(cached[1], view.base_count, delta.count, rows_of_ids))
+        return parts
+
+    @staticmethod
+    def live_mask(view: SideView) -> np.ndarray:
+        mask = np.ones(len(view), bool)
+        mask[view.segment.deleted] = False
+        return mask
+
+    def allowed(self, view: SideView, compiled: CompiledFilter | None) -> np.ndarray:
+        """A mask over the view's rows: live, and passing the filter (every live row without one)."""
+        mask = self.live_mask(view)
+        if compiled is not None:
+            mask &= np.concatenate([compiled.mask(part) for part in self.payload_parts(view)])
+        return mask
+
+    def compiled(self, filter_: Filter | None) -> CompiledFilter | None:
+        """A filter checked against this index's payload fields (``PayloadError`` names a field)."""
+        return None if filter_ is None or is_empty(filter_) else compile_filter(filter_, self.manifest.payload)
+
+    def facets(self, side: str, field: str, compiled: CompiledFilter | None) -> dict[Any, int]:
+        """How many live items passing the filter hold each value of a payload field."""
+        view = self.view(side)
+        mask = self.allowed(view, compiled)
+        counts: dict[Any, int] = {}
+        for part in self.payload_parts(view):
+            column = part.payload.column(field)
+            within = mask[part.first:part.first + part.rows]
+            for value, count in column.counts(within).items():
+                counts[value] = counts.get(value, 0) + count
+        return counts
 
     # ----- what a shard answers -----
     @staticmethod
@@ -181,18 +257,31 @@ class IndexReader:
 
     def candidates(self, side: str, queries: Sequence[Query], params: SearchParams, k: int, *,
                    threads: int = 1) -> list[ShardCandidates]:
-        """Each query's candidates for a top k on a side: every leg's, with exact scores (no ranking yet)."""
+        """Each query's candidates for a top k on a side: every leg's, with exact scores (no ranking yet), by the
+        plan the rows the search may return call for (indexer/planner.py)."""
         view = self.view(side)
-        searcher = self.searcher(params, threads=threads, view=view)
+        started = time.perf_counter()
+        compiled = self.compiled(params.filter)
+        allowed = None if compiled is None else self.allowed(view, compiled)
+        rows = len(view) - int(view.segment.deleted.size) if allowed is None else int(allowed.sum())
+        plan = choose_plan(params.plan, rows)
+        searcher: HybridSearcher | ExactSearcher
+        if plan == "exact":
+            mask = self.live_mask(view) if allowed is None else allowed
+            searcher = ExactSearcher(np.flatnonzero(mask), self.row_scores(view), search_fusion(self.manifest, params),
+                                     mode=params.mode, fusion=params.fusion, candidate_k=params.candidate_k)
+        else:
+            searcher = self.searcher(params, threads=threads, view=view, allowed=allowed)
+        planned_ms = (time.perf_counter() - started) * 1000
         gathered, timings = searcher.gather(queries, k)
-        live_rows = len(view) - int(view.segment.deleted.size)
+        timings["plan_ms"] = planned_ms
         out = []
         for found in gathered:
             by_row = np.argsort(found.rows, kind="stable")  # a single leg's rows come in its ranking's order
             legs = {role: (by_row[np.searchsorted(found.rows[by_row], ranking.rows)], ranking.scores)
                     for role, ranking in found.legs.items()}
-            out.append(ShardCandidates(view.ids(found.rows), self._keys(view, found.rows),
-                                       found.dense, found.sparse, legs, live_rows, searcher.candidate_k, timings))
+            out.append(ShardCandidates(view.ids(found.rows), self._keys(view, found.rows), found.dense,
+                                       found.sparse, legs, rows, searcher.candidate_k, timings, plan))
         return out
 
     def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]:
@@ -245,6 +334,9 @@ class ReaderShard:
 
     def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
         return self.reader.find(item_id)
+
+    def facets(self, side: str, field: str, filter_: Filter | None) -> dict[Any, int]:
+        return self.reader.facets(side, field, self.reader.compiled(filter_))
 
     def close(self) -> None:
         if self._owned:

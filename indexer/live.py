@@ -44,7 +44,7 @@ import numpy as np
 from core.atomic import CURRENT, atomic_file, current_version
 from core.cancel import Cancellation
 from core.encoder import DuetEncoder, EncodedItems, SparseRows
-from indexer.build import EncodedSide, IndexBuildConfig, publish_index
+from indexer.build import AUTO_FACTORY, EncodedSide, IndexBuildConfig, publish_index
 from indexer.index_reader import IndexReader
 from indexer.search import SearchEngine
 from indexer.segments import Delta, Segment, SideView, live_row
@@ -459,7 +459,7 @@ class LiveCollection:
         self._writable()  # before the encoder's work
         reader = self.reader
         return self.apply(prepare_image(reader.encoder, reader.manifest.pruning, reader.sides, data, item_id=item_id,
-                                        captions=captions, metadata=metadata))
+                                        captions=captions, metadata=metadata, payload=reader.manifest.payload))
 
     def add_text(self, text: str, *, item_id: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
@@ -467,7 +467,7 @@ class LiveCollection:
         self._writable()
         reader = self.reader
         return self.apply(prepare_text(reader.encoder, reader.manifest.pruning, reader.sides, text, item_id=item_id,
-                                       metadata=metadata))
+                                       metadata=metadata, payload=reader.manifest.payload))
 
     def apply(self, write: PreparedWrite) -> WriteResult:
         """A prepared write (indexer/writes.py): its upload stored first, then logged and applied."""
@@ -618,7 +618,9 @@ class LiveCollection:
         """The new version is built like the old one: its FAISS factory, impact scale and pruning."""
         manifest = engine.manifest
         recorded = manifest.build.get("config", {})
-        factories = {s.faiss_factory for s in manifest.sides.values()}
+        # a build's own choice (auto) is made again for the new counts; a side's explicit factory is kept
+        factories = ({AUTO_FACTORY} if recorded.get("faiss_factory") == AUTO_FACTORY
+                     else {s.faiss_factory for s in manifest.sides.values()})
         stores = {s.dense_store for s in manifest.sides.values()}
         # the checkpoint is copied from the live version's own copy (the encoder may have been loaded from a
         # version a previous compaction removed, or from another collection)
@@ -627,7 +629,7 @@ class LiveCollection:
                                 dense_store=stores.pop() if len(stores) == 1 else "float32",
                                 sparse_scale=float(manifest.quantization["scale"]),
                                 prune_image_terms=manifest.pruning.get("images"),
-                                prune_text_terms=manifest.pruning.get("texts"),
+                                prune_text_terms=manifest.pruning.get("texts"), payload=manifest.payload,
                                 threads=int(recorded.get("threads", 2)), dataset=None)
 
     @staticmethod

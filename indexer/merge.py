@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from indexer.filters import Filter
 from indexer.params import SearchParams
 from indexer.query import Query
 from indexer.searchers import Fuse, RankBy, ranked
@@ -44,9 +45,10 @@ class ShardCandidates:
     dense: np.ndarray  # (n,) float32
     sparse: np.ndarray  # (n,) float32
     legs: dict[str, tuple[np.ndarray, np.ndarray]]  # role -> (positions, leg scores)
-    rows: int  # the shard's live rows on the side (the legs' depth is capped by the whole collection's)
+    rows: int  # the shard's live rows the search may return (the legs' depth is capped by the whole collection's)
     candidate_k: int | None  # how deep the searcher's legs go beyond k (None: k)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    plan: str = "index"  # how the shard searched (indexer/planner.py)
 
     def placed(self, shard: int, shards: int) -> ShardCandidates:
         """These candidates as shard ``shard`` of ``shards`` answers them: rows with no collection position are
@@ -81,6 +83,8 @@ class ShardReader(Protocol):
     def records(self, side: str, ids: Sequence[str]) -> list[ItemRecord | None]: ...
 
     def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None: ...
+
+    def facets(self, side: str, field: str, filter_: Filter | None) -> dict[Any, int]: ...  # value -> live items
 
     def close(self) -> None: ...
 

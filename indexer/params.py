@@ -11,6 +11,8 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.fusion import integrated_score, reciprocal_rank_fusion
+from indexer.filters import Filter
+from indexer.planner import PlanChoice
 from indexer.searchers import Fuse, RankBy
 from indexer.store import IndexManifest, Side
 
@@ -48,6 +50,12 @@ class SearchParams(BaseModel):
         "with the full query.")
     explain: bool = Field(False, description=f"Explain the sparse score of the page's first {EXPLAINED_HITS} hits "
                           "(matched terms and the item's strongest terms); later hits have none.")
+    filter: Filter | None = Field(None, description="Only items whose payload passes: must / should / must_not of "
+                                  "conditions match (value or any), range (gt, gte, lt, lte), exists, has_id, or "
+                                  "nested filters, over the collection's indexed payload fields.")
+    plan: PlanChoice = Field("auto", description="How each shard searches: exact (brute force over the rows the "
+                             "filter allows), index (the legs' indexes, the filter inside), or auto (exact at or "
+                             "under the planner's row count, else index).")
 
     @property
     def rank_by(self) -> RankBy:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.encoder import DuetEncoder, EncodedItems
-from indexer.build import IndexBuildConfig, load_collection
+from indexer.build import IndexBuildConfig, load_collection, with_source_payload
 from indexer.collection import Collection
 from indexer.sharding import (
     CollectionManifest,
@@ -43,12 +43,11 @@ def input_rows(collection: Collection) -> list[dict[str, Any]]:
     """What the encoder actors read: each item's side, id, collection position, input (a file or a text) and the
     record its side stores."""
     images = [{"side": "images", "id": i.id, "ordinal": n, "input": str(collection.image_path(i)),
-               "item": json.dumps({"id": i.id, "path": i.relative_path, "captions": list(i.captions), **i.metadata},
-                                  ensure_ascii=False)}
+               "item": json.dumps(collection.image_record(i), ensure_ascii=False)}
               for n, i in enumerate(collection.images)]
     texts = [{"side": "texts", "id": t.id, "ordinal": n, "input": t.text,
-              "item": json.dumps({"id": t.id, "text": t.text, "image_id": t.image_id}, ensure_ascii=False)}
-             for n, t in enumerate(collection.texts)]
+              "item": json.dumps(record, ensure_ascii=False)}
+             for n, (t, record) in enumerate(zip(collection.texts, collection.text_records(), strict=True))]
     return images + texts
 
 
@@ -148,6 +147,7 @@ def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
                             "embedded")
     _connect(config.address)
     collection = load_collection(config)
+    config = with_source_payload(config, collection)
     encoder = DuetEncoder.from_checkpoint(config.checkpoint)
     record = {"name": collection.name, "source": collection.source, "root": str(collection.root),
               "splits": list(collection.splits), "skipped_images": []}

@@ -29,9 +29,11 @@ from PIL import Image
 
 from core.encoder import DuetEncoder, vocabulary_digest
 from core.vocab import Vocabulary
+from indexer.filters import Filter, compile_filter, is_empty
 from indexer.index_reader import IndexReader, ReaderShard
 from indexer.merge import MergedRanking, ShardReader, merge_candidates
 from indexer.params import EXPLAINED_HITS, SearchParams, search_fusion, search_weights
+from indexer.payload import PayloadError
 from indexer.query import Query
 from indexer.sharding import shard_of
 from indexer.store import IndexManifest, SideManifest, check_binding, image_file
@@ -72,6 +74,22 @@ class SearchResult:
     weights: dict[str, float]
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    plans: dict[str, int] = field(default_factory=dict)  # how many shards searched by each plan
+    rows: int = 0  # the live rows the search could return (those its filter allows)
+
+    @property
+    def plan(self) -> str:
+        """The plan every shard chose, or ``mixed``."""
+        return next(iter(self.plans)) if len(self.plans) == 1 else "mixed"
+
+
+FACET_TYPES = ("keyword", "keywords", "bool", "integer")  # fields whose values are counted
+
+
+@dataclass(frozen=True)
+class FacetCount:
+    value: str | int | bool
+    count: int
 
 
 class EmptySparseQueryError(ValueError):
@@ -211,6 +229,7 @@ class SearchEngine:
         each query's merged ranking and the requested page of it as hits."""
         if params.side not in self.sides:
             raise KeyError(f"this collection has no {params.side!r} side (sides: {list(self.sides)})")
+        self.check_filter(params.filter)  # a bad filter is refused before any shard is asked
         warnings = [sparse_leg_warnings(q, params) for q in queries]
         k = params.offset + params.top_k
         answers = self.fan_out(lambda s: self.shards[s].candidates(params.side, queries, params, k, threads=threads))
@@ -225,9 +244,40 @@ class SearchEngine:
             # the slowest shard's time per leg: the fan-out waits for all of them
             timings = {key: max(a.timings_ms.get(key, 0.0) for a in per_shard)
                        for key in {key for a in per_shard for key in a.timings_ms}}
+            plans: dict[str, int] = {}
+            for answer in per_shard:
+                plans[answer.plan] = plans.get(answer.plan, 0) + 1
             results.append(SearchResult(self._hits(query, params, merged), merged.candidates, weights,
-                                        timings_ms=timings, warnings=warnings[n]))
+                                        timings_ms=timings, warnings=warnings[n], plans=plans,
+                                        rows=sum(a.rows for a in per_shard)))
         return results
+
+    # ----- filters -----
+    def check_filter(self, filter_: Filter | None) -> None:
+        """Refuse a filter on a field the collection has no payload index for, or with a value of a field's wrong
+        type (``PayloadError``, naming the field)."""
+        if filter_ is not None and not is_empty(filter_):
+            compile_filter(filter_, self.manifest.payload)
+
+    def facets(self, side: str, field: str, filter_: Filter | None = None, *,
+               limit: int | None = None) -> list[FacetCount]:
+        """How many live items of a side passing the filter hold each value of a payload field, most first."""
+        if side not in self.sides:
+            raise KeyError(f"this collection has no {side!r} side (sides: {list(self.sides)})")
+        kind = self.manifest.payload.get(field)
+        if kind is None:
+            indexed = ", ".join(sorted(self.manifest.payload)) or "none"
+            raise PayloadError(field, f"no payload index on this field (the collection's indexed fields: {indexed})")
+        if kind not in FACET_TYPES:
+            raise PayloadError(field, f"facets count {', '.join(FACET_TYPES)} fields; {field} is {kind}")
+        self.check_filter(filter_)
+        counts: dict[Any, int] = {}
+        for answer in self.fan_out(lambda s: self.shards[s].facets(side, field, filter_)):
+            for value, count in answer.items():
+                counts[value] = counts.get(value, 0) + count
+        shown = [FacetCount(bool(v) if kind == "bool" else v, c) for v, c in counts.items()]
+        shown.sort(key=lambda facet: (-facet.count, str(facet.value)))
+        return shown if limit is None else shown[:limit]
 
     def _hits(self, query: Query, params: SearchParams, merged: MergedRanking) -> list[Hit]:
         page = range(params.offset, len(merged.ids))

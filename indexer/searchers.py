@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from core.encoder import SparseRows
+from core.encoder import SparseRows, TermPostings
 from indexer.lucene import ImpactSearcher
 from indexer.query import Query
 
@@ -70,15 +70,35 @@ class FaissLeg:
 
 
 def excluding_rows(index: Any, rows: np.ndarray) -> Any | None:
-    """FAISS search parameters that skip ``rows`` for a flat, IVF or HNSW index (each keeps its own nprobe or
+    """FAISS search parameters that skip ``rows`` (deleted ones); None where the index kind takes no selector."""
+    import faiss
+
+    ops: Any = faiss  # its type stubs lack the selector classes and SWIG's ad-hoc attributes
+    batch = ops.IDSelectorBatch(np.ascontiguousarray(rows, np.int64))
+    selector = ops.IDSelectorNot(batch)
+    selector.referenced = batch  # SWIG keeps no reference: the batch must live as long as the selector
+    return selecting(index, selector)
+
+
+def within_rows(index: Any, allowed: np.ndarray) -> Any | None:
+    """FAISS search parameters that search only the rows ``allowed`` (a mask over the index's rows: a filter's);
+    None where the index kind takes no selector."""
+    import faiss
+
+    ops: Any = faiss
+    bits = np.packbits(np.asarray(allowed, bool), bitorder="little")
+    selector = ops.IDSelectorBitmap(int(allowed.size), ops.swig_ptr(bits))
+    selector.referenced = bits  # the bitmap must live as long as the selector
+    return selecting(index, selector)
+
+
+def selecting(index: Any, selector: Any) -> Any | None:
+    """FAISS search parameters with ``selector`` for a flat, IVF or HNSW index (each keeps its own nprobe or
     efSearch); None for another kind, which then needs its results filtered instead."""
     import faiss
 
     ops: Any = faiss  # its type stubs lack the search-parameter classes and SWIG's ad-hoc attributes
     inner = ops.downcast_index(index)
-    batch = ops.IDSelectorBatch(np.ascontiguousarray(rows, np.int64))
-    selector = ops.IDSelectorNot(batch)
-    selector.referenced = batch  # SWIG keeps no reference: the batch must live as long as the selector
     parameters: Any
     if isinstance(inner, ops.IndexHNSW):
         parameters = ops.SearchParametersHNSW()
@@ -156,11 +176,18 @@ class ExactScores:
         # score must not change in its last bit with the other candidates (a sharded search scores other sets)
         if not rows.size:
             return np.zeros(0, np.float32)
+        if 4 * rows.size >= len(self):  # most rows: every row in place is cheaper than copying these out
+            return np.einsum("ij,j->i", self.store.dense, query.dense).astype(np.float32, copy=False)[rows]
         return np.einsum("ij,j->i", self.store.dense[rows], query.dense).astype(np.float32, copy=False)
 
     def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
         if rows.size == 0:
             return np.zeros(0, np.float32)
+        by_term: TermPostings | None = getattr(self.store, "by_term", None) if rows.size > 1_000 else None
+        sparse = self.store.sparse
+        if by_term is not None and by_term.postings(query.term_ids) + len(self) < int(
+                (sparse.indptr[rows + 1] - sparse.indptr[rows]).sum()):
+            return self._sparse_by_term(query, rows, by_term)
         query_vector = np.zeros(self.vocab_size, np.float32)
         query_vector[query.term_ids] = query.term_weights
         sparse = self.store.sparse
@@ -170,6 +197,22 @@ class ExactScores:
         contributions = query_vector[sparse.indices[positions]] * sparse.values[positions]
         return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
                            minlength=rows.size).astype(np.float32)
+
+
+    def _sparse_by_term(self, query: Query, rows: np.ndarray, by_term: TermPostings) -> np.ndarray:
+        """Every row's sparse score through the term postings, these rows' taken. Bit for bit the row-wise sum: each
+        row's products (float32) are added in float64 in ascending term order, as ``bincount`` adds a row's."""
+        order = np.argsort(query.term_ids, kind="stable")
+        terms, weights = query.term_ids[order], query.term_weights[order]
+        known = terms < by_term.indptr.size - 1
+        terms, weights = terms[known], weights[known]
+        starts, ends = by_term.indptr[terms], by_term.indptr[terms + 1]
+        lengths = ends - starts
+        positions = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(
+            lengths.sum())
+        contributions = np.repeat(weights.astype(np.float32), lengths) * by_term.values[positions]
+        totals = np.bincount(by_term.rows[positions], weights=contributions, minlength=by_term.row_count)
+        return totals[rows].astype(np.float32)
 
 
 Fuse = Callable[[np.ndarray, np.ndarray], np.ndarray]  # exact (dense, sparse) of a candidate set -> fused

@@ -165,11 +165,15 @@ class DeltaLeg:
     """The delta as a leg: every live delta row scored exactly, its top k by the dense or the sparse score (the
     sparse leg, like an inverted index, finds only rows sharing a term with the query)."""
 
-    def __init__(self, delta: ExactScores, segment: Segment, by: Literal["dense", "sparse"]) -> None:
+    def __init__(self, delta: ExactScores, segment: Segment, by: Literal["dense", "sparse"], *,
+                 rows: np.ndarray | None = None) -> None:
+        """``rows``: the global delta rows to search (a filter's); default: every live one."""
         self.delta, self.by, self.name = delta, by, f"delta-{by}"
         base = segment.base_count
-        rows = np.arange(base, base + segment.delta.count, dtype=np.int64)
-        self.rows = rows[~segment.is_deleted(rows)]
+        if rows is None:
+            rows = np.arange(base, base + segment.delta.count, dtype=np.int64)
+            rows = rows[~segment.is_deleted(rows)]
+        self.rows = rows
         self.base_count = base
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:

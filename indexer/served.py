@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from core.cancel import Cancellation
 from core.encoder import DuetEncoder
+from indexer.filters import Filter
 from indexer.live import CompactionResult, ItemNotFoundError, LiveCollection, WriteResult
 from indexer.merge import ItemRecord, ShardCandidates, ShardReader
 from indexer.params import SearchParams
@@ -58,6 +59,10 @@ class ShardService:
     def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
         with self.live.reading() as reader:
             return reader.find(item_id)
+
+    def facets(self, side: str, field: str, filter_: Filter | None) -> dict[Any, int]:
+        with self.live.reading() as reader:
+            return reader.facets(side, field, reader.compiled(filter_))
 
     def apply(self, write: PreparedWrite) -> WriteResult:
         return self.live.apply(write)
@@ -201,13 +206,15 @@ class ServedCollection:
                   metadata: Mapping[str, Any] | None = None) -> WriteResult:
         engine = self._engine
         return self.apply(prepare_image(engine.encoder, engine.manifest.pruning, engine.sides, data,
-                                        item_id=item_id, captions=captions, metadata=metadata))
+                                        item_id=item_id, captions=captions, metadata=metadata,
+                                        payload=engine.manifest.payload))
 
     def add_text(self, text: str, *, item_id: str | None = None,
                  metadata: Mapping[str, Any] | None = None) -> WriteResult:
         engine = self._engine
         return self.apply(prepare_text(engine.encoder, engine.manifest.pruning, engine.sides, text,
-                                       item_id=item_id, metadata=metadata))
+                                       item_id=item_id, metadata=metadata,
+                                       payload=engine.manifest.payload))
 
     def apply(self, write: PreparedWrite) -> WriteResult:
         engine = self._engine

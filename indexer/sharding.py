@@ -289,9 +289,16 @@ def publish_collection(config: IndexBuildConfig, encoder: DuetEncoder, encode: E
 
 def build_collection_embedded(config: IndexBuildConfig) -> CollectionManifest:
     """The sharded build in this process: the single index's stages, then one shard after another."""
-    from indexer.build import collection_record, encode_collection, extract_features, load_collection
+    from indexer.build import (
+        collection_record,
+        encode_collection,
+        extract_features,
+        load_collection,
+        with_source_payload,
+    )
 
     collection = load_collection(config)
+    config = with_source_payload(config, collection)
     encoder = DuetEncoder.from_checkpoint(config.checkpoint, device=config.device)
 
     def encode(encoded_dir: Path) -> EncodedParquet:

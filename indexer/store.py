@@ -10,6 +10,7 @@ An index directory holds its versions and a link to the live one (core/atomic.py
     <side>/dense.faiss     FAISS index over the same rows
     <side>/sparse.*.npy    forward store: CSR over token ids (indptr, indices, values), float32 weights
     <side>/lucene/         Lucene impact index (integer impacts = round(weight * scale))
+    <side>/payload.npz     the payload indexes of the fields the manifest declares (indexer/payload.py)
     <side>/order.npy       a shard's only: each row's position in the whole collection (indexer/sharding.py)
 Readers resolve ``current`` once (``index_contents``) and read everything from that version. A directory with the
 contents at its top (built before versions, or a version copied out on its own) opens as it is.
@@ -23,6 +24,7 @@ Sides: ``images`` (targets of text->image and image->image) and ``texts`` (targe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -35,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.atomic import CURRENT, VERSIONS, current_version, reading_version
 from core.checkpoint import sha256_file
-from core.encoder import EncodedItems, SparseRows
+from core.encoder import EncodedItems, SparseRows, TermPostings
+from indexer.payload import PAYLOAD_FILE, PayloadIndex, PayloadSchema
 
 FORMAT: Final = "duet-index/2"
 MANIFEST = "manifest.json"
@@ -108,6 +111,8 @@ class IndexManifest(_Strict):
     build: dict[str, Any] = {}
     # the last write-ahead-log record this version includes (a compaction's); a built index includes none
     wal_seq: int = 0
+    # the payload fields indexed for filtered search (indexer/payload.py), the same on every side
+    payload: PayloadSchema = {}
 
 
 def index_contents(index_dir: str | Path) -> Path:
@@ -227,6 +232,12 @@ class SideStore:
     faiss_index: Any
     row_of: dict[str, int]
     order: np.ndarray | None = None  # a shard's: each row's position in the whole collection
+    payload: PayloadIndex = dataclasses.field(default_factory=PayloadIndex.empty)
+
+    @functools.cached_property
+    def by_term(self) -> TermPostings:
+        """The sparse forward store by term, built on first use: scoring most rows exactly goes through it."""
+        return self.sparse.by_term()
 
     @functools.cached_property
     def id_array(self) -> np.ndarray:
@@ -234,7 +245,8 @@ class SideStore:
         return np.array(self.ids, dtype=object)
 
     @classmethod
-    def load(cls, side_dir: Path, side: str, expected: SideManifest) -> SideStore:
+    def load(cls, side_dir: Path, side: str, expected: SideManifest, payload: PayloadSchema | None = None) -> SideStore:
+        """A side's stores, checked against its manifest (``payload``: the fields its payload index holds)."""
         import faiss
 
         try:
@@ -244,7 +256,9 @@ class SideStore:
                                 np.load(side_dir / "sparse.values.npy"))
             index = faiss.read_index(str(side_dir / "dense.faiss"))
             order = np.load(side_dir / ORDER_FILE) if (side_dir / ORDER_FILE).is_file() else None
-        except (OSError, ValueError, RuntimeError) as e:
+            payload_index = (PayloadIndex.load(side_dir / PAYLOAD_FILE, payload, len(items)) if payload
+                             else PayloadIndex.empty(len(items)))
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise IndexUnavailableError(f"cannot read index side {side_dir}: {e}") from e
         counts = {"items": len(items), "dense rows": dense.shape[0], "sparse rows": len(sparse),
                   "faiss vectors": int(index.ntotal)}
@@ -256,4 +270,5 @@ class SideStore:
         if order is not None and order.shape != (len(ids),):
             raise IndexUnavailableError(f"index side {side_dir}: {ORDER_FILE} has {order.shape[0]} rows, not "
                                         f"{len(ids)}")
-        return cls(side, ids, items, np.asarray(dense), sparse, index, {i: r for r, i in enumerate(ids)}, order)
+        return cls(side, ids, items, np.asarray(dense), sparse, index, {i: r for r, i in enumerate(ids)}, order,
+                   payload_index)

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.encoder import DuetEncoder, EncodedItems
 from indexer.item_rules import has_content, item_id_problem, trimmed
+from indexer.payload import FieldType, PayloadError, check_payload
 
 
 class WriteRejectedError(ValueError):
@@ -81,46 +82,56 @@ def checked_text(text: str, what: str) -> str:
     return trimmed(text)
 
 
-def checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+def checked_metadata(metadata: Mapping[str, Any] | None, payload: Mapping[str, FieldType]) -> dict[str, Any]:
+    """A write's metadata as JSON, its payload fields (``payload``: the collection's indexed ones) of their types."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise WriteRejectedError("metadata must be a JSON object")
     try:
-        return dict(json.loads(json.dumps(dict(metadata))))
+        checked = dict(json.loads(json.dumps(dict(metadata))))
     except (TypeError, ValueError) as e:
         raise WriteRejectedError(f"metadata must be JSON-serialisable: {e}") from e
+    try:
+        check_payload(payload, checked)
+    except PayloadError as e:
+        raise WriteRejectedError(f"metadata.{e}") from e
+    return checked
 
 
 def prepare_image(encoder: DuetEncoder, pruning: Mapping[str, int | None], sides: Sequence[str], data: bytes, *,
                   item_id: str | None = None, captions: Sequence[str] = (),
-                  metadata: Mapping[str, Any] | None = None) -> PreparedWrite:
-    """An image (its file's bytes) and its captions, encoded (its captions only where the collection has texts)."""
+                  metadata: Mapping[str, Any] | None = None,
+                  payload: Mapping[str, FieldType] | None = None) -> PreparedWrite:
+    """An image (its file's bytes) and its captions, encoded (its captions only where the collection has texts);
+    its captions carry its metadata, as built ones carry their image's payload."""
     image, suffix = decoded_image(data)
     digest = hashlib.sha256(data).hexdigest()
     item_id = checked_id(item_id if item_id is not None else f"{digest[:24]}{suffix}")
     texts = [checked_text(c, "caption") for c in captions]
-    extra = checked_metadata(metadata)
+    extra = checked_metadata(metadata, payload or {})
     encoded_image = encoder.encode_images([image], prune=pruning.get("images"))
     upload = Upload(f"{digest}{suffix}", data)
     item = {"id": item_id, "upload": upload.name, "captions": texts, **({"metadata": extra} if extra else {})}
     entries = [log_entry("images", item, encoded_image, 0)]
     if texts and "texts" in sides:
         encoded_texts = encoder.encode_texts(texts, prune=pruning.get("texts"))
-        entries += [log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id},
+        entries += [log_entry("texts", {"id": f"{item_id}#{n}", "text": text, "image_id": item_id,
+                                        **({"metadata": extra} if extra else {})},
                               encoded_texts, n) for n, text in enumerate(texts)]
     return PreparedWrite("upsert", "images", item_id, entries, upload)
 
 
 def prepare_text(encoder: DuetEncoder, pruning: Mapping[str, int | None], sides: Sequence[str], text: str, *,
-                 item_id: str | None = None, metadata: Mapping[str, Any] | None = None) -> PreparedWrite:
+                 item_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+                 payload: Mapping[str, FieldType] | None = None) -> PreparedWrite:
     """A text item of its own on the texts side, encoded."""
     text = checked_text(text, "text")
     if "texts" not in sides:
         raise WriteRejectedError("this collection has no texts side")
     item_id = checked_id(item_id if item_id is not None else
                          f"text-{hashlib.sha256(text.encode()).hexdigest()[:24]}")
-    extra = checked_metadata(metadata)
+    extra = checked_metadata(metadata, payload or {})
     encoded = encoder.encode_texts([text], prune=pruning.get("texts"))
     item = {"id": item_id, "text": text, **({"metadata": extra} if extra else {})}
     return PreparedWrite("upsert", "texts", item_id, [log_entry("texts", item, encoded, 0)])

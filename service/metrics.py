@@ -1,7 +1,7 @@
 """Prometheus metrics of one app (prometheus_client): requests by route and status, search latency by mode and
-side, writes by operation and outcome, requests shed and pending, compactions by outcome and duration, and the
-client's process, Python and garbage-collector metrics. Each app has its own registry, so several apps in one
-process (tests) do not share counts."""
+side, shard searches by plan, writes by operation and outcome, requests shed and pending, compactions by outcome
+and duration, and the client's process, Python and garbage-collector metrics. Each app has its own registry, so
+several apps in one process (tests) do not share counts."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class Metrics:
                                  ("method", "route", "status"), registry=self.registry)
         self._search = Histogram("duet_search_seconds", "Search latency (encode to response) by mode and side.",
                                  ("mode", "side"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._plans = Counter("duet_search_plans", "Shard searches by plan (exact: brute force over the allowed "
+                              "rows; index: the legs' indexes) and whether the search had a filter.",
+                              ("plan", "filtered"), registry=self.registry)
         self._writes = Counter("duet_writes", "Write requests by operation (upsert, delete) and outcome "
                                "(ok, rejected, not_found, error).", ("op", "outcome"), registry=self.registry)
         self._shed = Counter("duet_shed_requests", "Requests refused or dropped under load, by reason (queue_full, "
@@ -51,6 +54,11 @@ class Metrics:
 
     def observe_search(self, mode: str, side: str, seconds: float) -> None:
         self._search.labels(mode, side).observe(seconds)
+
+    def observe_plans(self, plans: dict[str, int], *, filtered: bool) -> None:
+        """The plans a search's shards chose (indexer/planner.py), each shard once."""
+        for plan, shards in plans.items():
+            self._plans.labels(plan, "true" if filtered else "false").inc(shards)
 
     def observe_write(self, op: str, outcome: str) -> None:
         self._writes.labels(op, outcome).inc()

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from core.cancel import Cancellation, check
 from core.encoder import DuetEncoder
+from indexer.filters import Filter
 from indexer.live import CompactionResult, WriteResult
 from indexer.merge import ItemRecord, ShardCandidates, ShardUnavailableError
 from indexer.params import SearchParams
@@ -107,6 +108,9 @@ class RayShard:
 
     def find(self, item_id: str) -> tuple[str, dict[str, Any]] | None:
         return self._call(self.reader, "find", item_id)
+
+    def facets(self, side: str, field: str, filter_: Filter | None) -> dict[Any, int]:
+        return self._call(self.reader, "facets", side, field, filter_)
 
     def apply(self, write: PreparedWrite) -> WriteResult:
         # a write is not retried after its replica died: it may have been logged; the client sees 503 and

@@ -97,6 +97,28 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     warnings: list[str] = Field(default_factory=list, description="Why a leg could not contribute, if one could "
                                 "not (e.g. a text with no content word has an empty sparse leg).")
+    plan: str = Field("index", description="How the shards searched: exact (brute force over the allowed rows), "
+                      "index (the legs' indexes, the filter inside), or mixed.")
+    plans: dict[str, int] = Field(default_factory=dict, description="Shards per plan.")
+    rows: int = Field(0, description="The live items the search could return: those passing its filter.")
+
+
+# a facet query's filter travels in the URL; its values and the answer are bounded
+MAX_FILTER_CHARS = 8_000
+MAX_FACET_VALUES = 1_000
+
+
+class FacetValue(BaseModel):
+    value: str | int | bool
+    count: int
+
+
+class FacetsResponse(BaseModel):
+    field: str
+    side: str
+    values: list[FacetValue] = Field(description="Each value with how many live items passing the filter hold it, "
+                                     "most first (ties by value).")
+    more: bool = Field(description="Whether more values than the limit have items.")
 
 
 class ItemBody(BaseModel):

@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from indexer.filters import Filter
 from indexer.item_rules import has_content, trimmed
 from service.errors import ApiError, validation_message
 from service.images import QUERY_SIDE, decode_image
@@ -103,3 +104,13 @@ def query_of(search: SearchRequest, image_bytes: bytes | None,
     started = time.perf_counter()
     image = decode_image(image_bytes, max_pixels=settings.max_image_pixels, shorter_side=QUERY_SIDE)
     return image, (time.perf_counter() - started) * 1000
+
+
+def filter_of(text: str | None) -> Filter | None:
+    """A filter given as JSON text (a facet query's parameter)."""
+    if text is None:
+        return None
+    try:
+        return Filter.model_validate_json(text, strict=True)
+    except ValidationError as e:
+        raise ApiError(422, "invalid_filter", f"filter: {validation_message(e)}") from e

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.cli_args import Flag, FlagError, ModelArgs, split_commas
+from core.cli_args import Flag, FlagError, ModelArgs, split_commas, split_pairs
 
 
 class Inner(BaseModel):
@@ -92,6 +92,19 @@ def test_sequences_are_comma_separated_or_space_separated() -> None:
     assert parse(spaced, "--source s --sizes").sizes == ()
 
 
+def test_a_mapping_is_name_value_pairs() -> None:
+    class Mapped(BaseModel):
+        fields: dict[str, int] | None = None
+
+    args = ModelArgs(Mapped)
+    assert parse(args, "--fields a:1,b:2").fields == {"a": 1, "b": 2}
+    assert parse(args, "--fields=").fields == {}
+    assert parse(args, "").fields is None
+    assert split_pairs(" a : x, b:y ,") == {"a": "x", "b": "y"}
+    with pytest.raises(argparse.ArgumentTypeError, match="name:value"):
+        split_pairs("a:x,b")
+
+
 def test_renames_and_aliases_and_help_overrides() -> None:
     renamed = ModelArgs(Options, flags={"output_dir": Flag(("--out", "--output-dir")), "scale": "--s",
                                         "verbose": Flag(help="more output")})
@@ -133,7 +146,7 @@ def test_include_exclude_and_values_for_fields_no_flag_sets() -> None:
 
 def test_fields_without_a_flag_type_must_be_excluded() -> None:
     class Mapped(BaseModel):
-        table: dict[str, int] = {}
+        table: dict[str, list[int]] = {}
         name: str = "n"
 
     with pytest.raises(TypeError, match="table.*exclude it"):

@@ -1,6 +1,6 @@
 """The API's routers, one per concern, in the order their routes are matched and documented.
 
-The routes of one collection (search, items, writes, compaction) are served twice: as they are, for the default
+The routes of one collection (search, facets, items, writes, compaction) are served twice: as they are, for the default
 collection, and under ``/v1/collections/{collection}`` for any collection by name or alias (``scoped``)."""
 
 from __future__ import annotations

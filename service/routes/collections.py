@@ -16,9 +16,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from indexer.catalog import NAME_PATTERN, AliasInUseError, CollectionExistsError, CollectionNotFoundError
+from indexer.payload import FieldType, PayloadError, check_schema
 from indexer.snapshots import (
     RestoreTargetExistsError,
     SnapshotError,
@@ -63,6 +64,17 @@ class CreateCollection(Strict):
     checkpoint: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="A served checkpoint's content "
                                    "hash.")
     snapshot: SnapshotRef | None = Field(None, description="Restore this snapshot (checksums verified).")
+    payload: dict[str, FieldType] = Field(default_factory=dict, description="The payload fields to index for "
+                                          "filtered search, name -> type (keyword, keywords, integer, float, "
+                                          "datetime, bool); a write's metadata is checked against them.")
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_names(cls, payload: dict[str, FieldType]) -> dict[str, FieldType]:
+        try:
+            return check_schema(payload)
+        except PayloadError as e:
+            raise ValueError(str(e)) from e
 
 
 class AliasTarget(Strict):
@@ -75,7 +87,8 @@ def _summary(registry: Registry, slot: CollectionSlot, aliases: dict[str, str]) 
             "default": registry.default_name() in (slot.name, *[a for a, t in aliases.items() if t == slot.name]),
             "aliases": sorted(a for a, t in aliases.items() if t == slot.name),
             "checkpoint": engine.manifest.checkpoint.content_hash if engine is not None else None,
-            "counts": {side: s.count for side, s in engine.manifest.sides.items()} if engine is not None else None}
+            "counts": {side: s.count for side, s in engine.manifest.sides.items()} if engine is not None else None,
+            "payload": dict(engine.manifest.payload) if engine is not None else None}
 
 
 @router.get("/v1/collections", dependencies=[Depends(require_read_key)], responses=errors_of(401, 403),
@@ -166,7 +179,7 @@ async def create_collection(name: Name, registry: RegistryDep, worker: WorkerDep
             encoder = registry.encoders[content_hash]
             if encoder.checkpoint_path is None:
                 raise ApiError(422, "unknown_checkpoint", f"checkpoint {content_hash} has no files to copy")
-            catalog.create_empty(name, encoder.checkpoint_path, encoder)
+            catalog.create_empty(name, encoder.checkpoint_path, encoder, build={"payload": body.payload})
         registry.load_new()
 
     with _creation_refusals():

@@ -33,7 +33,7 @@ def index_info(name: str, engine: SearchEngine) -> dict[str, Any]:
         "checkpoint": checkpoint, "collection": _public_collection(manifest.collection),
         "temperature": manifest.temperature,
         "default_weights": {"w_dense": manifest.fusion_dense_weight, "w_sparse": manifest.fusion_sparse_weight},
-        "quantization": manifest.quantization, "pruning": manifest.pruning,
+        "quantization": manifest.quantization, "pruning": manifest.pruning, "payload": dict(manifest.payload),
         "sides": {side: {"count": s.count, "dense_dim": s.dense_dim, "faiss_factory": s.faiss_factory,
                          "mean_terms": s.mean_terms, "bytes": s.bytes} for side, s in manifest.sides.items()},
     }

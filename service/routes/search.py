@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
 from PIL import Image
 
 from indexer.params import SearchParams
+from indexer.payload import PayloadError
 from indexer.search import EmptySparseQueryError, Hit, SearchResult
+from indexer.store import Side
 from service.admission import Ticket
 from service.auth import READ_SECURITY, require_read_key
 from service.dependencies import (
@@ -28,6 +31,10 @@ from service.openapi import request_body
 from service.request_context import request_id_of
 from service.routes.items import collection_of, public_item
 from service.schemas import (
+    MAX_FACET_VALUES,
+    MAX_FILTER_CHARS,
+    FacetsResponse,
+    FacetValue,
     HitExplanation,
     MatchedTerm,
     QueryInfo,
@@ -37,7 +44,7 @@ from service.schemas import (
     SearchResponse,
     TermWeight,
 )
-from service.search_input import check_limits, query_of, read_search_request
+from service.search_input import check_limits, filter_of, query_of, read_search_request
 
 router = APIRouter(tags=["search"])
 Found = tuple[SearchResult, list[tuple[str, float]], float]  # the result, the query's terms, encoding ms
@@ -62,6 +69,8 @@ async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str 
         return await ticket.run(worker, work)
     except EmptySparseQueryError as e:
         raise ApiError(422, "empty_sparse_query", str(e)) from e
+    except PayloadError as e:
+        raise ApiError(422, "invalid_filter", f"filter: {e}") from e
 
 
 def _hit(side: str, hit: Hit, collection: str | None) -> SearchHit:
@@ -83,7 +92,8 @@ def _response_json(request_id: str, body: SearchRequest, text: str | None, found
         query=QueryInfo(kind="text" if text is not None else "image", text=text,
                         terms=[TermWeight(term=t, weight=w) for t, w in terms]),
         weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
-        hits=[_hit(body.side, hit, collection) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms)
+        hits=[_hit(body.side, hit, collection) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms,
+        plan=result.plan, plans=result.plans, rows=result.rows)
     # Already a validated model: serialise it once instead of letting FastAPI validate it again.
     return response.model_dump_json()
 
@@ -104,7 +114,34 @@ async def search(request: Request, engine: EngineDep, reader: ReaderDep, setting
     found = await _run(ticket, worker, reader, given, body.params())
     total_ms = (time.perf_counter() - started) * 1000
     metrics.observe_search(body.mode, body.side, total_ms / 1000)
+    metrics.observe_plans(found[0].plans, filtered=body.filter is not None)
     timings_ms = {"decode": decode_ms, "encode": found[2], **found[0].timings_ms, "total": total_ms}
     payload = await off_loop.run(lambda: _response_json(request_id_of(request) or "", body, text, found, timings_ms,
                                                              collection_of(request)))
     return Response(payload, media_type="application/json")
+
+
+@router.get("/v1/facets/{field}", response_model=FacetsResponse, responses=errors_of(401, 403, 422, 503),
+            dependencies=[Depends(require_read_key)], openapi_extra={"security": READ_SECURITY})
+async def facets(field: Annotated[str, PathParam(description="A keyword, keywords, bool or integer payload field.")],
+                 reader: ReaderDep, worker: WorkerDep, ticket: TicketDep,
+                 side: Annotated[Side, Query(description="The side whose items are counted.")] = "images",
+                 filter: Annotated[str | None, Query(description="A search filter, as JSON: only items passing it "
+                                                      "are counted.", max_length=MAX_FILTER_CHARS)] = None,
+                 limit: Annotated[int, Query(ge=1, le=MAX_FACET_VALUES)] = 100) -> FacetsResponse:
+    """How many live items of a side hold each value of a payload field, under a filter; most first."""
+    filter_ = filter_of(filter)
+
+    def work() -> FacetsResponse:
+        with reader() as engine:
+            if side not in engine.sides:
+                raise ApiError(422, "invalid_request", f"this index has no {side!r} side")
+            counted = engine.facets(side, field, filter_, limit=limit + 1)
+            return FacetsResponse(field=field, side=side, values=[FacetValue(value=c.value, count=c.count)
+                                                                  for c in counted[:limit]],
+                                  more=len(counted) > limit)
+
+    try:
+        return await ticket.run(worker, work)
+    except PayloadError as e:
+        raise ApiError(422, "invalid_filter", str(e)) from e

@@ -1,0 +1,246 @@
+"""The filter language of a search, and its evaluation over a side's payload indexes (indexer/payload.py).
+
+A filter is a boolean clause, as in Qdrant's:
+  {"must": [C, ...], "should": [C, ...], "must_not": [C, ...]}
+every ``must`` condition holds, at least one ``should`` holds (when there are any), no ``must_not`` holds. A
+condition C is
+  {"key": "split", "match": {"value": "test"}}          the field holds the value (a keywords field: among them)
+  {"key": "split", "match": {"any": ["val", "test"]}}   it holds any of them
+  {"key": "year", "range": {"gte": 2010, "lt": 2020}}   gt, gte, lt, lte; a datetime's bounds in ISO 8601
+  {"key": "year", "exists": true}                       the item has the field (false: it has not)
+  {"has_id": ["id1", "id2"]}                            the item is one of these
+or a nested filter. A condition on a field the collection has no payload index for, a value of the field's wrong
+type, a range over a keyword and an empty ``any`` are refused (``PayloadError``, naming the field) before any shard
+is asked. ``compile_filter`` checks a filter against a schema once; ``CompiledFilter.mask`` evaluates it over the
+rows of a part of a side (a published index, or the rows written since) as a boolean mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+from indexer.payload import (
+    FieldType,
+    KeywordColumn,
+    PayloadError,
+    PayloadIndex,
+    PayloadSchema,
+    ValueColumn,
+    datetime_micros,
+    is_keyword,
+    stored_value,
+)
+
+MAX_VALUES: Final = 1_000  # values of one ``any``, ids of one ``has_id``
+MAX_CONDITIONS: Final = 64  # conditions in one clause
+MAX_DEPTH: Final = 4  # nested clauses
+
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchSpec(_Strict):
+    """A value, or any of several."""
+
+    value: Scalar | None = None
+    any: list[Scalar] | None = Field(None, max_length=MAX_VALUES)
+
+    @model_validator(mode="after")
+    def _one(self) -> MatchSpec:
+        if (self.value is None) == (self.any is None):
+            raise ValueError("a match gives exactly one of 'value' or 'any'")
+        return self
+
+
+class RangeSpec(_Strict):
+    """Bounds of a numeric or datetime field (datetimes as ISO 8601 strings)."""
+
+    gt: StrictInt | StrictFloat | StrictStr | None = None
+    gte: StrictInt | StrictFloat | StrictStr | None = None
+    lt: StrictInt | StrictFloat | StrictStr | None = None
+    lte: StrictInt | StrictFloat | StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> RangeSpec:
+        if all(bound is None for bound in (self.gt, self.gte, self.lt, self.lte)):
+            raise ValueError("a range gives at least one of gt, gte, lt, lte")
+        return self
+
+
+class FieldCondition(_Strict):
+    """One field's condition: ``match``, ``range`` or ``exists``."""
+
+    key: StrictStr = Field(description="A payload field of the collection.")
+    match: MatchSpec | None = None
+    range: RangeSpec | None = None
+    exists: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FieldCondition:
+        if sum(part is not None for part in (self.match, self.range, self.exists)) != 1:
+            raise ValueError(f"the condition on {self.key!r} gives exactly one of 'match', 'range' or 'exists'")
+        return self
+
+
+class HasId(_Strict):
+    has_id: list[StrictStr] = Field(min_length=1, max_length=MAX_VALUES, description="Items with these ids.")
+
+
+class Filter(_Strict):
+    """must: all hold; should: at least one holds (when given); must_not: none holds."""
+
+    must: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    should: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must_not: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+
+
+Condition = FieldCondition | HasId | Filter
+Filter.model_rebuild()
+
+
+# ----- compiled -----
+@dataclass(frozen=True)
+class Part:
+    """Rows of a side a filter is evaluated over: a published index's, or the rows written since (``first``: the
+    part's first global row)."""
+
+    payload: PayloadIndex
+    first: int
+    rows: int
+    rows_of_ids: Callable[[Sequence[str]], np.ndarray]  # the live global rows of these ids (any part)
+
+
+Evaluate = Callable[[Part], np.ndarray]
+
+
+def _match(field: str, kind: FieldType, spec: MatchSpec) -> Evaluate:
+    given = [spec.value] if spec.any is None else spec.any
+    if not given:
+        raise PayloadError(field, "'any' needs at least one value")
+    if is_keyword(kind):
+        values = [stored_value("keyword", v, field) for v in given]
+
+        def keyword(part: Part) -> np.ndarray:
+            column = part.payload.column(field)
+            assert isinstance(column, KeywordColumn)
+            return column.rows_with(values)
+        return keyword
+    wanted = np.asarray([_comparable(field, kind, v) for v in given])
+
+    def value(part: Part) -> np.ndarray:
+        column = part.payload.column(field)
+        assert isinstance(column, ValueColumn)
+        return column.present_mask & np.isin(column.values, wanted)
+    return value
+
+
+def _comparable(field: str, kind: FieldType, value: Any) -> int | float:
+    """A match value or range bound as the field's column compares it."""
+    if kind == "datetime":
+        return datetime_micros(value, field)
+    if kind == "bool":
+        return int(stored_value("bool", value, field))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(field, f"{kind} field: {value!r} is not a number")
+    return float(stored_value("float", value, field)) if kind == "float" or isinstance(value, float) else int(value)
+
+
+def _range(field: str, kind: FieldType, spec: RangeSpec) -> Evaluate:
+    if kind not in ("integer", "float", "datetime"):
+        raise PayloadError(field, f"a range needs an integer, float or datetime field; {field} is {kind}")
+    bounds = [(name, _comparable(field, kind, bound)) for name in ("gt", "gte", "lt", "lte")
+              if (bound := getattr(spec, name)) is not None]
+    compare = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
+
+    def evaluate(part: Part) -> np.ndarray:
+        column = part.payload.column(field)
+        assert isinstance(column, ValueColumn)
+        mask = column.present_mask.copy()
+        for name, bound in bounds:
+            mask &= compare[name](column.values, bound)
+        return mask
+    return evaluate
+
+
+def _exists(field: str, wanted: bool) -> Evaluate:
+    def evaluate(part: Part) -> np.ndarray:
+        present = part.payload.column(field).present()
+        return present if wanted else ~present
+    return evaluate
+
+
+def _has_id(ids: Sequence[str]) -> Evaluate:
+    def evaluate(part: Part) -> np.ndarray:
+        mask = np.zeros(part.rows, bool)
+        rows = part.rows_of_ids(ids) - part.first
+        mask[rows[(rows >= 0) & (rows < part.rows)]] = True
+        return mask
+    return evaluate
+
+
+def _clause(filter_: Filter, schema: PayloadSchema, depth: int) -> Evaluate:
+    if depth > MAX_DEPTH:
+        raise PayloadError("filter", f"clauses nest at most {MAX_DEPTH} deep")
+    must = [_condition(c, schema, depth) for c in filter_.must]
+    should = [_condition(c, schema, depth) for c in filter_.should]
+    must_not = [_condition(c, schema, depth) for c in filter_.must_not]
+
+    def evaluate(part: Part) -> np.ndarray:
+        mask = np.ones(part.rows, bool)
+        for condition in must:
+            mask &= condition(part)
+        if should:
+            any_of = np.zeros(part.rows, bool)
+            for condition in should:
+                any_of |= condition(part)
+            mask &= any_of
+        for condition in must_not:
+            mask &= ~condition(part)
+        return mask
+    return evaluate
+
+
+def _condition(condition: Condition, schema: PayloadSchema, depth: int) -> Evaluate:
+    if isinstance(condition, Filter):
+        return _clause(condition, schema, depth + 1)
+    if isinstance(condition, HasId):
+        return _has_id(condition.has_id)
+    field = condition.key
+    if field not in schema:
+        indexed = ", ".join(sorted(schema)) or "none"
+        raise PayloadError(field, f"no payload index on this field (the collection's indexed fields: {indexed})")
+    kind = schema[field]
+    if condition.match is not None:
+        return _match(field, kind, condition.match)
+    if condition.range is not None:
+        return _range(field, kind, condition.range)
+    return _exists(field, bool(condition.exists))
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A filter checked against a collection's schema, ready to evaluate over any part of a side."""
+
+    source: Filter
+    evaluate: Evaluate
+
+    def mask(self, part: Part) -> np.ndarray:
+        return self.evaluate(part)
+
+
+def compile_filter(filter_: Filter, schema: PayloadSchema) -> CompiledFilter:
+    """Check ``filter_`` against the schema (``PayloadError`` naming the field) and compile it."""
+    return CompiledFilter(filter_, _clause(filter_, schema, 0))
+
+
+def is_empty(filter_: Filter | None) -> bool:
+    """No condition at all (every row passes)."""
+    return filter_ is None or not (filter_.must or filter_.should or filter_.must_not)

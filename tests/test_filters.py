@@ -1,0 +1,411 @@
+"""Filtered search: payload indexes, the filter language, and the planner's exact plan against a brute-force oracle.
+
+The oracle evaluates each random filter on the items' own payloads in plain Python and ranks every live allowed row
+by its exact scores; the engine must give the same ids and scores, for random payloads and random filters, in every
+mode, fusion and side, with deletes and rows written since the build, on one index and on three shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.encoder import DuetEncoder, EncodedItems, SparseRows
+from core.fusion import integrated_score, reciprocal_rank_fusion
+from indexer.build import EncodedSide, IndexBuildConfig, publish_index, verify_index
+from indexer.filters import Filter, compile_filter
+from indexer.index_reader import IndexReader, ReaderShard
+from indexer.live import LiveCollection
+from indexer.params import SearchParams
+from indexer.payload import (
+    PayloadError,
+    PayloadIndex,
+    check_schema,
+    inferred_schema,
+    payload_of,
+    stored_value,
+)
+from indexer.query import Query
+from indexer.search import SearchEngine
+from indexer.searchers import ExactScores
+from indexer.sharding import shard_of
+from indexer.store import IndexUnavailableError
+from tests.conftest import noise_png
+
+pytestmark = pytest.mark.java
+
+SCHEMA = {"color": "keyword", "tags": "keywords", "year": "integer", "score": "float", "taken": "datetime",
+          "public": "bool"}
+COLORS = ["red", "green", "blue", "grey"]
+TAGS = ["a", "b", "c", "d", "e"]
+ITEMS = 240
+
+
+def random_payload(rng: np.random.Generator) -> dict[str, Any]:
+    """A payload with each field present about 80% of the time."""
+    fields: dict[str, Any] = {
+        "color": str(rng.choice(COLORS)),
+        "tags": [str(t) for t in rng.choice(TAGS, size=int(rng.integers(0, 4)), replace=False)],
+        "year": int(rng.integers(1990, 2030)),
+        "score": float(np.round(rng.normal(), 1)),
+        "taken": (dt.datetime(2020, 1, 1) + dt.timedelta(hours=int(rng.integers(0, 40_000)))).isoformat(),
+        "public": bool(rng.integers(0, 2)),
+    }
+    return {k: v for k, v in fields.items() if rng.random() < 0.8}
+
+
+def random_vectors(rng: np.random.Generator, count: int, dim: int, vocab: int) -> EncodedItems:
+    dense = rng.normal(size=(count, dim)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    rows = []
+    for _ in range(count):
+        ids = np.sort(rng.choice(min(vocab, 60), size=int(rng.integers(1, 8)), replace=False)).astype(np.int32)
+        rows.append((ids, rng.uniform(0.1, 2.0, ids.size).astype(np.float32)))
+    return EncodedItems(dense, sparse_of(rows))
+
+
+def sparse_of(rows: list[tuple[np.ndarray, np.ndarray]]) -> SparseRows:
+    indptr = np.concatenate([[0], np.cumsum([ids.size for ids, _ in rows])]).astype(np.int64)
+    return SparseRows(indptr, np.concatenate([r[0] for r in rows]).astype(np.int32),
+                      np.concatenate([r[1] for r in rows]).astype(np.float32))
+
+
+def random_query(rng: np.random.Generator, dim: int) -> Query:
+    dense = rng.normal(size=dim).astype(np.float32)
+    ids = np.sort(rng.choice(60, size=int(rng.integers(1, 6)), replace=False)).astype(np.int32)
+    return Query(dense / np.linalg.norm(dense), ids, rng.uniform(0.1, 2.0, ids.size).astype(np.float32))
+
+
+def random_condition(rng: np.random.Generator, depth: int = 0) -> dict[str, Any]:
+    kind = int(rng.integers(0, 9 if depth < 2 else 8))
+    if kind == 0:
+        return {"key": "color", "match": {"value": str(rng.choice(COLORS))}}
+    if kind == 1:
+        return {"key": "tags", "match": {"any": [str(t) for t in rng.choice(TAGS, size=2, replace=False)]}}
+    ops = [str(op) for op in rng.choice(["gt", "gte", "lt", "lte"], size=int(rng.integers(1, 3)), replace=False)]
+    if kind == 2:  # bounds the values hold: every operator meets its boundary case
+        return {"key": "year", "range": {op: int(rng.integers(1990, 2030)) for op in ops}}
+    if kind == 3:
+        return {"key": "score", "range": {op: float(np.round(rng.normal(), 1)) for op in ops}}
+    if kind == 4:
+        start = dt.datetime(2020, 1, 1) + dt.timedelta(hours=int(rng.integers(0, 40_000)))
+        return {"key": "taken", "range": {"lte": start.isoformat() + "+00:00"}}
+    if kind == 5:
+        return {"key": "public", "match": {"value": bool(rng.integers(0, 2))}}
+    if kind == 6:
+        return {"key": str(rng.choice(list(SCHEMA))), "exists": bool(rng.random() < 0.7)}
+    if kind == 7:
+        return {"has_id": [f"i{int(n)}" for n in rng.integers(0, ITEMS + 40, size=30)]}
+    return random_filter(rng, depth + 1)
+
+
+def random_filter(rng: np.random.Generator, depth: int = 0) -> dict[str, Any]:
+    clause: dict[str, Any] = {}
+    for part in ("must", "should", "must_not"):
+        if rng.random() < 0.6:
+            clause[part] = [random_condition(rng, depth) for _ in range(int(rng.integers(1, 3)))]
+    return clause
+
+
+# ----- the oracle: the filter on the item's own payload, in plain Python -----
+def _holds(condition: dict[str, Any], item: dict[str, Any]) -> bool:
+    if "has_id" in condition:
+        return item["id"] in condition["has_id"]
+    if "key" not in condition:
+        return passes(condition, item)
+    value = payload_of(item).get(condition["key"])
+    if "exists" in condition:
+        return (value is not None and value != []) == condition["exists"]
+    if value is None:
+        return False
+    if "match" in condition:
+        wanted = condition["match"].get("any", [condition["match"].get("value")])
+        held = value if isinstance(value, list) else [value]
+        return any(v in wanted and type(v) is type(w) for v in held for w in wanted if v == w)
+    key = condition["key"]
+    if key == "taken":
+        value = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    checks = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b,
+              "lte": lambda a, b: a <= b}
+    for name, bound in condition["range"].items():
+        if key == "taken":
+            bound = dt.datetime.fromisoformat(bound)
+        if not checks[name](value, bound):
+            return False
+    return True
+
+
+def passes(clause: dict[str, Any], item: dict[str, Any]) -> bool:
+    if not all(_holds(c, item) for c in clause.get("must", [])):
+        return False
+    if clause.get("should") and not any(_holds(c, item) for c in clause["should"]):
+        return False
+    return not any(_holds(c, item) for c in clause.get("must_not", []))
+
+
+def oracle(items: list[dict[str, Any]], dense: np.ndarray, sparse: np.ndarray, clause: dict[str, Any],
+           params: SearchParams, w: tuple[float, float], temperature: float) -> tuple[list[str], np.ndarray]:
+    """Every live item passing the filter, ranked as the exact plan defines it (ties by collection order)."""
+    allowed = np.array([passes(clause, item) for item in items], bool)
+    rows = np.flatnonzero(allowed)
+    d, s = dense[rows], sparse[rows]
+    k = params.top_k
+    if params.mode == "dense":
+        order = np.lexsort((rows, -d))[:k]
+        return [items[r]["id"] for r in rows[order]], d[order]
+    if params.mode == "sparse":
+        matched = s > 0
+        rows, s = rows[matched], s[matched]
+        order = np.lexsort((rows, -s))[:k]
+        return [items[r]["id"] for r in rows[order]], s[order]
+    if params.fusion == "weighted":
+        fused = integrated_score(d, s, w_dense=w[0], w_sparse=w[1], temperature=temperature)
+        order = np.lexsort((rows, -fused))[:k]
+        return [items[r]["id"] for r in rows[order]], fused[order]
+    depth = max(k, params.candidate_k)
+    by_dense = rows[np.lexsort((rows, -d))[:depth]]
+    matched = s > 0
+    by_sparse = rows[matched][np.lexsort((rows[matched], -s[matched]))[:depth]]
+    union = np.union1d(by_dense, by_sparse)
+    at = np.searchsorted(rows, union)
+    fused = reciprocal_rank_fusion(d[at], s[at])
+    order = np.lexsort((union, -fused))[:k]
+    return [items[r]["id"] for r in union[order]], fused[order]
+
+
+# ----- fixtures: one index and three shards of the same random items -----
+def publish(encoder: DuetEncoder, checkpoint: Path, out: Path, items: list[dict[str, Any]], encoded: EncodedItems,
+            order: np.ndarray | None = None) -> None:
+    config = IndexBuildConfig(checkpoint=checkpoint, output=out, dataset=None, payload=SCHEMA)
+    publish_index(config, encoder, {"images": EncodedSide(items, encoded, order)},
+                  {"name": out.name, "source": "generated", "root": "."})
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    encoder = DuetEncoder.from_checkpoint(tiny_checkpoint)
+    dim = int(encoder.encode_texts(["."]).dense.shape[1])
+    items = [{"id": f"i{n}", **random_payload(rng)} for n in range(ITEMS)]
+    encoded = random_vectors(rng, ITEMS, dim, len(encoder.vocabulary))
+    root = tmp_path_factory.mktemp("filtered")
+    publish(encoder, tiny_checkpoint, root / "single", items, encoded)
+    shards = []
+    for n in range(3):
+        rows = np.array([r for r, item in enumerate(items) if shard_of(item["id"], 3) == n], np.int64)
+        part = EncodedItems(encoded.dense[rows], sparse_of([encoded.sparse.row(int(r)) for r in rows]))
+        publish(encoder, tiny_checkpoint, root / f"shard{n}", [items[r] for r in rows], part, order=rows)
+        shards.append(root / f"shard{n}")
+    return {"encoder": encoder, "dim": dim, "items": items, "root": root, "shards": shards}
+
+
+def engines(generated: dict[str, Any], single: Path) -> Iterator[SearchEngine]:
+    encoder = generated["encoder"]
+    one = SearchEngine.open(single, encoder=encoder)
+    readers = [IndexReader(d, encoder=encoder) for d in generated["shards"]]
+    three = SearchEngine([ReaderShard(r, name=f"shard{n}") for n, r in enumerate(readers)], encoder,
+                         root=generated["root"], collection_root=generated["root"], shard_dirs=generated["shards"])
+    yield one
+    yield three
+    one.close()
+    three.close()
+
+
+PARAMS = [SearchParams(mode="dense", top_k=12), SearchParams(mode="sparse", top_k=12),
+          SearchParams(mode="hybrid", top_k=12), SearchParams(mode="hybrid", fusion="rrf", top_k=12, candidate_k=20),
+          SearchParams(mode="hybrid", top_k=5, offset=4)]
+
+
+def check_against_oracle(engine: SearchEngine, items: list[dict[str, Any]], rng: np.random.Generator, dim: int,
+                         cases: int) -> int:
+    """Random filters and queries through the engine's exact plan against the oracle; the cases that had hits."""
+    reader_scores = {}
+    with_hits = 0
+    for case in range(cases):
+        clause = random_filter(rng)
+        query = random_query(rng, dim)
+        base = PARAMS[case % len(PARAMS)]
+        params = base.model_copy(update={"filter": Filter.model_validate(clause), "plan": "exact"})
+        result = engine.search(query, params)
+        if not reader_scores:
+            reader_scores["w"] = engine.default_weights()
+        vectors = np.stack([item_vector(engine, item["id"]) for item in items])
+        dense = np.einsum("ij,j->i", vectors, query.dense).astype(np.float32)
+        sparse = np.array([item_sparse(engine, item["id"], query) for item in items], np.float32)
+        whole = params.model_copy(update={"top_k": params.offset + params.top_k, "offset": 0})
+        ids, scores = oracle(items, dense, sparse, clause, whole, reader_scores["w"], engine.manifest.temperature)
+        ids, scores = ids[params.offset:], scores[params.offset:]
+        got = [hit.id for hit in result.hits]
+        ranked = {"dense": "dense", "sparse": "sparse"}.get(params.mode, "fused")
+        assert got == ids, (clause, params.mode, params.fusion)
+        assert np.array_equal(np.array([getattr(h, ranked) for h in result.hits], np.float32),
+                              scores.astype(np.float32)), clause
+        assert result.plan == "exact" and result.rows == sum(passes(clause, item) for item in items)
+        with_hits += bool(got)
+    return with_hits
+
+
+def _located(engine: SearchEngine, item_id: str) -> tuple[Any, int]:
+    for shard in engine.shards:
+        reader = shard.reader  # type: ignore[attr-defined]
+        view = reader.view("images")
+        row = view.row_of(item_id)
+        if row is not None:
+            return view, row
+    raise KeyError(item_id)
+
+
+def item_vector(engine: SearchEngine, item_id: str) -> np.ndarray:
+    view, row = _located(engine, item_id)
+    if row < view.base_count:
+        return np.asarray(view.base.dense[row], np.float32)
+    return np.asarray(view.segment.delta.dense[row - view.base_count], np.float32)
+
+
+def item_sparse(engine: SearchEngine, item_id: str, query: Query) -> float:
+    view, row = _located(engine, item_id)
+    store = view.base if row < view.base_count else view.segment.delta
+    local = row if row < view.base_count else row - view.base_count
+    return float(ExactScores(store, len(engine.encoder.vocabulary)).sparse(query, np.array([local]))[0])
+
+
+def test_filtered_results_equal_the_brute_force_oracle_single_and_sharded(generated: dict[str, Any]) -> None:
+    rng = np.random.default_rng(11)
+    for engine in engines(generated, generated["root"] / "single"):
+        assert check_against_oracle(engine, generated["items"], rng, generated["dim"], 60) >= 30
+
+
+def test_filters_hold_with_deletes_and_rows_written_since(generated: dict[str, Any], tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    shutil.copytree(generated["root"] / "single", single, symlinks=True)
+    live = LiveCollection.open(single, encoder=generated["encoder"])
+    rng = np.random.default_rng(5)
+    items = list(generated["items"])
+    for n in range(0, ITEMS, 9):
+        live.delete(f"i{n}")
+    items = [item for item in items if int(item["id"][1:]) % 9]
+    for n in range(25):  # the delta: images written since, some replacing built ones (a delete and a write)
+        item_id = f"i{n * 7 + 1}" if n % 5 == 0 else f"w{n}"
+        payload = random_payload(rng)
+        live.add_image(noise_png(n), item_id=item_id, metadata=payload)
+        items = [item for item in items if item["id"] != item_id] + [{"id": item_id, "metadata": payload}]
+    try:
+        with live.searching() as engine:
+            assert engine.reader.view("images").segment.delta.count == 25
+            assert check_against_oracle(engine, items, rng, generated["dim"], 60) >= 30
+    finally:
+        live.close()
+
+
+def test_the_index_plan_keeps_to_the_filter(generated: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    items = {item["id"]: item for item in generated["items"]}
+    for engine in engines(generated, generated["root"] / "single"):
+        for case in range(20):
+            clause = random_filter(rng)
+            params = PARAMS[case % len(PARAMS)].model_copy(update={"filter": Filter.model_validate(clause),
+                                                                   "plan": "index"})
+            result = engine.search(random_query(rng, generated["dim"]), params)
+            assert result.plan == "index"
+            assert all(passes(clause, items[hit.id]) for hit in result.hits)
+            allowed = sum(passes(clause, item) for item in items.values())
+            if params.mode == "dense":  # FAISS searches the allowed rows alone: a full page whenever there are
+                assert len(result.hits) == min(params.top_k, max(0, allowed - params.offset))
+
+
+def test_the_planner_chooses_by_the_allowed_rows(generated: dict[str, Any]) -> None:
+    engine = SearchEngine.open(generated["root"] / "single", encoder=generated["encoder"])
+    try:
+        query = random_query(np.random.default_rng(0), generated["dim"])
+        assert engine.search(query, SearchParams()).plan == "exact"  # a small collection: brute force
+        assert engine.search(query, SearchParams(plan="index")).plan == "index"
+        result = engine.search(query, SearchParams(plan="index"))
+        assert {"dense_ms", "sparse_ms", "plan_ms"} <= set(result.timings_ms)
+        assert {"exact_ms", "plan_ms"} <= set(engine.search(query, SearchParams()).timings_ms)
+    finally:
+        engine.close()
+
+
+def test_facets_count_live_items_under_a_filter(generated: dict[str, Any]) -> None:
+    items = generated["items"]
+    clause = {"must": [{"key": "public", "match": {"value": True}}]}
+    for engine in engines(generated, generated["root"] / "single"):
+        counted = {f.value: f.count for f in engine.facets("images", "color", Filter.model_validate(clause))}
+        expected: dict[str, int] = {}
+        for item in items:
+            if passes(clause, item) and "color" in item:
+                expected[item["color"]] = expected.get(item["color"], 0) + 1
+        assert counted == expected
+        tags = {f.value: f.count for f in engine.facets("images", "tags")}
+        assert tags == {t: sum(t in item.get("tags", []) for item in items) for t in TAGS if
+                        any(t in item.get("tags", []) for item in items)}
+        flags = engine.facets("images", "public")
+        assert {f.value for f in flags} <= {True, False} and sum(f.count for f in flags) == sum(
+            "public" in item for item in items)
+        with pytest.raises(PayloadError, match="score: facets count"):
+            engine.facets("images", "score")
+        with pytest.raises(PayloadError, match="nope: no payload index"):
+            engine.facets("images", "nope")
+
+
+@pytest.mark.parametrize(("clause", "field", "message"), [
+    ({"must": [{"key": "nope", "match": {"value": "x"}}]}, "nope", "no payload index on this field"),
+    ({"must": [{"key": "color", "match": {"value": 3}}]}, "color", "a keyword is a string"),
+    ({"must": [{"key": "year", "match": {"value": "1999"}}]}, "year", "is not a number"),
+    ({"should": [{"key": "color", "range": {"gt": 1}}]}, "color", "a range needs an integer, float or datetime"),
+    ({"must": [{"key": "tags", "match": {"any": []}}]}, "tags", "'any' needs at least one value"),
+    ({"must": [{"key": "taken", "range": {"gt": "yesterday"}}]}, "taken", "is not an ISO 8601"),
+    ({"must": [{"key": "public", "match": {"value": 1}}]}, "public", "true or false"),
+    ({"must_not": [{"must": [{"key": "score", "range": {"lt": "high"}}]}]}, "score", "is not a number"),
+])
+def test_a_bad_filter_is_refused_naming_its_field(clause: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(PayloadError, match=message) as refused:
+        compile_filter(Filter.model_validate(clause), check_schema(SCHEMA))
+    assert refused.value.field == field
+
+
+def test_payload_values_are_typed_and_columns_round_trip(tmp_path: Path) -> None:
+    assert stored_value("datetime", "1970-01-01T00:00:01", "t") == 1_000_000
+    assert stored_value("datetime", "1970-01-01T01:00:00+01:00", "t") == 0
+    assert stored_value("integer", 3.0, "n") == 3 and stored_value("keywords", "x", "k") == ("x",)
+    for kind, value in (("integer", 2.5), ("integer", True), ("float", "1"), ("keyword", 1), ("keywords", [1]),
+                        ("bool", 0), ("datetime", 5)):
+        with pytest.raises(PayloadError):
+            stored_value(kind, value, "f")  # type: ignore[arg-type]
+    items = [{"id": "a", "color": "red", "tags": ["x", "y"], "metadata": {"year": 2001}},
+             {"id": "b", "color": None, "tags": []}, {"id": "c", "metadata": {"color": "blue", "public": False}}]
+    schema = check_schema({"color": "keyword", "tags": "keywords", "year": "integer", "public": "bool"})
+    index = PayloadIndex.from_items(schema, items)
+    index.save(tmp_path / "payload.npz")
+    assert PayloadIndex.load(tmp_path / "payload.npz", schema, 3).equals(index)
+    with pytest.raises(PayloadError, match="item 'z'"):
+        PayloadIndex.from_items(schema, [{"id": "z", "year": "soon"}])
+    with pytest.raises(PayloadError, match="reserved"):
+        check_schema({"text": "keyword"})
+    assert inferred_schema([{"a": 1, "b": "x", "c": [1], "d": 1.5, "e": True, "f": ["x"]},
+                            {"a": 2.5, "b": ["y"], "d": 2, "g": None}]) == {
+        "a": "float", "b": "keywords", "d": "float", "e": "bool", "f": "keywords"}
+
+
+def test_verify_checks_the_payload_index_and_writes_are_typed(generated: dict[str, Any], tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    shutil.copytree(generated["root"] / "single", single, symlinks=True)
+    assert verify_index(single)["sides"]["images"]["payload_fields"] == len(SCHEMA)
+    live = LiveCollection.open(single, encoder=generated["encoder"])
+    try:
+        with pytest.raises(ValueError, match="metadata.year: integer field"):
+            live.add_image(noise_png(1), item_id="typed", metadata={"year": "2001"})
+        assert live.reader.view("images").row_of("typed") is None  # refused before the log: nothing written
+    finally:
+        live.close()
+    payload = next((single / "current").resolve().glob("images/payload.npz"))
+    payload.chmod(0o644)
+    payload.write_bytes(payload.read_bytes()[:-8])
+    with pytest.raises(IndexUnavailableError):
+        verify_index(single)
