@@ -159,10 +159,12 @@ class KeywordColumn:
 
     def codes_of(self, values: Iterable[str]) -> np.ndarray:
         """The codes of the values this column has (values it never saw have none)."""
-        wanted = np.asarray(list(values), dtype=self.vocabulary.dtype if self.vocabulary.size else str)
+        if not self.vocabulary.size:  # no row holds any value (a side with no items yet)
+            return np.zeros(0, np.int32)
+        wanted = np.asarray(list(values), dtype=str)
         at = np.searchsorted(self.vocabulary, wanted)
         found = (at < self.vocabulary.size) & (self.vocabulary[np.minimum(at, self.vocabulary.size - 1)] == wanted)
-        return at[found].astype(np.int32) if self.vocabulary.size else np.zeros(0, np.int32)
+        return at[found].astype(np.int32)
 
     def rows_with(self, values: Iterable[str]) -> np.ndarray:
         """A mask of the rows holding any of ``values``."""
@@ -196,9 +198,10 @@ class ValueColumn:
     def present(self) -> np.ndarray:
         return self.present_mask
 
-    def counts(self, rows: np.ndarray) -> dict[str, int]:
+    def counts(self, rows: np.ndarray) -> dict[int | float, int]:
+        """How many of ``rows`` (a mask) hold each value (as stored: a bool's is 0 or 1)."""
         values, counted = np.unique(self.values[rows & self.present_mask], return_counts=True)
-        return {str(v): int(c) for v, c in zip(values.tolist(), counted.tolist(), strict=True)}
+        return dict(zip(values.tolist(), counted.tolist(), strict=True))
 
 
 Column = KeywordColumn | ValueColumn

@@ -2,12 +2,16 @@
 is a collection of one shard, and every search goes the same way.
 
 A query (text or image) is encoded once by the checkpoint the collection was built with, then searched on one side:
-  gather  every shard, at once, runs the mode's legs over its rows (indexer/index_reader.py):
-            dense   FAISS top-k;
-            sparse  Lucene impact top-k with the query's own quantised term weights;
-            hybrid  the top candidate_k of each leg;
-          and rescores every candidate exactly on both legs (dense dot product from the stored vectors, sparse dot
-          product from the forward store);
+  gather  every shard, at once, plans its search from the exact number of rows it may return (its live rows, or
+          those the search's filter allows: indexer/planner.py) and runs it (indexer/index_reader.py):
+            exact   at or under 10,000 such rows: every one scored exactly on both legs, each leg's exact top;
+            index   the mode's legs over their indexes, the filter inside (FAISS skips rows outside it, Lucene's
+                    answer is filtered with an over-fetch), the delta as one more leg:
+                      dense   FAISS top-k;
+                      sparse  Lucene impact top-k with the query's own quantised term weights;
+                      hybrid  the top candidate_k of each leg;
+                    every candidate rescored exactly on both legs (dense dot product from the stored vectors, sparse
+                    dot product from the forward store);
   merge   each leg's global top candidates across shards (indexer/merge.py);
   rank    their union by the paper's integrated score w_dense * dense / temperature + w_sparse * sparse, by
           reciprocal-rank fusion, or by one leg's exact score (single-leg modes), ties by collection position;
@@ -79,8 +83,8 @@ class SearchResult:
 
     @property
     def plan(self) -> str:
-        """The plan every shard chose, or ``mixed``."""
-        return next(iter(self.plans)) if len(self.plans) == 1 else "mixed"
+        """The plan every shard chose, ``mixed`` when they differed (``none``: no shard answered)."""
+        return next(iter(self.plans)) if len(self.plans) == 1 else "mixed" if self.plans else "none"
 
 
 FACET_TYPES = ("keyword", "keywords", "bool", "integer")  # fields whose values are counted

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo: train the default checkpoint if none exists, build the Flickr8k indexes if they are missing or bound to
-# another checkpoint, then serve the API and the web page on http://127.0.0.1:8000 (Ctrl-C stops it).
+# The demo: train the default checkpoint if none exists, build the Flickr8k indexes if they are missing, bound to
+# another checkpoint or without payload indexes, then serve the API and the web page on http://127.0.0.1:8000 (Ctrl-C stops it).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/flickr8k}
@@ -15,7 +15,9 @@ CKPT="$RUNS/grounded/best"  # the default model: grounded sparse terms (readable
 # shellcheck source=scripts/default_model.sh
 source "$(dirname "$0")/default_model.sh"
 
-if ! "$PY" -m indexer --log-level WARNING verify --index "$INDEX" --checkpoint "$CKPT" > /dev/null 2>&1; then
+# rebuilt too when it predates payload indexes (the page's filters need the photos' fields)
+if ! report=$("$PY" -m indexer --log-level WARNING verify --index "$INDEX" --checkpoint "$CKPT" 2> /dev/null) \
+    || ! grep -q '"payload_fields": [1-9]' <<< "$report"; then
   echo "== building the indexes of $DATA ($SPLITS) into $INDEX"
   "$PY" -m indexer build --checkpoint "$CKPT" --data "$DATA" --splits "$SPLITS" --out "$INDEX"
 fi

@@ -108,13 +108,34 @@ def with_limits(document: dict[str, Any], settings: ServiceSettings) -> dict[str
     return document
 
 
+def with_shared_definitions(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with the definitions hand-written bodies carry (a model's ``$defs``: e.g. the recursive search
+    filter) moved into ``components/schemas``, and their references pointed there: ``#/$defs/...`` means nothing
+    inside an OpenAPI document."""
+    document = copy.deepcopy(document)
+    shared = document.setdefault("components", {}).setdefault("schemas", {})
+    for node in list(_objects(document.get("paths", {}))):
+        definitions = node.pop("$defs", None)
+        if isinstance(definitions, dict):
+            for name, definition in definitions.items():
+                shared.setdefault(name, definition)
+    for node in _objects(document):
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith(LOCAL_DEFINITIONS):
+            node["$ref"] = "#/components/schemas/" + reference.removeprefix(LOCAL_DEFINITIONS)
+    return document
+
+
+LOCAL_DEFINITIONS = "#/$defs/"
+
+
 def install_openapi(app: FastAPI, settings: ServiceSettings) -> None:
     """``app.openapi()`` gives the document with this server's limits (built once)."""
     build: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_limits(build(), settings)
+            app.openapi_schema = with_limits(with_shared_definitions(build()), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -384,6 +384,12 @@ def test_payload_values_are_typed_and_columns_round_trip(tmp_path: Path) -> None
     index = PayloadIndex.from_items(schema, items)
     index.save(tmp_path / "payload.npz")
     assert PayloadIndex.load(tmp_path / "payload.npz", schema, 3).equals(index)
+    empty = PayloadIndex.from_items(schema, [])  # a side with no items yet: every filter matches nothing
+    assert not empty.column("color").rows_with(["red"]).size and empty.column("color").counts(np.zeros(0, bool)) == {}
+    unset = PayloadIndex.from_items(schema, [{"id": "u"}])
+    assert not unset.column("color").rows_with(["red"]).any()
+    flags = PayloadIndex.from_items(schema, [{"id": "t", "public": True}, {"id": "f", "public": False}, {"id": "n"}])
+    assert flags.column("public").counts(np.ones(3, bool)) == {0: 1, 1: 1}
     with pytest.raises(PayloadError, match="item 'z'"):
         PayloadIndex.from_items(schema, [{"id": "z", "year": "soon"}])
     with pytest.raises(PayloadError, match="reserved"):

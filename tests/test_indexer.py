@@ -218,15 +218,19 @@ def test_the_build_stages_are_functions_composing_to_build_index(tiny_checkpoint
     assert images.items[0]["split"] == "test" and len(images.items[0]["captions"]) == 5
     whole = encoder.encode_image_features(features.images)  # batching does not change the vectors
     assert np.allclose(images.encoded.dense, whole.dense, atol=1e-6)
-    assert encoded.sides["texts"].items[0] == {"id": f"{images.items[0]['id']}#0",
-                                               "text": collection.texts[0].text, "image_id": images.items[0]["id"]}
+    # a caption carries its image's payload (split, file size, pixel size)
+    fields = {k: v for k, v in images.items[0].items() if k not in ("id", "path", "captions")}
+    assert {"split", "file_bytes", "width", "height", "orientation"} <= set(fields)
+    assert encoded.sides["texts"].items[0] == {"id": f"{images.items[0]['id']}#0", "text": collection.texts[0].text,
+                                               "image_id": images.items[0]["id"], **fields}
 
     staged = tmp_path / "staged"
-    written = write_side(staged / "images", images, faiss_factory="Flat", sparse_scale=100.0, threads=1)
+    written = write_side(staged / "images", images, faiss_factory="Flat", sparse_scale=100.0, threads=1,
+                         payload=collection.payload)
     assert written.manifest.count == written.manifest.lucene_docs == 16
     assert {"items.jsonl", "dense.npy", "dense.faiss", "sparse.indptr.npy"} <= set(written.manifest.files)
-    assert set(written.timings) == {"images_dense_seconds", "images_sparse_collection_seconds",
-                                    "images_sparse_seconds"}
+    assert set(written.timings) == {"images_dense_seconds", "images_payload_seconds",
+                                    "images_sparse_collection_seconds", "images_sparse_seconds"}
     assert SideStore.load(staged / "images", "images", written.manifest).ids == [i.id for i in collection.images]
 
     binding = copy_checkpoint(encoder, tiny_checkpoint, staged)

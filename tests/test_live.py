@@ -96,7 +96,8 @@ def test_an_added_image_is_found_in_every_mode_with_exact_scores(live: LiveColle
     assert {"new.png#0", "new.png#1"} <= set(every_hit(engine, query, "texts", "hybrid"))
     text_query = engine.encode_text("a red square on blue")
     assert "new.png" in every_hit(engine, text_query, "images", "sparse")
-    assert engine.item("new.png#1") == ("texts", {"id": "new.png#1", "text": "a green dot", "image_id": "new.png"})
+    assert engine.item("new.png#1") == ("texts", {"id": "new.png#1", "text": "a green dot", "image_id": "new.png",
+                                                  "metadata": {"source": "upload"}})  # its image's, as a built one
     path = live.image_path("images", engine.item("new.png")[1])
     assert path is not None and path.read_bytes() == data
 

@@ -315,10 +315,10 @@ def test_lucene_runs_under_the_java_lock_and_a_closed_engine_lets_go_of_it(
     query = follower.engine.encode_text("a red square on blue")
     with follower.searching() as engine:
         for mode in ("sparse", "hybrid"):
-            assert len(engine.search(query, SearchParams(side="images", mode=mode, top_k=5)).hits) == 5
+            assert len(engine.search(query, SearchParams(side="images", mode=mode, top_k=5, plan="index")).hits) == 5
     assert held and all(held)
     engine = SearchEngine.open(index_copy, encoder=follower.engine.encoder)
     engine.close()
     assert engine.reader.lucene == {}
     with pytest.raises(IndexUnavailableError, match="closed"):
-        engine.search(query, SearchParams(side="images", mode="sparse"))
+        engine.search(query, SearchParams(side="images", mode="sparse", plan="index"))

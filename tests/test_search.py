@@ -149,8 +149,9 @@ def test_batched_search_equals_single_queries(engine: SearchEngine, mode: str) -
 def test_pruned_lucene_queries_still_score_exactly(engine: SearchEngine) -> None:
     query = engine.encode_text("a red dot on black")
     assert query.term_ids.size > 3
-    pruned = engine.search(query, SearchParams(mode="sparse", top_k=5, candidate_k=32, sparse_query_terms=3))
-    full = engine.search(query, SearchParams(mode="sparse", top_k=5, sparse_query_terms=0))
+    pruned = engine.search(query, SearchParams(mode="sparse", top_k=5, candidate_k=32, sparse_query_terms=3,
+                                               plan="index"))
+    full = engine.search(query, SearchParams(mode="sparse", top_k=5, sparse_query_terms=0, plan="index"))
     store = engine.reader.stores["images"]
     for hit in pruned.hits:  # scores use the full query whatever reached Lucene
         exact = ExactScores(store, engine.reader.vocab_size).sparse(query, np.array([store.row_of[hit.id]]))[0]

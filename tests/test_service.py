@@ -66,7 +66,11 @@ def test_text_search_returns_scored_hits_with_explanations(tiny_server: Server) 
         assert hit["metadata"]["image_url"].startswith("/v1/items/")
         assert sum(m["contribution"] for m in hit["explanation"]["matched_terms"]) == pytest.approx(
             hit["scores"]["sparse"], rel=1e-4)
-    assert {"encode", "dense_ms", "sparse_ms", "rescore_ms", "total"} <= set(body["timings_ms"])
+    # a small collection: every row scored exactly (indexer/planner.py); through the indexes when asked
+    assert {"encode", "plan_ms", "exact_ms", "total"} <= set(body["timings_ms"]) and body["plan"] == "exact"
+    indexed = tiny_server.post_json("/v1/search", {"text": "a red square", "top_k": 5, "plan": "index"}).json()
+    assert {"dense_ms", "sparse_ms", "rescore_ms"} <= set(indexed["timings_ms"]) and indexed["plan"] == "index"
+    assert [h["id"] for h in indexed["hits"]] == [h["id"] for h in body["hits"]]
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])

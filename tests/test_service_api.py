@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -230,7 +231,7 @@ def test_text_search_has_the_documented_shape(client: TestClient, engine: FakeEn
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert set(body) == {"request_id", "query", "side", "mode", "fusion", "weights", "top_k", "offset",
-                         "candidates", "hits", "timings_ms", "warnings"}
+                         "candidates", "hits", "timings_ms", "warnings", "plan", "plans", "rows"}
     assert body["request_id"] == reply.headers["x-request-id"]
     assert body["query"] == {"kind": "text", "text": "a Red square",
                              "terms": [{"term": "red", "weight": 1.0}, {"term": "square", "weight": 0.5}]}
@@ -330,7 +331,8 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/search" in page.text and "/v1/collections" in page.text
     schema = client.get("/openapi.json").json()
-    collection_routes = {"/v1/search", "/v1/items/{item_id}/image", "/v1/items/{item_id}", "/v1/items", "/v1/compact"}
+    collection_routes = {"/v1/search", "/v1/facets/{field}", "/v1/items/{item_id}/image", "/v1/items/{item_id}",
+                         "/v1/items", "/v1/compact"}
     assert set(schema["paths"]) == {
         *collection_routes, *(path.replace("/v1", "/v1/collections/{collection}", 1) for path in collection_routes),
         "/v1/indexes", "/healthz", "/readyz", "/metrics", "/v1/collection", "/v1/collections",
@@ -338,6 +340,11 @@ def test_meta_endpoints(client: TestClient, app: FastAPI, engine: FakeEngine, se
         "/v1/collections/{collection}/snapshots/{snapshot}"}
     assert set(schema["paths"]["/v1/search"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
+    # the body's own definitions (the recursive filter) are shared components, and every reference resolves
+    assert {"Filter", "FieldCondition", "HasId", "MatchSpec", "RangeSpec"} <= set(schema["components"]["schemas"])
+    references = re.findall(r'"\$ref": "([^"]+)"', json.dumps(schema))
+    assert references and all(r.removeprefix("#/components/schemas/") in schema["components"]["schemas"]
+                              for r in references)
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
     assert client.get("/redoc").status_code == 200

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
 import pytest
 
@@ -119,6 +120,101 @@ def test_search_url_is_shareable_and_back_restores_it(browser, tiny_server: Serv
     assert not browser.execute_script(
         "return [...document.querySelectorAll('*')].some(e => [...e.attributes].some(a => /^on/i.test(a.name)))")
     assert not re.search(r"javascript:|\beval\(|new Function", browser.page_source)
+
+
+def test_filters_narrow_the_search_and_travel_in_the_url(browser, tiny_server: Server,  # type: ignore[no-untyped-def]
+                                                         synthetic_dataset: Path) -> None:
+    """The Filters section is the collection's payload schema: split listed with its facet counts, a many-valued
+    integer as min/max. Picking split=val narrows a text search to val items (the plan and rows shown), the URL keeps
+    the filter and a reload restores it; an image query is filtered too; a refused filter's message is shown; clear
+    filters empties it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    facets = tiny_server.request("GET", "/v1/facets/split?side=images").json()["values"]
+    counts = {f["value"]: f["count"] for f in facets}
+    assert set(counts) == {"test", "val"}
+
+    def listed(field: str) -> dict[str, str]:
+        """A listed field's values as shown: value -> its count's text."""
+        labels = browser.find_elements(By.CSS_SELECTOR, f'.filter[data-field="{field}"] .values label')
+        return {str(label.get_attribute("data-value")): label.find_element(By.CLASS_NAME, "count").text
+                for label in labels}
+
+    def box(field: str, value: str):  # type: ignore[no-untyped-def]
+        return browser.find_element(By.CSS_SELECTOR, f'.filter[data-field="{field}"] label[data-value="{value}"] input')
+
+    def toggle(field: str, value: str) -> None:
+        """Click a value's checkbox (the lists are re-rendered as counts arrive: a box may have just been replaced)."""
+        wait.until(lambda _: box(field, value).click() or True)
+
+    def finished() -> list[str]:
+        """The hits' ids once the status reports a filtered search."""
+        wait.until(lambda d: "match the filter" in d.find_element(By.ID, "status").text)
+        return [str(hit.get_attribute("data-id")) for hit in browser.find_elements(By.CSS_SELECTOR, "#results .hit")]
+
+    def split_of(item_id: str) -> str:
+        return str(tiny_server.request("GET", "/v1/items/" + item_id.split("#")[0]).json()["split"])
+
+    browser.get(tiny_server.base + "/")
+    wait.until(lambda _: listed("split") == {value: f"({count})" for value, count in counts.items()})
+    file_bytes = browser.find_elements(By.CSS_SELECTOR, '.filter[data-field="file_bytes"] input[type=number]')
+    assert [i.get_attribute("placeholder") for i in file_bytes] == ["min", "max"]  # many values: a range
+    assert not browser.find_element(By.ID, "clear-filters").is_enabled()
+
+    toggle("split", "val")
+    # The other fields' counts follow the filter (a field's own counts do not: its other values stay choosable).
+    wait.until(lambda _: listed("orientation") == {"square": f"({counts['val']})"})
+    assert listed("split") == {value: f"({count})" for value, count in counts.items()}
+    browser.find_element(By.ID, "text").send_keys("a red square on blue")
+    browser.find_element(By.ID, "search").click()
+    ids = finished()
+    assert len(ids) == counts["val"] < 24  # every val image, and nothing else
+    assert {split_of(i) for i in ids} == {"val"}
+    chips = browser.find_elements(By.CSS_SELECTOR, "#results .hit .chips.payload .chip")
+    assert len(chips) == len(ids) and {c.text for c in chips} == {"split: val"}
+    assert re.search(rf"· (exact|index|mixed) plan · {counts['val']} items match the filter",
+                     browser.find_element(By.ID, "status").text)
+    query = parse_qs(urlparse(browser.current_url).query)
+    assert json.loads(query["filter"][0]) == {"must": [{"key": "split", "match": {"value": "val"}}]}
+    assert query["q"] == ["a red square on blue"]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / "web-page-filters.png"))
+
+    # The link restores the filter: a reload shows it chosen and runs the same filtered search.
+    browser.refresh()
+    assert finished() == ids
+    wait.until(lambda _: box("split", "val").is_selected() and not box("split", "test").is_selected())
+    assert browser.find_element(By.ID, "clear-filters").is_enabled()
+
+    # An image query (a multipart form) is filtered too: now the test split.
+    toggle("split", "val")
+    toggle("split", "test")  # each change searches again
+    wait.until(lambda d: '"value":"test"' in unquote(d.current_url))
+    assert {split_of(i) for i in finished()} == {"test"}
+    browser.find_element(By.ID, "text").clear()
+    browser.find_element(By.ID, "image").send_keys(str(synthetic_dataset / "images" / "img_0001.jpg"))
+    wait.until(lambda d: "q=" not in d.current_url)
+    image_ids = finished()
+    assert len(image_ids) == counts["test"] and {split_of(i) for i in image_ids} == {"test"}
+    assert "filter=" in browser.current_url
+
+    # A filter the service refuses: its message, naming the field, in the error area; kept apart from the controls.
+    bad = {"must": [{"key": "no_such_field", "match": {"value": "x"}}]}
+    browser.get(tiny_server.base + "/?" + urlencode({"q": "a green dot", "filter": json.dumps(bad)}))
+    wait.until(lambda d: "no_such_field" in d.find_element(By.ID, "status").text)
+    status = browser.find_element(By.ID, "status")
+    assert status.get_attribute("class") == "error" and "no payload index" in status.text
+    assert "no_such_field" in browser.find_element(By.ID, "filter-extra").text
+
+    # Clear filters: none left, in the page or its URL, and the search runs unfiltered.
+    browser.find_element(By.ID, "clear-filters").click()
+    wait.until(lambda d: "candidates · hybrid ·" in d.find_element(By.ID, "status").text)
+    assert "match the filter" not in browser.find_element(By.ID, "status").text
+    assert "filter=" not in browser.current_url and not browser.find_elements(By.ID, "filter-extra")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .hit")) == 24
 
 
 def test_api_docs_render_offline(browser, tiny_server: Server) -> None:  # type: ignore[no-untyped-def]

@@ -123,7 +123,8 @@ async def search(request: Request, engine: EngineDep, reader: ReaderDep, setting
 
 @router.get("/v1/facets/{field}", response_model=FacetsResponse, responses=errors_of(401, 403, 422, 503),
             dependencies=[Depends(require_read_key)], openapi_extra={"security": READ_SECURITY})
-async def facets(field: Annotated[str, PathParam(description="A keyword, keywords, bool or integer payload field.")],
+async def facets(field: Annotated[str, PathParam(description="A keyword, keywords, bool or integer payload field.",
+                                                 max_length=64)],
                  reader: ReaderDep, worker: WorkerDep, ticket: TicketDep,
                  side: Annotated[Side, Query(description="The side whose items are counted.")] = "images",
                  filter: Annotated[str | None, Query(description="A search filter, as JSON: only items passing it "
