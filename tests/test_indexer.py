@@ -316,12 +316,15 @@ def test_folder_collection_with_metadata(tmp_path: Path, tiny_checkpoint: Path) 
     for name, color in (("a.png", "red"), ("b.jpg", "blue"), ("sub/c.png", "green")):
         Image.new("RGB", (40, 30), color).save(folder / name)
     (folder / "metadata.jsonl").write_text(
-        json.dumps({"file": "a.png", "captions": ["a red picture"], "source": "test"}) + "\n"
-        + json.dumps({"file": "sub/c.png", "captions": ["green", "all green"]}) + "\n")
+        json.dumps({"file": "a.png", "captions": ["a red picture"], "source": "test", "year": 2020,
+                    "taken": "2020-05-01T10:00:00"}) + "\n"
+        + json.dumps({"file": "sub/c.png", "captions": ["green", "all green"], "year": 2021, "tags": ["x"]}) + "\n")
     collection = load_folder_collection(folder)
     assert [i.id for i in collection.images] == ["a.png", "b.jpg", "sub/c.png"]
     assert [t.id for t in collection.texts] == ["a.png#0", "sub/c.png#0", "sub/c.png#1"]
-    assert collection.images[0].metadata == {"source": "test"}
+    assert collection.images[0].metadata == {"source": "test", "year": 2020, "taken": "2020-05-01T10:00:00"}
+    # the fields it holds, by the JSON type each holds (a datetime is never guessed: declare it)
+    assert collection.payload == {"source": "keyword", "year": "integer", "taken": "keyword", "tags": "keywords"}
     inputs = collection.feature_inputs  # a folder is listed as one split, "all", and named by its listing
     assert (inputs.dataset, inputs.origin, inputs.splits) == (collection.name, str(folder / "metadata.jsonl"), ("all",))
     assert [(t.id, t.image_id) for t in inputs.texts] == [(0, 0), (1, 2), (2, 2)]
@@ -330,6 +333,17 @@ def test_folder_collection_with_metadata(tmp_path: Path, tiny_checkpoint: Path) 
                          "--cache-root", str(tmp_path / "cache")]) == 0
     manifest = read_manifest(out)
     assert manifest.sides["images"].count == 3 and manifest.sides["texts"].count == 3
+    assert manifest.payload == collection.payload
+    declared = tmp_path / "declared"
+    assert indexer_main(["build", "--checkpoint", str(tiny_checkpoint), "--folder", str(folder), "--out",
+                         str(declared), "--cache-root", str(tmp_path / "cache"),
+                         "--payload", "taken:datetime,year:integer"]) == 0
+    assert read_manifest(declared).payload == {"taken": "datetime", "year": "integer"}
+    # a declared type the items do not hold stops the build, naming the item and field; nothing is published
+    assert indexer_main(["build", "--checkpoint", str(tiny_checkpoint), "--folder", str(folder), "--out",
+                         str(tmp_path / "refused"), "--cache-root", str(tmp_path / "cache"),
+                         "--payload", "source:integer"]) == 2
+    assert not (tmp_path / "refused" / "current").exists()
 
 
 def test_malformed_folder_metadata_names_the_line(tmp_path: Path) -> None:

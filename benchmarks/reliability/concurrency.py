@@ -65,7 +65,9 @@ class Version:
         if item_id == self.record["id"]:
             return self.record
         n = int(item_id.rsplit("#", 1)[1])
-        return {"id": item_id, "text": self.captions[n], "image_id": self.record["id"]}
+        metadata = self.record.get("metadata")  # a caption carries its image's
+        return {"id": item_id, "text": self.captions[n], "image_id": self.record["id"],
+                **({"metadata": metadata} if metadata else {})}
 
 
 @dataclass
