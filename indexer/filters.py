@@ -9,10 +9,11 @@ condition C is
   {"key": "year", "range": {"gte": 2010, "lt": 2020}}   gt, gte, lt, lte; a datetime's bounds in ISO 8601
   {"key": "year", "exists": true}                       the item has the field (false: it has not)
   {"has_id": ["id1", "id2"]}                            the item is one of these
-or a nested filter. A condition on a field the collection has no payload index for, a value of the field's wrong
-type, a range over a keyword and an empty ``any`` are refused (``PayloadError``, naming the field) before any shard
-is asked. ``compile_filter`` checks a filter against a schema once; ``CompiledFilter.mask`` evaluates it over the
-rows of a part of a side (a published index, or the rows written since) as a boolean mask.
+or a nested clause (two deep below the top one). A condition on a field the collection has no payload index for, a
+value of the field's wrong type, a range over a keyword and an empty ``any`` are refused (``PayloadError``, naming
+the field) before any shard is asked. ``compile_filter`` checks a filter against a schema once;
+``CompiledFilter.mask`` evaluates it over the rows of a part of a side (a published index, or the rows written since)
+as a boolean mask.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from indexer.payload import (
 
 MAX_VALUES: Final = 1_000  # values of one ``any``, ids of one ``has_id``
 MAX_CONDITIONS: Final = 64  # conditions in one clause
-MAX_DEPTH: Final = 4  # nested clauses
 
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 
@@ -94,16 +94,34 @@ class HasId(_Strict):
     has_id: list[StrictStr] = Field(min_length=1, max_length=MAX_VALUES, description="Items with these ids.")
 
 
+# Clauses nest two deep below the top one, each level its own model: a finite schema (a recursive one makes a
+# schema-driven client or test generator unfold it without end) that still says (a or b) and not (c and (d or e)).
+class InnerFilter(_Strict):
+    """A clause of conditions (the deepest level): must, should, must_not."""
+
+    must: list[FieldCondition | HasId] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    should: list[FieldCondition | HasId] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must_not: list[FieldCondition | HasId] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+
+
+class NestedFilter(_Strict):
+    """A clause of conditions and clauses: must, should, must_not."""
+
+    must: list[FieldCondition | HasId | InnerFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    should: list[FieldCondition | HasId | InnerFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must_not: list[FieldCondition | HasId | InnerFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+
+
 class Filter(_Strict):
     """must: all hold; should: at least one holds (when given); must_not: none holds."""
 
-    must: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
-    should: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
-    must_not: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must: list[FieldCondition | HasId | NestedFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    should: list[FieldCondition | HasId | NestedFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    must_not: list[FieldCondition | HasId | NestedFilter] = Field(default_factory=list, max_length=MAX_CONDITIONS)
 
 
-Condition = FieldCondition | HasId | Filter
-Filter.model_rebuild()
+Clause = Filter | NestedFilter | InnerFilter
+Condition = FieldCondition | HasId | NestedFilter | InnerFilter
 
 
 # ----- compiled -----
@@ -186,12 +204,10 @@ def _has_id(ids: Sequence[str]) -> Evaluate:
     return evaluate
 
 
-def _clause(filter_: Filter, schema: PayloadSchema, depth: int) -> Evaluate:
-    if depth > MAX_DEPTH:
-        raise PayloadError("filter", f"clauses nest at most {MAX_DEPTH} deep")
-    must = [_condition(c, schema, depth) for c in filter_.must]
-    should = [_condition(c, schema, depth) for c in filter_.should]
-    must_not = [_condition(c, schema, depth) for c in filter_.must_not]
+def _clause(filter_: Clause, schema: PayloadSchema) -> Evaluate:
+    must = [_condition(c, schema) for c in filter_.must]
+    should = [_condition(c, schema) for c in filter_.should]
+    must_not = [_condition(c, schema) for c in filter_.must_not]
 
     def evaluate(part: Part) -> np.ndarray:
         mask = np.ones(part.rows, bool)
@@ -208,9 +224,9 @@ def _clause(filter_: Filter, schema: PayloadSchema, depth: int) -> Evaluate:
     return evaluate
 
 
-def _condition(condition: Condition, schema: PayloadSchema, depth: int) -> Evaluate:
-    if isinstance(condition, Filter):
-        return _clause(condition, schema, depth + 1)
+def _condition(condition: Condition, schema: PayloadSchema) -> Evaluate:
+    if isinstance(condition, NestedFilter | InnerFilter):
+        return _clause(condition, schema)
     if isinstance(condition, HasId):
         return _has_id(condition.has_id)
     field = condition.key
@@ -238,7 +254,7 @@ class CompiledFilter:
 
 def compile_filter(filter_: Filter, schema: PayloadSchema) -> CompiledFilter:
     """Check ``filter_`` against the schema (``PayloadError`` naming the field) and compile it."""
-    return CompiledFilter(filter_, _clause(filter_, schema, 0))
+    return CompiledFilter(filter_, _clause(filter_, schema))
 
 
 def is_empty(filter_: Filter | None) -> bool:

@@ -113,5 +113,5 @@ def test_what_the_hostile_writes_leave_behind_still_loads(hostile: PartResult) -
 
 def test_schemathesis_with_every_check_finds_nothing(fuzz: PartResult) -> None:
     runner = fuzz.figures["all_checks"]
-    assert goal(fuzz, "schemathesis --checks all").met, runner
+    assert goal(fuzz, "schemathesis --checks all").met, (runner, fuzz.findings)
     assert set(runner["phases"].values()) <= {"success", "skip"} and runner["test_cases"]["generated"] > 100

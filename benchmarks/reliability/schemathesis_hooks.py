@@ -13,9 +13,11 @@ anyone running the CLI, ``SCHEMATHESIS_HOOKS=benchmarks.reliability.schemathesis
   the body matches the other; and it reports a "negative" case that no mutation reached (it labels such a case a
   positive test case itself). Failures of cases whose every mutation is of the first two kinds, or that have none,
   and only those, are dropped here (``filter_failure``).
-- Words the index does not know. A sparse-mode search whose text has no word of the index's vocabulary is a 422
-  ``empty_sparse_query`` (README): a statement about the text's content, as a 404 is about an id, which no schema
-  can describe. ``positive_data_acceptance`` failures with that answer, and only those, are dropped too.
+- What the collection holds. A sparse-mode search whose text has no word of the index's vocabulary is a 422
+  ``empty_sparse_query``, and a filter on a field the collection does not index (or with a value of the field's
+  other type) a 422 ``invalid_filter`` (README): statements about the collection's content, as a 404 is about an
+  id, which no schema can describe. ``positive_data_acceptance`` failures with those answers, and only those, are
+  dropped too.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def with_image_samples(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 FORM_TEXT_TYPES = {"string", "array"}  # a text part, or repeated text parts
-EMPTY_SPARSE_QUERY = "empty_sparse_query"
+ABOUT_THE_COLLECTION = frozenset({"empty_sparse_query", "invalid_filter"})
 
 
 def _form_text_retyped(mutation: Any) -> bool:
@@ -111,13 +113,14 @@ def only_unseen_mutations(case: Any) -> bool:
     return all((form and _form_text_retyped(m)) or _inside_one_of(m) for m in mutations)
 
 
-def no_sparse_word(response: Any) -> bool:
-    """A 422 saying a sparse-mode text has no word the index knows: an answer about the text's content, which no
-    schema can describe (as a 404 is about an id), not a refusal of the request's form."""
+def about_the_collection(response: Any) -> bool:
+    """A 422 saying a sparse-mode text has no word the index knows, or a filter names a field the collection does
+    not index (or gives it a value of another type): an answer about the collection's content, which no schema can
+    describe (as a 404 is about an id), not a refusal of the request's form."""
     if response.status_code != 422:
         return False
     try:
-        return bool(response.json()["error"]["code"] == EMPTY_SPARSE_QUERY)
+        return response.json()["error"]["code"] in ABOUT_THE_COLLECTION
     except (ValueError, KeyError, TypeError):
         return False
 
@@ -136,7 +139,7 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         return not only_unseen_mutations(case)
     if isinstance(failure, EnsureResourceAvailability) and spells_a_percent_escape(case):
         return False
-    return not (isinstance(failure, RejectedPositiveData) and no_sparse_word(response))
+    return not (isinstance(failure, RejectedPositiveData) and about_the_collection(response))
 
 
 def _is_image(data: Any) -> bool:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from indexer.catalog import NAME_PATTERN, AliasInUseError, CollectionExistsError, CollectionNotFoundError
-from indexer.payload import FieldType, PayloadError, check_schema
+from indexer.payload import FIELD_NAME_PATTERN, RESERVED_FIELDS, FieldType, PayloadError, check_schema
 from indexer.snapshots import (
     RestoreTargetExistsError,
     SnapshotError,
@@ -66,7 +66,10 @@ class CreateCollection(Strict):
     snapshot: SnapshotRef | None = Field(None, description="Restore this snapshot (checksums verified).")
     payload: dict[str, FieldType] = Field(default_factory=dict, description="The payload fields to index for "
                                           "filtered search, name -> type (keyword, keywords, integer, float, "
-                                          "datetime, bool); a write's metadata is checked against them.")
+                                          "datetime, bool); a write's metadata is checked against them.",
+                                          json_schema_extra={"propertyNames": {
+                                              "pattern": FIELD_NAME_PATTERN,
+                                              "not": {"enum": sorted(RESERVED_FIELDS)}}})
 
     @field_validator("payload")
     @classmethod
