@@ -47,8 +47,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _given(names: tuple[str, ...], *, exactly_one: bool) -> Callable[[dict[str, Any]], None]:
+    """A model's JSON schema stating what its validator checks: ``names`` are given (not null), exactly one of them
+    or at least one."""
+    def edit(schema: dict[str, Any]) -> None:
+        for name in names:
+            field = schema["properties"][name]
+            options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+            field.pop("default", None)
+            field.update(options[0] if len(options) == 1 else {"anyOf": options})
+        branches: list[dict[str, Any]] = [{"required": [name]} for name in names]
+        if exactly_one:
+            branches = [{**branch, "not": {"anyOf": [{"required": [other]} for other in names if other != name]}}
+                        for branch, name in zip(branches, names, strict=True)]
+            schema["oneOf"] = branches
+        else:
+            schema["anyOf"] = branches
+    return edit
+
+
 class MatchSpec(_Strict):
     """A value, or any of several."""
+
+    model_config = ConfigDict(json_schema_extra=_given(("value", "any"), exactly_one=True))
 
     value: Scalar | None = None
     any: list[Scalar] | None = Field(None, max_length=MAX_VALUES)
@@ -62,6 +83,8 @@ class MatchSpec(_Strict):
 
 class RangeSpec(_Strict):
     """Bounds of a numeric or datetime field (datetimes as ISO 8601 strings)."""
+
+    model_config = ConfigDict(json_schema_extra=_given(("gt", "gte", "lt", "lte"), exactly_one=False))
 
     gt: StrictInt | StrictFloat | StrictStr | None = None
     gte: StrictInt | StrictFloat | StrictStr | None = None
@@ -77,6 +100,8 @@ class RangeSpec(_Strict):
 
 class FieldCondition(_Strict):
     """One field's condition: ``match``, ``range`` or ``exists``."""
+
+    model_config = ConfigDict(json_schema_extra=_given(("match", "range", "exists"), exactly_one=True))
 
     key: StrictStr = Field(description="A payload field of the collection.")
     match: MatchSpec | None = None
