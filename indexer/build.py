@@ -44,6 +44,7 @@ from core.progress import progress_bar
 from indexer.collection import Collection, load_folder_collection, load_karpathy_collection
 from indexer.lucene import ImpactSearcher, build_impact_index, write_json_vector_collection
 from indexer.payload import PAYLOAD_FILE, PayloadError, PayloadIndex, PayloadSchema, check_schema
+from indexer.planner import EXACT_ROWS
 from indexer.store import (
     CHECKPOINT_DIR,
     MANIFEST,
@@ -66,12 +67,12 @@ from indexer.store import (
 _logger = logging.getLogger(__name__)
 
 
-# The dense index a build picks unless told (``dense_factory``): FAISS flat is exact and its time grows with the
-# rows; past APPROXIMATE_DENSE_ROWS an HNSW graph answers the dense leg in a fraction of it, and the exact rescoring
-# of its candidates keeps the scores exact. efSearch 512 found 97.9% of the exact dense top 10 at 1M synthetic items
-# (docs/benchmarks/flickr8k-test), and the hybrid rescoring of 100 candidates per leg recovers the rest.
+# The dense index a build picks unless told (``dense_factory``): a side the planner always brute-forces unfiltered
+# (at most EXACT_ROWS: indexer/planner.py) needs only the exact flat index; past it an HNSW graph answers the dense
+# leg in a fraction of a flat scan's time, and the exact rescoring of its candidates keeps the scores exact.
+# efSearch 512 found 97.9% of the exact dense top 10 at 1M synthetic items (docs/benchmarks/flickr8k-test).
 AUTO_FACTORY = "auto"
-APPROXIMATE_DENSE_ROWS = 50_000
+APPROXIMATE_DENSE_ROWS = EXACT_ROWS + 1
 APPROXIMATE_FACTORY = "HNSW32"
 HNSW_EF_SEARCH = 512
 

@@ -4,7 +4,7 @@ is a collection of one shard, and every search goes the same way.
 A query (text or image) is encoded once by the checkpoint the collection was built with, then searched on one side:
   gather  every shard, at once, plans its search from the exact number of rows it may return (its live rows, or
           those the search's filter allows: indexer/planner.py) and runs it (indexer/index_reader.py):
-            exact   at or under 10,000 such rows: every one scored exactly on both legs, each leg's exact top;
+            exact   at or under 100,000 such rows: every one scored exactly on both legs, each leg's exact top;
             index   the mode's legs over their indexes, the filter inside (FAISS skips rows outside it, Lucene's
                     answer is filtered with an over-fetch), the delta as one more leg:
                       dense   FAISS top-k;
