@@ -30,7 +30,9 @@ def indexer_parser() -> argparse.ArgumentParser:
     source.add_argument("--folder", help="a plain folder of images (optional metadata.jsonl with captions)")
     p.add_argument("--image-root", help="image root of the Karpathy dataset (default <data>/images)")
     p.add_argument("--splits", default="test", help="comma-separated Karpathy splits, e.g. test or train,val,test")
-    p.add_argument("--faiss-factory", default="Flat", help="FAISS index_factory string (inner product)")
+    # the default moved from Flat to auto (flat up to 100,000 items a side, HNSW above): a line that names no factory
+    # gets the new default either way
+    p.add_argument("--faiss-factory", default="auto", help="FAISS index_factory string (inner product)")
     p.add_argument("--scale", type=float, default=100.0, help="sparse impact quantisation: round(weight * scale)")
     p.add_argument("--prune-image-terms", type=int, help="keep each image's top-k terms")
     p.add_argument("--prune-text-terms", type=int, help="keep each text's top-k terms")
