@@ -114,22 +114,27 @@ def _image_version(captions: tuple[str, str], acked_at: float | None) -> Version
     return Version(record, captions, acked_at)
 
 
+def _caption(n: int, text: str) -> dict[str, object]:
+    """A caption of the probe image as shown: it carries its image's metadata."""
+    return {"id": f"rl-image-1#{n}", "text": text, "image_id": "rl-image-1", "metadata": {"v": 1}}
+
+
 def test_the_ledger_flags_planted_half_states() -> None:
     probe = Probe("rl-image-1", "images", [_image_version(("a", "b"), acked_at=1.0)])
     ledger = Ledger(probes={probe.id: probe})
     shown = {**probe.versions[0].record, "side": "images", "image_url": "/v1/items/rl-image-1/image"}
     ledger.check_record("rl-image-1", shown, 2.0, "planted")
-    ledger.check_record("rl-image-1#1", {"id": "rl-image-1#1", "text": "b", "image_id": "rl-image-1"}, 2.0, "planted")
+    ledger.check_record("rl-image-1#1", _caption(1, "b"), 2.0, "planted")
     ledger.check_record("base.jpg", {"id": "base.jpg"}, 2.0, "planted")  # not a probe: not judged
     assert ledger.half_states == 0
-    ledger.check_record("rl-image-1#1", {"id": "rl-image-1#1", "text": "a", "image_id": "rl-image-1"}, 2.0, "planted")
+    ledger.check_record("rl-image-1#1", _caption(1, "a"), 2.0, "planted")
     assert ledger.half_states == 1  # a caption that is not the one written
     probe.versions.append(_image_version(("c", "d"), acked_at=None))  # a replacement under way: either version
-    ledger.check_record("rl-image-1#0", {"id": "rl-image-1#0", "text": "a", "image_id": "rl-image-1"}, 3.0, "planted")
-    ledger.check_record("rl-image-1#0", {"id": "rl-image-1#0", "text": "c", "image_id": "rl-image-1"}, 3.0, "planted")
+    ledger.check_record("rl-image-1#0", _caption(0, "a"), 3.0, "planted")
+    ledger.check_record("rl-image-1#0", _caption(0, "c"), 3.0, "planted")
     assert ledger.half_states == 1
     probe.versions[1].acked_at = 4.0  # acknowledged: the old version is stale from then on
-    ledger.check_record("rl-image-1#0", {"id": "rl-image-1#0", "text": "a", "image_id": "rl-image-1"}, 5.0, "planted")
+    ledger.check_record("rl-image-1#0", _caption(0, "a"), 5.0, "planted")
     assert ledger.half_states == 2
     ledger.check_item("rl-image-1#1", Answer(404, {}, b"{}"), 5.0)  # absent though written and never deleted
     assert ledger.half_states == 3
