@@ -23,7 +23,7 @@ from indexer.lucene import ImpactSearcher
 from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
 from indexer.params import SearchParams, search_fusion
 from indexer.payload import PayloadIndex
-from indexer.planner import ExactSearcher, Filtered, choose_plan
+from indexer.planner import EXACT_ROWS, ExactSearcher, Filtered, choose_plan
 from indexer.query import Query
 from indexer.searchers import (
     ExactScores,
@@ -79,6 +79,8 @@ class IndexReader:
             if sides is not None and side not in sides:
                 continue
             self.stores[side] = SideStore.load(self.directory / side, side, side_manifest, self.manifest.payload)
+            if side_manifest.count <= EXACT_ROWS:  # every search of it is exact: its term postings now, not mid-search
+                self.stores[side].by_term  # noqa: B018 (a cached property, built here)
             self.segments[side] = unchanged(self.stores[side])
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             lucene_docs = self.lucene[side].num_docs()
