@@ -34,8 +34,12 @@ KEY = "ray-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXTS = ["a red square on blue", "green dot", "the stripe is yellow"]
 # each leg deeper than a side has rows: no leg cuts inside a group of tied scores (see tests/test_sharded.py)
+VAL = {"must": [{"key": "split", "match": {"value": "val"}}]}
 MODES: list[dict[str, Any]] = [{"mode": "hybrid", "candidate_k": 1000}, {"mode": "dense"}, {"mode": "sparse"},
-                               {"mode": "hybrid", "fusion": "rrf", "candidate_k": 1000}]
+                               {"mode": "hybrid", "fusion": "rrf", "candidate_k": 1000},
+                               # filtered, by each plan: each shard plans on its own replica
+                               {"mode": "hybrid", "candidate_k": 1000, "filter": VAL},
+                               {"mode": "dense", "plan": "index", "filter": VAL}]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,11 @@ def test_every_mode_over_http_equals_the_embedded_index(server: Server, tiny_eng
                 assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-6)
     explained = _search(server, {"text": TEXTS[0], "explain": True, "top_k": 3})
     assert all(h["explanation"] is not None for h in explained["hits"])
+    # facets are counted on every shard's replica and summed
+    reply = server.request("GET", "/v1/facets/split?side=texts")
+    assert reply.status == 200, reply.body[:300]
+    assert {v["value"]: v["count"] for v in reply.json()["values"]} == {
+        f.value: f.count for f in tiny_engine.facets("texts", "split")}
 
 
 def test_a_write_to_the_sharded_collection_is_searchable(server: Server) -> None:
