@@ -90,15 +90,30 @@ def test_two_checkpoints_in_one_process_each_rank_as_its_own_index(server: Serve
     assert _json(server.post_json("/v1/collections/bad%20name%21/search", {"text": "x"}), 404)["error"]
 
 
+FRESH_PAYLOAD = {"colour": "keyword", "n": "integer"}
+
+
 def test_create_fill_alias_snapshot_delete_restore_keeps_the_rankings(server: Server) -> None:
     # writes, creation and aliases need the write key
     assert server.post_json("/v1/collections/fresh", {"like": "latent"}, method="PUT").status == 401
-    created = _json(server.post_json("/v1/collections/fresh", {"like": "latent"}, AUTH, method="PUT"), 201)
+    assert _json(server.post_json("/v1/collections/fresh", {"like": "latent", "payload": {"text": "keyword"}}, AUTH,
+                                  method="PUT"), 422)["error"]["code"] == "invalid_request"  # an item's own field
+    created = _json(server.post_json("/v1/collections/fresh", {"like": "latent", "payload": FRESH_PAYLOAD}, AUTH,
+                                     method="PUT"), 201)
+    assert created["payload"] == FRESH_PAYLOAD
     listed = {c["name"]: c for c in _json(server.request("GET", "/v1/collections"))["collections"]}
     assert created["counts"] == {"images": 0, "texts": 0} and created["checkpoint"] == listed["latent"]["checkpoint"]
     _json(server.post_json("/v1/collections/fresh", {"like": "latent"}, AUTH, method="PUT"), 409)
     for n, text in enumerate(["a red square on blue", "a green dot on white", "a yellow stripe", "two dots"]):
-        _json(server.post_json(f"/v1/collections/fresh/items/t{n}", {"text": text}, AUTH, method="PUT"), 201)
+        metadata = {"colour": text.split()[1], "n": n}
+        _json(server.post_json(f"/v1/collections/fresh/items/t{n}", {"text": text, "metadata": metadata}, AUTH,
+                               method="PUT"), 201)
+    _json(server.post_json("/v1/collections/fresh/items/t9", {"text": "x", "metadata": {"n": "nine"}}, AUTH,
+                           method="PUT"), 422)  # a declared field of another type: refused, nothing written
+    red = {"must": [{"key": "n", "range": {"lt": 3}}], "must_not": [{"key": "colour", "match": {"value": "green"}}]}
+    filtered = _json(server.post_json("/v1/collections/fresh/search", {"text": "red", "side": "texts", "top_k": 10,
+                                                                       "filter": red}))
+    assert {h["id"] for h in filtered["hits"]} == {"t0", "t2"} and filtered["rows"] == 2
     _json(server.post_json("/v1/aliases/live", {"collection": "fresh"}, AUTH, method="PUT"))
     assert _json(server.request("GET", "/v1/aliases"))["aliases"] == {"live": "fresh"}
     before = {f"{t}|{m}": _ranking(server, "live", t, side="texts", mode=m) for t in QUERIES for m in MODES}
@@ -122,6 +137,9 @@ def test_create_fill_alias_snapshot_delete_restore_keeps_the_rankings(server: Se
                            AUTH, method="PUT"), 201)
     after = {f"{t}|{m}": _ranking(server, "restored", t, side="texts", mode=m) for t in QUERIES for m in MODES}
     assert after == before
+    again = _json(server.post_json("/v1/collections/restored/search", {"text": "red", "side": "texts", "top_k": 10,
+                                                                       "filter": red}))
+    assert [h["id"] for h in again["hits"]] == [h["id"] for h in filtered["hits"]]  # the payload came back too
     _json(server.request("DELETE", "/v1/collections/fresh/snapshots/first", headers=AUTH))
     _json(server.request("DELETE", "/v1/collections/restored", headers=AUTH))
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from indexer.catalog import NAME_PATTERN, AliasInUseError, CollectionExistsError, CollectionNotFoundError
 from indexer.payload import FIELD_NAME_PATTERN, RESERVED_FIELDS, FieldType, PayloadError, check_schema
@@ -56,6 +56,11 @@ class SnapshotRef(Strict):
     name: str = Field(description="The snapshot's name.")
 
 
+# a payload field's name, as the schema states it: the pattern, and not one of an item's own fields
+PAYLOAD_NAMES: dict[str, JsonValue] = {"pattern": FIELD_NAME_PATTERN,
+                                       "not": {"enum": list[JsonValue](sorted(RESERVED_FIELDS))}}
+
+
 class CreateCollection(Strict):
     """What a new collection starts from: empty, bound to a served collection's checkpoint (``like``, or a
     checkpoint ``content_hash``; default: the only checkpoint served), or a snapshot restored."""
@@ -67,9 +72,7 @@ class CreateCollection(Strict):
     payload: dict[str, FieldType] = Field(default_factory=dict, description="The payload fields to index for "
                                           "filtered search, name -> type (keyword, keywords, integer, float, "
                                           "datetime, bool); a write's metadata is checked against them.",
-                                          json_schema_extra={"propertyNames": {
-                                              "pattern": FIELD_NAME_PATTERN,
-                                              "not": {"enum": sorted(RESERVED_FIELDS)}}})
+                                          json_schema_extra={"propertyNames": PAYLOAD_NAMES})
 
     @field_validator("payload")
     @classmethod
