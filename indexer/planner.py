@@ -28,7 +28,8 @@ from typing import Final, Literal
 import numpy as np
 
 from indexer.query import Query
-from indexer.searchers import Candidates, Fuse, Ranking, RowScorer, Searcher
+from indexer.searchers import Candidates, Fuse, Ranking, RowScorer, Searcher, top_rows
+from indexer.segments import OverFetching
 
 Plan = Literal["exact", "index"]
 PlanChoice = Literal["auto", "exact", "index"]
@@ -45,17 +46,6 @@ def choose_plan(requested: PlanChoice, allowed_rows: int, *, exact_rows: int = E
     if requested != "auto":
         return requested
     return "exact" if allowed_rows <= exact_rows else "index"
-
-
-def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> Ranking:
-    """The top k of scored rows, ties by lower row: the rows scoring at least the k-th best score (ties at the cut
-    included) are sorted, not all of them."""
-    if 0 < k < rows.size:
-        cut = np.partition(scores, rows.size - k)[rows.size - k]
-        keep = scores >= cut
-        rows, scores = rows[keep], scores[keep]
-    order = np.lexsort((rows, -scores))[:k]
-    return Ranking(rows[order], scores[order].astype(np.float32))
 
 
 class ExactSearcher:
@@ -80,43 +70,36 @@ class ExactSearcher:
             sparse = self.scores.sparse(query, self.rows)
             legs: dict[str, Ranking] = {}
             if self.mode == "hybrid" and self.fusion != "rrf":
-                legs["fused"] = _top(self.rows, self.fuse(dense, sparse), depth)
+                legs["fused"] = top_rows(self.rows, self.fuse(dense, sparse), depth)
             else:
                 if self.mode in ("dense", "hybrid"):
-                    legs["dense"] = _top(self.rows, dense, depth)
+                    legs["dense"] = top_rows(self.rows, dense, depth)
                 if self.mode in ("sparse", "hybrid"):
                     matched = sparse > 0
-                    legs["sparse"] = _top(self.rows[matched], sparse[matched], depth)
+                    legs["sparse"] = top_rows(self.rows[matched], sparse[matched], depth)
             found = np.unique(np.concatenate([leg.rows for leg in legs.values()]))
             at = np.searchsorted(self.rows, found)
             gathered.append(Candidates(legs, found, dense[at], sparse[at]))
         return gathered, {"exact_ms": (time.perf_counter() - started) * 1000}
 
 
-class Filtered:
-    """A base leg under a filter: it over-fetches by the filter's selectivity, drops rows outside the filter, and
-    asks again (twice as deep) for the queries that came back short, so k allowed rows come back whenever the leg
-    has them. ``allowed``: a mask over the leg's rows (the filter, less deleted rows)."""
+class Filtered(OverFetching):
+    """A base leg under a filter, over-fetching by the filter's selectivity. ``allowed``: a mask over the leg's rows
+    (the filter, less deleted rows)."""
 
     def __init__(self, leg: Searcher, allowed: np.ndarray, allowed_count: int) -> None:
-        self.leg, self.allowed, self.allowed_count, self.name = leg, allowed, allowed_count, leg.name
+        super().__init__(leg)
+        self.allowed, self.allowed_count = allowed, allowed_count
+
+    def kept(self, rows: np.ndarray) -> np.ndarray:
+        return self.allowed[rows]
+
+    def depths(self, k: int) -> tuple[int, int]:
+        rows = int(self.allowed.size)
+        return min(rows, 2 * -(-k * rows // max(1, self.allowed_count)) + 8), rows
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
-        rows = int(self.allowed.size)
         k = min(k, self.allowed_count)
         if k == 0:
             return [Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
-        depth = min(rows, 2 * -(-k * rows // self.allowed_count) + 8)
-        out: list[Ranking | None] = [None] * len(queries)
-        pending = list(range(len(queries)))
-        while pending:
-            short = []
-            for n, ranking in zip(pending, self.leg.search_batch([queries[n] for n in pending], depth), strict=True):
-                keep = self.allowed[ranking.rows]
-                kept = Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k])
-                if len(kept) >= k or len(ranking) < depth or depth >= rows:  # enough, all the leg has, or all rows
-                    out[n] = kept
-                else:
-                    short.append(n)
-            pending, depth = short, min(rows, 2 * depth)
-        return [ranking for ranking in out if ranking is not None]
+        return super().search_batch(queries, k)

@@ -243,6 +243,17 @@ class Candidates:
     sparse: np.ndarray  # (n,) exact sparse score of each row
 
 
+def top_rows(rows: np.ndarray, scores: np.ndarray, k: int) -> Ranking:
+    """The top k of scored rows, ties by lower row: the rows scoring at least the k-th best score (ties at the cut
+    included) are sorted, not all of them."""
+    if 0 < k < rows.size:
+        cut = np.partition(scores, rows.size - k)[rows.size - k]
+        keep = scores >= cut
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return Ranking(rows[order], scores[order].astype(np.float32))
+
+
 def ranked(rows: np.ndarray, dense: np.ndarray, sparse: np.ndarray, fuse: Fuse, rank_by: RankBy, k: int) -> Rescored:
     """The top k of exactly scored candidates by ``rank_by``, ties by lower row."""
     fused = fuse(dense, sparse)

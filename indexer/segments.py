@@ -21,7 +21,7 @@ import numpy as np
 
 from core.encoder import SparseRows
 from indexer.query import Query
-from indexer.searchers import ExactScores, Ranking, Searcher
+from indexer.searchers import ExactScores, Ranking, Searcher, top_rows
 from indexer.store import SideStore
 
 
@@ -132,33 +132,55 @@ class SegmentScores:
         return self._split(rows, "sparse", query)
 
 
-class Excluding:
-    """A base leg whose deleted rows never reach ranking: it over-fetches, drops them, and asks again (twice as
-    deep) for the queries that came back short, so k live rows come back whenever the leg has them.
+class OverFetching:
+    """A leg some of whose rows must never reach ranking: it over-fetches, drops them, and asks again (twice as
+    deep, up to ``bound``) for the queries that came back short, so k kept rows come back whenever the leg has
+    them. Subclasses say which rows are kept and how deep to ask first."""
 
-    The first ask covers about twice the deleted share of k, not all deletes: with 10% of 100k rows deleted, asking
-    every query for k + 10,000 made Lucene 100x slower. The depth never needs to pass k + the number deleted."""
+    def __init__(self, leg: Searcher) -> None:
+        self.leg, self.name = leg, leg.name
 
-    def __init__(self, leg: Searcher, deleted: np.ndarray, rows: int) -> None:
-        self.leg, self.deleted, self.rows, self.name = leg, deleted, rows, leg.name
+    def kept(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def depths(self, k: int) -> tuple[int, int]:
+        """The first depth to ask for a top k, and the depth past which asking deeper finds nothing more."""
+        raise NotImplementedError
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
-        deleted = int(self.deleted.size)
-        bound = k + deleted
-        depth = min(bound, k + 2 * -(-k * deleted // max(1, self.rows - deleted)) + 8)
+        depth, bound = self.depths(k)
         out: list[Ranking | None] = [None] * len(queries)
         pending = list(range(len(queries)))
         while pending:
             short = []
             for n, ranking in zip(pending, self.leg.search_batch([queries[n] for n in pending], depth), strict=True):
-                keep = ~np.isin(ranking.rows, self.deleted)
-                live = Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k])
-                if len(live) >= k or len(ranking) < depth or depth >= bound:  # enough, all the leg has, or surely
-                    out[n] = live
+                keep = self.kept(ranking.rows)
+                found = Ranking(ranking.rows[keep][:k], ranking.scores[keep][:k])
+                if len(found) >= k or len(ranking) < depth or depth >= bound:  # enough, all the leg has, or surely
+                    out[n] = found
                 else:
                     short.append(n)
             pending, depth = short, min(bound, 2 * depth)
         return [ranking for ranking in out if ranking is not None]
+
+
+class Excluding(OverFetching):
+    """A base leg whose deleted rows never reach ranking.
+
+    The first ask covers about twice the deleted share of k, not all deletes: with 10% of 100k rows deleted, asking
+    every query for k + 10,000 made Lucene 100x slower. The depth never needs to pass k + the number deleted."""
+
+    def __init__(self, leg: Searcher, deleted: np.ndarray, rows: int) -> None:
+        super().__init__(leg)
+        self.deleted, self.rows = deleted, rows
+
+    def kept(self, rows: np.ndarray) -> np.ndarray:
+        return ~np.isin(rows, self.deleted)
+
+    def depths(self, k: int) -> tuple[int, int]:
+        deleted = int(self.deleted.size)
+        bound = k + deleted
+        return min(bound, k + 2 * -(-k * deleted // max(1, self.rows - deleted)) + 8), bound
 
 
 class DeltaLeg:
@@ -184,6 +206,5 @@ class DeltaLeg:
             rows = self.rows
             if self.by == "sparse":
                 rows, scores = rows[scores > 0], scores[scores > 0]
-            order = np.lexsort((rows, -scores))[:k]
-            out.append(Ranking(rows[order], scores[order].astype(np.float32)))
+            out.append(top_rows(rows, scores, k))
         return out
