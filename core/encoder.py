@@ -7,10 +7,12 @@ column layout.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,24 @@ class SparseRows:
 
     def terms_per_row(self) -> np.ndarray:
         return np.diff(self.indptr)
+
+    @functools.cached_property
+    def term_ceilings(self) -> np.ndarray:
+        """Each token id's largest weight in any row (0 for one no row holds): bounds any row's sparse score."""
+        ceilings = np.zeros(int(self.indices.max()) + 1 if self.indices.size else 0, np.float32)
+        np.maximum.at(ceilings, self.indices, self.values)
+        return ceilings
+
+    @functools.cached_property
+    def matrix(self) -> Any:
+        """The rows as a scipy CSR array over the same values (no copy), one column per token id up to the
+        largest used: its C kernels take many rows out and multiply them by a query vector at once."""
+        from scipy.sparse import csr_array
+
+        index_type = np.int32 if self.indices.size < np.iinfo(np.int32).max else np.int64
+        columns = int(self.indices.max()) + 1 if self.indices.size else 0
+        return csr_array((self.values, self.indices.astype(index_type, copy=False),
+                          self.indptr.astype(index_type, copy=False)), shape=(len(self), columns), copy=False)
 
     def by_term(self) -> TermPostings:
         """The same weights by term: each term's rows (ascending) and weights (an inverted index in memory)."""

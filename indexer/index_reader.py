@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from core.encoder import DuetEncoder, vocabulary_digest
+from indexer.dense_first import DenseFirstSearcher, FusedBound
 from indexer.filters import CompiledFilter, Filter, Part, compile_filter, is_empty
+from indexer.ivf import FilteredIvfLeg, IvfLists
 from indexer.lucene import ImpactSearcher
 from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
-from indexer.params import SearchParams, search_fusion
+from indexer.params import SearchParams, search_fusion, search_weights
 from indexer.payload import PayloadIndex
 from indexer.planner import EXACT_ROWS, ExactSearcher, Filtered, choose_plan
 from indexer.query import Query
@@ -34,6 +36,7 @@ from indexer.searchers import (
     Searcher,
     StrongestTerms,
     excluding_rows,
+    is_flat,
     within_rows,
 )
 from indexer.segments import Delta, DeltaLeg, Excluding, Segment, SegmentScores, SideView, unchanged
@@ -75,6 +78,8 @@ class IndexReader:
         self.segments: dict[str, Segment] = {}  # per side: writes since the index was built (indexer/live.py)
         self._exclusions: dict[str, tuple[np.ndarray, Any]] = {}  # per side: FAISS parameters skipping deletes
         self._delta_payloads: dict[str, tuple[Delta, PayloadIndex]] = {}  # per side: the payload of the rows since
+        self._ivf_lists: dict[str, IvfLists | None] = {}  # per side: an IVF index's rows by list (filtered probing)
+        self._approximate: dict[str, bool] = {}  # per side: its dense index is approximate (the planner asks)
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
@@ -82,6 +87,8 @@ class IndexReader:
             if side_manifest.count <= EXACT_ROWS:  # every search of it is exact: its term postings now, not mid-search
                 self.stores[side].by_term  # noqa: B018 (a cached property, built here)
             self.segments[side] = unchanged(self.stores[side])
+            self._ivf_lists[side] = IvfLists.of(self.stores[side].faiss_index)
+            self._approximate[side] = not is_flat(self.stores[side].faiss_index)
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             lucene_docs = self.lucene[side].num_docs()
             if lucene_docs != side_manifest.count:
@@ -136,6 +143,17 @@ class IndexReader:
             return Excluding(FaissLeg(index), excluded, int(index.ntotal))
         return FaissLeg(index, parameters=parameters)
 
+    def _filtered_dense_leg(self, side: str, allowed: np.ndarray, count: int) -> Searcher:
+        """FAISS over the ``allowed`` rows of a side: an IVF index probes the lists holding them, another kind
+        searches with a selector where it takes one, else over-fetches and drops the rest."""
+        index = self.store(side).faiss_index
+        lists = self._ivf_lists.get(side)
+        if lists is not None:
+            return FilteredIvfLeg(index, lists, allowed)
+        parameters = within_rows(index, allowed)
+        return FaissLeg(index, parameters=parameters) if parameters is not None else Filtered(FaissLeg(index),
+                                                                                               allowed, count)
+
     def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
         self.store(side)
         if side not in self.lucene:
@@ -165,18 +183,33 @@ class IndexReader:
                 legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
         else:
             in_base = allowed[:view.base_count]
-            count = int(in_base.sum())
+            count = int(np.count_nonzero(in_base))
             if params.mode in ("dense", "hybrid"):
-                index = self.store(params.side).faiss_index
-                parameters = within_rows(index, in_base)
-                legs["dense"] = (FaissLeg(index, parameters=parameters) if parameters is not None
-                                 else Filtered(FaissLeg(index), in_base, count))
+                legs["dense"] = self._filtered_dense_leg(params.side, in_base, count)
             if sparse is not None:
                 legs["sparse"] = Filtered(sparse, in_base, count)
         scores = self._with_delta(legs, view, allowed)
         widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
         return HybridSearcher(legs, scores, search_fusion(self.manifest, params), rank_by=params.rank_by,
                               candidate_k=params.candidate_k if widen else None, name=name)
+
+    def index_plan(self, params: SearchParams, view: SideView, allowed: np.ndarray | None, *,
+                   threads: int = 1) -> HybridSearcher | DenseFirstSearcher:
+        """The searcher of the index plan: a hybrid search fused by non-negative weights goes dense first
+        (indexer/dense_first.py), every other search through all its legs at once."""
+        general = self.searcher(params, threads=threads, view=view, allowed=allowed)
+        bound = self.fused_bound(params, view)
+        return general if bound is None else DenseFirstSearcher(general, bound)
+
+    def fused_bound(self, params: SearchParams, view: SideView) -> FusedBound | None:
+        """The bound a hybrid search fused by non-negative weights settles its top k by (None for another)."""
+        w_dense, w_sparse = search_weights(self.manifest, params)
+        if params.mode != "hybrid" or params.fusion == "rrf" or w_dense < 0 or w_sparse < 0:
+            return None
+        ceilings = [view.base.sparse.term_ceilings]
+        if view.segment.delta.count:
+            ceilings.append(view.segment.delta.sparse.term_ceilings)
+        return FusedBound(w_dense / self.manifest.temperature, w_sparse, tuple(ceilings))
 
     def row_scores(self, view: SideView) -> RowScorer:
         """Exact scores of any row of the view (the base index's and the delta's)."""
@@ -265,15 +298,16 @@ class IndexReader:
         started = time.perf_counter()
         compiled = self.compiled(params.filter)
         allowed = None if compiled is None else self.allowed(view, compiled)
-        rows = len(view) - int(view.segment.deleted.size) if allowed is None else int(allowed.sum())
-        plan = choose_plan(params.plan, rows)
-        searcher: HybridSearcher | ExactSearcher
+        rows = len(view) - int(view.segment.deleted.size) if allowed is None else int(np.count_nonzero(allowed))
+        plan = choose_plan(params.plan, rows, approximate_index=self._approximate[side])
+        searcher: HybridSearcher | ExactSearcher | DenseFirstSearcher
         if plan == "exact":
             mask = self.live_mask(view) if allowed is None else allowed
             searcher = ExactSearcher(np.flatnonzero(mask), self.row_scores(view), search_fusion(self.manifest, params),
-                                     mode=params.mode, fusion=params.fusion, candidate_k=params.candidate_k)
+                                     mode=params.mode, fusion=params.fusion, candidate_k=params.candidate_k,
+                                     bound=self.fused_bound(params, view))
         else:
-            searcher = self.searcher(params, threads=threads, view=view, allowed=allowed)
+            searcher = self.index_plan(params, view, allowed, threads=threads)
         planned_ms = (time.perf_counter() - started) * 1000
         gathered, timings = searcher.gather(queries, k)
         timings["plan_ms"] = planned_ms

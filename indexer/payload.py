@@ -21,6 +21,7 @@ indexed from their items when a filter first needs them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import math
 import re
@@ -153,9 +154,20 @@ class KeywordColumn:
     def rows(self) -> int:
         return int(self.indptr.size - 1)
 
+    @functools.cached_property
+    def _code_rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.indptr))
+
     def code_rows(self) -> np.ndarray:
         """The row of each code."""
-        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.indptr))
+        return self._code_rows
+
+    @functools.cached_property
+    def _by_value(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of each value (an inverted index): value c's rows are ``rows[indptr[c]:indptr[c+1]]``."""
+        order = np.argsort(self.codes, kind="stable")
+        counts = np.bincount(self.codes, minlength=self.vocabulary.size)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self._code_rows[order]
 
     def codes_of(self, values: Iterable[str]) -> np.ndarray:
         """The codes of the values this column has (values it never saw have none)."""
@@ -169,9 +181,9 @@ class KeywordColumn:
     def rows_with(self, values: Iterable[str]) -> np.ndarray:
         """A mask of the rows holding any of ``values``."""
         mask = np.zeros(self.rows, bool)
-        wanted = self.codes_of(values)
-        if wanted.size:
-            mask[self.code_rows()[np.isin(self.codes, wanted)]] = True
+        indptr, rows = self._by_value
+        for code in self.codes_of(values).tolist():  # each value's rows, not every row's codes
+            mask[rows[indptr[code]:indptr[code + 1]]] = True
         return mask
 
     def present(self) -> np.ndarray:

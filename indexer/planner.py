@@ -27,6 +27,7 @@ from typing import Final, Literal
 
 import numpy as np
 
+from indexer.dense_first import DENSE_DEPTH, FusedBound, dense_depths
 from indexer.query import Query
 from indexer.searchers import Candidates, Fuse, Ranking, RowScorer, Searcher, top_rows
 from indexer.segments import OverFetching
@@ -34,29 +35,40 @@ from indexer.segments import OverFetching
 Plan = Literal["exact", "index"]
 PlanChoice = Literal["auto", "exact", "index"]
 PLANS: Final = ("exact", "index")
-# At or under this many allowed rows the exact plan runs. Measured on 100,000 synthetic items, one thread, hybrid top
-# 10 (docs/benchmarks/filtered-100k, `python -m benchmarks filtered`): exact over all 100,000 rows 4.3 ms p50 against
-# 5.7 ms through the indexes (HNSW + Lucene, 99.6% overlap@10); a 10% filter 2.7 ms exact against 21.9 ms through
-# the indexes (Lucene over-fetching 20x, the graph searched under the filter).
+# At or under this many allowed rows the exact plan runs over a side whose dense index is exact (flat): its index
+# plan scans every row, so brute force over the allowed rows is never slower. Measured on 100,000 synthetic items,
+# one thread, hybrid top 10 (docs/benchmarks/filtered-100k, `python -m benchmarks filtered`): exact over all 100,000
+# rows 4.3 ms p50 against 5.7 ms through the indexes.
 EXACT_ROWS: Final = 100_000
+# Over a side with an approximate dense index (IVF, HNSW: built above EXACT_ROWS items) the index plan's time barely
+# grows with the allowed rows, the exact plan's does: exact at or under this many. Measured on 1M synthetic items, one
+# thread, hybrid top 10, a filter keeping a uniform share of the rows (p50 of 30 caption queries): 30,000 rows exact
+# 4.8 ms against 8.2 ms through the indexes, 50,000 rows 6.6 ms against 6.4 ms, 70,000 rows 8.2 ms against 4.9 ms.
+INDEXED_EXACT_ROWS: Final = 50_000
 
 
-def choose_plan(requested: PlanChoice, allowed_rows: int, *, exact_rows: int = EXACT_ROWS) -> Plan:
-    """The plan of one shard's search over ``allowed_rows`` rows (the filter's, else the shard's live rows)."""
+def choose_plan(requested: PlanChoice, allowed_rows: int, *, approximate_index: bool = False) -> Plan:
+    """The plan of one shard's search over ``allowed_rows`` rows (the filter's, else the shard's live rows);
+    ``approximate_index``: the side's dense index is approximate."""
     if requested != "auto":
         return requested
-    return "exact" if allowed_rows <= exact_rows else "index"
+    return "exact" if allowed_rows <= (INDEXED_EXACT_ROWS if approximate_index else EXACT_ROWS) else "index"
 
 
 class ExactSearcher:
-    """The exact plan over a fixed set of rows: every row scored on both legs, each leg's exact top."""
+    """The exact plan over a fixed set of rows: each leg's exact top over every row.
+
+    A leg the ranking does not need over every row is scored only for the rows found: a dense search scores every
+    row densely and its top sparsely, a sparse search the other way round. A hybrid search fused by weights scores
+    every row densely, its dense top (``DENSE_DEPTH``, deepening) on both legs, and every row sparsely only when the
+    bound (indexer/dense_first.py) cannot settle its top k from those: the dense leg is exact, so is the answer."""
 
     def __init__(self, rows: np.ndarray, scores: RowScorer, fuse: Fuse, *, mode: str, fusion: str,
-                 candidate_k: int) -> None:
+                 candidate_k: int, bound: FusedBound | None = None) -> None:
         """``rows``: the allowed global rows (sorted); ``mode``: dense, sparse or hybrid; ``fusion``: weighted or
-        rrf."""
+        rrf; ``bound``: a weighted hybrid search's, None for another."""
         self.rows, self.scores, self.fuse = rows, scores, fuse
-        self.mode, self.fusion = mode, fusion
+        self.mode, self.fusion, self.bound = mode, fusion, bound
         # a fusion by ranks fuses each leg's top candidate_k, as the index plan does; every other ranking is a
         # function of the row alone, so the top k is enough
         self.candidate_k: int | None = candidate_k if mode == "hybrid" and fusion == "rrf" else None
@@ -64,23 +76,47 @@ class ExactSearcher:
     def gather(self, queries: Sequence[Query], k: int) -> tuple[list[Candidates], dict[str, float]]:
         started = time.perf_counter()
         depth = min(max(k, self.candidate_k or 0), int(self.rows.size))
-        gathered = []
-        for query in queries:
-            dense = self.scores.dense(query, self.rows)
-            sparse = self.scores.sparse(query, self.rows)
-            legs: dict[str, Ranking] = {}
-            if self.mode == "hybrid" and self.fusion != "rrf":
-                legs["fused"] = top_rows(self.rows, self.fuse(dense, sparse), depth)
-            else:
-                if self.mode in ("dense", "hybrid"):
-                    legs["dense"] = top_rows(self.rows, dense, depth)
-                if self.mode in ("sparse", "hybrid"):
-                    matched = sparse > 0
-                    legs["sparse"] = top_rows(self.rows[matched], sparse[matched], depth)
-            found = np.unique(np.concatenate([leg.rows for leg in legs.values()]))
-            at = np.searchsorted(self.rows, found)
-            gathered.append(Candidates(legs, found, dense[at], sparse[at]))
+        gathered = [self._gather_one(query, depth) for query in queries]
         return gathered, {"exact_ms": (time.perf_counter() - started) * 1000}
+
+    def _gather_one(self, query: Query, depth: int) -> Candidates:
+        rows = self.rows
+        dense = self.scores.dense(query, rows) if self.mode != "sparse" else None
+        sparse: np.ndarray | None = None
+        legs: dict[str, Ranking] = {}
+        if self.mode == "hybrid" and self.fusion != "rrf":
+            assert dense is not None
+            settled = self._settled_by_dense(query, dense, depth) if self.bound is not None else None
+            if settled is not None:
+                legs["fused"] = settled
+            else:
+                sparse = self.scores.sparse(query, rows)
+                legs["fused"] = top_rows(rows, self.fuse(dense, sparse), depth)
+        else:
+            if dense is not None:
+                legs["dense"] = top_rows(rows, dense, depth)
+            if self.mode in ("sparse", "hybrid"):
+                sparse = self.scores.sparse(query, rows)
+                matched = sparse > 0
+                legs["sparse"] = top_rows(rows[matched], sparse[matched], depth)
+        found = np.unique(np.concatenate([leg.rows for leg in legs.values()]))
+        at = np.searchsorted(rows, found)
+        return Candidates(legs, found, dense[at] if dense is not None else self.scores.dense(query, found),
+                          sparse[at] if sparse is not None else self.scores.sparse(query, found))
+
+    def _settled_by_dense(self, query: Query, dense: np.ndarray, depth: int) -> Ranking | None:
+        """The fused top ``depth`` from the dense top alone (deepening as ``dense_depths`` does), when the bound
+        settles it."""
+        assert self.bound is not None
+        for dense_depth in dense_depths(max(depth, DENSE_DEPTH), int(self.rows.size)):
+            if dense_depth >= self.rows.size:
+                return None  # every row: as cheap to score them all on both legs
+            top = top_rows(self.rows, dense, dense_depth)
+            fused = np.asarray(self.fuse(top.scores, self.scores.sparse(query, top.rows)), np.float32)
+            kth = float(np.partition(fused, fused.size - depth)[fused.size - depth])
+            if self.bound.settles(query, kth, float(top.scores[-1])):
+                return top_rows(top.rows, fused, depth)
+        return None
 
 
 class Filtered(OverFetching):

@@ -92,6 +92,13 @@ def within_rows(index: Any, allowed: np.ndarray) -> Any | None:
     return selecting(index, selector)
 
 
+def is_flat(index: Any) -> bool:
+    """Whether a FAISS index scores every row exactly (a flat index: its search is brute force)."""
+    import faiss
+
+    return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+
+
 def selecting(index: Any, selector: Any) -> Any | None:
     """FAISS search parameters with ``selector`` for a flat, IVF or HNSW index (each keeps its own nprobe or
     efSearch); None for another kind, which then needs its results filtered instead."""
@@ -143,6 +150,20 @@ class StrongestTerms:
 
 
 # ----- exact rescoring -----
+def row_dot_products(matrix: np.ndarray, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``matrix[rows] @ vector`` without copying the rows out: FAISS's SIMD inner product of each row in place."""
+    import faiss
+
+    ops: Any = faiss  # its type stubs lack the vector utilities
+    rows = np.ascontiguousarray(rows, np.int64)
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= matrix.shape[0]):  # FAISS reads without checking
+        raise IndexError(f"rows outside the {matrix.shape[0]} stored vectors")
+    out = np.empty(rows.size, np.float32)
+    ops.fvec_inner_products_by_idx(ops.swig_ptr(out), ops.swig_ptr(vector), ops.swig_ptr(matrix), ops.swig_ptr(rows),
+                                   int(matrix.shape[1]), 1, int(rows.size))
+    return out
+
+
 class StoredVectors(Protocol):
     """What exact scoring reads: a side's stored vectors (an index side, or the delta written since)."""
 
@@ -172,36 +193,43 @@ class ExactScores:
         return int(self.store.dense.shape[0])
 
     def dense(self, query: Query, rows: np.ndarray) -> np.ndarray:
-        # einsum's own loop, one row at a time, not BLAS: a matrix product blocks by the number of rows, and a row's
-        # score must not change in its last bit with the other candidates (a sharded search scores other sets)
+        """Dense dot products of ``rows`` with the query, one row at a time (not a matrix product, which blocks by
+        the number of rows): a row's score never changes in its last bit with the other rows scored beside it (a
+        sharded search scores other sets)."""
         if not rows.size:
             return np.zeros(0, np.float32)
+        stored = self.store.dense
+        if stored.dtype == np.float32 and stored.flags.c_contiguous:
+            return row_dot_products(stored, np.ascontiguousarray(query.dense, np.float32), rows)
         if 4 * rows.size >= len(self):  # most rows: every row in place is cheaper than copying these out
-            return np.einsum("ij,j->i", self.store.dense, query.dense).astype(np.float32, copy=False)[rows]
-        return np.einsum("ij,j->i", self.store.dense[rows], query.dense).astype(np.float32, copy=False)
+            return np.einsum("ij,j->i", stored, query.dense).astype(np.float32, copy=False)[rows]
+        return np.einsum("ij,j->i", stored[rows], query.dense).astype(np.float32, copy=False)
 
     def sparse(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        """Sparse dot products of ``rows`` with the query. Every path gives the same bits: each product is taken
+        in float64 (exact: two float32 factors), a row's products are added in ascending term order, and the sum
+        is rounded to float32 once."""
         if rows.size == 0:
             return np.zeros(0, np.float32)
-        by_term: TermPostings | None = getattr(self.store, "by_term", None) if rows.size > 1_000 else None
+        built = getattr(self.store, "built_term_postings", None)  # a side's, when opened with them
+        by_term: TermPostings | None = built() if built is not None and rows.size > 1_000 else None
         sparse = self.store.sparse
         if by_term is not None and by_term.postings(query.term_ids) + len(self) < int(
                 (sparse.indptr[rows + 1] - sparse.indptr[rows]).sum()):
             return self._sparse_by_term(query, rows, by_term)
-        query_vector = np.zeros(self.vocab_size, np.float32)
-        query_vector[query.term_ids] = query.term_weights
-        sparse = self.store.sparse
-        starts, lengths = sparse.indptr[rows], sparse.indptr[rows + 1] - sparse.indptr[rows]
-        positions = (np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-                     + np.arange(lengths.sum()))
-        contributions = query_vector[sparse.indices[positions]] * sparse.values[positions]
-        return np.bincount(np.repeat(np.arange(rows.size), lengths), weights=contributions,
-                           minlength=rows.size).astype(np.float32)
+        return self._sparse_by_row(query, rows)
 
+    def _sparse_by_row(self, query: Query, rows: np.ndarray) -> np.ndarray:
+        """The rows taken out of the forward store and multiplied by the query vector (scipy's CSR kernels)."""
+        matrix = self.store.sparse.matrix
+        query_vector = np.zeros(matrix.shape[1], np.float64)
+        known = query.term_ids < query_vector.size  # a term no stored row holds adds nothing
+        query_vector[query.term_ids[known]] = query.term_weights[known]
+        return np.asarray(matrix[rows] @ query_vector).astype(np.float32)
 
     def _sparse_by_term(self, query: Query, rows: np.ndarray, by_term: TermPostings) -> np.ndarray:
-        """Every row's sparse score through the term postings, these rows' taken. Bit for bit the row-wise sum: each
-        row's products (float32) are added in float64 in ascending term order, as ``bincount`` adds a row's."""
+        """Every row's sparse score through the term postings, these rows' taken: the query's terms in ascending
+        order, so ``bincount`` adds each row's products in the order the row-wise product does."""
         order = np.argsort(query.term_ids, kind="stable")
         terms, weights = query.term_ids[order], query.term_weights[order]
         known = terms < by_term.indptr.size - 1
@@ -210,7 +238,7 @@ class ExactScores:
         lengths = ends - starts
         positions = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(
             lengths.sum())
-        contributions = np.repeat(weights.astype(np.float32), lengths) * by_term.values[positions]
+        contributions = np.repeat(weights.astype(np.float64), lengths) * by_term.values[positions]
         totals = np.bincount(by_term.rows[positions], weights=contributions, minlength=by_term.row_count)
         return totals[rows].astype(np.float32)
 

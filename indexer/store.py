@@ -239,6 +239,12 @@ class SideStore:
         """The sparse forward store by term, built on first use: scoring most rows exactly goes through it."""
         return self.sparse.by_term()
 
+    def built_term_postings(self) -> TermPostings | None:
+        """The term postings if they were built (on opening a side every search of which may score all its rows:
+        indexer/index_reader.py); never built here, which would stall a search of a large side."""
+        built = self.__dict__.get("by_term")
+        return built if isinstance(built, TermPostings) else None
+
     @functools.cached_property
     def id_array(self) -> np.ndarray:
         """The ids as an array, to take many rows' at once (a search's candidates)."""

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.encoder import DuetEncoder, EncodedItems, SparseRows
+from core.encoder import DuetEncoder, EncodedItems, SparseRows, TermPostings
 from core.fusion import integrated_score, reciprocal_rank_fusion
+from indexer import dense_first, planner
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index, verify_index
+from indexer.dense_first import FusedBound
 from indexer.filters import Filter, compile_filter
 from indexer.index_reader import IndexReader, ReaderShard
 from indexer.live import LiveCollection
@@ -33,7 +35,7 @@ from indexer.payload import (
 )
 from indexer.query import Query
 from indexer.search import SearchEngine
-from indexer.searchers import ExactScores
+from indexer.searchers import ExactScores, row_dot_products
 from indexer.sharding import shard_of
 from indexer.store import IndexUnavailableError
 from tests.conftest import noise_png
@@ -235,9 +237,8 @@ def check_against_oracle(engine: SearchEngine, items: list[dict[str, Any]], rng:
         result = engine.search(query, params)
         if not reader_scores:
             reader_scores["w"] = engine.default_weights()
-        vectors = np.stack([item_vector(engine, item["id"]) for item in items])
-        dense = np.einsum("ij,j->i", vectors, query.dense).astype(np.float32)
-        sparse = np.array([item_sparse(engine, item["id"], query) for item in items], np.float32)
+        dense = np.array([item_score(engine, item["id"], query, "dense") for item in items], np.float32)
+        sparse = np.array([item_score(engine, item["id"], query, "sparse") for item in items], np.float32)
         whole = params.model_copy(update={"top_k": params.offset + params.top_k, "offset": 0})
         ids, scores = oracle(items, dense, sparse, clause, whole, reader_scores["w"], engine.manifest.temperature)
         ids, scores = ids[params.offset:], scores[params.offset:]
@@ -261,18 +262,13 @@ def _located(engine: SearchEngine, item_id: str) -> tuple[Any, int]:
     raise KeyError(item_id)
 
 
-def item_vector(engine: SearchEngine, item_id: str) -> np.ndarray:
-    view, row = _located(engine, item_id)
-    if row < view.base_count:
-        return np.asarray(view.base.dense[row], np.float32)
-    return np.asarray(view.segment.delta.dense[row - view.base_count], np.float32)
-
-
-def item_sparse(engine: SearchEngine, item_id: str, query: Query) -> float:
+def item_score(engine: SearchEngine, item_id: str, query: Query, leg: str) -> float:
+    """One item's exact score on a leg, scored alone (the engine's arithmetic for one row, which must not depend on
+    the rows scored beside it)."""
     view, row = _located(engine, item_id)
     store = view.base if row < view.base_count else view.segment.delta
     local = row if row < view.base_count else row - view.base_count
-    return float(ExactScores(store, len(engine.encoder.vocabulary)).sparse(query, np.array([local]))[0])
+    return float(getattr(ExactScores(store, len(engine.encoder.vocabulary)), leg)(query, np.array([local]))[0])
 
 
 def test_filtered_results_equal_the_brute_force_oracle_single_and_sharded(generated: dict[str, Any]) -> None:
@@ -415,3 +411,129 @@ def test_verify_checks_the_payload_index_and_writes_are_typed(generated: dict[st
     payload.write_bytes(payload.read_bytes()[:-8])
     with pytest.raises(IndexUnavailableError):
         verify_index(single)
+
+
+class SettleCounter:
+    """Counts the bound's answers (indexer/dense_first.py), to show a test went through both outcomes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.answers: list[bool] = []
+        original = FusedBound.settles
+
+        def counted(bound: FusedBound, query: Query, kth: float, dense_last: float) -> bool:
+            answer = original(bound, query, kth, dense_last)
+            self.answers.append(answer)
+            return answer
+        monkeypatch.setattr(FusedBound, "settles", counted)
+
+
+def test_the_exact_plan_settled_by_its_dense_top_equals_the_oracle(generated: dict[str, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weighted hybrid search's exact plan scores every row densely and, when the bound settles the top k from
+    the dense top alone, only those rows sparsely: the answer is still the oracle's. Shallow depths (16, 64 of 240
+    rows) make the bound both settle queries and send others to every row's sparse score."""
+    monkeypatch.setattr(planner, "DENSE_DEPTH", 16)
+    monkeypatch.setattr(dense_first, "DENSE_DEPTH_MAX", 64)
+    counter = SettleCounter(monkeypatch)
+    rng = np.random.default_rng(23)
+    for engine in engines(generated, generated["root"] / "single"):
+        check_against_oracle(engine, generated["items"], rng, generated["dim"], 40)
+    assert True in counter.answers and False in counter.answers
+
+
+def test_the_index_plan_goes_dense_first_and_answers_exactly_over_an_exact_dense_index(
+        generated: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a flat (exact) dense index, the dense-first index plan of a weighted hybrid search equals the exact plan,
+    ids and scores, filtered or not: a query the bound settles from the dense top needs no sparse leg, one it does
+    not is asked deeper and, past the deepest ask, through the sparse legs too."""
+    monkeypatch.setattr(dense_first.DenseFirstSearcher.__init__, "__defaults__", (16,))
+    monkeypatch.setattr(dense_first, "DENSE_DEPTH_MAX", 64)
+    counter = SettleCounter(monkeypatch)
+    rng = np.random.default_rng(29)
+    sparse_searched = 0
+    for engine in engines(generated, generated["root"] / "single"):
+        for case in range(30):
+            query = random_query(rng, generated["dim"])
+            clause = random_filter(rng) if case % 2 else None
+            base = SearchParams(mode="hybrid", top_k=10, filter=Filter.model_validate(clause) if clause else None)
+            exact = engine.search(query, base.model_copy(update={"plan": "exact"}))
+            indexed = engine.search(query, base.model_copy(update={"plan": "index"}))
+            assert indexed.plan == "index"
+            assert [h.id for h in indexed.hits] == [h.id for h in exact.hits], clause
+            assert [h.fused for h in indexed.hits] == [h.fused for h in exact.hits]
+            sparse_searched += indexed.timings_ms.get("sparse_ms", 0.0) > 0
+    assert True in counter.answers and False in counter.answers
+    assert sparse_searched > 0  # some query went past the deepest dense ask
+
+
+def test_every_sparse_path_gives_the_same_bits() -> None:
+    """A row's sparse score is the same whether it is scored alone, among some rows (scipy's row product) or among
+    most rows (the term postings)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(3000):
+        ids = np.sort(rng.choice(500, size=int(rng.integers(1, 40)), replace=False)).astype(np.int32)
+        rows.append((ids, rng.uniform(0.01, 3.0, ids.size).astype(np.float32)))
+    sparse = sparse_of(rows)
+
+    class Stored:
+        dense = np.zeros((3000, 4), np.float32)
+
+        def __init__(self) -> None:
+            self.sparse = sparse
+            self.postings = sparse.by_term()
+
+        def built_term_postings(self) -> TermPostings:
+            return self.postings
+
+    scores = ExactScores(Stored(), 600)
+    query = Query(np.zeros(4, np.float32), np.array([7, 3, 450, 499, 550], np.int32),
+                  rng.uniform(0.1, 2.0, 5).astype(np.float32))
+    every = np.arange(3000)
+    by_term = scores.sparse(query, every)  # postings + rows < the rows' terms: through the postings
+    by_row = scores._sparse_by_row(query, every)
+    alone = np.array([scores.sparse(query, np.array([r]))[0] for r in range(0, 3000, 37)], np.float32)
+    assert by_term.any() and np.array_equal(by_term, by_row) and np.array_equal(alone, by_row[::37])
+
+
+def test_a_dense_score_does_not_depend_on_the_rows_beside_it() -> None:
+    rng = np.random.default_rng(4)
+    matrix = rng.normal(size=(500, 33)).astype(np.float32)
+    vector = rng.normal(size=33).astype(np.float32)
+    every = row_dot_products(matrix, vector, np.arange(500))
+    alone = np.array([row_dot_products(matrix, vector, np.array([r]))[0] for r in range(500)], np.float32)
+    assert np.array_equal(every, alone) and np.allclose(every, matrix @ vector, atol=1e-5)
+    with pytest.raises(IndexError):
+        row_dot_products(matrix, vector, np.array([3, 500]))
+
+
+def test_a_filtered_search_through_an_ivf_index_returns_only_the_filters_rows(
+        generated: dict[str, Any], tmp_path: Path) -> None:
+    """The index plan over an IVF dense index, filtered, in every mode: every hit passes the filter, and most of
+    the exact plan's hits are found (the IVF leg probes the lists holding allowed rows, indexer/ivf.py)."""
+    encoder, items = generated["encoder"], generated["items"]
+    reader = IndexReader(generated["root"] / "single", encoder=encoder)
+    store = reader.stores["images"]
+    config = IndexBuildConfig(checkpoint=reader.checkpoint_dir, output=tmp_path / "ivf", dataset=None, payload=SCHEMA,
+                              faiss_factory="IVF8,Flat")
+    publish_index(config, encoder, {"images": EncodedSide(items, EncodedItems(np.asarray(store.dense), store.sparse))},
+                  {"name": "ivf", "source": "generated", "root": "."})
+    reader.close()
+    rng = np.random.default_rng(31)
+    by_id = {item["id"]: item for item in items}
+    overlaps = []
+    engine = SearchEngine.open(tmp_path / "ivf", encoder=encoder)
+    try:
+        assert engine.manifest.sides["images"].faiss_factory == "IVF8,Flat"
+        for case in range(30):
+            clause = random_filter(rng)
+            query = random_query(rng, generated["dim"])
+            params = PARAMS[case % len(PARAMS)].model_copy(update={"filter": Filter.model_validate(clause)})
+            indexed = engine.search(query, params.model_copy(update={"plan": "index"}))
+            exact = engine.search(query, params.model_copy(update={"plan": "exact"}))
+            assert indexed.plan == "index" and all(passes(clause, by_id[hit.id]) for hit in indexed.hits)
+            if exact.hits:
+                overlaps.append(len({h.id for h in indexed.hits} & {h.id for h in exact.hits}) / len(exact.hits))
+    finally:
+        engine.close()
+    assert overlaps and float(np.mean(overlaps)) >= 0.8

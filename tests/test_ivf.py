@@ -1,0 +1,79 @@
+"""The IVF dense index under a filter (indexer/ivf.py) and the automatic dense index of a large side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.build import _build_faiss, dense_factory, ivf_lists
+from indexer.ivf import FilteredIvfLeg, IvfLists
+from indexer.query import Query
+
+
+def clustered(rng: np.random.Generator, rows: int, dim: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    cluster = rng.integers(0, clusters, rows)
+    vectors = centres[cluster] + 0.35 * rng.normal(size=(rows, dim)).astype(np.float32)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), cluster
+
+
+def dense_query(vector: np.ndarray) -> Query:
+    return Query(np.ascontiguousarray(vector, np.float32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+
+
+def filtered_top(vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, k: int) -> set[int]:
+    scores = np.where(allowed, vectors @ query, -np.inf)
+    return set(np.argsort(-scores)[:k].tolist())
+
+
+def test_an_automatic_index_is_flat_up_to_the_exact_plan_and_ivf_above() -> None:
+    assert dense_factory("auto", 100_000) == "Flat"
+    assert dense_factory("auto", 1_000_000) == "IVF4096,SQ8" and ivf_lists(250_000) == 2048
+    assert dense_factory("HNSW32", 5) == "HNSW32"
+    vectors, _ = clustered(np.random.default_rng(0), 3_000, 16, 8)
+    index: Any = faiss.extract_index_ivf(_build_faiss(vectors, "IVF64,SQ8"))
+    assert index.nprobe == 2 and index.ntotal == 3_000  # 1/32 of the lists, saved with the index
+
+
+def test_ivf_lists_hold_every_row_once() -> None:
+    vectors, _ = clustered(np.random.default_rng(1), 4_000, 16, 10)
+    lists = IvfLists.of(_build_faiss(vectors, "IVF32,Flat"))
+    assert lists is not None and lists.count == 32
+    assert np.array_equal(np.sort(lists.rows), np.arange(4_000))
+    for n in (0, 7, 31):
+        assert (lists.list_of_row[lists.rows[lists.offsets[n]:lists.offsets[n + 1]]] == n).all()
+    assert IvfLists.of(_build_faiss(vectors, "Flat")) is None
+
+
+def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() -> None:
+    """A uniform 10% filter and one keeping only the cluster farthest from the query. The leg, asked for 100 rows as
+    the hybrid search asks for its candidates, returns allowed rows only. Under the uniform filter it finds the
+    filtered top 10. Under the far one a plain IVF search with the same selector, probing the lists nearest the
+    query, finds almost none of it; the leg, probing the nearest lists that hold allowed rows, finds most (not all:
+    the coarse order of one distant cluster's lists says little of which of its rows face the query)."""
+    rng = np.random.default_rng(2)
+    vectors, cluster = clustered(rng, 20_000, 24, 16)
+    index = _build_faiss(vectors, "IVF64,Flat")
+    lists = IvfLists.of(index)
+    assert lists is not None
+    ivf: Any = faiss.extract_index_ivf(index)
+    centres = np.stack([vectors[cluster == c].mean(axis=0) for c in range(16)])
+    found_far = plain_far = 0
+    for _ in range(20):
+        query = vectors[rng.integers(0, 20_000)]
+        uniform = rng.random(20_000) < 0.1
+        far = cluster == int(np.argmin(centres @ query))
+        found = {}
+        for name, allowed in (("uniform", uniform), ("far", far)):
+            ranking = FilteredIvfLeg(index, lists, allowed).search_batch([dense_query(query)], 100)[0]
+            assert ranking.rows.size == 100 and allowed[ranking.rows].all()
+            found[name] = len(set(ranking.rows[:10].tolist()) & filtered_top(vectors, query, allowed, 10))
+        assert found["uniform"] >= 9
+        found_far += found["far"]
+        parameters = faiss.SearchParametersIVF(nprobe=ivf.nprobe,
+                                               sel=faiss.IDSelectorBatch(np.flatnonzero(far).astype(np.int64)))
+        _, rows = ivf.search(query[None, :], 10, params=parameters)
+        plain_far += len(set(rows[0][rows[0] >= 0].tolist()) & filtered_top(vectors, query, far, 10))
+    assert found_far >= 100 and plain_far <= 20
