@@ -298,7 +298,10 @@ class IndexReader:
         started = time.perf_counter()
         compiled = self.compiled(params.filter)
         allowed = None if compiled is None else self.allowed(view, compiled)
-        rows = len(view) - int(view.segment.deleted.size) if allowed is None else int(np.count_nonzero(allowed))
+        live = len(view) - int(view.segment.deleted.size)
+        rows = live if allowed is None else int(np.count_nonzero(allowed))
+        if rows == live:  # a filter every live row passes is no filter: the unfiltered legs, without selectors
+            allowed = None
         plan = choose_plan(params.plan, rows, approximate_index=self._approximate[side])
         searcher: HybridSearcher | ExactSearcher | DenseFirstSearcher
         if plan == "exact":

@@ -105,7 +105,10 @@ class FilteredIvfLeg:
         self.index, self.lists, self.allowed, self.name = index, lists, allowed, name
         self.ivf = ops.extract_index_ivf(index)
         # the rows an unfiltered search scores: nprobe lists of average size
-        self.target = max(1, round(PROBED_ROWS_SHARE * self.ivf.nprobe * int(allowed.size) / max(1, lists.count)))
+        # the rows an unfiltered search scores (nprobe lists of average size), a share of them as allowed rows: the
+        # filter's own share, at least PROBED_ROWS_SHARE (a broad filter scores about what an unfiltered search does)
+        share = max(PROBED_ROWS_SHARE, int(np.count_nonzero(allowed)) / max(1, int(allowed.size)))
+        self.target = max(1, round(share * self.ivf.nprobe * int(allowed.size) / max(1, lists.count)))
         self._per_list: np.ndarray | None = None  # every list's allowed rows, counted once if a query needs them
         bits = np.packbits(np.asarray(allowed, bool), bitorder="little")
         self.selector = ops.IDSelectorBitmap(int(allowed.size), ops.swig_ptr(bits))
