@@ -3,9 +3,10 @@
 An IVF index scores only the rows of the ``nprobe`` lists whose centroids are nearest the query. Under a filter
 that plain rule fails two ways: a selective filter leaves few allowed rows in those lists (too few candidates), and
 a filter correlated with the query (a region far from it) leaves none. ``FilteredIvfLeg`` probes lists nearest
-first, skipping lists without an allowed row, until the allowed rows it will score reach what an unfiltered search
-scores (``nprobe`` lists of average size): the same work, spent on rows the filter keeps. FAISS then scores only
-the allowed rows of those lists (an ``IDSelectorBitmap``), through ``search_preassigned`` with the chosen lists.
+first, skipping lists without an allowed row, until the allowed rows they hold reach the filter's share of the rows
+an unfiltered search scores (``nprobe`` lists of average size), at least ``PROBED_ROWS_SHARE`` of them and
+``ROWS_PER_HIT`` per row asked for. FAISS then scores only the allowed rows of those lists (an ``IDSelectorBitmap``),
+through ``search_preassigned`` with the chosen lists.
 """
 
 from __future__ import annotations
