@@ -34,7 +34,7 @@ from indexer.filters import Filter
 from indexer.params import SearchParams
 from indexer.query import Query
 from indexer.search import SearchEngine, SearchResult
-from indexer.store import IndexManifest, IndexUnavailableError, manifest_in, opening_index
+from indexer.store import IndexUnavailableError, read_manifest
 
 BUCKETS = 10_000
 PAYLOAD = {"bucket": "integer", "region": "keyword"}
@@ -75,11 +75,6 @@ def reusable(out: Path, items: int) -> bool:
     except (IndexUnavailableError, OSError, ValueError):
         return False
     return manifest.sides["images"].count == items and manifest.payload == PAYLOAD
-
-
-def read_manifest(out: Path) -> IndexManifest:
-    with opening_index(out) as directory:
-        return manifest_in(directory, out)
 
 
 def bucket_filter(share: float) -> dict[str, Any]:

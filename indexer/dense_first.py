@@ -64,6 +64,13 @@ class FusedBound:
                                           ceiling[query.term_ids[known]].astype(np.float64))))
         return best
 
+    def settles_top(self, query: Query, fused: np.ndarray, k: int, dense_last: float) -> bool:
+        """Whether the k best of some rows' ``fused`` scores are the k best of all, every other row's dense score
+        being at most ``dense_last``."""
+        if fused.size < k:
+            return False
+        return self.settles(query, float(np.partition(fused, fused.size - k)[fused.size - k]), dense_last)
+
     def settles(self, query: Query, kth: float, dense_last: float) -> bool:
         """Whether no row whose dense score is at most ``dense_last`` can reach the k-th fused score ``kth``."""
         if (query.term_weights < 0).any():
@@ -127,10 +134,6 @@ class DenseFirstSearcher:
     def _settled(self, query: Query, found: Candidates, legs: dict[str, Ranking],
                  dense_legs: Mapping[str, Searcher], depth: int, k: int) -> bool:
         """Whether no row outside the dense candidates can enter the top k (the module's bound)."""
-        if found.rows.size < k:
-            return False
-        fused = self._fused(found.dense, found.sparse)
-        kth = float(np.partition(fused, fused.size - k)[fused.size - k])
         last = -np.inf  # the best dense score a row no leg returned could have
         for role, ranking in legs.items():
             if len(ranking) < depth:
@@ -139,7 +142,7 @@ class DenseFirstSearcher:
                 return False  # an approximate leg that came back short says nothing of the rows it skipped
             at = np.searchsorted(found.rows, ranking.rows)
             last = max(last, float(found.dense[at].min()))
-        return self.bound.settles(query, kth, last)
+        return self.bound.settles_top(query, self._fused(found.dense, found.sparse), k, last)
 
     def _fused(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         return np.asarray(self.general.fuse(dense, sparse))

@@ -85,7 +85,7 @@ class IndexReader:
                 continue
             self.stores[side] = SideStore.load(self.directory / side, side, side_manifest, self.manifest.payload)
             if side_manifest.count <= EXACT_ROWS:  # every search of it is exact: its term postings now, not mid-search
-                self.stores[side].by_term  # noqa: B018 (a cached property, built here)
+                self.stores[side].term_postings = self.stores[side].sparse.by_term()
             self.segments[side] = unchanged(self.stores[side])
             self._ivf_lists[side] = IvfLists.of(self.stores[side].faiss_index)
             self._approximate[side] = not is_flat(self.stores[side].faiss_index)
@@ -149,7 +149,7 @@ class IndexReader:
         index = self.store(side).faiss_index
         lists = self._ivf_lists.get(side)
         if lists is not None:
-            return FilteredIvfLeg(index, lists, allowed)
+            return FilteredIvfLeg(index, lists, allowed, count)
         parameters = within_rows(index, allowed)
         return FaissLeg(index, parameters=parameters) if parameters is not None else Filtered(FaissLeg(index),
                                                                                                allowed, count)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from indexer.query import Query
-from indexer.searchers import Ranking, ranking_of
+from indexer.searchers import Ranking, ragged_positions, ranking_of
 
 PROBE_CHUNK = 64  # lists whose allowed rows are counted together while choosing the probes
 PROBED_ROWS_SHARE = 0.25  # allowed rows to score under a filter, as a share of the rows an unfiltered search scores
@@ -80,9 +80,8 @@ class IvfLists:
             lists = order[start:start + PROBE_CHUNK]
             starts, ends = self.offsets[lists], self.offsets[lists + 1]
             lengths = ends - starts
+            kept = allowed[self.rows[ragged_positions(starts, lengths)]]
             firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            positions = np.repeat(starts - firsts, lengths) + np.arange(lengths.sum())
-            kept = allowed[self.rows[positions]]
             counts = np.add.reduceat(kept, firsts) if kept.size else np.zeros(lists.size, np.int64)
             counts = np.where(lengths > 0, counts, 0)  # reduceat repeats the next value for an empty list
             running = covered + np.cumsum(counts)
@@ -99,16 +98,17 @@ class FilteredIvfLeg:
     """Dense leg over an IVF index under a filter (``allowed``: a mask over the index's rows): the probes are
     chosen per query by ``IvfLists.probes``, and only allowed rows are scored."""
 
-    def __init__(self, index: Any, lists: IvfLists, allowed: np.ndarray, *, name: str = "faiss") -> None:
+    def __init__(self, index: Any, lists: IvfLists, allowed: np.ndarray, allowed_count: int, *,
+                 name: str = "faiss") -> None:
+        """``allowed_count``: the allowed rows (the caller counted them)."""
         import faiss
 
         ops: Any = faiss
         self.index, self.lists, self.allowed, self.name = index, lists, allowed, name
         self.ivf = ops.extract_index_ivf(index)
-        # the rows an unfiltered search scores: nprobe lists of average size
         # the rows an unfiltered search scores (nprobe lists of average size), a share of them as allowed rows: the
         # filter's own share, at least PROBED_ROWS_SHARE (a broad filter scores about what an unfiltered search does)
-        share = max(PROBED_ROWS_SHARE, int(np.count_nonzero(allowed)) / max(1, int(allowed.size)))
+        share = max(PROBED_ROWS_SHARE, allowed_count / max(1, int(allowed.size)))
         self.target = max(1, round(share * self.ivf.nprobe * int(allowed.size) / max(1, lists.count)))
         self._per_list: np.ndarray | None = None  # every list's allowed rows, counted once if a query needs them
         bits = np.packbits(np.asarray(allowed, bool), bitorder="little")

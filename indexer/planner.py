@@ -113,8 +113,7 @@ class ExactSearcher:
                 return None  # every row: as cheap to score them all on both legs
             top = top_rows(self.rows, dense, dense_depth)
             fused = np.asarray(self.fuse(top.scores, self.scores.sparse(query, top.rows)), np.float32)
-            kth = float(np.partition(fused, fused.size - depth)[fused.size - depth])
-            if self.bound.settles(query, kth, float(top.scores[-1])):
+            if self.bound.settles_top(query, fused, depth, float(top.scores[-1])):
                 return top_rows(top.rows, fused, depth)
         return None
 

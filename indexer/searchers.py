@@ -150,6 +150,12 @@ class StrongestTerms:
 
 
 # ----- exact rescoring -----
+def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions of several runs of an array, one after another: run i is ``starts[i]`` .. + ``lengths[i]``."""
+    firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+
+
 def row_dot_products(matrix: np.ndarray, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``matrix[rows] @ vector`` without copying the rows out: FAISS's SIMD inner product of each row in place."""
     import faiss
@@ -211,8 +217,8 @@ class ExactScores:
         is rounded to float32 once."""
         if rows.size == 0:
             return np.zeros(0, np.float32)
-        built = getattr(self.store, "built_term_postings", None)  # a side's, when opened with them
-        by_term: TermPostings | None = built() if built is not None and rows.size > 1_000 else None
+        # a side's, when opened with them (the delta has none)
+        by_term: TermPostings | None = getattr(self.store, "term_postings", None) if rows.size > 1_000 else None
         sparse = self.store.sparse
         if by_term is not None and by_term.postings(query.term_ids) + len(self) < int(
                 (sparse.indptr[rows + 1] - sparse.indptr[rows]).sum()):
@@ -236,8 +242,7 @@ class ExactScores:
         terms, weights = terms[known], weights[known]
         starts, ends = by_term.indptr[terms], by_term.indptr[terms + 1]
         lengths = ends - starts
-        positions = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(
-            lengths.sum())
+        positions = ragged_positions(starts, lengths)
         contributions = np.repeat(weights.astype(np.float64), lengths) * by_term.values[positions]
         totals = np.bincount(by_term.rows[positions], weights=contributions, minlength=by_term.row_count)
         return totals[rows].astype(np.float32)

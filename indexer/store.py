@@ -233,17 +233,9 @@ class SideStore:
     row_of: dict[str, int]
     order: np.ndarray | None = None  # a shard's: each row's position in the whole collection
     payload: PayloadIndex = dataclasses.field(default_factory=PayloadIndex.empty)
-
-    @functools.cached_property
-    def by_term(self) -> TermPostings:
-        """The sparse forward store by term, built on first use: scoring most rows exactly goes through it."""
-        return self.sparse.by_term()
-
-    def built_term_postings(self) -> TermPostings | None:
-        """The term postings if they were built (on opening a side every search of which may score all its rows:
-        indexer/index_reader.py); never built here, which would stall a search of a large side."""
-        built = self.__dict__.get("by_term")
-        return built if isinstance(built, TermPostings) else None
+    # the sparse forward store by term, for scoring most of a side's rows exactly: built when a side every search of
+    # which may score all its rows is opened (indexer/index_reader.py), never mid-search
+    term_postings: TermPostings | None = None
 
     @functools.cached_property
     def id_array(self) -> np.ndarray:

@@ -481,10 +481,7 @@ def test_every_sparse_path_gives_the_same_bits() -> None:
 
         def __init__(self) -> None:
             self.sparse = sparse
-            self.postings = sparse.by_term()
-
-        def built_term_postings(self) -> TermPostings:
-            return self.postings
+            self.term_postings: TermPostings = sparse.by_term()
 
     scores = ExactScores(Stored(), 600)
     query = Query(np.zeros(4, np.float32), np.array([7, 3, 450, 499, 550], np.int32),

@@ -67,7 +67,8 @@ def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() 
         far = cluster == int(np.argmin(centres @ query))
         found = {}
         for name, allowed in (("uniform", uniform), ("far", far)):
-            ranking = FilteredIvfLeg(index, lists, allowed).search_batch([dense_query(query)], 100)[0]
+            leg = FilteredIvfLeg(index, lists, allowed, int(np.count_nonzero(allowed)))
+            ranking = leg.search_batch([dense_query(query)], 100)[0]
             assert ranking.rows.size == 100 and allowed[ranking.rows].all()
             found[name] = len(set(ranking.rows[:10].tolist()) & filtered_top(vectors, query, allowed, 10))
         assert found["uniform"] >= 9
