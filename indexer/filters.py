@@ -161,7 +161,7 @@ class Part:
     rows_of_ids: Callable[[Sequence[str]], np.ndarray]  # the live global rows of these ids (any part)
 
 
-Evaluate = Callable[[Part], np.ndarray]
+Evaluate = Callable[[Part], np.ndarray]  # a fresh mask of the part's rows, which the caller may change
 
 
 def _match(field: str, kind: FieldType, spec: MatchSpec) -> Evaluate:
@@ -206,9 +206,11 @@ def _range(field: str, kind: FieldType, spec: RangeSpec) -> Evaluate:
     def evaluate(part: Part) -> np.ndarray:
         column = part.payload.column(field)
         assert isinstance(column, ValueColumn)
-        mask = column.present_mask.copy()
-        for name, bound in bounds:
+        mask = compare[bounds[0][0]](column.values, bounds[0][1]) if bounds else np.ones(part.rows, bool)
+        for name, bound in bounds[1:]:
             mask &= compare[name](column.values, bound)
+        if not column.complete:
+            mask &= column.present_mask
         return mask
     return evaluate
 
@@ -216,7 +218,7 @@ def _range(field: str, kind: FieldType, spec: RangeSpec) -> Evaluate:
 def _exists(field: str, wanted: bool) -> Evaluate:
     def evaluate(part: Part) -> np.ndarray:
         present = part.payload.column(field).present()
-        return present if wanted else ~present
+        return present.copy() if wanted else ~present  # a fresh mask: the clause ANDs into it
     return evaluate
 
 
@@ -235,8 +237,8 @@ def _clause(filter_: Clause, schema: PayloadSchema) -> Evaluate:
     must_not = [_condition(c, schema) for c in filter_.must_not]
 
     def evaluate(part: Part) -> np.ndarray:
-        mask = np.ones(part.rows, bool)
-        for condition in must:
+        mask = must[0](part) if must else np.ones(part.rows, bool)  # a condition's mask is its own: ANDed in place
+        for condition in must[1:]:
             mask &= condition(part)
         if should:
             any_of = np.zeros(part.rows, bool)

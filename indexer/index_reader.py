@@ -257,9 +257,11 @@ class IndexReader:
 
     def allowed(self, view: SideView, compiled: CompiledFilter | None) -> np.ndarray:
         """A mask over the view's rows: live, and passing the filter (every live row without one)."""
-        mask = self.live_mask(view)
-        if compiled is not None:
-            mask &= np.concatenate([compiled.mask(part) for part in self.payload_parts(view)])
+        if compiled is None:
+            return self.live_mask(view)
+        parts = [compiled.mask(part) for part in self.payload_parts(view)]
+        mask = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a fresh array: cleared in place
+        mask[view.segment.deleted] = False
         return mask
 
     def compiled(self, filter_: Filter | None) -> CompiledFilter | None:

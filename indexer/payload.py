@@ -210,6 +210,11 @@ class ValueColumn:
     def present(self) -> np.ndarray:
         return self.present_mask
 
+    @functools.cached_property
+    def complete(self) -> bool:
+        """Every row has a value (a filter need not check which do)."""
+        return bool(self.present_mask.all())
+
     def counts(self, rows: np.ndarray) -> dict[int | float, int]:
         """How many of ``rows`` (a mask) hold each value (as stored: a bool's is 0 or 1)."""
         values, counted = np.unique(self.values[rows & self.present_mask], return_counts=True)

@@ -78,3 +78,44 @@ def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() 
         _, rows = ivf.search(query[None, :], 10, params=parameters)
         plain_far += len(set(rows[0][rows[0] >= 0].tolist()) & filtered_top(vectors, query, far, 10))
     assert found_far >= 100 and plain_far <= 20
+
+
+def test_allowed_rows_are_counted_per_list_including_empty_lists() -> None:
+    rng = np.random.default_rng(3)
+    sizes = np.array([3, 0, 0, 5, 1, 0, 7, 0])  # empty lists inside and at the end
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    rows = rng.permutation(int(sizes.sum())).astype(np.int64)
+    list_of_row = np.empty(rows.size, np.int32)
+    list_of_row[rows] = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
+    lists = IvfLists(offsets, rows, np.zeros((sizes.size, 4), np.float32), list_of_row)
+    for _ in range(20):
+        allowed = rng.random(rows.size) < 0.5
+        expected = np.bincount(list_of_row[np.flatnonzero(allowed)], minlength=sizes.size)
+        assert np.array_equal(lists.allowed_per_list(allowed), expected)
+        some = rng.integers(0, sizes.size, 6)
+        assert np.array_equal(lists.allowed_in(some, allowed), expected[some])
+
+
+def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_does() -> None:
+    """A uniform filter's rows lie near the query as elsewhere: the leg probes the ``nprobe`` nearest lists, as an
+    unfiltered search. A filter keeping one cluster far from the query probes other lists, each holding allowed
+    rows, nearest first."""
+    rng = np.random.default_rng(5)
+    vectors, cluster = clustered(rng, 20_000, 24, 16)
+    index = _build_faiss(vectors, "IVF64,Flat")
+    lists = IvfLists.of(index)
+    assert lists is not None
+    nprobe = int(faiss.extract_index_ivf(index).nprobe)
+    centres = np.stack([vectors[cluster == c].mean(axis=0) for c in range(16)])
+    for _ in range(10):
+        query = vectors[rng.integers(0, 20_000)]
+        coarse = lists.centroids @ query
+        nearest = np.argsort(-coarse, kind="stable")[:nprobe]
+        uniform = rng.random(20_000) < 0.3
+        leg = FilteredIvfLeg(index, lists, uniform, int(np.count_nonzero(uniform)))
+        assert np.array_equal(leg.probes_for(coarse, 10), nearest)
+        far = cluster == int(np.argmin(centres @ query))
+        leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)))
+        probes = leg.probes_for(coarse, 10)
+        assert not np.array_equal(probes, nearest) and (lists.allowed_in(probes, far) > 0).all()
+        assert (np.diff(coarse[probes]) <= 0).all()
