@@ -1,4 +1,4 @@
-"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|filtered|scale-out|reliability``:
+"""``python -m benchmarks run|check|record-matrix|search|synthetic|report|live|filtered|gpu|scale-out|reliability``:
 Duet's benchmarks.
 
 ``run`` is the whole report for one dataset split (quality, sweeps, efficiency, peers, scale); ``check`` re-runs
@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.filtered import FilteredOptions
+from benchmarks.gpu import GpuOptions
 from benchmarks.live_bench import LiveBenchConfig
 from benchmarks.machine import machine
 from benchmarks.matrix import ResultsMatrix
@@ -88,6 +89,7 @@ LIVE_ARGS = ModelArgs(LiveBenchConfig)
 SCALE_OUT_ARGS = ModelArgs(ScaleOutConfig)
 RELIABILITY_ARGS = ModelArgs(ReliabilityConfig)
 FILTERED_ARGS = ModelArgs(FilteredOptions)
+GPU_ARGS = ModelArgs(GpuOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     FILTERED_ARGS.add_to(sub.add_parser("filtered", help="filtered hybrid search on a synthetic corpus with payload "
                                         "fields: the planner against exact brute force and milvus-lite, by "
                                         "selectivity (JSON and Markdown)"))
+    GPU_ARGS.add_to(sub.add_parser("gpu", help="tower, pipeline and training speed on the machine's device, on "
+                                   "JPEGs and captions it generates (JSON and Markdown)"))
     p = sub.add_parser("scale-out", help="sharded and Ray builds, sharded search and writes over HTTP (Ray Serve "
                        "included) against one index, bytes per item by FAISS factory (JSON and Markdown)")
     SCALE_OUT_ARGS.add_to(p)
@@ -181,6 +185,13 @@ def command_filtered(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     options = FILTERED_ARGS.build(args)
     return _written(options.out, run_filtered(options), argv, render)
+
+
+def command_gpu(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from benchmarks.gpu import render, run_gpu
+
+    options = GPU_ARGS.build(args)
+    return _written(options.out, run_gpu(options), argv, render)
 
 
 def command_scale_out(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -327,7 +338,7 @@ def run_synthetic(options: SyntheticOptions) -> dict[str, Any]:
 # the commands that write a report of their own: (parsed flags, the command line) -> exit status
 REPORTING_COMMANDS: dict[str, Callable[[argparse.Namespace, Sequence[str]], int]] = {
     "run": command_run, "live": command_live, "scale-out": command_scale_out, "reliability": command_reliability,
-    "filtered": command_filtered}
+    "filtered": command_filtered, "gpu": command_gpu}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,10 +69,16 @@ class Backbone:
     def device(self) -> torch.device:
         return next(self.clip.parameters()).device
 
+    def autocast(self) -> Any:
+        """bf16 autocast where the towers run on a CUDA device (a GPU's tensor cores), nothing on a CPU."""
+        device = self.device
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     @torch.inference_mode()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed pixels -> (B, image_feature_dim) pre-projection features."""
-        return self.clip.encode_image(pixels.to(self.device)).float()
+        with self.autocast():
+            return self.clip.encode_image(pixels.to(self.device, non_blocking=True)).float()
 
     @torch.inference_mode()
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -81,7 +87,8 @@ class Backbone:
             used = (tokens != self.pad_id_for_trimming).any(dim=0).nonzero()
             length = int(used.max()) + 1 if used.numel() else 1
             tokens = tokens[:, :length]
-        return self.clip.encode_text(tokens.to(self.device)).float()
+        with self.autocast():
+            return self.clip.encode_text(tokens.to(self.device, non_blocking=True)).float()
 
 
 def _linear_weight(layer: nn.Module | nn.Parameter) -> torch.Tensor:

@@ -20,6 +20,9 @@ class DatasetError(ValueError):
     """The dataset path, its JSON or a field of it is missing or malformed."""
 
 
+MSCOCO_TRAIN_PAIRS = 566_747  # caption-image pairs of Karpathy's MSCOCO training split (train + restval)
+
+
 @dataclass(frozen=True)
 class Caption:
     caption_id: int

@@ -21,6 +21,8 @@ from PIL import Image
 from core.backbone import Backbone, build_backbone
 from core.checkpoint import Checkpoint, load_checkpoint, read_manifest
 from core.config import BackboneConfig
+from core.data import ImageInput
+from core.image_pipeline import ImagePipeline
 from core.model import DuetModel
 from core.sparse_head import top_k_prune
 from core.vocab import Vocabulary
@@ -191,6 +193,15 @@ class DuetEncoder:
         head = self.model.sparse_head
         terms = head.own_text(None, None, head.columns_of(self.tokenize(texts)))
         return sparse_rows(terms.to_dense(head.num_terms), head.term_ids)
+
+    def encode_image_files(self, paths: Sequence[str | Path], *, prune: int | None = None,
+                           threads: int | None = None) -> EncodedItems:
+        """Image files through the image pipeline (core/image_pipeline.py), decoded on ``threads`` threads (default:
+        sized to the cores); an unreadable one raises CorruptImageError naming it."""
+        pipeline = ImagePipeline(self.backbone.preprocess, self.device, batch_size=max(1, len(paths)),
+                                 threads=threads)
+        batch = pipeline.pixels([ImageInput(n, Path(path)) for n, path in enumerate(paths)])
+        return self.encode_image_features(self.backbone.image_features(batch.pixels), prune=prune)
 
     def encode_images(self, images: Sequence[Image.Image], *, prune: int | None = None) -> EncodedItems:
         pixels = torch.stack([self.backbone.preprocess(image.convert("RGB")) for image in images])

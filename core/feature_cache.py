@@ -18,26 +18,22 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from core.atomic import atomic_directory, write_text_atomic
 from core.backbone import Backbone
 from core.data import FeatureInputs, ImageInput
+from core.image_pipeline import CorruptImageError, ImagePipeline
+from core.image_pipeline import text_batch_size as default_text_batch_size
 from core.progress import progress_bar
 
 _logger = logging.getLogger(__name__)
-
-
-class CorruptImageError(ValueError):
-    """An image file is missing, truncated or not an image."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +53,6 @@ class CachedFeatures:
     texts: FeatureTable
     directory: Path
     corrupt_images: list[str] = field(default_factory=list)
-
-
-def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
-    """Decode fully (so truncation is caught) and preprocess; raise CorruptImageError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return preprocess(image.convert("RGB"))
-    except FileNotFoundError as e:
-        raise CorruptImageError(f"image file missing: {path}") from e
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(f"corrupt or unreadable image {path}: {e}") from e
 
 
 def cache_directory(root: str | Path, fingerprint: str, inputs: FeatureInputs) -> Path:
@@ -122,42 +106,27 @@ class _ShardedWriter:
         return FeatureTable(torch.cat(ids).numpy(), torch.cat(feats).float()), skipped
 
 
-def _encode_images(backbone: Backbone, images: Sequence[ImageInput], batch_size: int, skip_corrupt: bool,
-                   pool: ThreadPoolExecutor, bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
-    """Encode one shard; image decoding of the next batch overlaps the forward pass of this one."""
-
-    def decode(batch: Sequence[ImageInput]) -> list[tuple[int, torch.Tensor | None, str | None]]:
-        out: list[tuple[int, torch.Tensor | None, str | None]] = []
-        for image in batch:
-            try:
-                out.append((image.id, load_image(image.path, backbone.preprocess), None))
-            except CorruptImageError as e:
-                if not skip_corrupt:
-                    raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
-                out.append((image.id, None, str(image.path)))
-        return out
-
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+def _encode_images(backbone: Backbone, images: Sequence[ImageInput], pipeline: ImagePipeline,
+                   bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
+    """Encode one shard: the pipeline decodes the next batches while the tower encodes this one."""
     ids: list[int] = []
     features: list[torch.Tensor] = []
     skipped: list[str] = []
-    pending: Future[Any] | None = pool.submit(decode, batches[0]) if batches else None
-    for b in range(len(batches)):
-        assert pending is not None
-        decoded = pending.result()
-        pending = pool.submit(decode, batches[b + 1]) if b + 1 < len(batches) else None
-        good = [(i, x) for i, x, bad in decoded if bad is None]
-        skipped += [bad for _, _, bad in decoded if bad is not None]
-        if good:
-            ids += [i for i, _ in good]
-            features.append(backbone.image_features(torch.stack([x for _, x in good])).cpu())
-        bar.update(len(decoded))
+    try:
+        for batch in pipeline.batches(images):
+            skipped += batch.skipped
+            if batch.ids:
+                ids += batch.ids
+                features.append(backbone.image_features(batch.pixels).cpu())
+            bar.update(batch.count)
+    except CorruptImageError as e:
+        raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
     width = backbone.image_feature_dim
     return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
 
 
 def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: str | Path,
-                     image_batch_size: int = 64, text_batch_size: int = 256, shard_size: int = 1024,
+                     image_batch_size: int | None = None, text_batch_size: int | None = None, shard_size: int = 1024,
                      skip_corrupt: bool = False,
                      after_shard: Callable[[str, int], None] | None = None) -> CachedFeatures:
     """Compute (or resume, or reuse) the cache of ``inputs``; return it loaded.
@@ -177,19 +146,20 @@ def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: s
     image_shards = _shards(inputs.images, shard_size)
     text_shards = _shards(captions, shard_size)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        todo = [i for i in range(len(image_shards)) if not image_store.done(i)]
-        if len(todo) < len(image_shards):
-            _logger.info("resuming image features: %d of %d shards already done", len(image_shards) - len(todo),
-                         len(image_shards))
-        remaining = sum(len(image_shards[i]) for i in todo)
-        with progress_bar(total=remaining, desc="image features", unit="img") as bar:
-            for index in todo:
-                ids, feats, skipped = _encode_images(backbone, image_shards[index], image_batch_size,
-                                                     skip_corrupt, pool, bar)
-                image_store.write(index, ids, feats, skipped)
-                if after_shard is not None:
-                    after_shard("images", index)
+    pipeline = ImagePipeline(backbone.preprocess, backbone.device, batch_size=image_batch_size,
+                             skip_corrupt=skip_corrupt)
+    todo = [i for i in range(len(image_shards)) if not image_store.done(i)]
+    if len(todo) < len(image_shards):
+        _logger.info("resuming image features: %d of %d shards already done", len(image_shards) - len(todo),
+                     len(image_shards))
+    remaining = sum(len(image_shards[i]) for i in todo)
+    with progress_bar(total=remaining, desc="image features", unit="img") as bar:
+        for index in todo:
+            ids, feats, skipped = _encode_images(backbone, image_shards[index], pipeline, bar)
+            image_store.write(index, ids, feats, skipped)
+            if after_shard is not None:
+                after_shard("images", index)
+    text_batch = text_batch_size or default_text_batch_size(backbone.device)
     todo = [i for i in range(len(text_shards)) if not text_store.done(i)]
     with progress_bar(total=sum(len(text_shards[i]) for i in todo), desc="text features", unit="caption") as bar:
         for index in todo:
@@ -197,8 +167,8 @@ def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: s
             # Similar lengths share a batch, so little padding is computed; rows go back to shard order.
             order = sorted(range(len(shard)), key=lambda k: len(shard[k][1]))
             feats = torch.zeros(len(shard), backbone.text_feature_dim)
-            for i in range(0, len(order), text_batch_size):
-                rows = order[i:i + text_batch_size]
+            for i in range(0, len(order), text_batch):
+                rows = order[i:i + text_batch]
                 feats[rows] = backbone.text_features(backbone.tokenizer([shard[k][1] for k in rows])).cpu()
                 bar.update(len(rows))
             text_store.write(index, [c for c, _ in shard], feats, [])

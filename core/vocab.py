@@ -57,12 +57,12 @@ class Vocabulary:
 
 def document_frequency(token_rows: torch.Tensor, vocab_size: int) -> np.ndarray:
     """(V,) int64: in how many rows (captions) each token id occurs at least once."""
-    counts = torch.zeros(vocab_size, dtype=torch.int64)
-    for start in range(0, token_rows.shape[0], 2048):  # chunks: a dense (rows, V) mask of every caption is GBs
-        chunk = token_rows[start:start + 2048].clamp(0, vocab_size - 1)
-        present = torch.zeros(chunk.shape[0], vocab_size, dtype=torch.bool).scatter_(1, chunk, True)
-        counts += present.sum(dim=0)
-    return counts.numpy()
+    if token_rows.numel() == 0:
+        return np.zeros(vocab_size, np.int64)
+    ordered = token_rows.clamp(0, vocab_size - 1).sort(dim=1).values
+    first = torch.ones_like(ordered, dtype=torch.bool)  # a row's first occurrence of each id: counted once
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.bincount(ordered[first], minlength=vocab_size).numpy().astype(np.int64)
 
 
 def caption_vocabulary(vocabulary: Vocabulary, df: np.ndarray, *, min_df: int = 1,

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from core.checkpoint import CheckpointError
 from core.cli_args import ModelArgs
 from core.data import DatasetError
-from core.feature_cache import CorruptImageError
+from core.image_pipeline import CorruptImageError
 from core.progress import setup_logging
 from indexer.build import IndexBuildConfig, build_index, verify_index
 from indexer.catalog import Catalog

@@ -61,13 +61,9 @@ class EncodeBatch:
     def _encode(self, side: str, inputs: list[str]) -> EncodedItems:
         if side == "texts":
             return self.encoder.encode_texts(inputs, prune=self.prune["texts"])
-        from PIL import Image
-
-        images = []
-        for path in inputs:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        return self.encoder.encode_images(images, prune=self.prune["images"])
+        # a CPU actor holds one core (the pool runs one actor per core); a GPU actor decodes on the node's cores
+        threads = None if self.encoder.device.startswith("cuda") else 1
+        return self.encoder.encode_image_files(inputs, prune=self.prune["images"], threads=threads)
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from core.data import FeatureInputs, ImageInput, TextInput, karpathy_inputs, load_karpathy
-from core.feature_cache import CorruptImageError, cache_directory, compute_features, load_feature_cache
+from core.feature_cache import cache_directory, compute_features, load_feature_cache
+from core.image_pipeline import CorruptImageError
 
 SPLITS = ["train", "val", "test"]
 
@@ -25,7 +26,7 @@ def test_cache_contents(tmp_path: Path, synthetic_dataset: Path, tiny_backbone) 
     assert cache.directory.parent.name == tiny_backbone.fingerprint
     # rows really are the towers' features of those items
     record = ds.split("val")[3]
-    from core.feature_cache import load_image
+    from core.image_pipeline import load_image
 
     expected = tiny_backbone.image_features(load_image(ds.image_path(record), tiny_backbone.preprocess)[None])
     assert torch.allclose(cache.images.rows([record.image_id]), expected, atol=1e-5)

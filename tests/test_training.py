@@ -208,7 +208,7 @@ def test_speed_measures_every_step_against_the_dense_step(lit_base: tuple[Path, 
                                                           tmp_path: Path) -> None:
     work, cache = lit_base
     output = tmp_path / "speed.json"
-    code = main(["speed", *_common(synthetic_dataset, cache), "--images", "4", "--steps", "1",
+    code = main(["speed", *_common(synthetic_dataset, cache), "--images", "4", "--steps", "1", "--epoch-pairs", "64",
                  "--init-checkpoint", str(work / "align" / "best"), "--output", str(output)])
     assert code == 0
     speed = json.loads(output.read_text())
@@ -217,3 +217,4 @@ def test_speed_measures_every_step_against_the_dense_step(lit_base: tuple[Path, 
     assert all(seconds > 0 for seconds in steps.values())
     assert speed["over_dense_step"]["grounded"] == pytest.approx(steps["grounded"] / steps["dense"])
     assert speed["throughput"]["cache_images_per_s"] > 0
+    assert all(figures["epoch_seconds"] > 0 and figures["epoch_pairs"] == 64 for figures in speed["methods"].values())

@@ -7,8 +7,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from core.data import MSCOCO_TRAIN_PAIRS
 from core.progress import setup_logging
 from training.config import TrainConfig, build_config
 from training.methods import METHODS
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=512, help="images for the throughput probe")
     p.add_argument("--steps", type=int, default=20, help="optimiser steps per method")
     p.add_argument("--init-checkpoint", default=LIT_BASE, help="LiT base for the step probe")
+    p.add_argument("--epoch-pairs", type=int, default=0,
+                   help=f"also time an epoch of this many pairs per method (MSCOCO's: {MSCOCO_TRAIN_PAIRS:,}); 0: not")
+    p.add_argument("--align-run", help="first run align for one epoch in this directory (set-up, epoch and final "
+                   "evaluation timed); its checkpoint is then the LiT base of the step probe")
     p.add_argument("--output", help="write the measurements JSON here")
     p = sub.add_parser("probe", help="the readability ceiling: a linear multi-label word probe on the frozen image "
                        "features (GP@k on val and test)")
@@ -248,24 +254,34 @@ def _speed(args: argparse.Namespace) -> int:
 
     from core.atomic import write_text_atomic
     from training import trainer
-    from training.speed import step_seconds, tower_throughput
+    from training.speed import StepRunner, align_run, method_figures, tower_throughput
 
     base = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(base)
-    out: dict[str, object] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                          "torch_threads": torch.get_num_threads(),
-                                          "device": trainer.resolve_device(base.device)}}
-    out["throughput"] = tower_throughput(ws, images=args.images)
+    device = trainer.resolve_device(base.device)
+    out: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                       "torch_threads": torch.get_num_threads(), "device": device}}
+    if device == "cuda":
+        out["machine"]["gpu"] = torch.cuda.get_device_name()
+    if args.images > 0:
+        out["throughput"] = tower_throughput(ws, images=args.images, device=device)
+    lit_base = args.init_checkpoint
+    if args.align_run:
+        out["align_run"] = align_run(base, ws, Path(args.align_run))
+        lit_base = str(Path(args.align_run) / "best")
     # grounded_head_on_dense: the grounded preset with the paper's head input (the 256-d dense vector instead of
     # the 1,280-d frozen features), the `always` mode at its cheapest
     variants = {"dense": (PRESETS["dense"], []), "skd": (PRESETS["skd"], []), "grounded": (PRESETS["grounded"], []),
                 "grounded_head_on_dense": (PRESETS["grounded"], ["model.sparse_head.head_input=dense",
                                                                  "model.sparse_head.input_dropout=0.0"])}
-    steps = {}
+    if args.align_run:
+        variants = {"align": (PRESETS["align"], []), **variants}
+    methods = {}
     for name, (preset, extra) in variants.items():
-        config = build_config({**preset, "init_checkpoint": args.init_checkpoint},
-                              overrides=[*extra, *args.overrides])
-        steps[name] = step_seconds(config, ws, steps=args.steps)
+        config = build_config({**preset, "init_checkpoint": lit_base}, overrides=[*extra, *args.overrides])
+        methods[name] = method_figures(StepRunner(config, ws), steps=args.steps, epoch_pairs=args.epoch_pairs)
+    steps = {name: figures["step_seconds"] for name, figures in methods.items()}
+    out["methods"] = methods
     out["step_seconds"] = steps
     out["over_dense_step"] = {name: seconds / steps["dense"] for name, seconds in steps.items() if name != "dense"}
     text = json.dumps(out, indent=2)

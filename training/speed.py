@@ -1,17 +1,22 @@
-"""Speed measurements (a benchmark, not a timed test): tower forward vs feature caching throughput, and the cost
-of an SKD step relative to a dense-only step on cached features."""
+"""Speed measurements (a benchmark, not a timed test): tower forward vs feature caching throughput, the cost of a
+sparse method's step relative to a dense-only step on cached features, an epoch of a given size, and a real one-epoch
+``align`` run's set-up, epoch and final evaluation. Every clock waits for the device (core/device_clock.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.data import karpathy_inputs
+from core.device_clock import device_seconds
 from core.feature_cache import compute_features
+from core.image_pipeline import image_batch_size
 from core.sparse_head import OwnTerms
 from training.config import TrainConfig
 from training.features import split_features
@@ -19,30 +24,39 @@ from training.trainer import (
     StepPlan,
     Workspace,
     build_model,
+    resolve_device,
     set_trainable,
     step_losses,
     term_ids_for,
+    train,
     training_texts,
 )
 
 
-def tower_throughput(ws: Workspace, *, images: int, batch_size: int = 64) -> dict[str, float]:
-    """Images/s of the raw image tower on preprocessed tensors vs the full cache path (decode + forward + write)."""
-    records = ws.dataset.split("test")[:images]
-    pixels = torch.stack([ws.backbone.preprocess(_load(ws, r)) for r in records[:batch_size]])
-    ws.backbone.image_features(pixels[:8])  # warm-up
-    started = time.perf_counter()
-    done = 0
-    while done < images:
-        ws.backbone.image_features(pixels)
-        done += pixels.shape[0]
-    raw = done / (time.perf_counter() - started)
-    subset = dataclasses.replace(ws.dataset, name="speed-probe",
-                                 images=tuple(dataclasses.replace(r, captions=()) for r in records))
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        compute_features(ws.backbone, karpathy_inputs(subset, ["test"]), cache_root=tmp, image_batch_size=batch_size)
-        cached = len(records) / (time.perf_counter() - started)
+def tower_throughput(ws: Workspace, *, images: int, device: str = "cpu",
+                     batch_size: int | None = None) -> dict[str, float]:
+    """Images/s of the raw image tower on preprocessed tensors already on ``device`` vs the full cache path (read,
+    decode, forward, write), both on ``device``; the clocks wait for the device."""
+    batch_size = batch_size or image_batch_size(device)
+    backbone = ws.backbone.to(device)
+    try:
+        records = ws.dataset.split("test")[:images]
+        pixels = torch.stack([backbone.preprocess(_load(ws, r)) for r in records[:batch_size]]).to(device)
+        backbone.image_features(pixels)  # warm-up: kernels chosen, memory allocated
+        started = device_seconds(device)
+        done = 0
+        while done < images:
+            backbone.image_features(pixels)
+            done += pixels.shape[0]
+        raw = done / (device_seconds(device) - started)
+        subset = dataclasses.replace(ws.dataset, name="speed-probe",
+                                     images=tuple(dataclasses.replace(r, captions=()) for r in records))
+        with tempfile.TemporaryDirectory() as tmp:
+            started = device_seconds(device)
+            compute_features(backbone, karpathy_inputs(subset, ["test"]), cache_root=tmp, image_batch_size=batch_size)
+            cached = len(records) / (device_seconds(device) - started)
+    finally:
+        ws.backbone.to("cpu")
     return {"raw_tower_images_per_s": raw, "cache_images_per_s": cached, "cache_over_raw": cached / raw}
 
 
@@ -53,33 +67,78 @@ def _load(ws: Workspace, record: Any) -> Any:
         return image.convert("RGB")
 
 
-def step_seconds(config: TrainConfig, ws: Workspace, *, steps: int) -> float:
-    """Mean seconds of one optimiser step (forward, backward, update) of ``config.method`` on cached features."""
-    train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
-    term_ids, term_idf = term_ids_for(config, ws.backbone, train)
-    model = build_model(config, ws.backbone, term_ids, term_idf)
-    params = set_trainable(model, config.method)
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr)
-    batch = config.optim.batch_size
-    head = config.model.sparse_head
-    texts = training_texts(model, train, term_idf,
-                           with_bow=config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0)
-    bow = texts.bow
-    timings = []
-    for step in range(steps + 2):
-        idx = torch.randint(0, train.num_pairs, (batch,))
-        rows = train.caption_image[idx]
+class StepRunner:
+    """Optimiser steps (forward, backward, update) of one config's method on cached features, on the config's
+    device with the features resident there, as the trainer runs them; every clock waits for the device."""
+
+    def __init__(self, config: TrainConfig, ws: Workspace) -> None:
+        self.config, self.device = config, resolve_device(config.device)
+        train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
+        term_ids, term_idf = term_ids_for(config, ws.backbone, train)
+        self.model = build_model(config, ws.backbone, term_ids, term_idf).to(self.device)
+        self.optimizer = torch.optim.AdamW(set_trainable(self.model, config.method), lr=config.optim.lr)
+        texts = training_texts(self.model, train, term_idf,
+                               with_bow=config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0)
+        device = self.device
+        self.image_features, self.text_features = train.image_features.to(device), train.text_features.to(device)
+        self.caption_image, self.columns = train.caption_image.to(device), texts.caption_columns.to(device)
+        self.bow = None if texts.bow is None else OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device))
+        self.pairs = train.num_pairs
+
+    def step(self, step: int) -> None:
+        config, device = self.config, self.device
+        head = config.model.sparse_head
+        idx = torch.randint(0, self.pairs, (config.optim.batch_size,), device=device)
+        rows = self.caption_image[idx]
         # the step after annealing: the image budget in force, captions masked as the config says at its end
         plan = StepPlan(reg_step=step, reg_warmup_steps=10, d2s_temperature=0.05, image_keep=head.image_terms or 0,
                         mask_texts=head.expansion == "always")
-        started = time.perf_counter()
-        losses = step_losses(model, train.image_features[rows], train.text_features[idx], config, plan,
-                             text_columns=texts.caption_columns[idx],
-                             bow=None if bow is None else OwnTerms(bow.columns[rows], bow.weights[rows]),
-                             same_image=rows[:, None] == rows[None, :])
-        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device == "cuda"):
+            losses = step_losses(self.model, self.image_features[rows], self.text_features[idx], config, plan,
+                                 text_columns=self.columns[idx],
+                                 bow=None if self.bow is None else OwnTerms(self.bow.columns[rows],
+                                                                            self.bow.weights[rows]),
+                                 same_image=rows[:, None] == rows[None, :])
+        self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        optimizer.step()
-        if step >= 2:  # the first steps pay one-off allocation costs
-            timings.append(time.perf_counter() - started)
-    return sum(timings) / len(timings)
+        self.optimizer.step()
+
+    def seconds(self, steps: int) -> float:
+        """Wall seconds of ``steps`` steps in a row, after two that pay the one-off allocation costs."""
+        for warm in range(2):
+            self.step(warm)
+        started = device_seconds(self.device)
+        for step in range(steps):
+            self.step(2 + step)
+        return device_seconds(self.device) - started
+
+
+def step_seconds(config: TrainConfig, ws: Workspace, *, steps: int) -> float:
+    """Mean seconds of one optimiser step of ``config.method`` (``StepRunner``)."""
+    return StepRunner(config, ws).seconds(steps) / steps
+
+
+def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> dict[str, float]:
+    """A method's mean step time, and the time of an epoch of ``epoch_pairs`` pairs (whole batches in a row) when
+    it is not 0."""
+    batch = runner.config.optim.batch_size
+    figures = {"batch_size": batch, "step_seconds": runner.seconds(steps) / steps}
+    if epoch_pairs > 0:
+        epoch_steps = math.ceil(epoch_pairs / batch)
+        figures.update(epoch_pairs=epoch_pairs, epoch_steps=epoch_steps, epoch_seconds=runner.seconds(epoch_steps))
+    return figures
+
+
+def align_run(config: TrainConfig, ws: Workspace, run_dir: Path) -> dict[str, float]:
+    """A real one-epoch run of ``config`` (the LiT base, ``align``): set-up before its first epoch (the features
+    cached, the process warm), the epoch, and what follows it (validation, fusion tuning, final evaluation,
+    checkpoint). Its best checkpoint is the base the other methods start from."""
+    config = config.model_copy(update={"optim": config.optim.model_copy(update={"epochs": 1})})
+    started = time.perf_counter()
+    train(config, run_dir / "setup", workspace=ws, max_epochs_this_call=0, overwrite=True)
+    setup = time.perf_counter() - started
+    started = time.perf_counter()
+    results = train(config, run_dir, workspace=ws, overwrite=True)
+    total = time.perf_counter() - started
+    epoch = float(sum(results["epoch_seconds"]))
+    return {"setup_seconds": setup, "epoch_seconds": epoch, "after_last_epoch_seconds": total - setup - epoch}

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from core.atomic import atomic_file, write_text_atomic
 from core.backbone import Backbone, build_backbone
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import KarpathyDataset, karpathy_inputs, load_karpathy
+from core.device_clock import device_seconds
 from core.feature_cache import CachedFeatures, compute_features
 from core.model import DuetModel
 from core.progress import progress
@@ -386,10 +386,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
             return {"interrupted": True, "epoch": state["epoch"]}
         model.train()
-        started = time.perf_counter()
+        started = device_seconds(device)
         order = torch.randperm(train_split.num_pairs, device=device)
         mask_probability = schedules.text_mask_probability(head.expansion, state["epoch"], config.optim.epochs)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         bar = progress(range(steps_per_epoch), total=steps_per_epoch,
                        desc=f"{config.method} epoch {state['epoch'] + 1}/{config.optim.epochs}", unit="step")
         for b in bar:
@@ -419,14 +419,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
             optimizer.step()
             state["step"] += 1
             state["reg_step"] += 1
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            for name, value in losses.items():  # summed on the device: a step waits for no host copy
+                sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
         if config.loss.reg_counts_validation_batches:
             state["reg_step"] += val_reg_steps
-        seconds = time.perf_counter() - started
+        seconds = device_seconds(device) - started
         state["epoch_seconds"].append(seconds)
         state["epoch"] += 1
-        train_means = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        train_means = {k: float(v) / max(1, steps_per_epoch) for k, v in sums.items()}
         _close_epoch(config, run, ws, model, state, val_split=val_split, grounding=grounding, device=device,
                      seconds=seconds, train_means=train_means)
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,

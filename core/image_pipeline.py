@@ -1,0 +1,224 @@
+"""One image pipeline, from files to the pixels a tower takes: for the feature cache, the index build (through the
+cache), the Ray actors and live writes.
+
+Files are read and decoded on a pool of threads sized to the machine's cores (PIL's and torchvision's decoders
+release the GIL), a bounded number of batches ahead of the consumer, so reading, decoding and the forward pass
+overlap while memory stays bounded. Where the tower runs on a CUDA device, JPEG files are decoded there
+(``torchvision.io.decode_jpeg`` on the device), resized and normalised there (``TensorPreprocess``, the tower's own
+preprocess as tensor operations); any other format, and any file the device decoder refuses, goes the CPU way with
+its error handling. CPU batches are pinned when they go to a CUDA device, so the copy does not block.
+
+A file that is missing or not a readable image raises ``CorruptImageError`` naming it, or with ``skip_corrupt`` is
+listed in its batch's ``skipped`` and left out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from core.data import ImageInput
+
+JPEG_START = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
+BATCHES_AHEAD = 2  # batches decoded ahead of the one being encoded, per decoding thread
+
+
+class CorruptImageError(ValueError):
+    """An image file is missing, truncated or not an image."""
+
+
+def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """Decode fully (so truncation is caught) and preprocess; raise CorruptImageError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return preprocess(image.convert("RGB"))
+    except FileNotFoundError as e:
+        raise CorruptImageError(f"image file missing: {path}") from e
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"corrupt or unreadable image {path}: {e}") from e
+
+
+def decode_threads() -> int:
+    """Decoding threads: the cores this process may use, one left to the forward pass (at least 1, at most 16)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores - 1))
+
+
+def image_batch_size(device: torch.device | str) -> int:
+    """Images per forward pass: a GPU is filled by large batches, a CPU gains nothing past a few dozen."""
+    return 512 if torch.device(device).type == "cuda" else 64
+
+
+def text_batch_size(device: torch.device | str) -> int:
+    return 1024 if torch.device(device).type == "cuda" else 256
+
+
+@dataclass(frozen=True)
+class TensorPreprocess:
+    """The tower's preprocess (resize the shorter side, centre crop, scale to [0, 1], normalise) as tensor operations
+    on a decoded uint8 (3, H, W) image, on whatever device it is."""
+
+    size: int  # the shorter side after resizing
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    @classmethod
+    def of(cls, preprocess: Any) -> TensorPreprocess | None:
+        """The tensor form of an open_clip evaluation transform (Resize, CenterCrop, RGB, ToTensor, Normalize);
+        None for any other transform (its images then take the CPU way)."""
+        from torchvision import transforms
+
+        steps = list(getattr(preprocess, "transforms", []))
+        resize = next((s for s in steps if isinstance(s, transforms.Resize)), None)
+        crop = next((s for s in steps if isinstance(s, transforms.CenterCrop)), None)
+        normalize = next((s for s in steps if isinstance(s, transforms.Normalize)), None)
+        if resize is None or crop is None or normalize is None or not isinstance(resize.size, int | Sequence):
+            return None
+        size = resize.size if isinstance(resize.size, int) else resize.size[0]
+        if not isinstance(resize.size, int) and len(resize.size) != 1:
+            return None  # a fixed (h, w) resize distorts the aspect: not modelled here
+        height, width = (crop.size, crop.size) if isinstance(crop.size, int) else tuple(crop.size)
+        mean, std = [float(m) for m in normalize.mean], [float(s) for s in normalize.std]
+        return cls(int(size), (int(height), int(width)), (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]),
+                   str(resize.interpolation.value))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional
+
+        resized = functional.resize(image, [self.size], interpolation=InterpolationMode(self.interpolation),
+                                    antialias=True)
+        cropped = functional.center_crop(resized, list(self.crop))
+        scaled = cropped.float().div_(255.0)
+        return functional.normalize(scaled, list(self.mean), list(self.std))
+
+
+@dataclass(frozen=True)
+class PixelBatch:
+    """A batch of preprocessed images, in input order, without those that could not be read."""
+
+    ids: list[int]
+    pixels: torch.Tensor  # (B, 3, H, W) float32, on the device or pinned for it
+    skipped: list[str]  # paths of unreadable images (skip_corrupt)
+    count: int  # inputs this batch covered, read or not
+
+
+class ImagePipeline:
+    """Decode and preprocess images in batches, ahead of their consumer, for a tower on ``device``."""
+
+    def __init__(self, preprocess: Callable[[Any], torch.Tensor], device: torch.device | str, *,
+                 batch_size: int | None = None, threads: int | None = None, skip_corrupt: bool = False,
+                 device_decode: bool | None = None) -> None:
+        """``device_decode``: decode JPEGs with torchvision on ``device`` (default: where it is a CUDA device)."""
+        self.preprocess, self.device = preprocess, torch.device(device)
+        self.batch_size = batch_size or image_batch_size(self.device)
+        self.threads = threads or decode_threads()
+        self.skip_corrupt = skip_corrupt
+        use_device = self.device.type == "cuda" if device_decode is None else device_decode
+        self.tensor_preprocess = TensorPreprocess.of(preprocess) if use_device else None
+
+    def batches(self, items: Sequence[ImageInput]) -> Iterator[PixelBatch]:
+        """The items' pixels, batch by batch in order; up to ``BATCHES_AHEAD`` batches per thread in flight."""
+        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode") as pool:
+            pending: deque[tuple[Sequence[ImageInput], list[Future[Any]]]] = deque()
+            ahead = BATCHES_AHEAD * self.threads
+            next_chunk = 0
+            while pending or next_chunk < len(chunks):
+                while next_chunk < len(chunks) and len(pending) < ahead:
+                    chunk = chunks[next_chunk]
+                    pending.append((chunk, [pool.submit(self._read, item) for item in chunk]))
+                    next_chunk += 1
+                chunk, futures = pending.popleft()
+                yield self._batch(chunk, [future.result() for future in futures])
+
+    def pixels(self, items: Sequence[ImageInput]) -> PixelBatch:
+        """Every item in one batch (a small request: a Ray actor's batch, a write)."""
+        parts = list(self.batches(items))
+        if len(parts) == 1:
+            return parts[0]
+        return PixelBatch([i for p in parts for i in p.ids], torch.cat([p.pixels for p in parts]),
+                          [s for p in parts for s in p.skipped], sum(p.count for p in parts))
+
+    def _read(self, item: ImageInput) -> torch.Tensor | bytes | CorruptImageError:
+        """A decoded, preprocessed image (the CPU way), a JPEG's bytes (to decode on the device), or the error."""
+        try:
+            if self.tensor_preprocess is not None:
+                data = item.path.read_bytes()
+                # a truncated JPEG lacks its end marker: the CPU way refuses it, as it refuses any unreadable file
+                if data.startswith(JPEG_START) and data.rstrip(b"\x00").endswith(JPEG_END):
+                    return data
+            return load_image(item.path, self.preprocess)
+        except FileNotFoundError as e:
+            return CorruptImageError(f"image file missing: {item.path}: {e}")
+        except CorruptImageError as e:
+            return e
+
+    def _batch(self, chunk: Sequence[ImageInput], read: list[torch.Tensor | bytes | CorruptImageError]) -> PixelBatch:
+        if any(isinstance(r, bytes) for r in read):
+            read = self._decode_on_device(chunk, read)
+        ids, tensors, skipped = [], [], []
+        for item, result in zip(chunk, read, strict=True):
+            if isinstance(result, CorruptImageError):
+                if not self.skip_corrupt:
+                    raise result
+                skipped.append(str(item.path))
+                continue
+            assert isinstance(result, torch.Tensor)
+            ids.append(item.id)
+            tensors.append(result)
+        if not tensors:
+            return PixelBatch(ids, torch.zeros(0), skipped, len(chunk))
+        return PixelBatch(ids, self._stacked(tensors), skipped, len(chunk))
+
+    def _stacked(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """One batch tensor: on a CUDA device, CPU-decoded pixels pinned and copied without blocking."""
+        if self.device.type != "cuda":
+            return torch.stack(tensors)
+        if all(t.device.type == "cpu" for t in tensors):
+            return torch.stack(tensors).pin_memory().to(self.device, non_blocking=True)
+        return torch.stack([t.to(self.device, non_blocking=True) for t in tensors])
+
+    def _decode_on_device(self, chunk: Sequence[ImageInput],
+                          read: list[torch.Tensor | bytes | CorruptImageError]) -> list[Any]:
+        """JPEG bytes decoded on the device in one call (torchvision's batched decoder), preprocessed there; a file
+        it refuses is decoded the CPU way instead, so it fails, or not, as it would have there."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        assert self.tensor_preprocess is not None
+        positions = [n for n, r in enumerate(read) if isinstance(r, bytes)]
+        data = [torch.frombuffer(bytearray(read[n]), dtype=torch.uint8) for n in positions]  # type: ignore[arg-type]
+        out: list[Any] = list(read)
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            decoded = [self._one_on_device(d) for d in data]
+        for n, image in zip(positions, decoded, strict=True):
+            if image is None:
+                try:
+                    out[n] = load_image(chunk[n].path, self.preprocess)
+                except CorruptImageError as e:
+                    out[n] = e
+            else:
+                out[n] = self.tensor_preprocess(image)
+        return out
+
+    def _one_on_device(self, data: torch.Tensor) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return None

@@ -1,0 +1,45 @@
+"""``python -m benchmarks gpu`` with tiny sizes on the CPU: every section measured on generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from benchmarks.cli import build_parser
+from benchmarks.gpu import main
+from tests.conftest import TINY_MODEL
+
+
+def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    code = main(["--towers", TINY_MODEL, "--model", TINY_MODEL, "--photos", "10", "--small", "20",
+                 "--tower-seconds", "0.1", "--steps", "2", "--epoch-pairs", "2500", "--dense-rows", "3000",
+                 "--dense-queries", "4", "--work", str(work), "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu" and report["versions"]["torch"]
+    [tower] = report["towers"]
+    assert tower["images_per_s"] > 0 and tower["texts_per_s"] > 0
+    photos = sorted((work / "data" / "photos-10" / "images").glob("*.jpg"))
+    assert len(photos) == 10
+    with Image.open(photos[0]) as image:
+        assert image.size == (500, 375) and image.format == "JPEG"
+    for name, count in (("photos_500x375", 10), ("small_64px", 20)):
+        pipeline = report["pipeline"][name]
+        assert pipeline["images"] == count and pipeline["captions"] == 5 * count
+        assert pipeline["images_per_s"] > 0 and pipeline["captions_per_s"] > 0
+    training = report["training"]
+    assert {"align", "dense", "skd", "grounded"} <= set(training["methods"])
+    for figures in training["methods"].values():
+        assert figures["step_seconds"] > 0 and figures["epoch_seconds"] > 0
+        assert figures["epoch_steps"] == -(-2500 // figures["batch_size"])
+    run = training["align_run"]
+    assert run["setup_seconds"] > 0 and run["epoch_seconds"] >= 0 and run["after_last_epoch_seconds"] > 0
+    assert (work / "runs" / "align" / "best").is_dir()
+    assert report["dense_leg"]["rows"] == 3000 and report["dense_leg"]["ms"]["p50"] > 0
+    page = (out / "README.md").read_text()
+    for section in ("## Towers", "## Pipeline", "## Training", "## Exact dense top 10"):
+        assert section in page
+    assert build_parser().parse_args(["gpu", "--photos", "3"]).command == "gpu"
