@@ -149,7 +149,7 @@ class IndexReader:
         index = self.store(side).faiss_index
         lists = self._ivf_lists.get(side)
         if lists is not None:
-            return FilteredIvfLeg(index, lists, allowed, count)
+            return FilteredIvfLeg(index, lists, allowed, count, self.exact_scores(side).dense)
         parameters = within_rows(index, allowed)
         return FaissLeg(index, parameters=parameters) if parameters is not None else Filtered(FaissLeg(index),
                                                                                                allowed, count)

@@ -1,34 +1,35 @@
-"""The inverted-file dense index under a filter: probe the lists nearest the query that hold the filter's rows.
+"""The inverted-file dense index under a filter: the lists nearest the query that hold the filter's rows.
 
 An IVF index scores only the rows of the ``nprobe`` lists whose centroids are nearest the query. Under a filter
 that plain rule fails two ways: a selective filter leaves few allowed rows in those lists (too few candidates), and
 a filter correlated with the query (a region far from it) leaves none. ``FilteredIvfLeg`` first counts the allowed
 rows of the ``NEAR_SAMPLE`` nearest lists. When they hold the filter's share of their rows (at least ``NEAR_SHARE``
-of it), the filter's rows are spread near the query as elsewhere, and the ``nprobe`` nearest lists are probed as
-unfiltered, if they hold ``ROWS_PER_HIT`` allowed rows per row asked for: a filter passing 10% of the rows scores a
-tenth of the rows an unfiltered search does, and its top 10 lie among them as often. Otherwise the filter's rows
-lie away from the query, and lists are probed nearest first, skipping lists without an allowed row, until they
-hold the filter's share of the rows an unfiltered search scores, at least ``PROBED_ROWS_SHARE`` of them. FAISS
-then scores only the allowed rows of the chosen lists (an ``IDSelectorBitmap``), through ``search_preassigned``.
+of it), the filter's rows are spread near the query as elsewhere, and the ``nprobe`` nearest lists are searched as
+unfiltered, FAISS scoring only their allowed rows (an ``IDSelectorBitmap`` through ``search_preassigned``), if they
+hold ``ROWS_PER_HIT`` allowed rows per row asked for: a filter passing 10% of the rows scores a tenth of the rows an
+unfiltered search does, and its top 10 lie among them as often. Otherwise the filter's rows lie away from the query
+(or the ask is deep): the allowed rows of the lists nearest the query are gathered, list after list, until they
+reach the filter's share of the rows an unfiltered search scores (at least ``PROBED_ROWS_SHARE`` of them), and are
+scored exactly from the stored vectors. Such rows are few and spread thin over many lists (a region of the space
+holds rows in half the lists of a 4,096-list index), where a selector would read every row of those lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from indexer.query import Query
-from indexer.searchers import Ranking, ragged_positions, ranking_of
+from indexer.searchers import Ranking, ragged_positions, ranking_of, top_rows
 
-PROBE_CHUNK = 64  # lists whose allowed rows are counted together while choosing the probes
+PROBE_CHUNK = 64  # lists whose allowed rows are gathered together, nearest first
 PROBED_ROWS_SHARE = 0.25  # allowed rows scored away from the query, as a share of those an unfiltered search scores
 NEAR_SAMPLE = 16  # the nearest lists whose allowed rows tell whether the filter's rows are spread near the query
 NEAR_SHARE = 0.5  # the nearest lists hold at least this much of the filter's share: its rows are spread near the query
 ROWS_PER_HIT = 4  # allowed rows scored per row asked for, at least
-COUNTED_CHUNKS = 8  # chunks of the nearest lists counted one by one before every list's rows are counted at once
 
 
 @dataclass(frozen=True)
@@ -69,19 +70,10 @@ class IvfLists:
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def allowed_per_list(self, allowed: np.ndarray) -> np.ndarray:
-        """How many allowed rows each list holds (every row looked up in list order: a gather and one sum per list
-        cost less than finding the allowed rows of a mask that is neither sparse nor dense)."""
-        return self._per_list(allowed[self.rows], self.sizes)
-
     def allowed_in(self, lists: np.ndarray, allowed: np.ndarray) -> np.ndarray:
         """How many allowed rows each of ``lists`` holds."""
         lengths = self.sizes[lists]
-        return self._per_list(allowed[self.rows[ragged_positions(self.offsets[lists], lengths)]], lengths)
-
-    @staticmethod
-    def _per_list(kept: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Sums of ``kept`` (a mask of lists' rows, one list after the other) per list of ``lengths`` rows."""
+        kept = allowed[self.rows[ragged_positions(self.offsets[lists], lengths)]]
         counts = np.zeros(lengths.size, np.int64)
         held = lengths > 0  # reduceat sums from each start to the next one, so empty lists are left out
         if held.any():
@@ -89,29 +81,19 @@ class IvfLists:
             counts[held] = np.add.reduceat(kept.view(np.uint8), firsts, dtype=np.int64)
         return counts
 
-    def probes(self, order: np.ndarray, per_list: np.ndarray, target: int) -> np.ndarray:
-        """The lists to probe, nearest first (``order``): those holding an allowed row (``per_list``: how many each
-        holds), until they hold ``target`` allowed rows (or every list is taken)."""
-        running = np.cumsum(per_list[order])
-        lists = order[:int(np.searchsorted(running, target)) + 1]
-        return lists[per_list[lists] > 0]
-
-    def nearest_probes(self, order: np.ndarray, allowed: np.ndarray, target: int) -> np.ndarray | None:
-        """The same lists, counting the allowed rows of the nearest lists only (a broad filter: the first lists
-        hold enough); None when ``COUNTED_CHUNKS`` chunks of lists do not."""
-        chosen: list[np.ndarray] = []
-        covered = 0
-        for start in range(0, min(order.size, COUNTED_CHUNKS * PROBE_CHUNK), PROBE_CHUNK):
+    def allowed_rows(self, order: np.ndarray, allowed: np.ndarray, target: int) -> np.ndarray:
+        """The allowed rows of the lists in ``order`` (nearest first), ``PROBE_CHUNK`` lists at a time, until at
+        least ``target`` are found (or every list is read)."""
+        found: list[np.ndarray] = []
+        count = 0
+        for start in range(0, order.size, PROBE_CHUNK):
             lists = order[start:start + PROBE_CHUNK]
-            counts = self.allowed_in(lists, allowed)
-            running = covered + np.cumsum(counts)
-            enough = np.flatnonzero(running >= target)
-            last = int(enough[0]) + 1 if enough.size else lists.size
-            chosen.append(lists[:last][counts[:last] > 0])
-            covered = int(running[last - 1])
-            if enough.size:
-                return np.concatenate(chosen)
-        return None if order.size > COUNTED_CHUNKS * PROBE_CHUNK else np.concatenate(chosen)
+            rows = self.rows[ragged_positions(self.offsets[lists], self.sizes[lists])]
+            found.append(rows[allowed[rows]])
+            count += found[-1].size
+            if count >= target:
+                break
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def nearest_lists(coarse: np.ndarray, count: int) -> np.ndarray:
@@ -123,69 +105,60 @@ def nearest_lists(coarse: np.ndarray, count: int) -> np.ndarray:
 
 
 class FilteredIvfLeg:
-    """Dense leg over an IVF index under a filter (``allowed``: a mask over the index's rows): the probes are
-    chosen per query (``probes_for``), and only allowed rows are scored."""
+    """Dense leg over an IVF index under a filter (``allowed``: a mask over the index's rows). A filter spread near
+    the query: FAISS scores the allowed rows of the lists an unfiltered search probes. Otherwise: the allowed rows
+    of the lists nearest the query are gathered until they reach the target and scored exactly (``exact_dense``)."""
 
-    def __init__(self, index: Any, lists: IvfLists, allowed: np.ndarray, allowed_count: int, *,
-                 name: str = "faiss") -> None:
-        """``allowed_count``: the allowed rows (the caller counted them)."""
+    def __init__(self, index: Any, lists: IvfLists, allowed: np.ndarray, allowed_count: int,
+                 exact_dense: Callable[[Query, np.ndarray], np.ndarray], *, name: str = "faiss") -> None:
+        """``allowed_count``: the allowed rows (the caller counted them); ``exact_dense(query, rows)``: the rows'
+        exact dense scores."""
         import faiss
 
         ops: Any = faiss
-        self.index, self.lists, self.allowed, self.name = index, lists, allowed, name
+        self.index, self.lists, self.allowed, self.exact_dense, self.name = index, lists, allowed, exact_dense, name
         self.ivf = ops.extract_index_ivf(index)
         self.share = allowed_count / max(1, int(allowed.size))
         # away from the query: the rows an unfiltered search scores (nprobe lists of average size), a share of them as
         # allowed rows: the filter's own share, at least PROBED_ROWS_SHARE
         scanned = self.ivf.nprobe * int(allowed.size) / max(1, lists.count)
         self.target = max(1, round(max(PROBED_ROWS_SHARE, self.share) * scanned))
-        self._per_list: np.ndarray | None = None  # every list's allowed rows, counted once if a query needs them
         bits = np.packbits(np.asarray(allowed, bool), bitorder="little")
         self.selector = ops.IDSelectorBitmap(int(allowed.size), ops.swig_ptr(bits))
         self.selector.referenced = bits  # the bitmap must live as long as the selector
 
-    def probes_for(self, coarse: np.ndarray, k: int) -> np.ndarray:
-        """The lists to probe for a query (``coarse``: its score against each list's centroid), nearest first."""
-        needed = ROWS_PER_HIT * k
+    def near_lists(self, coarse: np.ndarray, k: int) -> np.ndarray | None:
+        """The ``nprobe`` lists nearest the query (``coarse``: its score against each list's centroid) when the
+        filter's rows are spread near it as elsewhere and those lists hold enough of them; else None."""
         near = nearest_lists(coarse, min(int(self.ivf.nprobe), coarse.size))
         sample = near[:NEAR_SAMPLE]
         density = self.lists.allowed_in(sample, self.allowed).sum() / max(1, int(self.lists.sizes[sample].sum()))
-        spread = density >= NEAR_SHARE * self.share  # the filter's rows lie near the query as much as elsewhere
-        if spread and density * int(self.lists.sizes[near].sum()) >= needed:
-            return near  # as unfiltered: the same lists, their allowed rows only (a list without one costs a skim)
-        order = np.argsort(-coarse, kind="stable")
-        target = max(self.target, needed)  # a deeper ask scores more of the allowed rows
-        # spread near the query, the nearest lists soon hold enough: count theirs only
-        probes = self.lists.nearest_probes(order, self.allowed, target) if spread else None
-        if probes is None:  # a selective filter, or one away from the query: every list's rows counted once
-            if self._per_list is None:
-                self._per_list = self.lists.allowed_per_list(self.allowed)
-            probes = self.lists.probes(order, self._per_list, target)
-        return probes
+        spread = density >= NEAR_SHARE * self.share
+        return near if spread and density * int(self.lists.sizes[near].sum()) >= ROWS_PER_HIT * k else None
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
         out = []
         for query in queries:
             vector = np.ascontiguousarray(query.dense, np.float32)[None, :]
             coarse = self.lists.centroids @ vector[0]
-            out.append(self._selected(vector, coarse, self.probes_for(coarse, k), k))
+            near = self.near_lists(coarse, k)
+            if near is not None:  # as unfiltered: the same lists, their allowed rows only
+                out.append(self._preassigned(vector, coarse, near, k))
+                continue
+            # away from the query, or a deep ask: the nearest lists' allowed rows, scored where they lie
+            target = max(self.target, ROWS_PER_HIT * k)
+            rows = self.lists.allowed_rows(np.argsort(-coarse, kind="stable"), self.allowed, target)
+            out.append(top_rows(rows, self.exact_dense(query, rows), k))
         return out
 
-    def _selected(self, vector: np.ndarray, coarse: np.ndarray, probes: np.ndarray, k: int) -> Ranking:
-        if probes.size == 0:
-            return Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32))
-        return self._preassigned(vector, coarse, probes, k, self.selector)
-
-    def _preassigned(self, vector: np.ndarray, coarse: np.ndarray, probes: np.ndarray, k: int,
-                     selector: Any) -> Ranking:
-        """FAISS's top k of the rows of ``probes`` (those ``selector`` passes, or every one)."""
+    def _preassigned(self, vector: np.ndarray, coarse: np.ndarray, probes: np.ndarray, k: int) -> Ranking:
+        """FAISS's top k of the allowed rows of ``probes``."""
         import faiss
 
         ops: Any = faiss
         parameters = ops.SearchParametersIVF()
         parameters.nprobe = int(probes.size)
-        if selector is not None:
-            parameters.sel = selector
+        parameters.sel = self.selector
         keys = np.ascontiguousarray(probes[None, :], np.int64)
         distances = np.ascontiguousarray(coarse[probes][None, :], np.float32)
         scores = np.empty((1, k), np.float32)

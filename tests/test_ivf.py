@@ -23,6 +23,10 @@ def dense_query(vector: np.ndarray) -> Query:
     return Query(np.ascontiguousarray(vector, np.float32), np.zeros(0, np.int32), np.zeros(0, np.float32))
 
 
+def exact_dense(vectors: np.ndarray):  # type: ignore[no-untyped-def]
+    return lambda query, rows: (vectors[rows] @ query.dense).astype(np.float32)
+
+
 def filtered_top(vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, k: int) -> set[int]:
     scores = np.where(allowed, vectors @ query, -np.inf)
     return set(np.argsort(-scores)[:k].tolist())
@@ -67,7 +71,7 @@ def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() 
         far = cluster == int(np.argmin(centres @ query))
         found = {}
         for name, allowed in (("uniform", uniform), ("far", far)):
-            leg = FilteredIvfLeg(index, lists, allowed, int(np.count_nonzero(allowed)))
+            leg = FilteredIvfLeg(index, lists, allowed, int(np.count_nonzero(allowed)), exact_dense(vectors))
             ranking = leg.search_batch([dense_query(query)], 100)[0]
             assert ranking.rows.size == 100 and allowed[ranking.rows].all()
             found[name] = len(set(ranking.rows[:10].tolist()) & filtered_top(vectors, query, allowed, 10))
@@ -80,7 +84,7 @@ def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() 
     assert found_far >= 100 and plain_far <= 20
 
 
-def test_allowed_rows_are_counted_per_list_including_empty_lists() -> None:
+def test_allowed_rows_are_counted_and_gathered_per_list_including_empty_lists() -> None:
     rng = np.random.default_rng(3)
     sizes = np.array([3, 0, 0, 5, 1, 0, 7, 0])  # empty lists inside and at the end
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -91,15 +95,17 @@ def test_allowed_rows_are_counted_per_list_including_empty_lists() -> None:
     for _ in range(20):
         allowed = rng.random(rows.size) < 0.5
         expected = np.bincount(list_of_row[np.flatnonzero(allowed)], minlength=sizes.size)
-        assert np.array_equal(lists.allowed_per_list(allowed), expected)
         some = rng.integers(0, sizes.size, 6)
         assert np.array_equal(lists.allowed_in(some, allowed), expected[some])
+        order = rng.permutation(sizes.size)
+        gathered = lists.allowed_rows(order, allowed, target=rows.size)  # every list read: every allowed row once
+        assert np.array_equal(np.sort(gathered), np.flatnonzero(allowed))
 
 
 def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_does() -> None:
-    """A uniform filter's rows lie near the query as elsewhere: the leg probes the ``nprobe`` nearest lists, as an
-    unfiltered search. A filter keeping one cluster far from the query probes other lists, each holding allowed
-    rows, nearest first."""
+    """A uniform filter's rows lie near the query as elsewhere: the leg searches the ``nprobe`` nearest lists, as an
+    unfiltered search. A filter keeping one cluster far from the query does not: its rows are gathered from the
+    nearest lists holding them and scored exactly, so the scores are the exact ones."""
     rng = np.random.default_rng(5)
     vectors, cluster = clustered(rng, 20_000, 24, 16)
     index = _build_faiss(vectors, "IVF64,Flat")
@@ -112,10 +118,12 @@ def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_do
         coarse = lists.centroids @ query
         nearest = np.argsort(-coarse, kind="stable")[:nprobe]
         uniform = rng.random(20_000) < 0.3
-        leg = FilteredIvfLeg(index, lists, uniform, int(np.count_nonzero(uniform)))
-        assert np.array_equal(leg.probes_for(coarse, 10), nearest)
+        leg = FilteredIvfLeg(index, lists, uniform, int(np.count_nonzero(uniform)), exact_dense(vectors))
+        near = leg.near_lists(coarse, 10)
+        assert near is not None and np.array_equal(near, nearest)
         far = cluster == int(np.argmin(centres @ query))
-        leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)))
-        probes = leg.probes_for(coarse, 10)
-        assert not np.array_equal(probes, nearest) and (lists.allowed_in(probes, far) > 0).all()
-        assert (np.diff(coarse[probes]) <= 0).all()
+        leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), exact_dense(vectors))
+        assert leg.near_lists(coarse, 10) is None
+        ranking = leg.search_batch([dense_query(query)], 10)[0]
+        assert far[ranking.rows].all() and np.allclose(ranking.scores, vectors[ranking.rows] @ query, atol=1e-6)
+        assert (np.diff(ranking.scores) <= 0).all()
