@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from core.image_pipeline import text_batch_size as default_text_batch_size
 from core.progress import progress_bar
 
 _logger = logging.getLogger(__name__)
+
+TOKENIZED_AHEAD = 2  # caption batches tokenised ahead of the one being encoded
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,32 @@ def _encode_images(backbone: Backbone, images: Sequence[ImageInput], pipeline: I
     return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
 
 
+def _encode_texts(backbone: Backbone, shards: Sequence[Sequence[tuple[int, str]]], indexes: Sequence[int],
+                  batch_size: int, bar: Any) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each shard's caption features, shard by shard. Captions of similar length share a batch (little padding is
+    computed; rows go back to shard order), and a thread tokenises the next batches while the tower encodes this
+    one (across shards: a GPU's batch is a whole shard)."""
+    batches = []
+    for shard, index in zip(shards, indexes, strict=True):
+        order = sorted(range(len(shard)), key=lambda k: len(shard[k][1]))
+        for start in range(0, len(order), batch_size):
+            batches.append((index, shard, order[start:start + batch_size], start + batch_size >= len(order)))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        pending: deque[Future[torch.Tensor]] = deque()
+        feats: torch.Tensor | None = None
+        for n, (index, shard, rows, last) in enumerate(batches):
+            while len(pending) < TOKENIZED_AHEAD and n + len(pending) < len(batches):
+                _, ahead_shard, ahead_rows, _ = batches[n + len(pending)]
+                pending.append(pool.submit(backbone.tokenizer, [ahead_shard[k][1] for k in ahead_rows]))
+            if feats is None:
+                feats = torch.zeros(len(shard), backbone.text_feature_dim)
+            feats[rows] = backbone.text_features(pending.popleft().result()).cpu()
+            bar.update(len(rows))
+            if last:
+                yield index, feats
+                feats = None
+
+
 def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: str | Path,
                      image_batch_size: int | None = None, text_batch_size: int | None = None, shard_size: int = 1024,
                      skip_corrupt: bool = False,
@@ -162,16 +192,8 @@ def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: s
     text_batch = text_batch_size or default_text_batch_size(backbone.device)
     todo = [i for i in range(len(text_shards)) if not text_store.done(i)]
     with progress_bar(total=sum(len(text_shards[i]) for i in todo), desc="text features", unit="caption") as bar:
-        for index in todo:
-            shard = text_shards[index]
-            # Similar lengths share a batch, so little padding is computed; rows go back to shard order.
-            order = sorted(range(len(shard)), key=lambda k: len(shard[k][1]))
-            feats = torch.zeros(len(shard), backbone.text_feature_dim)
-            for i in range(0, len(order), text_batch):
-                rows = order[i:i + text_batch]
-                feats[rows] = backbone.text_features(backbone.tokenizer([shard[k][1] for k in rows])).cpu()
-                bar.update(len(rows))
-            text_store.write(index, [c for c, _ in shard], feats, [])
+        for index, feats in _encode_texts(backbone, [text_shards[i] for i in todo], todo, text_batch, bar):
+            text_store.write(index, [c for c, _ in text_shards[index]], feats, [])
             if after_shard is not None:
                 after_shard("texts", index)
 

@@ -159,3 +159,15 @@ def test_an_index_build_asks_for_the_same_features_as_training(synthetic_dataset
     for splits in (("test",), ("val", "test")):
         collection = load_karpathy_collection(synthetic_dataset, splits)
         assert collection.feature_inputs == karpathy_inputs(load_karpathy(synthetic_dataset), splits)
+
+
+def test_caption_features_are_in_shard_order_whatever_the_batching(tmp_path: Path, synthetic_dataset: Path,
+                                                                    tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    """Captions are batched by length and tokenised ahead across shards; each row still holds its own caption."""
+    ds = load_karpathy(synthetic_dataset)
+    small = compute_features(tiny_backbone, karpathy_inputs(ds, ["val"]), cache_root=tmp_path / "a", shard_size=7,
+                             text_batch_size=3)
+    captions = [c for r in ds.split("val") for c in r.captions]
+    assert small.texts.ids.tolist() == [c.caption_id for c in captions]
+    expected = torch.cat([tiny_backbone.text_features(tiny_backbone.tokenizer([c.text])) for c in captions])
+    assert torch.allclose(small.texts.features, expected, atol=1e-5)
