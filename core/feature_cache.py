@@ -110,23 +110,31 @@ class _ShardedWriter:
         return FeatureTable(torch.cat(ids).numpy(), torch.cat(feats).float()), skipped
 
 
-def _encode_images(backbone: Backbone, images: Sequence[ImageInput], pipeline: ImagePipeline,
-                   bar: Any) -> tuple[list[int], torch.Tensor, list[str]]:
-    """Encode one shard: the pipeline decodes the next batches while the tower encodes this one."""
+def _encode_images(backbone: Backbone, shards: Sequence[Sequence[ImageInput]], indexes: Sequence[int],
+                   pipeline: ImagePipeline, bar: Any) -> Iterator[tuple[int, list[int], torch.Tensor, list[str]]]:
+    """Each shard's image features, shard by shard: the pipeline decodes the next batches (across shards: a GPU's
+    shard is two batches) while the tower encodes this one."""
+    chunks, owner = [], []
+    for shard, index in zip(shards, indexes, strict=True):
+        for start in range(0, len(shard), pipeline.batch_size):
+            chunks.append(shard[start:start + pipeline.batch_size])
+            owner.append((index, start + pipeline.batch_size >= len(shard)))
     ids: list[int] = []
     features: list[torch.Tensor] = []
     skipped: list[str] = []
     try:
-        for batch in pipeline.batches(images):
+        for batch, (index, last) in zip(pipeline.chunked(chunks), owner, strict=True):
             skipped += batch.skipped
             if batch.ids:
                 ids += batch.ids
                 features.append(backbone.image_features(batch.pixels).cpu())
             bar.update(batch.count)
+            if last:
+                width = backbone.image_feature_dim
+                yield index, ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
+                ids, features, skipped = [], [], []
     except CorruptImageError as e:
         raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
-    width = backbone.image_feature_dim
-    return ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
 
 
 def _encode_texts(backbone: Backbone, shards: Sequence[Sequence[tuple[int, str]]], indexes: Sequence[int],
@@ -184,8 +192,8 @@ def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: s
                      len(image_shards))
     remaining = sum(len(image_shards[i]) for i in todo)
     with progress_bar(total=remaining, desc="image features", unit="img") as bar:
-        for index in todo:
-            ids, feats, skipped = _encode_images(backbone, image_shards[index], pipeline, bar)
+        for index, ids, feats, skipped in _encode_images(backbone, [image_shards[i] for i in todo], todo, pipeline,
+                                                         bar):
             image_store.write(index, ids, feats, skipped)
             if after_shard is not None:
                 after_shard("images", index)

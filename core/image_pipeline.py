@@ -66,7 +66,7 @@ def text_batch_size(device: torch.device | str) -> int:
 @dataclass(frozen=True)
 class TensorPreprocess:
     """The tower's preprocess (resize the shorter side, centre crop, scale to [0, 1], normalise) as tensor operations
-    on a decoded uint8 (3, H, W) image, on whatever device it is."""
+    on decoded uint8 (3, H, W) images, or a stack of same-size ones (N, 3, H, W), on whatever device they are."""
 
     size: int  # the shorter side after resizing
     crop: tuple[int, int]
@@ -131,7 +131,11 @@ class ImagePipeline:
 
     def batches(self, items: Sequence[ImageInput]) -> Iterator[PixelBatch]:
         """The items' pixels, batch by batch in order; up to ``BATCHES_AHEAD`` batches per thread in flight."""
-        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        return self.chunked([items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)])
+
+    def chunked(self, chunks: Sequence[Sequence[ImageInput]]) -> Iterator[PixelBatch]:
+        """One batch per chunk the caller made (a shard's batches, one shard after another: reading runs ahead
+        across shards), in order; up to ``BATCHES_AHEAD`` chunks per thread in flight."""
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode") as pool:
             pending: deque[tuple[Sequence[ImageInput], list[Future[Any]]]] = deque()
             ahead = BATCHES_AHEAD * self.threads
@@ -205,6 +209,7 @@ class ImagePipeline:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
             decoded = [self._one_on_device(d) for d in data]
+        same_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for n, image in zip(positions, decoded, strict=True):
             if image is None:
                 try:
@@ -212,7 +217,10 @@ class ImagePipeline:
                 except CorruptImageError as e:
                     out[n] = e
             else:
-                out[n] = self.tensor_preprocess(image)
+                same_size.setdefault(tuple(image.shape), []).append((n, image))
+        for group in same_size.values():  # photos of one size resized in one call, not one call per photo
+            for (n, _), pixels in zip(group, self.tensor_preprocess(torch.stack([i for _, i in group])), strict=True):
+                out[n] = pixels
         return out
 
     def _one_on_device(self, data: torch.Tensor) -> torch.Tensor | None:

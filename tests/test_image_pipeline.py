@@ -42,7 +42,8 @@ def files(tmp_path: Path) -> list[ImageInput]:
     items = []
     for n in range(11):
         fmt = "PNG" if n % 4 == 3 else "JPEG"
-        items.append(ImageInput(100 + n, write(tmp_path / f"{n}.{fmt.lower()}", photo(n, (120 + 7 * n, 90)), fmt)))
+        size = (120 + 7 * (n % 3), 90)  # repeated sizes: the device path resizes same-size photos together
+        items.append(ImageInput(100 + n, write(tmp_path / f"{n}.{fmt.lower()}", photo(n, size), fmt)))
     return items
 
 
