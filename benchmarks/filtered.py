@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from benchmarks.machine import machine
 from benchmarks.peers import MilvusLiteEngine, MilvusLiteStore, PeerUnavailableError, Scoring, Vectors
 from benchmarks.scale import caption_queries
-from benchmarks.search_bench import percentiles, single_thread
+from benchmarks.search_bench import single_thread
+from benchmarks.stats import percentiles
 from benchmarks.synthetic import CorpusStatistics, generate
 from indexer.build import IndexBuildConfig, publish_index
 from indexer.filters import Filter

@@ -33,6 +33,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarks.machine import machine
+from benchmarks.stats import percentiles
 from core.backbone import Backbone, build_backbone
 from core.config import BackboneConfig
 from core.data import MSCOCO_TRAIN_PAIRS, karpathy_inputs, load_karpathy
@@ -180,13 +181,6 @@ def training_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, d
 
 
 # ----- the exact dense leg on the device -----
-def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(samples_ms, np.float64)
-    p50, p95 = np.percentile(values, (50, 95), method="nearest")
-    return {"p50": float(p50), "p95": float(p95), "mean": float(values.mean()), "n": int(values.size)}
-
-
-
 def dense_leg(rows: int, queries: int, device: str, *, dim: int = 256, k: int = 10) -> dict[str, Any]:
     """Exact inner-product top k over ``rows`` unit vectors held on the device (fp16 on CUDA), one query at a time,
     each answer copied back to the host."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.search_bench import percentiles
+from benchmarks.stats import percentiles
 
 
 def free_port() -> int:

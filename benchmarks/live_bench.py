@@ -41,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from benchmarks.machine import machine
 from benchmarks.scale import caption_queries, synthetic_index
-from benchmarks.search_bench import percentiles, single_thread, stored_queries, time_calls
+from benchmarks.search_bench import single_thread, stored_queries, time_calls
 from benchmarks.sections import SectionStore
+from benchmarks.stats import percentiles
 from benchmarks.synthetic import CorpusStatistics, generate
 from core.atomic import current_version
 from core.encoder import DuetEncoder, EncodedItems, SparseRows

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from benchmarks.recall import KS
+from benchmarks.stats import percentiles
 from core.metrics import success_of_lists
 from indexer.params import DEFAULT_CANDIDATE_K, MODES, SearchParams
 from indexer.query import Query
@@ -65,14 +66,6 @@ def quality(engine: SearchEngine, *, threads: int = 2, candidate_k: int = DEFAUL
     for mode in (*MODES, "sparse_exact"):
         out.setdefault("rsum", {})[mode] = sum(out[d][mode][f"R@{k}"] for d in ("t2i", "i2t") for k in KS)
     return out
-
-
-def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99 as measured samples (numpy's 'nearest' method: no interpolation between two calls), mean, n."""
-    samples = np.asarray(samples_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(samples, (50, 95, 99), method="nearest")
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(samples.mean()),
-            "n": int(samples.size)}
 
 
 def time_calls(call: Callable[[Any], object], inputs: Sequence[Any], *, warmup: int = 5) -> dict[str, float]:

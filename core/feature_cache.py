@@ -17,9 +17,8 @@ import json
 import logging
 import os
 import shutil
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from core.atomic import atomic_directory, write_text_atomic
 from core.backbone import Backbone
 from core.data import FeatureInputs, ImageInput
-from core.image_pipeline import CorruptImageError, ImagePipeline
+from core.image_pipeline import CorruptImageError, ImagePipeline, in_order_ahead
 from core.image_pipeline import text_batch_size as default_text_batch_size
 from core.progress import progress_bar
 
@@ -110,20 +109,30 @@ class _ShardedWriter:
         return FeatureTable(torch.cat(ids).numpy(), torch.cat(feats).float()), skipped
 
 
+def _shard_batches(sizes: Sequence[int], indexes: Sequence[int], batch_size: int,
+                   order: Callable[[int], list[int]] | None = None) -> list[tuple[int, list[int], bool]]:
+    """The batches of several shards, shard after shard: (shard index, positions in the shard, whether it is the
+    shard's last batch). ``order(i)`` gives the i-th shard's positions in the order they are batched."""
+    batches = []
+    for n, (size, index) in enumerate(zip(sizes, indexes, strict=True)):
+        positions = order(n) if order is not None else list(range(size))
+        for start in range(0, size, batch_size):
+            batches.append((index, positions[start:start + batch_size], start + batch_size >= size))
+    return batches
+
+
 def _encode_images(backbone: Backbone, shards: Sequence[Sequence[ImageInput]], indexes: Sequence[int],
                    pipeline: ImagePipeline, bar: Any) -> Iterator[tuple[int, list[int], torch.Tensor, list[str]]]:
     """Each shard's image features, shard by shard: the pipeline decodes the next batches (across shards: a GPU's
     shard is two batches) while the tower encodes this one."""
-    chunks, owner = [], []
-    for shard, index in zip(shards, indexes, strict=True):
-        for start in range(0, len(shard), pipeline.batch_size):
-            chunks.append(shard[start:start + pipeline.batch_size])
-            owner.append((index, start + pipeline.batch_size >= len(shard)))
+    batches = _shard_batches([len(shard) for shard in shards], indexes, pipeline.batch_size)
+    by_index = dict(zip(indexes, shards, strict=True))
+    chunks = [[by_index[index][k] for k in positions] for index, positions, _ in batches]
     ids: list[int] = []
     features: list[torch.Tensor] = []
     skipped: list[str] = []
     try:
-        for batch, (index, last) in zip(pipeline.chunked(chunks), owner, strict=True):
+        for batch, (index, _, last) in zip(pipeline.chunked(chunks), batches, strict=True):
             skipped += batch.skipped
             if batch.ids:
                 ids += batch.ids
@@ -142,22 +151,21 @@ def _encode_texts(backbone: Backbone, shards: Sequence[Sequence[tuple[int, str]]
     """Each shard's caption features, shard by shard. Captions of similar length share a batch (little padding is
     computed; rows go back to shard order), and a thread tokenises the next batches while the tower encodes this
     one (across shards: a GPU's batch is a whole shard)."""
-    batches = []
-    for shard, index in zip(shards, indexes, strict=True):
-        order = sorted(range(len(shard)), key=lambda k: len(shard[k][1]))
-        for start in range(0, len(order), batch_size):
-            batches.append((index, shard, order[start:start + batch_size], start + batch_size >= len(order)))
+    by_index = dict(zip(indexes, shards, strict=True))
+    batches = _shard_batches([len(shard) for shard in shards], indexes, batch_size,
+                             order=lambda n: sorted(range(len(shards[n])), key=lambda k: len(shards[n][k][1])))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-        pending: deque[Future[torch.Tensor]] = deque()
+        def start(batch: tuple[int, list[int], bool]) -> Callable[[], torch.Tensor]:
+            index, positions, _ = batch
+            return pool.submit(backbone.tokenizer, [by_index[index][k][1] for k in positions]).result
+
         feats: torch.Tensor | None = None
-        for n, (index, shard, rows, last) in enumerate(batches):
-            while len(pending) < TOKENIZED_AHEAD and n + len(pending) < len(batches):
-                _, ahead_shard, ahead_rows, _ = batches[n + len(pending)]
-                pending.append(pool.submit(backbone.tokenizer, [ahead_shard[k][1] for k in ahead_rows]))
+        for (index, positions, last), tokens in zip(batches, in_order_ahead(start, batches, TOKENIZED_AHEAD),
+                                                    strict=True):
             if feats is None:
-                feats = torch.zeros(len(shard), backbone.text_feature_dim)
-            feats[rows] = backbone.text_features(pending.popleft().result()).cpu()
-            bar.update(len(rows))
+                feats = torch.zeros(len(by_index[index]), backbone.text_feature_dim)
+            feats[positions] = backbone.text_features(tokens).cpu()
+            bar.update(len(positions))
             if last:
                 yield index, feats
                 feats = None

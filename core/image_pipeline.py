@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -30,10 +30,22 @@ from core.data import ImageInput
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 BATCHES_AHEAD = 2  # batches decoded ahead of the one being encoded, per decoding thread
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class CorruptImageError(ValueError):
     """An image file is missing, truncated or not an image."""
+
+
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+def unreadable(path: Path, error: Exception) -> CorruptImageError:
+    """The error that names an image file that could not be read (missing, or not a whole image)."""
+    if isinstance(error, FileNotFoundError):
+        return CorruptImageError(f"image file missing: {path}")
+    return CorruptImageError(f"corrupt or unreadable image {path}: {error}")
 
 
 def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
@@ -42,10 +54,20 @@ def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.T
         with Image.open(path) as image:
             image.load()
             return preprocess(image.convert("RGB"))
-    except FileNotFoundError as e:
-        raise CorruptImageError(f"image file missing: {path}") from e
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(f"corrupt or unreadable image {path}: {e}") from e
+    except UNREADABLE as e:
+        raise unreadable(path, e) from e
+
+
+def in_order_ahead(start: Callable[[T], Callable[[], R]], items: Sequence[T], depth: int) -> Iterator[R]:
+    """Each item's result in order, with up to ``depth`` items started ahead of the one consumed: ``start(item)``
+    sets its work going (on a pool) and returns what waits for its result. Memory stays bounded by ``depth``."""
+    pending: deque[Callable[[], R]] = deque()
+    started = 0
+    while pending or started < len(items):
+        while started < len(items) and len(pending) < depth:
+            pending.append(start(items[started]))
+            started += 1
+        yield pending.popleft()()
 
 
 def decode_threads() -> int:
@@ -137,16 +159,11 @@ class ImagePipeline:
         """One batch per chunk the caller made (a shard's batches, one shard after another: reading runs ahead
         across shards), in order; up to ``BATCHES_AHEAD`` chunks per thread in flight."""
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[Sequence[ImageInput], list[Future[Any]]]] = deque()
-            ahead = BATCHES_AHEAD * self.threads
-            next_chunk = 0
-            while pending or next_chunk < len(chunks):
-                while next_chunk < len(chunks) and len(pending) < ahead:
-                    chunk = chunks[next_chunk]
-                    pending.append((chunk, [pool.submit(self._read, item) for item in chunk]))
-                    next_chunk += 1
-                chunk, futures = pending.popleft()
-                yield self._batch(chunk, [future.result() for future in futures])
+            def start(chunk: Sequence[ImageInput]) -> Callable[[], PixelBatch]:
+                futures = [pool.submit(self._read, item) for item in chunk]  # items in parallel, not chunks
+                return lambda: self._batch(chunk, [future.result() for future in futures])
+
+            yield from in_order_ahead(start, chunks, BATCHES_AHEAD * self.threads)
 
     def pixels(self, items: Sequence[ImageInput]) -> PixelBatch:
         """Every item in one batch (a small request: a Ray actor's batch, a write)."""
@@ -165,10 +182,10 @@ class ImagePipeline:
                 if data.startswith(JPEG_START) and data.rstrip(b"\x00").endswith(JPEG_END):
                     return data
             return load_image(item.path, self.preprocess)
-        except FileNotFoundError as e:
-            return CorruptImageError(f"image file missing: {item.path}: {e}")
         except CorruptImageError as e:
             return e
+        except OSError as e:  # reading the bytes: missing, a folder, not permitted
+            return unreadable(item.path, e)
 
     def _batch(self, chunk: Sequence[ImageInput], read: list[torch.Tensor | bytes | CorruptImageError]) -> PixelBatch:
         if any(isinstance(r, bytes) for r in read):

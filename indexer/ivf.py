@@ -39,7 +39,6 @@ class IvfLists:
     offsets: np.ndarray  # (nlist + 1,) int64
     rows: np.ndarray  # (ntotal,) int64
     centroids: np.ndarray  # (nlist, d) float32: a list's centroid (its coarse score is the inner product)
-    list_of_row: np.ndarray  # (ntotal,) int32: the list each row is in
 
     @classmethod
     def of(cls, index: Any) -> IvfLists | None:
@@ -58,9 +57,7 @@ class IvfLists:
             if sizes[n]:
                 rows[offsets[n]:offsets[n + 1]] = ops.rev_swig_ptr(lists.get_ids(n), int(sizes[n]))
         centroids = inner.quantizer.reconstruct_n(0, inner.nlist).astype(np.float32)
-        list_of_row = np.empty(rows.size, np.int32)
-        list_of_row[rows] = np.repeat(np.arange(inner.nlist, dtype=np.int32), sizes)
-        return cls(offsets, rows, centroids, list_of_row)
+        return cls(offsets, rows, centroids)
 
     @property
     def count(self) -> int:

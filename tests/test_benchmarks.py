@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks.cli import main as bench_main
-from benchmarks.search_bench import percentiles, stored_queries
+from benchmarks.search_bench import stored_queries
+from benchmarks.stats import percentiles
 from benchmarks.synthetic import CorpusStatistics, generate
 from core.encoder import SparseRows
 from core.metrics import success_of_lists

@@ -113,11 +113,6 @@ class StepRunner:
         return device_seconds(self.device) - started
 
 
-def step_seconds(config: TrainConfig, ws: Workspace, *, steps: int) -> float:
-    """Mean seconds of one optimiser step of ``config.method`` (``StepRunner``)."""
-    return StepRunner(config, ws).seconds(steps) / steps
-
-
 def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> dict[str, float]:
     """A method's mean step time, and the time of an epoch of ``epoch_pairs`` pairs (whole batches in a row) when
     it is not 0."""

@@ -34,8 +34,8 @@ import numpy as np
 from benchmarks.reliability.config import ReliabilityConfig
 from benchmarks.reliability.copies import copy_index
 from benchmarks.reliability.figures import Goal, PartResult
-from benchmarks.search_bench import percentiles
 from benchmarks.service_process import Server, serving
+from benchmarks.stats import percentiles
 from core.atomic import current_version
 
 _logger = logging.getLogger("benchmarks")

@@ -22,8 +22,8 @@ from benchmarks.reliability.copies import collection_root_args, copy_index
 from benchmarks.reliability.figures import Goal, PartResult
 from benchmarks.reliability.hostile import serving_ready
 from benchmarks.reliability.load import query_texts
-from benchmarks.search_bench import percentiles
 from benchmarks.service_process import Server
+from benchmarks.stats import percentiles
 
 HOST = "127.0.0.1"
 TRICKLERS = (16, 64)
