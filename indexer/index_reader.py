@@ -19,6 +19,7 @@ import numpy as np
 
 from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.dense_first import DenseFirstSearcher, FusedBound
+from indexer.device_dense import DeviceDenseLeg, DeviceMatrix
 from indexer.filters import CompiledFilter, Filter, Part, compile_filter, is_empty
 from indexer.ivf import FilteredIvfLeg, IvfLists
 from indexer.lucene import ImpactSearcher
@@ -56,14 +57,18 @@ class IndexReader:
     """
 
     def __init__(self, index_dir: str | Path, *, encoder: DuetEncoder | None = None,
-                 checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None) -> None:
+                 checkpoint: str | Path | None = None, sides: tuple[str, ...] | None = None,
+                 dense_device: str | None = None) -> None:
+        """``dense_device``: where the dense leg scores every row exactly (indexer/device_dense.py); default: the
+        encoder's device when it is an accelerator, else FAISS on the CPU."""
         self.index_dir = Path(index_dir)
         # the live version, resolved once and held while it is opened: every read comes from it
         with opening_index(self.index_dir) as directory:
             self.directory = directory
-            self._open(encoder, checkpoint, sides)
+            self._open(encoder, checkpoint, sides, dense_device)
 
-    def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None) -> None:
+    def _open(self, encoder: DuetEncoder | None, checkpoint: str | Path | None, sides: tuple[str, ...] | None,
+              dense_device: str | None) -> None:
         self.manifest: IndexManifest = manifest_in(self.directory, self.index_dir)
         if encoder is None:
             encoder = DuetEncoder.from_checkpoint(Path(checkpoint) if checkpoint is not None else self.checkpoint_dir)
@@ -80,6 +85,11 @@ class IndexReader:
         self._delta_payloads: dict[str, tuple[Delta, PayloadIndex]] = {}  # per side: the payload of the rows since
         self._ivf_lists: dict[str, IvfLists | None] = {}  # per side: an IVF index's rows by list (filtered probing)
         self._approximate: dict[str, bool] = {}  # per side: its dense index is approximate (the planner asks)
+        if dense_device is None and encoder.device != "cpu":
+            dense_device = str(encoder.device)
+        self.dense_device = dense_device
+        self._device: dict[str, DeviceMatrix] = {}  # per side, with a dense device: its vectors there
+        self._device_live: dict[str, tuple[np.ndarray | None, DeviceDenseLeg]] = {}  # per side: skipping deletes
         for side, side_manifest in self.manifest.sides.items():
             if sides is not None and side not in sides:
                 continue
@@ -89,6 +99,8 @@ class IndexReader:
             self.segments[side] = unchanged(self.stores[side])
             self._ivf_lists[side] = IvfLists.of(self.stores[side].faiss_index)
             self._approximate[side] = not is_flat(self.stores[side].faiss_index)
+            if dense_device is not None:
+                self._device[side] = DeviceMatrix(self.stores[side].dense, dense_device)
             self.lucene[side] = ImpactSearcher(self.directory / side / "lucene", scale)
             lucene_docs = self.lucene[side].num_docs()
             if lucene_docs != side_manifest.count:
@@ -132,6 +144,8 @@ class IndexReader:
         """FAISS over a side; ``excluded`` rows (deleted ones) are skipped inside FAISS where the index kind allows
         it, else dropped from an over-fetched answer."""
         index = self.store(side).faiss_index
+        if side in self._device:
+            return self._device_dense_leg(side, excluded)
         if excluded is None or excluded.size == 0:
             return FaissLeg(index)
         cached = self._exclusions.get(side)
@@ -146,6 +160,8 @@ class IndexReader:
     def _filtered_dense_leg(self, side: str, allowed: np.ndarray, count: int) -> Searcher:
         """FAISS over the ``allowed`` rows of a side: an IVF index probes the lists holding them, another kind
         searches with a selector where it takes one, else over-fetches and drops the rest."""
+        if side in self._device:
+            return DeviceDenseLeg(self._device[side], allowed)
         index = self.store(side).faiss_index
         lists = self._ivf_lists.get(side)
         if lists is not None:
@@ -153,6 +169,20 @@ class IndexReader:
         parameters = within_rows(index, allowed)
         return FaissLeg(index, parameters=parameters) if parameters is not None else Filtered(FaissLeg(index),
                                                                                                allowed, count)
+
+    def _device_dense_leg(self, side: str, excluded: np.ndarray | None) -> DeviceDenseLeg:
+        """The device leg over a side's rows less ``excluded`` (one mask per deletes snapshot, not per search)."""
+        excluded = excluded if excluded is not None and excluded.size else None
+        cached = self._device_live.get(side)
+        if cached is None or cached[0] is not excluded:
+            matrix = self._device[side]
+            live = None
+            if excluded is not None:
+                live = np.ones(matrix.rows, bool)
+                live[excluded] = False
+            cached = (excluded, DeviceDenseLeg(matrix, live))
+            self._device_live[side] = cached
+        return cached[1]
 
     def sparse_leg(self, side: str, *, threads: int = 1) -> LuceneLeg:
         self.store(side)
@@ -304,7 +334,8 @@ class IndexReader:
         rows = live if allowed is None else int(np.count_nonzero(allowed))
         if rows == live:  # a filter every live row passes is no filter: the unfiltered legs, without selectors
             allowed = None
-        plan = choose_plan(params.plan, rows, approximate_index=self._approximate[side])
+        # a device leg, like an approximate index, costs about the same whatever the filter allows
+        plan = choose_plan(params.plan, rows, approximate_index=self._approximate[side] or side in self._device)
         searcher: HybridSearcher | ExactSearcher | DenseFirstSearcher
         if plan == "exact":
             mask = self.live_mask(view) if allowed is None else allowed
@@ -352,6 +383,8 @@ class IndexReader:
         # thread happens to drop this reader last (a live collection's last reader of a replaced version)
         while self.lucene:
             self.lucene.popitem()[1].close()
+        self._device.clear()  # the device memory goes with the last search holding a leg
+        self._device_live.clear()
 
 
 class ReaderShard:

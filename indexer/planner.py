@@ -49,7 +49,8 @@ INDEXED_EXACT_ROWS: Final = 50_000
 
 def choose_plan(requested: PlanChoice, allowed_rows: int, *, approximate_index: bool = False) -> Plan:
     """The plan of one shard's search over ``allowed_rows`` rows (the filter's, else the shard's live rows);
-    ``approximate_index``: the side's dense index is approximate."""
+    ``approximate_index``: the side's dense leg costs about the same whatever the filter allows (an approximate
+    index, or every row scored on a device: indexer/device_dense.py)."""
     if requested != "auto":
         return requested
     return "exact" if allowed_rows <= (INDEXED_EXACT_ROWS if approximate_index else EXACT_ROWS) else "index"

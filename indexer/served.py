@@ -24,7 +24,7 @@ from indexer.query import Query
 from indexer.search import SearchEngine
 from indexer.sharding import ShardedLayout, is_sharded, read_layout
 from indexer.snapshots import UnsupportedCollectionError
-from indexer.store import IndexManifest, IndexUnavailableError, manifest_path
+from indexer.store import IndexManifest, IndexUnavailableError, manifest_in, manifest_path, opening_index
 from indexer.writes import IdConflictError, PreparedWrite, prepare_image, prepare_text
 
 
@@ -115,6 +115,17 @@ def sharded_engine(layout: ShardedLayout, shards: Sequence[ShardClient], encoder
     return engine
 
 
+def bound_encoder(path: str | Path, checkpoint: str | Path | None, device: str) -> DuetEncoder:
+    """The encoder of ``checkpoint``, else of the one the collection at ``path`` is bound to, on ``device``."""
+    if checkpoint is not None:
+        return DuetEncoder.from_checkpoint(checkpoint, device=device)
+    if is_sharded(path):
+        return DuetEncoder.from_checkpoint(read_layout(path).checkpoint_dir, device=device)
+    with opening_index(path) as contents:  # the version is held while its checkpoint copy is read
+        return DuetEncoder.from_checkpoint(manifest_path(contents, manifest_in(contents, path).checkpoint.path),
+                                           device=device)
+
+
 class ServedCollection:
     """A collection as the service sees it: searches through the read engine, each write on the shard that owns
     its id."""
@@ -125,8 +136,11 @@ class ServedCollection:
 
     @classmethod
     def open(cls, path: str | Path, *, checkpoint: str | Path | None = None, encoder: DuetEncoder | None = None,
-             auto_compact_ratio: float | None = None) -> ServedCollection:
-        """A collection directory, every shard in this process: one index, or a sharded collection."""
+             auto_compact_ratio: float | None = None, device: str = "cpu") -> ServedCollection:
+        """A collection directory, every shard in this process: one index, or a sharded collection. ``device``:
+        where a loaded encoder runs (on an accelerator the dense leg runs there too: indexer/device_dense.py)."""
+        if encoder is None and device != "cpu":
+            encoder = bound_encoder(path, checkpoint, device)
         if is_sharded(path):
             return cls.open_sharded(path, checkpoint=checkpoint, encoder=encoder,
                                     auto_compact_ratio=auto_compact_ratio)

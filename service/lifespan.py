@@ -26,7 +26,7 @@ def load_collection(settings: ServiceSettings, encoder: DuetEncoder | None) -> S
     (service/ray_serving.py has the loader of one deployed on Ray Serve)."""
     ratio = settings.auto_compact_ratio or None
     return ServedCollection.open(settings.index_dir, checkpoint=settings.checkpoint, encoder=encoder,
-                                 auto_compact_ratio=ratio)
+                                 auto_compact_ratio=ratio, device=settings.device)
 
 
 def collections_lifespan(loader: CollectionLoader) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,8 @@ class ServiceSettings(BaseSettings):
                                            "without a collection name serve; default: the only collection, if "
                                            "there is one.")
     checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="Where queries are encoded; on a "
+                        "CUDA device the dense leg there scores every item exactly (FAISS on the CPU otherwise).")
     collection_root: Path | None = Field(None, description="Image root (default: the one the index recorded).")
     engine: Literal["embedded", "ray"] = Field("embedded", description="Where the collection is served: this "
                                                "process, or Ray Serve deployments (a sharded collection).")
@@ -73,3 +75,14 @@ class ServiceSettings(BaseSettings):
                                       "'Authorization: Bearer KEY'); unset or empty: writes are disabled.")
     read_api_key: SecretStr | None = Field(None, description="Bearer key searches and item reads require (the "
                                            "write key works too); unset or empty: reads are open.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_present(cls, device: str) -> str:
+        if device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available() or torch.device(device).index not in (None, *range(
+                    torch.cuda.device_count())):
+                raise ValueError(f"{device}: no such CUDA device on this machine")
+        return device

@@ -39,6 +39,7 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     assert run["setup_seconds"] > 0 and run["epoch_seconds"] >= 0 and run["after_last_epoch_seconds"] > 0
     assert (work / "runs" / "align" / "best").is_dir()
     assert report["dense_leg"]["rows"] == 3000 and report["dense_leg"]["ms"]["p50"] > 0
+    assert report["dense_leg"]["filtered_ms"]["p50"] > 0
     page = (out / "README.md").read_text()
     for section in ("## Towers", "## Pipeline", "## Training", "## Exact dense top 10"):
         assert section in page

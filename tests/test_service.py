@@ -264,3 +264,18 @@ def test_settings_come_from_flags_over_the_environment_over_defaults(monkeypatch
     monkeypatch.setenv("DUET_MAX_TOP_K", "many")
     with pytest.raises(ValueError, match="max_top_k"):
         ServiceSettings()
+
+
+def test_the_device_setting_names_a_device_this_machine_has() -> None:
+    import torch
+
+    from service.settings import ServiceSettings
+
+    assert ServiceSettings(device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        ServiceSettings(device="tpu")
+    with pytest.raises(ValueError, match="no such CUDA device"):
+        ServiceSettings(device=f"cuda:{torch.cuda.device_count() + 1}")
+    if not torch.cuda.is_available():  # CI's machines: a CUDA device is refused at startup, not on the first search
+        with pytest.raises(ValueError, match="no such CUDA device"):
+            ServiceSettings(device="cuda")
