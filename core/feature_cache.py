@@ -8,6 +8,10 @@ resumes where it stopped. The final cache directory is published atomically:
   <root>/<fingerprint>/<dataset>-<splits>/images.safetensors   {"features": (N, D) float32, "ids": (N,) int64}
   <root>/<fingerprint>/<dataset>-<splits>/texts.safetensors    {"features": (M, D') float32, "ids": (M,) int64}
   <root>/<fingerprint>/<dataset>-<splits>/meta.json            counts, splits, skipped corrupt images
+  <root>/<fingerprint>/<dataset>-<splits>/tokens.safetensors   {"ids": (M',) int64, "tokens": (M', L) int32}
+The token table holds the captions' token ids (the fingerprint's tokenizer), added by the first run that asks for
+them (``caption_tokens``): tokenising is CPU work that every training command repeated (3.3 s for Flickr8k's 40,455
+captions on 2 cores, about 50 s for MSCOCO's), before its first epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.atomic import atomic_directory, write_text_atomic
+from core.atomic import atomic_directory, atomic_file, write_text_atomic
 from core.backbone import Backbone
 from core.data import FeatureInputs, ImageInput
 from core.image_pipeline import CorruptImageError, ImagePipeline, in_order_ahead
@@ -37,6 +41,7 @@ from core.progress import progress_bar
 _logger = logging.getLogger(__name__)
 
 TOKENIZED_AHEAD = 2  # caption batches tokenised ahead of the one being encoded
+TOKENS_FILE = "tokens.safetensors"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,28 @@ class CachedFeatures:
     texts: FeatureTable
     directory: Path
     corrupt_images: list[str] = field(default_factory=list)
+
+    def caption_tokens(self, caption_ids: np.ndarray, texts: Sequence[str],
+                       tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> torch.Tensor:
+        """(N, L) token ids of these captions (``texts``, aligned with ``caption_ids``), from the cache's token
+        table; captions it lacks are tokenised (in batches) and added to it, atomically."""
+        from core.vocab import tokenize_in_batches
+
+        path = self.directory / TOKENS_FILE
+        known, tokens = _read_tokens(path)
+        at = np.searchsorted(known, caption_ids)
+        found = (at < known.size) & (known[np.minimum(at, max(0, known.size - 1))] == caption_ids) \
+            if known.size else np.zeros(caption_ids.size, bool)
+        if not found.all():
+            missing = np.flatnonzero(~found)
+            new = tokenize_in_batches(tokenizer, [texts[m] for m in missing.tolist()]).to(torch.int32)
+            if new.shape[1] != tokens.shape[1]:  # none yet, or another tokenizer's: start the table over
+                known, tokens = np.zeros(0, np.int64), torch.zeros(0, new.shape[1], dtype=torch.int32)
+            added = np.unique(caption_ids[missing], return_index=True)[1]
+            known, tokens = _merged(known, tokens, caption_ids[missing][added], new[added])
+            _write_tokens(path, known, tokens)
+            at = np.searchsorted(known, caption_ids)
+        return tokens[torch.from_numpy(at)].long()
 
 
 def cache_directory(root: str | Path, fingerprint: str, inputs: FeatureInputs) -> Path:
@@ -230,6 +257,33 @@ def compute_features(backbone: Backbone, inputs: FeatureInputs, *, cache_root: s
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(partial, ignore_errors=True)
     return CachedFeatures(images=images, texts=texts, directory=final, corrupt_images=corrupt)
+
+
+def _read_tokens(path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """The token table's ids (ascending) and token rows (empty when there is none yet)."""
+    if not path.is_file():
+        return np.zeros(0, np.int64), torch.zeros(0, 1, dtype=torch.int32)
+    state = load_file(str(path))
+    return state["ids"].numpy(), state["tokens"]
+
+
+def _merged(ids: np.ndarray, tokens: torch.Tensor, new_ids: np.ndarray,
+            new_tokens: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    all_ids = np.concatenate([ids, new_ids])
+    order = np.argsort(all_ids, kind="stable")
+    return all_ids[order], torch.cat([tokens, new_tokens])[torch.from_numpy(order)]
+
+
+def _write_tokens(path: Path, ids: np.ndarray, tokens: torch.Tensor) -> None:
+    """Replace the token table at once (a reader sees the old table or the new one); a cache it cannot write to
+    (read only) keeps working, tokenising again next time."""
+    from safetensors.torch import save
+
+    try:
+        with atomic_file(path) as handle:
+            handle.write(save({"ids": torch.from_numpy(ids), "tokens": tokens.contiguous()}))  # type: ignore[attr-defined]
+    except OSError as e:
+        _logger.warning("caption tokens not stored in %s (%s): they are tokenised again next time", path, e)
 
 
 def _same_file(recorded: str | None, origin: str) -> bool:

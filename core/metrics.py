@@ -81,21 +81,24 @@ def bidirectional_recall(scores_t2i: torch.Tensor, caption_image: torch.Tensor,
     """Text-to-image and image-to-text recall from one (num_captions, num_images) score matrix.
 
     caption_image[i] is the column of caption i's image. Image-to-text counts a hit when any of the image's
-    captions is in the top k (the standard protocol).
-    """
+    captions is in the top k (the standard protocol). Ranks are computed where the scores are, ``chunk`` queries
+    at a time (the relevance masks stay small on a device)."""
     num_captions, num_images = scores_t2i.shape
+    device = scores_t2i.device
+    caption_image = caption_image.to(device)
     t2i_ranks = []
     for start in range(0, num_captions, chunk):
         block = scores_t2i[start:start + chunk]
         relevant = torch.zeros_like(block, dtype=torch.bool)
-        relevant[torch.arange(block.shape[0]), caption_image[start:start + chunk]] = True
+        relevant[torch.arange(block.shape[0], device=device), caption_image[start:start + chunk]] = True
         t2i_ranks.append(ranks_of_relevant(block, relevant))
-    scores_i2t = scores_t2i.T  # (num_images, num_captions)
-    relevant_i2t = torch.zeros_like(scores_i2t, dtype=torch.bool)
-    relevant_i2t[caption_image, torch.arange(num_captions)] = True
-    i2t_ranks = ranks_of_relevant(scores_i2t, relevant_i2t)
+    i2t_ranks = []
+    for start in range(0, num_images, chunk):
+        block = scores_t2i[:, start:start + chunk].T  # (images in the chunk, num_captions)
+        relevant = caption_image[None, :] == torch.arange(start, start + block.shape[0], device=device)[:, None]
+        i2t_ranks.append(ranks_of_relevant(block, relevant))
     t2i = success_at_k(torch.cat(t2i_ranks), ks)
-    i2t = success_at_k(i2t_ranks, ks)
+    i2t = success_at_k(torch.cat(i2t_ranks), ks)
     t2i["RSUM"] = sum(t2i[f"R@{k}"] for k in ks)
     i2t["RSUM"] = sum(i2t[f"R@{k}"] for k in ks)
     return {"t2i": t2i, "i2t": i2t}

@@ -171,3 +171,31 @@ def test_caption_features_are_in_shard_order_whatever_the_batching(tmp_path: Pat
     assert small.texts.ids.tolist() == [c.caption_id for c in captions]
     expected = torch.cat([tiny_backbone.text_features(tiny_backbone.tokenizer([c.text])) for c in captions])
     assert torch.allclose(small.texts.features, expected, atol=1e-5)
+
+
+def test_caption_tokens_are_tokenised_once_per_cache(tmp_path: Path, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
+                                                     tiny_backbone) -> None:
+    from core.feature_cache import TOKENS_FILE
+    from core.vocab import tokenize_in_batches
+    from training.features import split_features
+
+    ds = load_karpathy(synthetic_dataset)
+    cache = compute_features(tiny_backbone, karpathy_inputs(ds, SPLITS), cache_root=tmp_path, shard_size=16)
+    calls: list[int] = []
+
+    def counting(texts):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return tiny_backbone.tokenizer(texts)
+
+    val = split_features(ds, cache, "val", tokenizer=counting)
+    assert val.caption_token_ids is not None and (cache.directory / TOKENS_FILE).is_file()
+    assert torch.equal(val.caption_token_ids, tokenize_in_batches(tiny_backbone.tokenizer, val.caption_texts))
+    assert sum(calls) == val.num_pairs
+    calls.clear()
+    again = split_features(ds, load_feature_cache(cache.directory), "val", tokenizer=counting)
+    assert calls == [] and again.caption_token_ids is not None  # read from the table, not tokenised
+    assert torch.equal(again.caption_token_ids, val.caption_token_ids)
+    train = split_features(ds, cache, "train", tokenizer=counting)  # another split: only its captions are added
+    assert sum(calls) == train.num_pairs
+    assert torch.equal(train.caption_token_ids, tokenize_in_batches(tiny_backbone.tokenizer, train.caption_texts))
+    assert torch.equal(split_features(ds, cache, "val", tokenizer=counting).caption_token_ids, val.caption_token_ids)

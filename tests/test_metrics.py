@@ -148,3 +148,17 @@ def test_success_at_k_agrees_with_ir_measures(levels: int | None) -> None:
     listed = np.full_like(scores, -np.inf)
     np.put_along_axis(listed, order, np.take_along_axis(scores, order, axis=1), axis=1)
     assert success_of_lists(lists, relevant, ks) == pytest.approx(_oracle(listed, relevant, ks))
+
+
+def test_recall_is_the_same_whatever_the_chunk_of_queries() -> None:
+    """Both directions are ranked a chunk of queries at a time: any chunk gives the figures of one block."""
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(37, 8, generator=generator).round(decimals=1)  # rounded: ties across chunks too
+    caption_image = torch.arange(37) % 8
+    whole = bidirectional_recall(scores, caption_image, ks=(1, 2, 5), chunk=10_000)
+    for chunk in (1, 3, 7):
+        assert bidirectional_recall(scores, caption_image, ks=(1, 2, 5), chunk=chunk) == whole
+    ranks = [int((scores[caption_image != i, i] >= scores[caption_image == i, i].max()).sum()) for i in range(8)]
+    for k in (1, 2, 5):  # image i's rank: the other images' captions scoring at least its best caption
+        assert whole["i2t"][f"R@{k}"] == pytest.approx(100 * sum(r < k for r in ranks) / 8)
+    assert 0 < whole["i2t"]["R@5"] < 100

@@ -1,4 +1,7 @@
-"""Exact in-process evaluation: dense, sparse and integrated recall in both directions, plus sparsity."""
+"""Exact in-process evaluation: dense, sparse and integrated recall in both directions, plus sparsity.
+
+Everything runs where the model does: the split's features are encoded on the device, and the score matrices and
+the ranks are computed there too (in chunks of queries), so a GPU run's evaluation copies back only the figures."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from training.features import SplitFeatures
 
 @torch.inference_mode()
 def encode_split(model: DuetModel, split: SplitFeatures, *, batch_size: int = 1024,
-                 device: str = "cpu") -> tuple[EncodedBatch, EncodedBatch]:
+                 device: str = "cpu", on_device: bool = False) -> tuple[EncodedBatch, EncodedBatch]:
+    """The split's images and captions encoded on ``device``; returned there (``on_device``) or on the host."""
     model.eval()
     if model.texts_are_own_terms and split.caption_token_ids is None:
         raise ValueError("this model scores captions on their own terms: build the split with a tokenizer")
@@ -26,8 +30,8 @@ def encode_split(model: DuetModel, split: SplitFeatures, *, batch_size: int = 10
         for i in range(0, features.shape[0], batch_size):
             extra = {} if tokens is None else {"token_ids": tokens[i:i + batch_size].to(device)}
             parts.append(encode(features[i:i + batch_size].to(device), **extra))
-        return EncodedBatch(dense=torch.cat([p.dense for p in parts]).float().cpu(),
-                            sparse=torch.cat([p.sparse for p in parts]).float().cpu())
+        dense, sparse = torch.cat([p.dense for p in parts]).float(), torch.cat([p.sparse for p in parts]).float()
+        return EncodedBatch(dense=dense, sparse=sparse) if on_device else EncodedBatch(dense.cpu(), sparse.cpu())
 
     tokens = split.caption_token_ids if model.texts_are_own_terms else None
     return run(model.encode_image, split.image_features), run(model.encode_text, split.text_features, tokens)
@@ -52,17 +56,18 @@ def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: t
     }
 
 
+@torch.inference_mode()
 def evaluate_model(model: DuetModel, split: SplitFeatures, *, device: str = "cpu",
                    prune_query: int | None = None, prune_doc: int | None = None,
                    grounding: GroundingReference | None = None) -> dict[str, Any]:
     """Recall and sparsity; with a grounding reference (and caption tokens), the readability figures too."""
-    images, texts = encode_split(model, split, device=device)
+    images, texts = encode_split(model, split, device=device, on_device=True)
     cfg = model.config
     metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
                                w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
                                prune_query=prune_query, prune_doc=prune_doc)
     if grounding is not None and split.caption_token_ids is not None:
-        metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc),
+        metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc).cpu(),
                                                    model.sparse_head.term_ids.cpu(), split.caption_token_ids,
                                                    split.caption_image)
     return metrics
@@ -79,20 +84,24 @@ def fusion_value(integrated: dict[str, dict[str, float]], metric: str) -> float:
     return integrated["t2i"]["R@1"]
 
 
+@torch.inference_mode()
 def tune_fusion(model: DuetModel, split: SplitFeatures, *, device: str = "cpu",
                 metric: str = "t2i_r1") -> dict[str, Any]:
     """Pick w_sparse (w_dense fixed) maximising ``metric`` of the integrated score on ``split`` (val).
 
-    Returns the chosen weights and the whole sweep (recall vs weight), so the choice can be inspected.
+    Returns the chosen weights and the whole sweep (recall vs weight), so the choice can be inspected. The dense
+    and sparse score matrices are computed once; each weight only fuses them again.
     """
-    images, texts = encode_split(model, split, device=device)
+    images, texts = encode_split(model, split, device=device, on_device=True)
     temperature = float(model.temperature.detach())
     w_dense = model.config.fusion_dense_weight or 1.0
+    dense_t2i, sparse_t2i = texts.dense @ images.dense.T, texts.sparse @ images.sparse.T
     sweep = []
     for factor in FUSION_GRID:
         w_sparse = w_dense * factor
-        metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=w_dense, w_sparse=w_sparse,
-                                   temperature=temperature)
-        sweep.append({"w_dense": w_dense, "w_sparse": w_sparse, "integrated": metrics["integrated"]})
+        integrated = integrated_score(dense_t2i, sparse_t2i, w_dense=w_dense, w_sparse=w_sparse,
+                                      temperature=temperature)
+        sweep.append({"w_dense": w_dense, "w_sparse": w_sparse,
+                      "integrated": bidirectional_recall(integrated, split.caption_image)})
     best = max(sweep, key=lambda p: fusion_value(p["integrated"], metric))
     return {"w_dense": best["w_dense"], "w_sparse": best["w_sparse"], "metric": metric, "sweep": sweep}

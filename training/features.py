@@ -10,7 +10,6 @@ import torch
 
 from core.data import KarpathyDataset
 from core.feature_cache import CachedFeatures
-from core.vocab import tokenize_in_batches
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str, 
     """Rows of ``split`` in dataset order; images skipped as corrupt drop out with their captions.
 
     With a tokenizer, the captions' token ids come too (models that score texts on their own terms need them,
-    and so do the readability figures).
+    and so do the readability figures), from the cache's token table (tokenised once per cache).
     """
     cached_images = {int(i) for i in cache.images.ids}
     records = [r for r in dataset.split(split) if r.image_id in cached_images]
@@ -53,5 +52,6 @@ def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str, 
         text_features=cache.texts.rows(caption_ids),
         caption_image=torch.tensor(caption_image, dtype=torch.long),
         caption_texts=texts,
-        caption_token_ids=tokenize_in_batches(tokenizer, texts) if tokenizer is not None else None,
+        caption_token_ids=cache.caption_tokens(np.asarray(caption_ids, np.int64), texts, tokenizer)
+        if tokenizer is not None else None,
     )

@@ -17,7 +17,7 @@ from core.atomic import atomic_file, write_text_atomic
 from core.backbone import Backbone, build_backbone
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import KarpathyDataset, karpathy_inputs, load_karpathy
-from core.device_clock import device_seconds
+from core.device_clock import SetupClock, device_seconds, seconds_since_launch
 from core.feature_cache import CachedFeatures, compute_features
 from core.model import DuetModel
 from core.progress import progress
@@ -333,12 +333,25 @@ def _close_epoch(config: TrainConfig, run: Path, ws: Workspace, model: DuetModel
                  val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
 
 
+def _log_setup(clock: SetupClock, launched: float | None) -> None:
+    """Where the time before the first epoch went; ``launched``: seconds from the process's launch to the start of
+    training, when training has the process to itself."""
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.phases.items())
+    if launched is not None:
+        _logger.info("set-up: the first epoch starts %.1f s after launch (imports and arguments %.1f s, %s)",
+                     launched + sum(clock.phases.values()), launched, phases)
+    else:
+        _logger.info("set-up: %.1f s before the first epoch (%s)", sum(clock.phases.values()), phases)
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           workspace: Workspace | None = None, max_epochs_this_call: int | None = None) -> dict[str, Any]:
     """Train ``config.method``; write run_dir/{best/, state.pt, metrics.jsonl, results.json}; return results.
 
     ``max_epochs_this_call`` stops after that many epochs without finishing (used to test resuming).
     """
+    launched = seconds_since_launch()
+    clock = SetupClock()
     run = _open_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     device = resolve_device(config.device)
     random.seed(config.seed)
@@ -346,9 +359,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     torch.manual_seed(config.seed)
 
     ws = workspace or prepare_workspace(config)
+    clock.lap("backbone and feature cache")
     tokenizer = ws.backbone.tokenizer
     train_split = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=tokenizer)
     val_split = split_features(ws.dataset, ws.cache, config.data.val_split, tokenizer=tokenizer)
+    clock.lap("splits and caption tokens")
     term_ids, term_idf = term_ids_for(config, ws.backbone, train_split)
     model = build_model(config, ws.backbone, term_ids, term_idf).to(device)
     grounding = grounding_reference(ws.backbone, train_split)
@@ -357,6 +372,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     grounding_losses = config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0
     texts = training_texts(model, train_split, term_idf, with_bow=grounding_losses) \
         if sparse_method and (head.expansion != "off" or grounding_losses) else None
+    clock.lap("vocabulary, model and training texts")
     groups = optimizer_groups(model, config.method, config)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
@@ -381,6 +397,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     bow = OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device)) \
         if texts is not None and texts.bow is not None else None
     use_amp = config.amp and device == "cuda"
+    clock.lap("state and features to the device")
+    _log_setup(clock, launched if workspace is None else None)
     epochs_this_call = 0
     while state["epoch"] < config.optim.epochs and state["bad_epochs"] < config.patience:
         if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
@@ -449,15 +467,19 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     The integrated leg is reported twice: with the training teacher's weights and with val-selected weights
     (the latter become the checkpoint's default fusion for serving).
     """
+    device = resolve_device(config.device)
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
+    model = best.model.to(device)  # evaluated where it trained
     test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=ws.backbone.tokenizer)
-    teacher = {"val": evaluate_model(best.model, val_split), "test": evaluate_model(best.model, test_split)}
-    fusion = tune_fusion(best.model, val_split, metric=config.fusion_metric)
-    tuned_config = best.model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
-                                                        "fusion_sparse_weight": fusion["w_sparse"]})
-    best.model.config = tuned_config
-    content_hash = save_checkpoint(run / "best", best.model, backbone_fingerprint=ws.backbone.fingerprint,
+    teacher = {"val": evaluate_model(model, val_split, device=device),
+               "test": evaluate_model(model, test_split, device=device)}
+    fusion = tune_fusion(model, val_split, device=device, metric=config.fusion_metric)
+    tuned_config = model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
+                                                   "fusion_sparse_weight": fusion["w_sparse"]})
+    model.config = tuned_config
+    content_hash = save_checkpoint(run / "best", model.cpu(), backbone_fingerprint=ws.backbone.fingerprint,
                                    metadata={**best.metadata, "fusion_selected_on": config.data.val_split})
+    model.to(device)
     results: dict[str, Any] = {
         "method": config.method,
         "preset": config.preset,
@@ -467,7 +489,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
         "epochs_run": state["epoch"],
         "train_seconds": round(sum(state["epoch_seconds"]), 2),
         "epoch_seconds": [round(s, 2) for s in state["epoch_seconds"]],
-        "temperature": float(best.model.temperature.detach()),
+        "temperature": float(model.temperature.detach()),
         "fusion": {"teacher": {"w_dense": config.loss.w_dense, "w_sparse": config.loss.w_sparse},
                    "val_selected": {"w_dense": fusion["w_dense"], "w_sparse": fusion["w_sparse"]},
                    "selected_by": fusion["metric"],
@@ -475,7 +497,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
         "config": config.model_dump(mode="json"),
     }
     for split_name, split in (("val", val_split), ("test", test_split)):
-        metrics = evaluate_model(best.model, split, grounding=grounding)
+        metrics = evaluate_model(model, split, device=device, grounding=grounding)
         metrics["integrated_teacher_weights"] = teacher[split_name]["integrated"]
         assert split.caption_token_ids is not None
         metrics["readability_floor"] = grounding.floor(split.caption_token_ids, split.caption_image,
