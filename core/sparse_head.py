@@ -27,9 +27,10 @@ class OwnTerms:
 
     def to_dense(self, num_terms: int) -> torch.Tensor:
         """(B, num_terms) with zeros outside each text's own columns."""
-        dense = self.weights.new_zeros(self.weights.shape[0], num_terms + 1)  # the extra column swallows pads
-        dense = dense.scatter_add(1, self._safe_columns(num_terms), self.weights)
-        return dense[:, :num_terms]
+        # pads add zero to column 0, in place: one (B, num_terms) pass, contiguous (no spare column to cut off)
+        weights = torch.where(self.columns >= 0, self.weights, torch.zeros_like(self.weights))
+        return self.weights.new_zeros(self.weights.shape[0], num_terms).scatter_add_(1, self.columns.clamp(min=0),
+                                                                                     weights)
 
     def scores(self, docs: torch.Tensor) -> torch.Tensor:
         """(N, num_terms) full vectors -> (N, B) dot products with these texts.
@@ -44,9 +45,6 @@ class OwnTerms:
         local = torch.where(self.columns < 0, torch.full_like(local, used.numel()), local)
         texts = self.weights.new_zeros(self.columns.shape[0], used.numel() + 1).scatter_add(1, local, self.weights)
         return docs[:, used] @ texts[:, :-1].to(docs.dtype).T
-
-    def _safe_columns(self, num_terms: int) -> torch.Tensor:
-        return torch.where(self.columns < 0, torch.full_like(self.columns, num_terms), self.columns)
 
 
 def top_k_prune(weights: torch.Tensor, k: int | None) -> torch.Tensor:
