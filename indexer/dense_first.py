@@ -106,7 +106,7 @@ class DenseFirstSearcher:
             unsettled = []
             for i, n in enumerate(pending):
                 legs = {role: rankings[i] for role, rankings in found.items()}
-                gathered[n] = self._rescored(queries[n], [ranking.rows for ranking in legs.values()])
+                gathered[n] = self._rescored(queries[n], [ranking.rows for ranking in legs.values()], gathered.get(n))
                 if not self._settled(queries[n], gathered[n], legs, dense_legs, depth, k):
                     unsettled.append(n)
             timings["rescore_ms"] += (time.perf_counter() - started) * 1000
@@ -121,15 +121,25 @@ class DenseFirstSearcher:
             timings["sparse_ms"] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             for i, n in enumerate(pending):
-                rows = [gathered[n].rows] + [rankings[i].rows for rankings in extra.values()]
-                gathered[n] = self._rescored(queries[n], rows)
+                gathered[n] = self._rescored(queries[n], [rankings[i].rows for rankings in extra.values()],
+                                             gathered[n])
             timings["rescore_ms"] += (time.perf_counter() - started) * 1000
         return [self._fused_leg(gathered[n], k) for n in range(len(queries))], timings
 
-    def _rescored(self, query: Query, leg_rows: Sequence[np.ndarray]) -> Candidates:
+    def _rescored(self, query: Query, leg_rows: Sequence[np.ndarray], before: Candidates | None) -> Candidates:
+        """The legs' rows with their exact scores, joined to those found ``before`` (a shallower ask): only rows
+        not scored yet are scored."""
         rows = np.unique(np.concatenate(leg_rows)) if leg_rows else np.zeros(0, np.int64)
+        if before is not None:
+            rows = np.setdiff1d(rows, before.rows, assume_unique=True)
         scores = self.general.scores
-        return Candidates({}, rows, scores.dense(query, rows), scores.sparse(query, rows))
+        found = Candidates({}, rows, scores.dense(query, rows), scores.sparse(query, rows))
+        if before is None or not before.rows.size:
+            return found
+        joined = np.concatenate([before.rows, found.rows])
+        order = np.argsort(joined, kind="stable")
+        return Candidates({}, joined[order], np.concatenate([before.dense, found.dense])[order],
+                          np.concatenate([before.sparse, found.sparse])[order])
 
     def _settled(self, query: Query, found: Candidates, legs: dict[str, Ranking],
                  dense_legs: Mapping[str, Searcher], depth: int, k: int) -> bool:

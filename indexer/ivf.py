@@ -78,19 +78,19 @@ class IvfLists:
             counts[held] = np.add.reduceat(kept.view(np.uint8), firsts, dtype=np.int64)
         return counts
 
-    def allowed_rows(self, order: np.ndarray, allowed: np.ndarray, target: int) -> np.ndarray:
-        """The allowed rows of the lists in ``order`` (nearest first), ``PROBE_CHUNK`` lists at a time, until at
-        least ``target`` are found (or every list is read)."""
+    def allowed_rows(self, order: np.ndarray, allowed: np.ndarray, target: int,
+                     start: int = 0) -> tuple[np.ndarray, int]:
+        """The allowed rows of the lists in ``order[start:]`` (nearest first), ``PROBE_CHUNK`` lists at a time,
+        until at least ``target`` are found (or every list is read); and where in ``order`` it stopped."""
         found: list[np.ndarray] = []
         count = 0
-        for start in range(0, order.size, PROBE_CHUNK):
+        while start < order.size and count < target:
             lists = order[start:start + PROBE_CHUNK]
             rows = self.rows[ragged_positions(self.offsets[lists], self.sizes[lists])]
             found.append(rows[allowed[rows]])
             count += found[-1].size
-            if count >= target:
-                break
-        return np.concatenate(found) if found else np.zeros(0, np.int64)
+            start += lists.size
+        return (np.concatenate(found) if found else np.zeros(0, np.int64)), start
 
 
 def nearest_lists(coarse: np.ndarray, count: int) -> np.ndarray:
@@ -120,6 +120,8 @@ class FilteredIvfLeg:
         # allowed rows: the filter's own share, at least PROBED_ROWS_SHARE
         scanned = self.ivf.nprobe * int(allowed.size) / max(1, lists.count)
         self.target = max(1, round(max(PROBED_ROWS_SHARE, self.share) * scanned))
+        # per query of this search (the leg lives for one): what the gathering path read and scored so far
+        self._held: dict[int, tuple[Query, np.ndarray, int, np.ndarray, np.ndarray]] = {}
         bits = np.packbits(np.asarray(allowed, bool), bitorder="little")
         self.selector = ops.IDSelectorBitmap(int(allowed.size), ops.swig_ptr(bits))
         self.selector.referenced = bits  # the bitmap must live as long as the selector
@@ -143,10 +145,24 @@ class FilteredIvfLeg:
                 out.append(self._preassigned(vector, coarse, near, k))
                 continue
             # away from the query, or a deep ask: the nearest lists' allowed rows, scored where they lie
-            target = max(self.target, ROWS_PER_HIT * k)
-            rows = self.lists.allowed_rows(np.argsort(-coarse, kind="stable"), self.allowed, target)
-            out.append(top_rows(rows, self.exact_dense(query, rows), k))
+            rows, scores = self._gathered(query, coarse, max(self.target, ROWS_PER_HIT * k))
+            out.append(top_rows(rows, scores, k))
         return out
+
+    def _gathered(self, query: Query, coarse: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+        """At least ``target`` allowed rows of the lists nearest the query, with their exact scores. A deeper ask
+        of the same query (a dense-first search deepening) goes on from the lists already read: the rows gathered
+        and scored before are kept, not gathered and scored again."""
+        held = self._held.get(id(query))
+        if held is None or held[0] is not query:
+            held = (query, np.argsort(-coarse, kind="stable"), 0, np.zeros(0, np.int64), np.zeros(0, np.float32))
+        _, order, start, rows, scores = held
+        if rows.size < target and start < order.size:
+            more, start = self.lists.allowed_rows(order, self.allowed, target - rows.size, start)
+            rows, scores = np.concatenate([rows, more]), np.concatenate([scores, self.exact_dense(query, more)])
+            held = (query, order, start, rows, scores)
+        self._held[id(query)] = held
+        return rows, scores
 
     def _preassigned(self, vector: np.ndarray, coarse: np.ndarray, probes: np.ndarray, k: int) -> Ranking:
         """FAISS's top k of the allowed rows of ``probes``."""

@@ -449,6 +449,13 @@ def test_the_index_plan_goes_dense_first_and_answers_exactly_over_an_exact_dense
     monkeypatch.setattr(dense_first.DenseFirstSearcher.__init__, "__defaults__", (16,))
     monkeypatch.setattr(dense_first, "DENSE_DEPTH_MAX", 64)
     counter = SettleCounter(monkeypatch)
+    scored: dict[int, list[np.ndarray]] = {}  # per shard's scorer: the rows each sparse rescoring scored
+    original_sparse = ExactScores.sparse
+
+    def recorded(self: ExactScores, query: Query, rows: np.ndarray) -> np.ndarray:
+        scored.setdefault(id(self), []).append(rows.copy())
+        return original_sparse(self, query, rows)
+    monkeypatch.setattr(ExactScores, "sparse", recorded)
     rng = np.random.default_rng(29)
     sparse_searched = 0
     for engine in engines(generated, generated["root"] / "single"):
@@ -457,8 +464,11 @@ def test_the_index_plan_goes_dense_first_and_answers_exactly_over_an_exact_dense
             clause = random_filter(rng) if case % 2 else None
             base = SearchParams(mode="hybrid", top_k=10, filter=Filter.model_validate(clause) if clause else None)
             exact = engine.search(query, base.model_copy(update={"plan": "exact"}))
+            scored.clear()
             indexed = engine.search(query, base.model_copy(update={"plan": "index"}))
             assert indexed.plan == "index"
+            for calls in scored.values():  # a deeper ask scores only the rows it had not scored
+                assert sum(c.size for c in calls) == np.unique(np.concatenate(calls)).size
             assert [h.id for h in indexed.hits] == [h.id for h in exact.hits], clause
             assert [h.fused for h in indexed.hits] == [h.fused for h in exact.hits]
             sparse_searched += indexed.timings_ms.get("sparse_ms", 0.0) > 0

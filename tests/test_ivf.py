@@ -106,8 +106,12 @@ def test_allowed_rows_are_counted_and_gathered_per_list_including_empty_lists() 
         some = rng.integers(0, sizes.size, 6)
         assert np.array_equal(lists.allowed_in(some, allowed), expected[some])
         order = rng.permutation(sizes.size)
-        gathered = lists.allowed_rows(order, allowed, target=rows.size)  # every list read: every allowed row once
-        assert np.array_equal(np.sort(gathered), np.flatnonzero(allowed))
+        gathered, end = lists.allowed_rows(order, allowed, target=rows.size)  # every list read: each allowed row once
+        assert np.array_equal(np.sort(gathered), np.flatnonzero(allowed)) and end == sizes.size
+        first, stop = lists.allowed_rows(order, allowed, target=1)  # stops once it has some (a chunk of lists) ...
+        rest, end = lists.allowed_rows(order, allowed, target=rows.size, start=stop)  # ... and goes on from there
+        assert first.size >= 1 or not allowed.any()
+        assert np.array_equal(np.concatenate([first, rest]), gathered) and end == sizes.size
 
 
 def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_does() -> None:
@@ -135,3 +139,34 @@ def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_do
         ranking = leg.search_batch([dense_query(query)], 10)[0]
         assert far[ranking.rows].all() and np.allclose(ranking.scores, vectors[ranking.rows] @ query, atol=1e-6)
         assert (np.diff(ranking.scores) <= 0).all()
+
+
+def test_a_deeper_ask_of_the_same_query_goes_on_from_the_rows_already_scored() -> None:
+    """A dense-first search asks the leg again, deeper, for a query the bound did not settle: the gathering path
+    answers as a fresh leg asked at that depth would, scoring only rows it had not scored before."""
+    rng = np.random.default_rng(6)
+    vectors, cluster = clustered(rng, 20_000, 24, 16)
+    index = _build_faiss(vectors, "IVF64,Flat")
+    lists = IvfLists.of(index)
+    assert lists is not None
+    centres = np.stack([vectors[cluster == c].mean(axis=0) for c in range(16)])
+    query = vectors[rng.integers(0, 20_000)]
+    far = cluster == int(np.argmin(centres @ query))
+    scored: list[int] = []
+
+    def counting(query: Query, rows: np.ndarray) -> np.ndarray:
+        scored.extend(rows.tolist())
+        return exact_dense(vectors)(query, rows)
+
+    leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), counting)
+    asked = dense_query(query)
+    for depth in (10, 100, 400):
+        ranking = leg.search_batch([asked], depth)[0]
+        fresh = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), exact_dense(vectors))
+        expected = fresh.search_batch([dense_query(query)], depth)[0]
+        assert np.array_equal(ranking.rows, expected.rows) and np.array_equal(ranking.scores, expected.scores)
+    assert len(scored) == len(set(scored))  # no row scored twice
+    other = dense_query(vectors[rng.integers(0, 20_000)])  # another query starts its own gathering
+    assert np.array_equal(leg.search_batch([other], 10)[0].rows,
+                          FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)),
+                                         exact_dense(vectors)).search_batch([other], 10)[0].rows)
