@@ -10,8 +10,10 @@ small (64 px), with generated captions, in Karpathy format. It measures, with th
   training   a real ``align`` run of one epoch on the generated data (set-up before the first epoch, the epoch,
              the final evaluation), then steps of dense, skd and grounded on its cached features, and an epoch of
              MSCOCO's size (566,747 pairs) for each;
-  dense leg  exact inner-product top 10 over a 1M x 256 matrix on the device (torch matmul and top-k), one query
-             at a time.
+  launch     a ``grounded`` process of one epoch on the cached data: seconds from its launch to its first epoch,
+             phase by phase, and after its last epoch;
+  dense leg  the service's exact dense leg over a 1M x 256 matrix on the device (indexer/device_dense.py), top 10,
+             one query at a time, unfiltered and under a 10% filter.
 Every clock waits for the device (core/device_clock.py). On a CPU it runs the same code with tiny sizes.
 """
 
@@ -22,6 +24,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -182,6 +185,23 @@ def training_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, d
     return figures
 
 
+def launch_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, device: str) -> dict[str, Any]:
+    """A ``python -m training grounded`` process of one epoch on the already cached data, as a user launches it:
+    seconds from its launch to its first epoch (phase by phase, from its results.json) and after its last one."""
+    run = options.work / "runs" / "launch"
+    shutil.rmtree(run, ignore_errors=True)
+    command = [sys.executable, "-m", "training", "--log-level", "WARNING", "grounded", "--data", str(dataset_dir),
+               "--set", f"data.cache_root={cache_root}", "--set", "model.backbone.kind=open_clip",
+               "--set", f"model.backbone.model_name={options.model}", "--set", f"device={device}",
+               "--set", "optim.epochs=1", "--run-dir", str(run)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    results = json.loads((run / "results.json").read_text())
+    return {"command": " ".join(command[1:]), "wall_seconds": time.perf_counter() - started,
+            "setup": results["setup"], "epoch_seconds": results["epoch_seconds"][0],
+            "finish_seconds": results["finish_seconds"]}
+
+
 # ----- the exact dense leg on the device -----
 def dense_leg(rows: int, queries: int, device: str, *, dim: int = 256, k: int = 10,
               filtered_share: float = 0.1) -> dict[str, Any]:
@@ -232,6 +252,8 @@ def run_gpu(options: GpuOptions) -> dict[str, Any]:
     del backbone
     report["training"] = training_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("training: %s", report["training"])
+    report["launch"] = launch_figures(options, small, options.work / "cache" / "small_64px", device)
+    _logger.info("launch: %s", report["launch"])
     report["dense_leg"] = dense_leg(options.dense_rows, options.dense_queries, device)
     return report
 
@@ -278,6 +300,13 @@ def render(report: dict[str, Any]) -> str:
         over = training["over_dense_step"].get(name, 1.0)
         lines.append(f"| {name} | {m['batch_size']} | {1000 * m['step_seconds']:.2f} | {over:.2f}x | "
                      f"{m['epoch_seconds']:.2f} |")
+    launch = report["launch"]
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in launch["setup"]["phases"].items())
+    lines += ["", f"A `grounded` process of one epoch on the cached data (`python {launch['command']}`): its first "
+              f"epoch starts {launch['setup']['seconds_from_launch']:.1f} s after launch (imports and arguments "
+              f"{launch['setup']['before_training_seconds']:.1f} s, {phases}); the epoch "
+              f"{launch['epoch_seconds']:.1f} s; {launch['finish_seconds']:.1f} s after it (fusion tuning, final "
+              f"evaluation, checkpoint); {launch['wall_seconds']:.1f} s in all."]
     leg = report["dense_leg"]
     lines += ["", "## Exact dense top 10 on the device", "",
               f"The service's device leg (indexer/device_dense.py) over {leg['rows']:,} x {leg['dim']} {leg['dtype']}, "

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,15 +334,19 @@ def _close_epoch(config: TrainConfig, run: Path, ws: Workspace, model: DuetModel
                  val["sparsity"]["active_terms_doc"], val["sparsity"]["flops"], val["readability"]["GP@10"])
 
 
-def _log_setup(clock: SetupClock, launched: float | None) -> None:
-    """Where the time before the first epoch went; ``launched``: seconds from the process's launch to the start of
-    training, when training has the process to itself."""
+def _setup_figures(clock: SetupClock, launched: float | None) -> dict[str, Any]:
+    """Where the time before the first epoch went, logged and returned (results.json keeps it); ``launched``:
+    seconds from the process's launch to the start of training, when training has the process to itself."""
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.phases.items())
+    spent = sum(clock.phases.values())
     if launched is not None:
         _logger.info("set-up: the first epoch starts %.1f s after launch (imports and arguments %.1f s, %s)",
-                     launched + sum(clock.phases.values()), launched, phases)
+                     launched + spent, launched, phases)
     else:
-        _logger.info("set-up: %.1f s before the first epoch (%s)", sum(clock.phases.values()), phases)
+        _logger.info("set-up: %.1f s before the first epoch (%s)", spent, phases)
+    return {"seconds_from_launch": None if launched is None else round(launched + spent, 3),
+            "before_training_seconds": None if launched is None else round(launched, 3),
+            "phases": {name: round(seconds, 3) for name, seconds in clock.phases.items()}}
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -398,7 +403,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         if texts is not None and texts.bow is not None else None
     use_amp = config.amp and device == "cuda"
     clock.lap("state and features to the device")
-    _log_setup(clock, launched if workspace is None else None)
+    setup = _setup_figures(clock, launched if workspace is None else None)
     epochs_this_call = 0
     while state["epoch"] < config.optim.epochs and state["bad_epochs"] < config.patience:
         if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
@@ -457,16 +462,17 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
                      selection_criterion(config.selection_metric, config.selection_gp10_floor),
                      state["bad_epochs"], "epoch" if state["bad_epochs"] == 1 else "epochs", state["best"],
                      state["best_epoch"])
-    return finish(config, run, ws, state, val_split=val_split, grounding=grounding)
+    return finish(config, run, ws, state, val_split=val_split, grounding=grounding, setup=setup)
 
 
 def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any], *, val_split: SplitFeatures,
-           grounding: GroundingReference) -> dict[str, Any]:
+           grounding: GroundingReference, setup: dict[str, Any] | None = None) -> dict[str, Any]:
     """Select the fusion weights on val, evaluate the val-selected checkpoint on val and test, write results.json.
 
     The integrated leg is reported twice: with the training teacher's weights and with val-selected weights
     (the latter become the checkpoint's default fusion for serving).
     """
+    started = time.perf_counter()
     device = resolve_device(config.device)
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
     model = best.model.to(device)  # evaluated where it trained
@@ -489,6 +495,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
         "epochs_run": state["epoch"],
         "train_seconds": round(sum(state["epoch_seconds"]), 2),
         "epoch_seconds": [round(s, 2) for s in state["epoch_seconds"]],
+        "setup": setup,  # this call's set-up before its first epoch (a resumed run: the resuming call's)
         "temperature": float(model.temperature.detach()),
         "fusion": {"teacher": {"w_dense": config.loss.w_dense, "w_sparse": config.loss.w_sparse},
                    "val_selected": {"w_dense": fusion["w_dense"], "w_sparse": fusion["w_sparse"]},
@@ -503,5 +510,6 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
         metrics["readability_floor"] = grounding.floor(split.caption_token_ids, split.caption_image,
                                                        len(split.image_ids))
         results[split_name] = metrics
+    results["finish_seconds"] = round(time.perf_counter() - started, 3)  # fusion tuning, final evaluation, checkpoint
     write_text_atomic(run / RESULTS_FILE, json.dumps(results, indent=2))
     return results
