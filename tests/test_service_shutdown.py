@@ -123,3 +123,19 @@ def test_connections_left_in_the_accept_queue_at_the_close_get_the_drain_503() -
         for client in clients:
             client.close()
         listener.close()
+
+
+def test_a_reset_counts_as_unread_only_when_the_server_never_logged_its_request() -> None:
+    """The stop harness's reading of a reset: a request the server logged and then reset is a failure; one whose id
+    is nowhere in the log was reset at the close before the server saw it."""
+    from benchmarks.reliability.stop import RESET_UNREAD, SteadySearches
+
+    load = SteadySearches(server=None)  # type: ignore[arg-type]  # only its outcomes are read
+    reset = "error ConnectionResetError(104, 'Connection reset by peer')"
+    load.outcomes = [(1.0, "200", "steady-0"), (2.0, "refused", "steady-1"), (2.0, reset, "steady-2"),
+                     (2.5, reset, "steady-3")]
+    log = "INFO | service.access | POST /v1/search 200 3.1ms request_id=steady-0\n" \
+          "INFO | service.access | POST /v1/search 200 3.4ms request_id=steady-2\n" \
+          "INFO | service.access | POST /v1/search 200 3.2ms request_id=steady-30\n"  # not steady-3's
+    assert load.after(2.0, log) == ["refused", reset, RESET_UNREAD]
+    assert RESET_UNREAD in EXPECTED_AFTER_SIGNAL and reset not in EXPECTED_AFTER_SIGNAL
