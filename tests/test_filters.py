@@ -30,6 +30,7 @@ from indexer.payload import (
     PayloadIndex,
     check_schema,
     inferred_schema,
+    narrowest,
     payload_of,
     stored_value,
 )
@@ -380,6 +381,11 @@ def test_payload_values_are_typed_and_columns_round_trip(tmp_path: Path) -> None
     index = PayloadIndex.from_items(schema, items)
     index.save(tmp_path / "payload.npz")
     assert PayloadIndex.load(tmp_path / "payload.npz", schema, 3).equals(index)
+    # integers are held in the narrowest type that holds them (a filter reads fewer bytes), the same values
+    assert index.column("year").values.dtype == np.int16 and index.column("public").values.dtype == np.int8
+    assert narrowest(np.array([0, -(2**40)], np.int64)).dtype == np.int64
+    assert narrowest(np.array([0, 2**31 - 1], np.int64)).dtype == np.int32
+    assert narrowest(np.array([0.5, 1e9])).dtype == np.float64
     empty = PayloadIndex.from_items(schema, [])  # a side with no items yet: every filter matches nothing
     assert not empty.column("color").rows_with(["red"]).size and empty.column("color").counts(np.zeros(0, bool)) == {}
     unset = PayloadIndex.from_items(schema, [{"id": "u"}])
