@@ -455,11 +455,13 @@ def test_the_index_plan_goes_dense_first_and_answers_exactly_over_an_exact_dense
     monkeypatch.setattr(dense_first.DenseFirstSearcher.__init__, "__defaults__", (16,))
     monkeypatch.setattr(dense_first, "DENSE_DEPTH_MAX", 64)
     counter = SettleCounter(monkeypatch)
-    scored: dict[int, list[np.ndarray]] = {}  # per shard's scorer: the rows each sparse rescoring scored
+    # per shard's store (a scorer is made per call, and a freed one's id may be a later one's): the rows each sparse
+    # rescoring scored
+    scored: dict[int, list[np.ndarray]] = {}
     original_sparse = ExactScores.sparse
 
     def recorded(self: ExactScores, query: Query, rows: np.ndarray) -> np.ndarray:
-        scored.setdefault(id(self), []).append(rows.copy())
+        scored.setdefault(id(self.store), []).append(rows.copy())
         return original_sparse(self, query, rows)
     monkeypatch.setattr(ExactScores, "sparse", recorded)
     rng = np.random.default_rng(29)
