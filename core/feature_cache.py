@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from core.atomic import atomic_directory, atomic_file, write_text_atomic
 from core.backbone import Backbone
@@ -37,6 +37,7 @@ from core.data import FeatureInputs, ImageInput
 from core.image_pipeline import CorruptImageError, ImagePipeline, in_order_ahead
 from core.image_pipeline import text_batch_size as default_text_batch_size
 from core.progress import progress_bar
+from core.vocab import tokenize_in_batches
 
 _logger = logging.getLogger(__name__)
 
@@ -66,13 +67,9 @@ class CachedFeatures:
                        tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> torch.Tensor:
         """(N, L) token ids of these captions (``texts``, aligned with ``caption_ids``), from the cache's token
         table; captions it lacks are tokenised (in batches) and added to it, atomically."""
-        from core.vocab import tokenize_in_batches
-
         path = self.directory / TOKENS_FILE
         known, tokens = _read_tokens(path)
-        at = np.searchsorted(known, caption_ids)
-        found = (at < known.size) & (known[np.minimum(at, max(0, known.size - 1))] == caption_ids) \
-            if known.size else np.zeros(caption_ids.size, bool)
+        found = np.isin(caption_ids, known)
         if not found.all():
             missing = np.flatnonzero(~found)
             new = tokenize_in_batches(tokenizer, [texts[m] for m in missing.tolist()]).to(torch.int32)
@@ -81,8 +78,7 @@ class CachedFeatures:
             added = np.unique(caption_ids[missing], return_index=True)[1]
             known, tokens = _merged(known, tokens, caption_ids[missing][added], new[added])
             _write_tokens(path, known, tokens)
-            at = np.searchsorted(known, caption_ids)
-        return tokens[torch.from_numpy(at)].long()
+        return tokens[torch.from_numpy(np.searchsorted(known, caption_ids))].long()
 
 
 def cache_directory(root: str | Path, fingerprint: str, inputs: FeatureInputs) -> Path:
@@ -277,8 +273,6 @@ def _merged(ids: np.ndarray, tokens: torch.Tensor, new_ids: np.ndarray,
 def _write_tokens(path: Path, ids: np.ndarray, tokens: torch.Tensor) -> None:
     """Replace the token table at once (a reader sees the old table or the new one); a cache it cannot write to
     (read only) keeps working, tokenising again next time."""
-    from safetensors.torch import save
-
     try:
         with atomic_file(path) as handle:
             handle.write(save({"ids": torch.from_numpy(ids), "tokens": tokens.contiguous()}))  # type: ignore[attr-defined]
