@@ -5,6 +5,7 @@ the ranks are computed there too (in chunks of queries), so a GPU run's evaluati
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -39,33 +40,42 @@ def encode_split(model: DuetModel, split: SplitFeatures, *, batch_size: int = 10
 
 def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: torch.Tensor, *,
                      w_dense: float, w_sparse: float, temperature: float,
-                     prune_query: int | None = None, prune_doc: int | None = None) -> dict[str, Any]:
-    """Recall for dense (cosine), sparse (dot product) and integrated (w1 * cos / temp + w2 * sparse)."""
+                     prune_query: int | None = None, prune_doc: int | None = None,
+                     other_fusions: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Recall for dense (cosine), sparse (dot product) and integrated (w1 * cos / temp + w2 * sparse); and, under
+    each name of ``other_fusions``, the integrated recall with those (w_dense, w_sparse), from the same scores."""
     text_sparse = top_k_prune(texts.sparse, prune_query)
     image_sparse = top_k_prune(images.sparse, prune_doc)
     dense_t2i = texts.dense @ images.dense.T  # (N_txt, N_img)
     sparse_t2i = text_sparse @ image_sparse.T  # (N_txt, N_img)
     integrated_t2i = integrated_score(dense_t2i, sparse_t2i, w_dense=w_dense, w_sparse=w_sparse,
                                       temperature=temperature)
-    return {
+    out = {
         "dense": bidirectional_recall(dense_t2i, caption_image),
         "sparse": bidirectional_recall(sparse_t2i, caption_image),
         "integrated": bidirectional_recall(integrated_t2i, caption_image),
         "sparsity": sparsity_stats(text_sparse, image_sparse),
         "fusion": {"w_dense": w_dense, "w_sparse": w_sparse, "temperature": temperature},
     }
+    for name, (other_dense, other_sparse) in (other_fusions or {}).items():
+        out[name] = bidirectional_recall(integrated_score(dense_t2i, sparse_t2i, w_dense=other_dense,
+                                                          w_sparse=other_sparse, temperature=temperature),
+                                         caption_image)
+    return out
 
 
 @torch.inference_mode()
 def evaluate_model(model: DuetModel, split: SplitFeatures, *, device: str = "cpu",
                    prune_query: int | None = None, prune_doc: int | None = None,
-                   grounding: GroundingReference | None = None) -> dict[str, Any]:
-    """Recall and sparsity; with a grounding reference (and caption tokens), the readability figures too."""
+                   grounding: GroundingReference | None = None,
+                   other_fusions: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Recall and sparsity (``other_fusions``: as ``evaluate_encoded``); with a grounding reference (and caption
+    tokens), the readability figures too."""
     images, texts = encode_split(model, split, device=device, on_device=True)
     cfg = model.config
     metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
                                w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
-                               prune_query=prune_query, prune_doc=prune_doc)
+                               prune_query=prune_query, prune_doc=prune_doc, other_fusions=other_fusions)
     if grounding is not None and split.caption_token_ids is not None:
         metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc).cpu(),
                                                    model.sparse_head.term_ids.cpu(), split.caption_token_ids,

@@ -477,8 +477,8 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
     model = best.model.to(device)  # evaluated where it trained
     test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=ws.backbone.tokenizer)
-    teacher = {"val": evaluate_model(model, val_split, device=device),
-               "test": evaluate_model(model, test_split, device=device)}
+    # the weights the model trained with, reported beside the val-selected ones (from the same scores)
+    teacher = {"integrated_teacher_weights": (model.config.fusion_dense_weight, model.config.fusion_sparse_weight)}
     fusion = tune_fusion(model, val_split, device=device, metric=config.fusion_metric)
     tuned_config = model.config.model_copy(update={"fusion_dense_weight": fusion["w_dense"],
                                                    "fusion_sparse_weight": fusion["w_sparse"]})
@@ -504,8 +504,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
         "config": config.model_dump(mode="json"),
     }
     for split_name, split in (("val", val_split), ("test", test_split)):
-        metrics = evaluate_model(model, split, device=device, grounding=grounding)
-        metrics["integrated_teacher_weights"] = teacher[split_name]["integrated"]
+        metrics = evaluate_model(model, split, device=device, grounding=grounding, other_fusions=teacher)
         assert split.caption_token_ids is not None
         metrics["readability_floor"] = grounding.floor(split.caption_token_ids, split.caption_image,
                                                        len(split.image_ids))
