@@ -18,6 +18,7 @@ as a boolean mask.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -164,10 +165,15 @@ class Part:
 Evaluate = Callable[[Part], np.ndarray]  # a fresh mask of the part's rows, which the caller may change
 
 
-def _match(field: str, kind: FieldType, spec: MatchSpec) -> Evaluate:
+def _given_values(field: str, spec: MatchSpec) -> list[Any]:
     given = [spec.value] if spec.any is None else spec.any
     if not given:
         raise PayloadError(field, "'any' needs at least one value")
+    return given
+
+
+def _match(field: str, kind: FieldType, spec: MatchSpec) -> Evaluate:
+    given = _given_values(field, spec)
     if is_keyword(kind):
         values = [stored_value("keyword", v, field) for v in given]
 
@@ -268,12 +274,35 @@ def _condition(condition: Condition, schema: PayloadSchema) -> Evaluate:
     return _exists(field, bool(condition.exists))
 
 
+Postings = Callable[[Part], np.ndarray]  # a part's rows (ascending) that hold a keyword match's values
+
+
+def _must_postings(filter_: Filter, schema: PayloadSchema) -> Postings | None:
+    """The rows of the shortest inverted-index posting among the keyword ``match`` conditions the filter must pass
+    (None without one): every row the filter passes is among them."""
+    matches = [(c.key, [stored_value("keyword", v, c.key) for v in _given_values(c.key, c.match)])
+               for c in filter_.must
+               if isinstance(c, FieldCondition) and c.match is not None and is_keyword(schema.get(c.key, "integer"))]
+    if not matches:
+        return None
+
+    def postings(part: Part) -> np.ndarray:
+        found = []
+        for field, values in matches:
+            column = part.payload.column(field)
+            assert isinstance(column, KeywordColumn)
+            found.append(column.rows_holding(values))
+        return min(found, key=len)
+    return postings
+
+
 @dataclass(frozen=True)
 class CompiledFilter:
     """A filter checked against a collection's schema, ready to evaluate over any part of a side."""
 
     source: Filter
     evaluate: Evaluate
+    postings: Postings | None = None  # a superset of the rows it passes, where a keyword's inverted index gives one
 
     def mask(self, part: Part) -> np.ndarray:
         return self.evaluate(part)
@@ -281,7 +310,31 @@ class CompiledFilter:
 
 def compile_filter(filter_: Filter, schema: PayloadSchema) -> CompiledFilter:
     """Check ``filter_`` against the schema (``PayloadError`` naming the field) and compile it."""
-    return CompiledFilter(filter_, _clause(filter_, schema))
+    return CompiledFilter(filter_, _clause(filter_, schema), _must_postings(filter_, schema))
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The rows a filtered search may return over a side's rows: a mask, and (``listed``) the same rows ascending
+    where an inverted index listed them, for a search that reads rows rather than tests them. Scanning a million
+    rows' mask for its set ones costs about 1 ms; a keyword's posting lists them in a tenth of that."""
+
+    mask: np.ndarray
+    listed: np.ndarray | None = None
+
+    @functools.cached_property
+    def count(self) -> int:
+        return int(self.listed.size) if self.listed is not None else int(np.count_nonzero(self.mask))
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """The allowed rows, ascending."""
+        return self.listed if self.listed is not None else np.flatnonzero(self.mask)
+
+    def below(self, end: int) -> Allowed:
+        """The allowed rows under ``end`` (a side's published rows, before those written since)."""
+        listed = None if self.listed is None else self.listed[:int(np.searchsorted(self.listed, end))]
+        return Allowed(self.mask[:end], listed)
 
 
 def is_empty(filter_: Filter | None) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.dense_first import DenseFirstSearcher, FusedBound
 from indexer.device_dense import DeviceDenseLeg, DeviceMatrix
-from indexer.filters import CompiledFilter, Filter, Part, compile_filter, is_empty
+from indexer.filters import Allowed, CompiledFilter, Filter, Part, compile_filter, is_empty
 from indexer.ivf import FilteredIvfLeg, IvfLists
 from indexer.lucene import ImpactSearcher
 from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
@@ -157,18 +157,19 @@ class IndexReader:
             return Excluding(FaissLeg(index), excluded, int(index.ntotal))
         return FaissLeg(index, parameters=parameters)
 
-    def _filtered_dense_leg(self, side: str, allowed: np.ndarray, count: int) -> Searcher:
+    def _filtered_dense_leg(self, side: str, allowed: Allowed) -> Searcher:
         """FAISS over the ``allowed`` rows of a side: an IVF index probes the lists holding them, another kind
         searches with a selector where it takes one, else over-fetches and drops the rest."""
         if side in self._device:
-            return DeviceDenseLeg(self._device[side], allowed)
+            return DeviceDenseLeg(self._device[side], allowed.mask)
         index = self.store(side).faiss_index
         lists = self._ivf_lists.get(side)
         if lists is not None:
-            return FilteredIvfLeg(index, lists, allowed, count, self.exact_scores(side).dense)
-        parameters = within_rows(index, allowed)
-        return FaissLeg(index, parameters=parameters) if parameters is not None else Filtered(FaissLeg(index),
-                                                                                               allowed, count)
+            return FilteredIvfLeg(index, lists, allowed, self.exact_scores(side).dense)
+        parameters = within_rows(index, allowed.mask)
+        if parameters is not None:
+            return FaissLeg(index, parameters=parameters)
+        return Filtered(FaissLeg(index), allowed)
 
     def _device_dense_leg(self, side: str, excluded: np.ndarray | None) -> DeviceDenseLeg:
         """The device leg over a side's rows less ``excluded`` (one mask per deletes snapshot, not per search)."""
@@ -191,13 +192,13 @@ class IndexReader:
         return LuceneLeg(self.lucene[side], threads=threads)
 
     def searcher(self, params: SearchParams, *, threads: int = 1, name: str = "duet",
-                 view: SideView | None = None, allowed: np.ndarray | None = None) -> HybridSearcher:
+                 view: SideView | None = None, allowed: Allowed | None = None) -> HybridSearcher:
         """The searcher of one side through its indexes: the mode's legs, every candidate rescored exactly.
 
         Hybrid takes each leg's top candidate_k; a sparse search that sends Lucene only its strongest terms widens
         to candidate_k too, so the full-query rescoring can recover what the cut missed. On a side that changed
         since its index was built, deleted rows are dropped from every base leg and the delta is one more leg per
-        score the mode ranks by. ``allowed`` (a filter's live rows, a mask over the view's rows): FAISS searches
+        score the mode ranks by. ``allowed`` (a filter's live rows of the view): FAISS searches
         only those, and the other legs' answers are filtered (indexer/planner.py)."""
         view = view or self.view(params.side)
         legs: dict[str, Searcher] = {}
@@ -212,18 +213,17 @@ class IndexReader:
             if sparse is not None:
                 legs["sparse"] = Excluding(sparse, deleted, view.base_count) if deleted.size else sparse
         else:
-            in_base = allowed[:view.base_count]
-            count = int(np.count_nonzero(in_base))
+            in_base = allowed.below(view.base_count)
             if params.mode in ("dense", "hybrid"):
-                legs["dense"] = self._filtered_dense_leg(params.side, in_base, count)
+                legs["dense"] = self._filtered_dense_leg(params.side, in_base)
             if sparse is not None:
-                legs["sparse"] = Filtered(sparse, in_base, count)
+                legs["sparse"] = Filtered(sparse, in_base, self.exact_scores(params.side).sparse)
         scores = self._with_delta(legs, view, allowed)
         widen = params.mode == "hybrid" or (params.mode == "sparse" and term_limit is not None)
         return HybridSearcher(legs, scores, search_fusion(self.manifest, params), rank_by=params.rank_by,
                               candidate_k=params.candidate_k if widen else None, name=name)
 
-    def index_plan(self, params: SearchParams, view: SideView, allowed: np.ndarray | None, *,
+    def index_plan(self, params: SearchParams, view: SideView, allowed: Allowed | None, *,
                    threads: int = 1) -> HybridSearcher | DenseFirstSearcher:
         """The searcher of the index plan: a hybrid search fused by non-negative weights goes dense first
         (indexer/dense_first.py), every other search through all its legs at once."""
@@ -248,7 +248,7 @@ class IndexReader:
             return base_scores
         return SegmentScores(base_scores, ExactScores(view.segment.delta, self.vocab_size), view.base_count)
 
-    def _with_delta(self, legs: dict[str, Searcher], view: SideView, allowed: np.ndarray | None) -> RowScorer:
+    def _with_delta(self, legs: dict[str, Searcher], view: SideView, allowed: Allowed | None) -> RowScorer:
         """Add the delta (its rows ``allowed`` passes) as one more leg per score the base legs rank by; return the
         scorer over both parts."""
         segment = view.segment
@@ -256,7 +256,7 @@ class IndexReader:
         if not segment.delta.count:
             return scores
         delta = ExactScores(segment.delta, self.vocab_size)
-        rows = None if allowed is None else view.base_count + np.flatnonzero(allowed[view.base_count:])
+        rows = None if allowed is None else view.base_count + np.flatnonzero(allowed.mask[view.base_count:])
         for by in ("dense", "sparse"):
             if by in legs:
                 legs[f"delta_{by}"] = DeltaLeg(delta, segment, by, rows=rows)
@@ -285,14 +285,20 @@ class IndexReader:
         mask[view.segment.deleted] = False
         return mask
 
-    def allowed(self, view: SideView, compiled: CompiledFilter | None) -> np.ndarray:
-        """A mask over the view's rows: live, and passing the filter (every live row without one)."""
+    def allowed(self, view: SideView, compiled: CompiledFilter | None) -> Allowed:
+        """The view's rows that are live and pass the filter (every live row without one); listed as well when a
+        keyword's posting holds them all (``CompiledFilter.postings``)."""
         if compiled is None:
-            return self.live_mask(view)
-        parts = [compiled.mask(part) for part in self.payload_parts(view)]
-        mask = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a fresh array: cleared in place
+            return Allowed(self.live_mask(view))
+        parts = self.payload_parts(view)
+        masks = [compiled.mask(part) for part in parts]
+        mask = masks[0] if len(masks) == 1 else np.concatenate(masks)  # a fresh array: cleared in place
         mask[view.segment.deleted] = False
-        return mask
+        if compiled.postings is None:
+            return Allowed(mask)
+        postings = [part.first + compiled.postings(part) for part in parts]
+        candidates = postings[0] if len(postings) == 1 else np.concatenate(postings)
+        return Allowed(mask, candidates[mask[candidates]])
 
     def compiled(self, filter_: Filter | None) -> CompiledFilter | None:
         """A filter checked against this index's payload fields (``PayloadError`` names a field)."""
@@ -301,7 +307,7 @@ class IndexReader:
     def facets(self, side: str, field: str, compiled: CompiledFilter | None) -> dict[Any, int]:
         """How many live items passing the filter hold each value of a payload field."""
         view = self.view(side)
-        mask = self.allowed(view, compiled)
+        mask = self.allowed(view, compiled).mask
         counts: dict[Any, int] = {}
         for part in self.payload_parts(view):
             column = part.payload.column(field)
@@ -331,15 +337,15 @@ class IndexReader:
         compiled = self.compiled(params.filter)
         allowed = None if compiled is None else self.allowed(view, compiled)
         live = len(view) - int(view.segment.deleted.size)
-        rows = live if allowed is None else int(np.count_nonzero(allowed))
+        rows = live if allowed is None else allowed.count
         if rows == live:  # a filter every live row passes is no filter: the unfiltered legs, without selectors
             allowed = None
         # a device leg, like an approximate index, costs about the same whatever the filter allows
         plan = choose_plan(params.plan, rows, approximate_index=self._approximate[side] or side in self._device)
         searcher: HybridSearcher | ExactSearcher | DenseFirstSearcher
         if plan == "exact":
-            mask = self.live_mask(view) if allowed is None else allowed
-            searcher = ExactSearcher(np.flatnonzero(mask), self.row_scores(view), search_fusion(self.manifest, params),
+            listed = self.allowed(view, None).rows if allowed is None else allowed.rows
+            searcher = ExactSearcher(listed, self.row_scores(view), search_fusion(self.manifest, params),
                                      mode=params.mode, fusion=params.fusion, candidate_k=params.candidate_k,
                                      bound=self.fused_bound(params, view))
         else:

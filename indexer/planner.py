@@ -22,12 +22,13 @@ exact top ``candidate_k`` of each leg.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 import numpy as np
 
 from indexer.dense_first import DENSE_DEPTH, FusedBound, dense_depths
+from indexer.filters import Allowed
 from indexer.query import Query
 from indexer.searchers import Candidates, Fuse, Ranking, RowScorer, Searcher, top_rows
 from indexer.segments import OverFetching
@@ -42,9 +43,15 @@ PLANS: Final = ("exact", "index")
 EXACT_ROWS: Final = 100_000
 # Over a side with an approximate dense index (IVF, HNSW: built above EXACT_ROWS items) the index plan's time barely
 # grows with the allowed rows, the exact plan's does: exact at or under this many. Measured on 1M synthetic items, one
-# thread, hybrid top 10, a filter keeping a uniform share of the rows (p50 of 30 caption queries): 30,000 rows exact
-# 4.8 ms against 8.2 ms through the indexes, 50,000 rows 6.6 ms against 6.4 ms, 70,000 rows 8.2 ms against 4.9 ms.
-INDEXED_EXACT_ROWS: Final = 50_000
+# thread, hybrid top 10, p50 of 50 validation caption queries (docs/benchmarks/filtered-1m's index): a filter keeping a
+# uniform share of the rows, 20,000 rows exact 2.0 ms against 3.4 ms through the indexes, 30,000 rows 3.0 against
+# 3.0 ms, 50,000 rows 4.8 against 2.5 ms; a region far from the query (its rows listed by a keyword's posting), under
+# 40,000 rows 1.6 against 1.9 ms, 40,000-60,000 rows 3.9 against 3.1 ms.
+INDEXED_EXACT_ROWS: Final = 30_000
+# A Lucene hit costs about as much as scoring this many rows exactly through the term postings (1M synthetic items, 10
+# caption queries, one thread: Lucene about 12 us a hit more from 100 to 10,000 hits; every one of 70,000 rows scored
+# exactly 13 ms, of 1M rows 126 ms).
+EXACT_ROWS_PER_HIT: Final = 60
 
 
 def choose_plan(requested: PlanChoice, allowed_rows: int, *, approximate_index: bool = False) -> Plan:
@@ -120,22 +127,38 @@ class ExactSearcher:
 
 
 class Filtered(OverFetching):
-    """A base leg under a filter, over-fetching by the filter's selectivity. ``allowed``: a mask over the leg's rows
-    (the filter, less deleted rows)."""
+    """A base leg under a filter, over-fetching by the filter's selectivity (``allowed``: over the leg's rows, less
+    deleted ones). Given the leg's exact scores (``exact``), a query the over-fetch would ask deeper than
+    ``EXACT_ROWS_PER_HIT`` allowed rows per hit has every allowed row scored instead: a filter far from the query
+    (few of the leg's top rows pass it) otherwise doubles the ask until it reaches them."""
 
-    def __init__(self, leg: Searcher, allowed: np.ndarray, allowed_count: int) -> None:
+    def __init__(self, leg: Searcher, allowed: Allowed,
+                 exact: Callable[[Query, np.ndarray], np.ndarray] | None = None) -> None:
         super().__init__(leg)
-        self.allowed, self.allowed_count = allowed, allowed_count
+        self.allowed, self.exact = allowed, exact
 
     def kept(self, rows: np.ndarray) -> np.ndarray:
-        return self.allowed[rows]
+        return self.allowed.mask[rows]
 
     def depths(self, k: int) -> tuple[int, int]:
-        rows = int(self.allowed.size)
-        return min(rows, 2 * -(-k * rows // max(1, self.allowed_count)) + 8), rows
+        rows = int(self.allowed.mask.size)
+        return min(rows, 2 * -(-k * rows // max(1, self.allowed.count)) + 8), rows
+
+    def ranked_alone(self, depth: int) -> Callable[[Query, int], Ranking] | None:
+        if self.exact is None or self.allowed.count > EXACT_ROWS_PER_HIT * depth:
+            return None
+        return self._every_allowed_row
+
+    def _every_allowed_row(self, query: Query, k: int) -> Ranking:
+        """The top k of the allowed rows by their exact scores (rows scoring 0 left out, as an inverted index
+        never finds them)."""
+        rows = self.allowed.rows
+        scores = self.exact(query, rows) if self.exact is not None else np.zeros(rows.size, np.float32)
+        matched = scores > 0
+        return top_rows(rows[matched], scores[matched], k)
 
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
-        k = min(k, self.allowed_count)
+        k = min(k, self.allowed.count)
         if k == 0:
             return [Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
         return super().search_batch(queries, k)

@@ -13,7 +13,7 @@ rescoring reads rows of either part (``SegmentScores``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -147,11 +147,21 @@ class OverFetching:
         """The first depth to ask for a top k, and the depth past which asking deeper finds nothing more."""
         raise NotImplementedError
 
+    def ranked_alone(self, depth: int) -> Callable[[Query, int], Ranking] | None:  # noqa: ARG002 (a subclass may)
+        """A query's top k of the kept rows found without the leg, where that costs less than asking it ``depth``
+        deep (None: ask the leg)."""
+        return None
+
     def search_batch(self, queries: Sequence[Query], k: int) -> list[Ranking]:
         depth, bound = self.depths(k)
         out: list[Ranking | None] = [None] * len(queries)
         pending = list(range(len(queries)))
         while pending:
+            alone = self.ranked_alone(depth)
+            if alone is not None:
+                for n in pending:
+                    out[n] = alone(queries[n], k)
+                break
             short = []
             for n, ranking in zip(pending, self.leg.search_batch([queries[n] for n in pending], depth), strict=True):
                 keep = self.kept(ranking.rows)

@@ -21,7 +21,7 @@ from core.fusion import integrated_score, reciprocal_rank_fusion
 from indexer import dense_first, planner
 from indexer.build import EncodedSide, IndexBuildConfig, publish_index, verify_index
 from indexer.dense_first import FusedBound
-from indexer.filters import Filter, compile_filter
+from indexer.filters import Allowed, Filter, compile_filter
 from indexer.index_reader import IndexReader, ReaderShard
 from indexer.live import LiveCollection
 from indexer.params import SearchParams
@@ -278,6 +278,23 @@ def test_filtered_results_equal_the_brute_force_oracle_single_and_sharded(genera
         assert check_against_oracle(engine, generated["items"], rng, generated["dim"], 60) >= 30
 
 
+def listed_rows_equal_the_masks(reader: IndexReader, rng: np.random.Generator) -> int:
+    """Random filters over a view with deletes and a delta: where a keyword's posting lists the allowed rows, they
+    are the mask's rows, deleted ones left out; the filters listed so."""
+    view = reader.view("images")
+    listed = 0
+    for case in range(40):
+        clause = random_filter(rng)
+        if case % 2:  # a keyword match the filter must pass, beside its other conditions
+            clause.setdefault("must", []).append({"key": "tags", "match": {"any": ["a", "c"]}})
+        allowed = reader.allowed(view, reader.compiled(Filter.model_validate(clause)))
+        if allowed.listed is not None:
+            listed += 1
+            assert np.array_equal(allowed.listed, np.flatnonzero(allowed.mask)), clause
+            assert not np.isin(allowed.listed, view.segment.deleted).any()
+    return listed
+
+
 def test_filters_hold_with_deletes_and_rows_written_since(generated: dict[str, Any], tmp_path: Path) -> None:
     single = tmp_path / "single"
     shutil.copytree(generated["root"] / "single", single, symlinks=True)
@@ -296,6 +313,7 @@ def test_filters_hold_with_deletes_and_rows_written_since(generated: dict[str, A
         with live.searching() as engine:
             assert engine.reader.view("images").segment.delta.count == 25
             assert check_against_oracle(engine, items, rng, generated["dim"], 60) >= 30
+            assert listed_rows_equal_the_masks(engine.reader, rng) >= 10
     finally:
         live.close()
 
@@ -315,6 +333,70 @@ def test_the_index_plan_keeps_to_the_filter(generated: dict[str, Any]) -> None:
             if params.mode == "dense":  # FAISS searches the allowed rows alone: a full page whenever there are
                 assert len(result.hits) == min(params.top_k, max(0, allowed - params.offset))
 
+
+
+def test_a_filtered_sparse_leg_scores_the_allowed_rows_where_an_over_fetch_would_go_deep(
+        generated: dict[str, Any]) -> None:
+    """Lucene under a filter over-fetches by the filter's selectivity, and each hit it returns costs about as much as
+    ``EXACT_ROWS_PER_HIT`` rows scored exactly: past that the leg scores every allowed row instead (a filter far from
+    the query otherwise doubles the ask up to every row). Both ways give the allowed rows only; the exact way gives
+    the top k of the allowed rows by their exact sparse scores."""
+    reader = IndexReader(generated["root"] / "single", encoder=generated["encoder"])
+    try:
+        rng = np.random.default_rng(17)
+        lucene = reader.sparse_leg("images")
+        asked: list[int] = []
+
+        class Counting:
+            name = "lucene"
+
+            def search_batch(self, queries: list[Query], k: int) -> list[Any]:
+                asked.append(k)
+                return lucene.search_batch(queries, k)
+
+        exact = reader.exact_scores("images").sparse
+        for _ in range(10):
+            query = random_query(rng, generated["dim"])
+            mask = rng.random(ITEMS) < 0.3
+            allowed = Allowed(mask)
+            rows = np.flatnonzero(mask)
+            scores = exact(query, rows)
+            expected = set(rows[scores > 0][np.argsort(-scores[scores > 0], kind="stable")[:5]].tolist())
+            asked.clear()
+            ranking = planner.Filtered(Counting(), allowed, exact).search_batch([query], 5)[0]
+            assert not asked  # 72 rows allowed: fewer than EXACT_ROWS_PER_HIT per hit of any ask
+            assert set(ranking.rows.tolist()) == expected and mask[ranking.rows].all()
+            through = planner.Filtered(Counting(), allowed).search_batch([query], 5)[0]  # no exact scores: Lucene
+            assert asked and mask[through.rows].all() and len(through) == len(ranking)
+    finally:
+        reader.close()
+
+
+def test_the_over_fetch_gives_way_to_exact_scores_past_the_measured_cost() -> None:
+    """The rule alone, on a leg that finds nothing the filter keeps: it is asked, twice as deep each time, until the
+    next ask would cost more than scoring the allowed rows."""
+    asked: list[int] = []
+
+    class FindsOthers:
+        name = "others"
+
+        def search_batch(self, queries: list[Query], k: int) -> list[Any]:
+            asked.append(k)
+            return [planner.Ranking(np.arange(k, dtype=np.int64), np.ones(k, np.float32)) for _ in queries]
+
+    mask = np.zeros(1_000_000, bool)
+    mask[-50_000:] = True  # the rows the leg never reaches first
+    scored: list[int] = []
+
+    def exact(query: Query, rows: np.ndarray) -> np.ndarray:
+        scored.append(rows.size)
+        return np.ones(rows.size, np.float32)
+
+    leg = planner.Filtered(FindsOthers(), Allowed(mask), exact)
+    ranking = leg.search_batch([random_query(np.random.default_rng(0), 4)], 10)[0]
+    assert asked == [408, 816]  # 2 * 10 * 20 + 8, then twice as deep; the next ask, 1,632 deep, would cost more
+    assert planner.EXACT_ROWS_PER_HIT * 816 < 50_000 <= planner.EXACT_ROWS_PER_HIT * 1_632
+    assert scored == [50_000] and len(ranking) == 10 and mask[ranking.rows].all()
 
 def test_the_planner_chooses_by_the_allowed_rows(generated: dict[str, Any]) -> None:
     engine = SearchEngine.open(generated["root"] / "single", encoder=generated["encoder"])
@@ -456,14 +538,25 @@ def test_the_index_plan_goes_dense_first_and_answers_exactly_over_an_exact_dense
     monkeypatch.setattr(dense_first, "DENSE_DEPTH_MAX", 64)
     counter = SettleCounter(monkeypatch)
     # per shard's store (a scorer is made per call, and a freed one's id may be a later one's): the rows each sparse
-    # rescoring scored
+    # rescoring scored (not a filtered sparse leg ranking its allowed rows: planner.Filtered)
     scored: dict[int, list[np.ndarray]] = {}
     original_sparse = ExactScores.sparse
+    original_leg = planner.Filtered._every_allowed_row
+    in_leg = [False]
 
     def recorded(self: ExactScores, query: Query, rows: np.ndarray) -> np.ndarray:
-        scored.setdefault(id(self.store), []).append(rows.copy())
+        if not in_leg[0]:
+            scored.setdefault(id(self.store), []).append(rows.copy())
         return original_sparse(self, query, rows)
+
+    def leg_ranking(self: planner.Filtered, query: Query, k: int) -> planner.Ranking:
+        in_leg[0] = True
+        try:
+            return original_leg(self, query, k)
+        finally:
+            in_leg[0] = False
     monkeypatch.setattr(ExactScores, "sparse", recorded)
+    monkeypatch.setattr(planner.Filtered, "_every_allowed_row", leg_ranking)
     rng = np.random.default_rng(29)
     sparse_searched = 0
     for engine in engines(generated, generated["root"] / "single"):

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 
 from indexer.build import _build_faiss, dense_factory, ivf_lists
+from indexer.filters import Allowed
 from indexer.ivf import FilteredIvfLeg, IvfLists
 from indexer.query import Query
 
@@ -79,7 +80,7 @@ def test_a_filtered_ivf_search_finds_the_filters_rows_even_far_from_the_query() 
         far = cluster == int(np.argmin(centres @ query))
         found = {}
         for name, allowed in (("uniform", uniform), ("far", far)):
-            leg = FilteredIvfLeg(index, lists, allowed, int(np.count_nonzero(allowed)), exact_dense(vectors))
+            leg = FilteredIvfLeg(index, lists, Allowed(allowed), exact_dense(vectors))
             ranking = leg.search_batch([dense_query(query)], 100)[0]
             assert ranking.rows.size == 100 and allowed[ranking.rows].all()
             found[name] = len(set(ranking.rows[:10].tolist()) & filtered_top(vectors, query, allowed, 10))
@@ -112,6 +113,13 @@ def test_allowed_rows_are_counted_and_gathered_per_list_including_empty_lists() 
         rest, end = lists.allowed_rows(order, allowed, target=rows.size, start=stop)  # ... and goes on from there
         assert first.size >= 1 or not allowed.any()
         assert np.array_equal(np.concatenate([first, rest]), gathered) and end == sizes.size
+        listed = np.flatnonzero(allowed)  # the same from the allowed rows themselves, not the lists
+        places = lists.places(order, listed)
+        assert np.array_equal(order[places], list_of_row[listed])
+        for target, start in ((rows.size, 0), (1, 0), (rows.size, stop), (2, 3), (1, sizes.size)):
+            expected_rows, expected_stop = lists.allowed_rows(order, allowed, target, start)
+            found, found_stop = lists.listed_rows(listed, places, target, start)
+            assert np.array_equal(np.sort(expected_rows), found) and found_stop == expected_stop
 
 
 def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_does() -> None:
@@ -130,11 +138,11 @@ def test_a_filter_spread_near_the_query_probes_the_lists_an_unfiltered_search_do
         coarse = lists.centroids @ query
         nearest = np.argsort(-coarse, kind="stable")[:nprobe]
         uniform = rng.random(20_000) < 0.3
-        leg = FilteredIvfLeg(index, lists, uniform, int(np.count_nonzero(uniform)), exact_dense(vectors))
+        leg = FilteredIvfLeg(index, lists, Allowed(uniform), exact_dense(vectors))
         near = leg.near_lists(coarse, 10)
         assert near is not None and np.array_equal(near, nearest)
         far = cluster == int(np.argmin(centres @ query))
-        leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), exact_dense(vectors))
+        leg = FilteredIvfLeg(index, lists, Allowed(far), exact_dense(vectors))
         assert leg.near_lists(coarse, 10) is None
         ranking = leg.search_batch([dense_query(query)], 10)[0]
         assert far[ranking.rows].all() and np.allclose(ranking.scores, vectors[ranking.rows] @ query, atol=1e-6)
@@ -158,15 +166,20 @@ def test_a_deeper_ask_of_the_same_query_goes_on_from_the_rows_already_scored() -
         scored.extend(rows.tolist())
         return exact_dense(vectors)(query, rows)
 
-    leg = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), counting)
+    leg = FilteredIvfLeg(index, lists, Allowed(far), counting)
     asked = dense_query(query)
     for depth in (10, 100, 400):
         ranking = leg.search_batch([asked], depth)[0]
-        fresh = FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)), exact_dense(vectors))
+        fresh = FilteredIvfLeg(index, lists, Allowed(far), exact_dense(vectors))
         expected = fresh.search_batch([dense_query(query)], depth)[0]
         assert np.array_equal(ranking.rows, expected.rows) and np.array_equal(ranking.scores, expected.scores)
     assert len(scored) == len(set(scored))  # no row scored twice
+    listed = FilteredIvfLeg(index, lists, Allowed(far, np.flatnonzero(far)), exact_dense(vectors))
+    unlisted = FilteredIvfLeg(index, lists, Allowed(far), exact_dense(vectors))
+    for depth in (10, 100, 400, 3_000):  # allowed rows listed: the same rows gathered, so the same answers
+        got, expected = listed.search_batch([asked], depth)[0], unlisted.search_batch([asked], depth)[0]
+        assert np.array_equal(got.rows, expected.rows) and np.array_equal(got.scores, expected.scores)
     other = dense_query(vectors[rng.integers(0, 20_000)])  # another query starts its own gathering
     assert np.array_equal(leg.search_batch([other], 10)[0].rows,
-                          FilteredIvfLeg(index, lists, far, int(np.count_nonzero(far)),
+                          FilteredIvfLeg(index, lists, Allowed(far),
                                          exact_dense(vectors)).search_batch([other], 10)[0].rows)
