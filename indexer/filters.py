@@ -274,26 +274,25 @@ def _condition(condition: Condition, schema: PayloadSchema) -> Evaluate:
     return _exists(field, bool(condition.exists))
 
 
-Postings = Callable[[Part], np.ndarray]  # a part's rows (ascending) that hold a keyword match's values
+@dataclass(frozen=True)
+class KeywordMatch:
+    """A keyword ``match`` a filter must pass: every row the filter passes holds one of ``values`` in ``field``."""
+
+    field: str
+    values: tuple[str, ...]
+
+    def rows(self, part: Part) -> np.ndarray:
+        """The part's rows holding one of the values, ascending (the field's inverted index)."""
+        column = part.payload.column(self.field)
+        assert isinstance(column, KeywordColumn)
+        return column.rows_holding(self.values)
 
 
-def _must_postings(filter_: Filter, schema: PayloadSchema) -> Postings | None:
-    """The rows of the shortest inverted-index posting among the keyword ``match`` conditions the filter must pass
-    (None without one): every row the filter passes is among them."""
-    matches = [(c.key, [stored_value("keyword", v, c.key) for v in _given_values(c.key, c.match)])
-               for c in filter_.must
-               if isinstance(c, FieldCondition) and c.match is not None and is_keyword(schema.get(c.key, "integer"))]
-    if not matches:
-        return None
-
-    def postings(part: Part) -> np.ndarray:
-        found = []
-        for field, values in matches:
-            column = part.payload.column(field)
-            assert isinstance(column, KeywordColumn)
-            found.append(column.rows_holding(values))
-        return min(found, key=len)
-    return postings
+def _must_keywords(filter_: Filter, schema: PayloadSchema) -> tuple[KeywordMatch, ...]:
+    """The keyword ``match`` conditions at the filter's top that it must pass."""
+    return tuple(KeywordMatch(c.key, tuple(stored_value("keyword", v, c.key) for v in _given_values(c.key, c.match)))
+                 for c in filter_.must
+                 if isinstance(c, FieldCondition) and c.match is not None and is_keyword(schema.get(c.key, "integer")))
 
 
 @dataclass(frozen=True)
@@ -302,15 +301,20 @@ class CompiledFilter:
 
     source: Filter
     evaluate: Evaluate
-    postings: Postings | None = None  # a superset of the rows it passes, where a keyword's inverted index gives one
+    keywords: tuple[KeywordMatch, ...] = ()  # keyword matches it must pass: their postings hold every row it passes
 
     def mask(self, part: Part) -> np.ndarray:
         return self.evaluate(part)
 
+    def narrowest(self, part: Part) -> tuple[KeywordMatch, np.ndarray] | None:
+        """The keyword match with the fewest rows in the part, and those rows (None without one)."""
+        found = [(keyword, keyword.rows(part)) for keyword in self.keywords]
+        return min(found, key=lambda pair: pair[1].size) if found else None
+
 
 def compile_filter(filter_: Filter, schema: PayloadSchema) -> CompiledFilter:
     """Check ``filter_`` against the schema (``PayloadError`` naming the field) and compile it."""
-    return CompiledFilter(filter_, _clause(filter_, schema), _must_postings(filter_, schema))
+    return CompiledFilter(filter_, _clause(filter_, schema), _must_keywords(filter_, schema))
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,7 @@ class Allowed:
 
     mask: np.ndarray
     listed: np.ndarray | None = None
+    listed_by: KeywordMatch | None = None  # the match whose posting listed them
 
     @functools.cached_property
     def count(self) -> int:
@@ -334,7 +339,7 @@ class Allowed:
     def below(self, end: int) -> Allowed:
         """The allowed rows under ``end`` (a side's published rows, before those written since)."""
         listed = None if self.listed is None else self.listed[:int(np.searchsorted(self.listed, end))]
-        return Allowed(self.mask[:end], listed)
+        return Allowed(self.mask[:end], listed, self.listed_by)
 
 
 def is_empty(filter_: Filter | None) -> bool:

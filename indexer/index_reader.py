@@ -10,8 +10,9 @@ before ranking: ``candidates`` answers each leg's candidates with their exact sc
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ import numpy as np
 from core.encoder import DuetEncoder, vocabulary_digest
 from indexer.dense_first import DenseFirstSearcher, FusedBound
 from indexer.device_dense import DeviceDenseLeg, DeviceMatrix
-from indexer.filters import Allowed, CompiledFilter, Filter, Part, compile_filter, is_empty
-from indexer.ivf import FilteredIvfLeg, IvfLists
+from indexer.filters import Allowed, CompiledFilter, Filter, KeywordMatch, Part, compile_filter, is_empty
+from indexer.ivf import FilteredIvfLeg, IvfLists, ValueLists
 from indexer.lucene import ImpactSearcher
 from indexer.merge import UNORDERED, ItemRecord, ShardCandidates
 from indexer.params import SearchParams, search_fusion, search_weights
-from indexer.payload import PayloadIndex
+from indexer.payload import KeywordColumn, PayloadIndex, is_keyword
 from indexer.planner import EXACT_ROWS, ExactSearcher, Filtered, choose_plan
 from indexer.query import Query
 from indexer.searchers import (
@@ -85,6 +86,7 @@ class IndexReader:
         self._delta_payloads: dict[str, tuple[Delta, PayloadIndex]] = {}  # per side: the payload of the rows since
         self._ivf_lists: dict[str, IvfLists | None] = {}  # per side: an IVF index's rows by list (filtered probing)
         self._approximate: dict[str, bool] = {}  # per side: its dense index is approximate (the planner asks)
+        self._value_lists: dict[tuple[str, str], ValueLists] = {}  # per side and keyword field over IVF lists
         if dense_device is None and encoder.device != "cpu":
             dense_device = str(encoder.device)
         self.dense_device = dense_device
@@ -98,6 +100,7 @@ class IndexReader:
                 self.stores[side].term_postings = self.stores[side].sparse.by_term()
             self.segments[side] = unchanged(self.stores[side])
             self._ivf_lists[side] = IvfLists.of(self.stores[side].faiss_index)
+            self._value_lists.update(self._keyword_value_lists(side))
             self._approximate[side] = not is_flat(self.stores[side].faiss_index)
             if dense_device is not None:
                 self._device[side] = DeviceMatrix(self.stores[side].dense, dense_device)
@@ -120,6 +123,20 @@ class IndexReader:
     def collection_root(self) -> Path:
         """Where the index's image files are, as recorded at build time (relative to the index directory)."""
         return manifest_path(self.index_dir, self.manifest.collection["root"])
+
+    def _keyword_value_lists(self, side: str) -> dict[tuple[str, str], ValueLists]:
+        """The (value, list) centroids of each keyword field of a side with IVF lists, where they fit."""
+        lists, store = self._ivf_lists[side], self.stores[side]
+        if lists is None:
+            return {}
+        found = {}
+        for field, kind in self.manifest.payload.items():
+            column = store.payload.column(field)
+            if is_keyword(kind) and isinstance(column, KeywordColumn):
+                value_lists = ValueLists.of(lists, column.code_rows(), column.codes, store.dense)
+                if value_lists is not None:
+                    found[(side, field)] = value_lists
+        return found
 
     def store(self, side: str) -> SideStore:
         if side not in self.stores:
@@ -165,11 +182,22 @@ class IndexReader:
         index = self.store(side).faiss_index
         lists = self._ivf_lists.get(side)
         if lists is not None:
-            return FilteredIvfLeg(index, lists, allowed, self.exact_scores(side).dense)
+            return FilteredIvfLeg(index, lists, allowed, self.exact_scores(side).dense,
+                                  list_scores=self._list_scores(side, allowed.listed_by))
         parameters = within_rows(index, allowed.mask)
         if parameters is not None:
             return FaissLeg(index, parameters=parameters)
         return Filtered(FaissLeg(index), allowed)
+
+    def _list_scores(self, side: str, keyword: KeywordMatch | None) -> Callable[[np.ndarray], np.ndarray] | None:
+        """How a filter's IVF leg ranks lists for a query vector: by the centroids of the rows holding the keyword's
+        values in each (``ValueLists``), where the field has them."""
+        value_lists = None if keyword is None else self._value_lists.get((side, keyword.field))
+        if keyword is None or value_lists is None:
+            return None
+        column = self.store(side).payload.column(keyword.field)
+        assert isinstance(column, KeywordColumn)
+        return functools.partial(value_lists.scores, column.codes_of(keyword.values))
 
     def _device_dense_leg(self, side: str, excluded: np.ndarray | None) -> DeviceDenseLeg:
         """The device leg over a side's rows less ``excluded`` (one mask per deletes snapshot, not per search)."""
@@ -287,18 +315,20 @@ class IndexReader:
 
     def allowed(self, view: SideView, compiled: CompiledFilter | None) -> Allowed:
         """The view's rows that are live and pass the filter (every live row without one); listed as well when a
-        keyword's posting holds them all (``CompiledFilter.postings``)."""
+        keyword's posting holds them all (``CompiledFilter.keywords``)."""
         if compiled is None:
             return Allowed(self.live_mask(view))
         parts = self.payload_parts(view)
         masks = [compiled.mask(part) for part in parts]
         mask = masks[0] if len(masks) == 1 else np.concatenate(masks)  # a fresh array: cleared in place
         mask[view.segment.deleted] = False
-        if compiled.postings is None:
+        narrowest = compiled.narrowest(parts[0])  # the base part's narrowest match lists every part's rows
+        if narrowest is None:
             return Allowed(mask)
-        postings = [part.first + compiled.postings(part) for part in parts]
+        keyword, rows = narrowest
+        postings = [rows] + [part.first + keyword.rows(part) for part in parts[1:]]
         candidates = postings[0] if len(postings) == 1 else np.concatenate(postings)
-        return Allowed(mask, candidates[mask[candidates]])
+        return Allowed(mask, candidates[mask[candidates]], keyword)
 
     def compiled(self, filter_: Filter | None) -> CompiledFilter | None:
         """A filter checked against this index's payload fields (``PayloadError`` names a field)."""

@@ -14,6 +14,8 @@ scored exactly from the stored vectors. Such rows are few and spread thin over m
 holds rows in half the lists of a 4,096-list index), where a selector would read every row of those lists. When
 the allowed rows are listed (a keyword's posting: indexer/filters.py ``Allowed``), the gathering reads only them,
 each with its list's place in the query's order, not the lists' rows: the same rows for a tenth of the reads.
+Listed by a keyword field's values, the lists are read in the order of the centroids of those values' rows in each
+(``ValueLists``), which finds more of the filter's top rows in fewer lists than the lists' own centroids do.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ from indexer.searchers import Ranking, ragged_positions, ranking_of, top_rows
 
 PROBE_CHUNK = 64  # lists whose allowed rows are gathered together, nearest first
 PROBED_ROWS_SHARE = 0.25  # allowed rows scored away from the query, as a share of those an unfiltered search scores
+# the same, reading lists in the order of their centroids of the filter's values (``ValueLists``). Measured on 1M
+# synthetic items, 50 validation captions, a region far from the query, IVF leg at p50 / overlap@10: by list
+# centroids at 0.25, 2.24 ms / 99.0% (0.15: 2.05 ms / 98.6%); by value centroids at 0.15, 2.13 ms / 99.6%.
+VALUE_PROBED_ROWS_SHARE = 0.15
 NEAR_SAMPLE = 16  # the nearest lists whose allowed rows tell whether the filter's rows are spread near the query
 NEAR_SHARE = 0.5  # the nearest lists hold at least this much of the filter's share: its rows are spread near the query
 ROWS_PER_HIT = 4  # allowed rows scored per row asked for, at least
+VALUE_LISTS_PER_LIST = 16  # a keyword field's (value, list) centroids are kept up to this many pairs per list
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,44 @@ class IvfLists:
         return rows[(places >= start) & (places < stop)], stop
 
 
+@dataclass(frozen=True)
+class ValueLists:
+    """A keyword field's rows in each list, per value, summarised by their centroid: a filter keeping some values
+    ranks the lists by the centroid of those values' rows in each, not of all its rows. The rows of a region far from
+    the query lie at the edge of each list they share with other regions, where the list's own centroid says little
+    of them (Qdrant adds graph edges per payload value for the same reason). Kept for a field with at most
+    ``VALUE_LISTS_PER_LIST`` (value, list) pairs per list: 16 per list is 64 MB at 4,096 lists of 256-d vectors."""
+
+    keys: np.ndarray  # (pairs,) int64 ascending: value code * lists + list
+    centroids: np.ndarray  # (pairs, d) float32
+    lists: int
+
+    @classmethod
+    def of(cls, lists: IvfLists, code_rows: np.ndarray, codes: np.ndarray, dense: np.ndarray) -> ValueLists | None:
+        """From a keyword column's codes (``codes[i]`` held by row ``code_rows[i]``) and the side's vectors; None
+        when the field has too many (value, list) pairs."""
+        import scipy.sparse
+
+        keys = codes.astype(np.int64) * lists.count + lists.list_of_row[code_rows]
+        pairs, pair_of, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if pairs.size > VALUE_LISTS_PER_LIST * lists.count:
+            return None
+        members = scipy.sparse.csr_matrix((np.ones(keys.size, np.float32), (pair_of, code_rows)),
+                                          shape=(pairs.size, dense.shape[0]))
+        sums = np.asarray(members @ dense)  # every vector read once, in order
+        return cls(pairs, (sums / counts[:, None]).astype(np.float32), lists.count)
+
+    def scores(self, codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Each list's best score against the centroids of its rows holding one of ``codes`` (-inf for a list that
+        holds none)."""
+        out = np.full(self.lists, -np.inf, np.float32)
+        for code in codes.tolist():
+            low, high = np.searchsorted(self.keys, [code * self.lists, (code + 1) * self.lists])
+            held = self.keys[low:high] - code * self.lists
+            out[held] = np.maximum(out[held], self.centroids[low:high] @ query)
+        return out
+
+
 @dataclass
 class _Gathering:
     """One query's gathering so far: the lists nearest first, how many of them it read, the allowed rows found
@@ -147,19 +192,24 @@ class FilteredIvfLeg:
     of the lists nearest the query are gathered until they reach the target and scored exactly (``exact_dense``)."""
 
     def __init__(self, index: Any, lists: IvfLists, allowed: Allowed,
-                 exact_dense: Callable[[Query, np.ndarray], np.ndarray], *, name: str = "faiss") -> None:
-        """``allowed``: over the index's rows; ``exact_dense(query, rows)``: the rows' exact dense scores."""
+                 exact_dense: Callable[[Query, np.ndarray], np.ndarray], *, name: str = "faiss",
+                 list_scores: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """``allowed``: over the index's rows; ``exact_dense(query, rows)``: the rows' exact dense scores;
+        ``list_scores(query vector)``: each list's score for the filter's rows (``ValueLists``), the order the
+        gathering reads lists in (else their centroids' scores)."""
         import faiss
 
         ops: Any = faiss
         self.index, self.lists, self.exact_dense, self.name = index, lists, exact_dense, name
+        self.list_scores = list_scores
         self.allowed, self.listed = allowed.mask, allowed.listed
         self.ivf = ops.extract_index_ivf(index)
         self.share = allowed.count / max(1, int(self.allowed.size))
         # away from the query: the rows an unfiltered search scores (nprobe lists of average size), a share of them as
-        # allowed rows: the filter's own share, at least PROBED_ROWS_SHARE
+        # allowed rows: the filter's own share, at least PROBED_ROWS_SHARE (VALUE_PROBED_ROWS_SHARE in a better order)
         scanned = self.ivf.nprobe * int(self.allowed.size) / max(1, lists.count)
-        self.target = max(1, round(max(PROBED_ROWS_SHARE, self.share) * scanned))
+        least = PROBED_ROWS_SHARE if list_scores is None else VALUE_PROBED_ROWS_SHARE
+        self.target = max(1, round(max(least, self.share) * scanned))
         # per query of this search (the leg lives for one): what the gathering path read and scored so far
         self._held: dict[int, _Gathering] = {}
         bits = np.packbits(np.asarray(self.allowed, bool), bitorder="little")
@@ -185,7 +235,8 @@ class FilteredIvfLeg:
                 out.append(self._preassigned(vector, coarse, near, k))
                 continue
             # away from the query, or a deep ask: the nearest lists' allowed rows, scored where they lie
-            rows, scores = self._gathered(query, coarse, max(self.target, ROWS_PER_HIT * k))
+            order_by = coarse if self.list_scores is None else self.list_scores(vector[0])
+            rows, scores = self._gathered(query, order_by, max(self.target, ROWS_PER_HIT * k))
             out.append(top_rows(rows, scores, k))
         return out
 

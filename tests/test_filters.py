@@ -633,6 +633,8 @@ def test_a_filtered_search_through_an_ivf_index_returns_only_the_filters_rows(
     engine = SearchEngine.open(tmp_path / "ivf", encoder=encoder)
     try:
         assert engine.manifest.sides["images"].faiss_factory == "IVF8,Flat"
+        # each keyword field's (value, list) centroids, which order the lists a filter listed by it reads
+        assert set(engine.reader._value_lists) == {("images", "color"), ("images", "tags")}
         for case in range(30):
             clause = random_filter(rng)
             query = random_query(rng, generated["dim"])
