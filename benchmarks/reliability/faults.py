@@ -17,6 +17,7 @@ directory ``<work>/faults`` (emptied first):
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -334,7 +335,7 @@ def observe(server: Server, item_id: str, kind: str, probes: int) -> ItemState |
 def found_by_search(server: Server, item_id: str, kind: str, content: tuple[str, ...], image: bytes | None) -> bool:
     """An image is its own nearest neighbour, a text too: a present item is the top hit of itself as the query."""
     if kind == "image" and image is not None:
-        fields = {"side": "images", "mode": "dense", "top_k": "5"}
+        fields: dict[str, str | list[str]] = {"side": "images", "mode": "dense", "top_k": "5"}
         reply = server.post_multipart("/v1/search", fields, {"image": ("q.png", image, "image/png")})
     elif kind == "text":
         reply = server.post_json("/v1/search", {"text": content[0], "side": "texts", "mode": "dense", "top_k": 5})
@@ -632,8 +633,8 @@ class WriteKills:
         def sending() -> None:
             try:
                 replies.append(send(server, write))
-            except OSError:  # the connection died with the server: not acknowledged
-                pass
+            except (OSError, http.client.HTTPException):  # the connection died with the server, before or in the
+                pass  # reply (IncompleteRead: the status came, its body did not): not acknowledged
 
         thread = threading.Thread(target=sending, daemon=True)
         thread.start()
