@@ -60,7 +60,8 @@ class KarpathyDataset:
 @dataclass(frozen=True)
 class ImageInput:
     id: int  # the cache key of its features (a Karpathy imgid)
-    path: Path
+    path: Path  # its file, or the name an uploaded image's errors give
+    data: bytes | None = None  # an uploaded image's bytes (read instead of the file)
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,18 @@ class DuetEncoder:
         batch = pipeline.pixels([ImageInput(n, Path(path)) for n, path in enumerate(paths)])
         return self.encode_image_features(self.backbone.image_features(batch.pixels), prune=prune)
 
+    def encode_upload(self, data: bytes, decoded: Image.Image, *, prune: int | None = None,
+                      device_decode: bool | None = None) -> EncodedItems:
+        """An uploaded image (its bytes, and the image they decoded to when it was checked) by the pixels an index
+        build gives the same file: through the image pipeline where it decodes on the device (a CUDA tower, or
+        ``device_decode``), else from the image already decoded (the pipeline's CPU way, without decoding twice)."""
+        pipeline = ImagePipeline(self.backbone.preprocess, self.device, batch_size=1, threads=1,
+                                 device_decode=device_decode)
+        if pipeline.tensor_preprocess is None:
+            return self.encode_images([decoded], prune=prune)
+        batch = pipeline.pixels([ImageInput(0, Path("upload"), data)])
+        return self.encode_image_features(self.backbone.image_features(batch.pixels), prune=prune)
+
     def encode_images(self, images: Sequence[Image.Image], *, prune: int | None = None) -> EncodedItems:
         pixels = torch.stack([self.backbone.preprocess(image.convert("RGB")) for image in images])
         return self.encode_image_features(self.backbone.image_features(pixels), prune=prune)

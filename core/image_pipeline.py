@@ -1,5 +1,5 @@
-"""One image pipeline, from files to the pixels a tower takes: for the feature cache, the index build (through the
-cache), the Ray actors and live writes.
+"""One image pipeline, from files (or an upload's bytes) to the pixels a tower takes: for the feature cache, the index
+build (through the cache), the Ray actors and live writes.
 
 Files are read and decoded on a pool of threads sized to the machine's cores (PIL's and torchvision's decoders
 release the GIL), a bounded number of batches ahead of the consumer, so reading, decoding and the forward pass
@@ -14,6 +14,7 @@ listed in its batch's ``skipped`` and left out.
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -48,10 +49,11 @@ def unreadable(path: Path, error: Exception) -> CorruptImageError:
     return CorruptImageError(f"corrupt or unreadable image {path}: {error}")
 
 
-def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
-    """Decode fully (so truncation is caught) and preprocess; raise CorruptImageError naming the file."""
+def load_image(path: Path, preprocess: Callable[[Any], torch.Tensor], data: bytes | None = None) -> torch.Tensor:
+    """Decode fully (so truncation is caught) and preprocess; raise CorruptImageError naming the file. ``data``: the
+    image's bytes, read instead of the file (an upload)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.load()
             return preprocess(image.convert("RGB"))
     except UNREADABLE as e:
@@ -177,11 +179,11 @@ class ImagePipeline:
         """A decoded, preprocessed image (the CPU way), a JPEG's bytes (to decode on the device), or the error."""
         try:
             if self.tensor_preprocess is not None:
-                data = item.path.read_bytes()
+                data = item.path.read_bytes() if item.data is None else item.data
                 # a truncated JPEG lacks its end marker: the CPU way refuses it, as it refuses any unreadable file
                 if data.startswith(JPEG_START) and data.rstrip(b"\x00").endswith(JPEG_END):
                     return data
-            return load_image(item.path, self.preprocess)
+            return load_image(item.path, self.preprocess, item.data)
         except CorruptImageError as e:
             return e
         except OSError as e:  # reading the bytes: missing, a folder, not permitted
@@ -230,7 +232,7 @@ class ImagePipeline:
         for n, image in zip(positions, decoded, strict=True):
             if image is None:
                 try:
-                    out[n] = load_image(chunk[n].path, self.preprocess)
+                    out[n] = load_image(chunk[n].path, self.preprocess, chunk[n].data)
                 except CorruptImageError as e:
                     out[n] = e
             else:

@@ -110,7 +110,7 @@ def prepare_image(encoder: DuetEncoder, pruning: Mapping[str, int | None], sides
     item_id = checked_id(item_id if item_id is not None else f"{digest[:24]}{suffix}")
     texts = [checked_text(c, "caption") for c in captions]
     extra = checked_metadata(metadata, payload or {})
-    encoded_image = encoder.encode_images([image], prune=pruning.get("images"))
+    encoded_image = encoder.encode_upload(data, image, prune=pruning.get("images"))
     upload = Upload(f"{digest}{suffix}", data)
     item = {"id": item_id, "upload": upload.name, "captions": texts, **({"metadata": extra} if extra else {})}
     entries = [log_entry("images", item, encoded_image, 0)]

@@ -134,3 +134,28 @@ def test_encoding_files_equals_encoding_the_decoded_images(files: list[ImageInpu
     assert np.allclose(from_files.dense, from_images.dense, atol=1e-6)
     with pytest.raises(CorruptImageError):
         encoder.encode_image_files([files[0].path.with_name("nowhere.jpg")])
+
+
+def test_an_upload_is_encoded_from_the_pixels_a_build_gives_its_file(files: list[ImageInput],
+                                                                      tiny_checkpoint: Path) -> None:
+    """A live write's image (its bytes, checked by decoding them) gets the pixels the index build gives the same
+    file: the CPU way from the image already decoded; where the pipeline decodes on the device (here forced on the
+    CPU), JPEG bytes through the device decoder as a build's files go, other formats the CPU way."""
+    from core.encoder import DuetEncoder
+    from indexer.writes import decoded_image
+
+    encoder = DuetEncoder.from_checkpoint(tiny_checkpoint)
+    jpeg, png = files[0], files[3]
+    assert jpeg.path.suffix == ".jpeg" and png.path.suffix == ".png"
+    for item in (jpeg, png):
+        data = item.path.read_bytes()
+        image, _ = decoded_image(data)
+        built = encoder.encode_image_files([item.path])
+        assert np.array_equal(encoder.encode_upload(data, image).dense, built.dense)
+        on_device = ImagePipeline(encoder.backbone.preprocess, "cpu", batch_size=1, device_decode=True)
+        pixels = on_device.pixels([item]).pixels
+        expected = encoder.encode_image_features(encoder.backbone.image_features(pixels))
+        uploaded = encoder.encode_upload(data, image, device_decode=True)
+        assert np.array_equal(uploaded.dense, expected.dense)
+        # JPEG bytes went the device way: not the CPU way's pixels; a PNG's are the CPU way's exactly
+        assert np.array_equal(uploaded.dense, built.dense) == (item is png)
