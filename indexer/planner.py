@@ -46,11 +46,11 @@ EXACT_ROWS: Final = 100_000
 # thread, hybrid top 10, p50 of 50 validation caption queries (docs/benchmarks/filtered-1m's index): a filter keeping a
 # uniform share of the rows, 20,000 rows exact 2.0 ms against 3.4 ms through the indexes, 30,000 rows 3.0 against
 # 3.0 ms, 50,000 rows 4.8 against 2.5 ms; a region far from the query (its rows listed by a keyword's posting), under
-# 40,000 rows 1.6 against 1.9 ms, 40,000-60,000 rows 3.9 against 3.1 ms.
+# 20,000 rows 1.6 against 1.8 ms, 30,000-35,000 rows 2.7 against 1.8 ms, 40,000-45,000 rows 4.0 against 3.1 ms.
 INDEXED_EXACT_ROWS: Final = 30_000
-# A Lucene hit costs about as much as scoring this many rows exactly through the term postings (1M synthetic items, 10
-# caption queries, one thread: Lucene about 12 us a hit more from 100 to 10,000 hits; every one of 70,000 rows scored
-# exactly 13 ms, of 1M rows 126 ms).
+# A Lucene hit costs about as much as scoring this many rows' sparse vectors exactly (1M synthetic items, 10 caption
+# queries, one thread: Lucene about 12 us a hit more from 100 to 10,000 hits; 70,000 rows scored exactly from the
+# forward store 13 ms, 1M rows 126 ms; a side of up to 100,000 items scores through its term postings, faster still).
 EXACT_ROWS_PER_HIT: Final = 60
 
 
