@@ -192,8 +192,7 @@ class IndexReader:
     def _list_scores(self, side: str, keyword: KeywordMatch | None) -> Callable[[np.ndarray], np.ndarray] | None:
         """How a filter's IVF leg ranks lists for a query vector: by the centroids of the rows holding the keyword's
         values in each (``ValueLists``), where the field has them."""
-        value_lists = None if keyword is None else self._value_lists.get((side, keyword.field))
-        if keyword is None or value_lists is None:
+        if keyword is None or (value_lists := self._value_lists.get((side, keyword.field))) is None:
             return None
         column = self.store(side).payload.column(keyword.field)
         assert isinstance(column, KeywordColumn)

@@ -235,8 +235,7 @@ class FilteredIvfLeg:
                 out.append(self._preassigned(vector, coarse, near, k))
                 continue
             # away from the query, or a deep ask: the nearest lists' allowed rows, scored where they lie
-            order_by = coarse if self.list_scores is None else self.list_scores(vector[0])
-            rows, scores = self._gathered(query, order_by, max(self.target, ROWS_PER_HIT * k))
+            rows, scores = self._gathered(query, coarse, max(self.target, ROWS_PER_HIT * k))
             out.append(top_rows(rows, scores, k))
         return out
 
@@ -245,14 +244,15 @@ class FilteredIvfLeg:
         of the same query (a dense-first search deepening) goes on from the lists already read: the rows gathered
         and scored before are kept, not gathered and scored again."""
         held = self._held.get(id(query))
-        if held is None or held.query is not query:
-            order = np.argsort(-coarse, kind="stable")
+        if held is None or held.query is not query:  # the order lists are read in, once per query
+            by = coarse if self.list_scores is None else self.list_scores(np.asarray(query.dense, np.float32))
+            order = np.argsort(-by, kind="stable")
             places = None if self.listed is None else self.lists.places(order, self.listed)
             held = _Gathering(query, order, places)
             self._held[id(query)] = held
         if held.rows.size < target and held.read < held.order.size:
             wanted = target - held.rows.size
-            if held.places is not None and self.listed is not None:
+            if self.listed is not None and held.places is not None:  # (places are held exactly when listed)
                 more, held.read = self.lists.listed_rows(self.listed, held.places, wanted, held.read)
             else:
                 more, held.read = self.lists.allowed_rows(held.order, self.allowed, wanted, held.read)

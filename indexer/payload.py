@@ -178,20 +178,24 @@ class KeywordColumn:
         found = (at < self.vocabulary.size) & (self.vocabulary[np.minimum(at, self.vocabulary.size - 1)] == wanted)
         return at[found].astype(np.int32)
 
-    def rows_holding(self, values: Iterable[str]) -> np.ndarray:
-        """The rows holding any of ``values``, ascending: each value's rows from the inverted index, not every
-        row's codes."""
+    def _postings(self, values: Iterable[str]) -> list[np.ndarray]:
+        """Each value's rows, ascending (the inverted index: not every row's codes)."""
         indptr, rows = self._by_value
-        each = [rows[indptr[code]:indptr[code + 1]] for code in self.codes_of(values).tolist()]
+        return [rows[indptr[code]:indptr[code + 1]] for code in self.codes_of(values).tolist()]
+
+    def rows_holding(self, values: Iterable[str]) -> np.ndarray:
+        """The rows holding any of ``values``, ascending."""
+        each = self._postings(values)
         if len(each) == 1:
             return each[0]  # one value's rows are ascending already (a stable sort of the codes)
         # a keywords row holding two of the values is in both
         return np.unique(np.concatenate(each)) if each else np.zeros(0, np.int64)
 
     def rows_with(self, values: Iterable[str]) -> np.ndarray:
-        """A mask of the rows holding any of ``values``."""
+        """A mask of the rows holding any of ``values`` (each posting set in place: no sort of their union)."""
         mask = np.zeros(self.rows, bool)
-        mask[self.rows_holding(values)] = True
+        for rows in self._postings(values):
+            mask[rows] = True
         return mask
 
     def present(self) -> np.ndarray:

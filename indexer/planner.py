@@ -152,8 +152,9 @@ class Filtered(OverFetching):
     def _every_allowed_row(self, query: Query, k: int) -> Ranking:
         """The top k of the allowed rows by their exact scores (rows scoring 0 left out, as an inverted index
         never finds them)."""
+        assert self.exact is not None  # ranked_alone offers this only with exact scores
         rows = self.allowed.rows
-        scores = self.exact(query, rows) if self.exact is not None else np.zeros(rows.size, np.float32)
+        scores = self.exact(query, rows)
         matched = scores > 0
         return top_rows(rows[matched], scores[matched], k)
 
