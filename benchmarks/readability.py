@@ -16,7 +16,7 @@ import torch
 from benchmarks.datasets import BenchmarkDataset
 from core.data import DatasetError, load_karpathy
 from core.encoder import SparseRows
-from core.readability import GroundingReference, readability
+from core.readability import GroundingReference, readability, whole_word_mask
 from core.vocab import tokenize_in_batches
 from indexer.search import SearchEngine
 
@@ -33,28 +33,31 @@ def _token_space(sparse: SparseRows, vocab_size: int) -> torch.Tensor:
 
 def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict[str, Any]:
     encoder = engine.encoder
-    tokenizer, vocabulary = encoder.backbone.tokenizer, encoder.vocabulary
+    term_rows, vocabulary = encoder.term_rows, encoder.vocabulary
     data = load_karpathy(dataset.directory, json_name=dataset.json_name, image_root=dataset.image_root)
     try:
         train_captions, vocabulary_from = [c.text for r in data.split("train") for c in r.captions], "train"
     except DatasetError:
         train_captions, vocabulary_from = [c.text for r in data.split(dataset.split) for c in r.captions], \
             dataset.split
-    reference = GroundingReference(vocabulary.content_mask(), tokenize_in_batches(tokenizer, train_captions))
+    whole_words = torch.from_numpy(whole_word_mask(vocabulary, train_captions))
+    reference = GroundingReference(vocabulary.content_mask(), tokenize_in_batches(term_rows, train_captions))
 
     images = engine.reader.stores["images"]
     captions = [(row, text) for row, item in enumerate(images.items) for text in item.get("captions", [])]
-    caption_tokens = tokenize_in_batches(tokenizer, [text for _, text in captions])
+    caption_tokens = tokenize_in_batches(term_rows, [text for _, text in captions])
     caption_image = torch.tensor([row for row, _ in captions], dtype=torch.long)
     weights = _token_space(images.sparse, len(vocabulary))
     targets = reference.targets(caption_tokens, caption_image, len(images.ids))
     out: dict[str, Any] = {
-        "images": readability(weights, targets, reference.caption_vocabulary),
+        "images": readability(weights, targets, reference.caption_vocabulary, whole_words=whole_words),
         "frequency_floor": reference.floor(caption_tokens, caption_image, len(images.ids)),
         "caption_vocabulary_from": vocabulary_from,
     }
     if "texts" in engine.reader.stores:
         out["texts"] = _own_words(engine)
+        text_terms = torch.from_numpy(engine.reader.stores["texts"].sparse.indices.astype(np.int64))
+        out["texts"]["piece_rate"] = float((~whole_words[text_terms]).float().mean()) if text_terms.numel() else 0.0
         out["flops"] = _flops(engine.reader.stores["texts"].sparse, images.sparse, len(vocabulary))
     out["examples"] = [{"query": text, "terms": [[term, round(weight, 3)] for term, weight in
                                                  engine.query_terms(engine.encode_text(text), limit=10)]}
@@ -72,7 +75,7 @@ def readability_section(engine: SearchEngine, dataset: BenchmarkDataset) -> dict
 def _own_words(engine: SearchEngine) -> dict[str, float]:
     """Terms per indexed caption, and the share of captions whose every term is one of its own tokens."""
     texts = engine.reader.stores["texts"]
-    tokens = tokenize_in_batches(engine.encoder.backbone.tokenizer, [item["text"] for item in texts.items])
+    tokens = tokenize_in_batches(engine.encoder.term_rows, [item["text"] for item in texts.items])
     counts = texts.sparse.terms_per_row()
     own = 0
     for row in range(len(texts.ids)):

@@ -178,20 +178,20 @@ def render_run(report: dict[str, Any], plots: list[str]) -> str:
 
 
 def _duet_efficiency(point: dict[str, Any]) -> list[str]:
-    """Duet's own path at one size: the sparse leg against exact dense (FAISS flat), hybrid against its slower leg,
-    and the inverted index's bytes against float32 dense vectors."""
+    """Duet's own path at one size: the sparse leg against the dense leg (FAISS: flat up to 100,000 items, IVF above),
+    hybrid against its slower leg, and the inverted index's bytes against the dense index's."""
     duet = {row["mode"]: row for row in point["engines"] if row["engine"] == "duet"}
     if set(duet) != {"dense", "sparse", "hybrid"}:
         return []
     p50 = {mode: row["latency_ms"]["p50"] for mode, row in duet.items()}
-    line = (f"Duet at this size: sparse (Lucene) p50 {p50['sparse'] / p50['dense']:.3f}x dense (FAISS flat, exact) "
-            f"p50, with {duet['sparse']['overlap@10']:.1f}% overlap@10 with exact sparse; hybrid p50 "
+    line = (f"Duet at this size: sparse (Lucene) p50 {p50['sparse'] / p50['dense']:.3f}x dense (FAISS, the side's "
+            f"index) p50, with {duet['sparse']['overlap@10']:.1f}% overlap@10 with exact sparse; hybrid p50 "
             f"{p50['hybrid'] / max(p50['dense'], p50['sparse']):.2f}x its slower leg")
     per_item = point.get("duet_bytes_per_item")
     if per_item:
         lucene, dense = per_item["sparse_lucene"], per_item["dense_faiss"]
         line += (f"; Lucene {lucene:.0f} B/item, {lucene / dense:.3f}x "
-                 f"the float32 dense vectors (FAISS flat, {dense:.0f} B/item; the sparse forward "
+                 f"the dense index (FAISS, {dense:.0f} B/item; the sparse forward "
                  f"store for rescoring and explanations adds {per_item['sparse_store']:.0f} B/item)")
     return [line + ".", ""]
 
@@ -253,19 +253,24 @@ def _peers(peers: dict[str, Any]) -> list[str]:
 def _readability(section: dict[str, Any]) -> list[str]:
     r, floor = section["images"], section["frequency_floor"]
     rows = [["indexed images", *(f"{r[f'GP@{k}']:.3f}" for k in (5, 10, 20)), f"{r['grounded_mass']:.3f}",
-             f"{r['junk_rate@10']:.3f}", f"{r['hub_max_df']:.3f}", f"{r['hub_median_df']:.3f}", r["distinct_terms"]],
-            ["frequency floor", *(f"{floor[f'GP@{k}']:.3f}" for k in (5, 10, 20)), "", "", "", "", ""]]
+             f"{r['junk_rate@10']:.3f}", f"{r['hub_max_df']:.3f}", f"{r['hub_median_df']:.3f}", r["distinct_terms"],
+             f"{r['piece_rate@10']:.3f}" if "piece_rate@10" in r else ""],
+            ["frequency floor", *(f"{floor[f'GP@{k}']:.3f}" for k in (5, 10, 20)), "", "", "", "", "", ""]]
     lines = ["## Readability of the sparse terms", "",
-             "GP@k: the share of an image's top-k terms that are content pieces of its own captions (k in the "
-             "denominator); grounded mass: weight on caption words over all weight; junk rate: top-10 terms that "
-             "are no content piece of any training caption; image df: share of images where a term is active. "
+             "GP@k: the share of an image's top-k terms that are content terms of its own captions, in the model's "
+             "own terms (word pieces or whole words; k in the denominator); grounded mass: weight on caption words "
+             "over all weight; junk rate: top-10 terms that are no content term of any training caption; image df: "
+             "share of images where a term is active; piece rate@10: top-10 terms that are not whole words of the "
+             "training captions (word pieces). "
              f"Caption vocabulary and floor from the {section['caption_vocabulary_from']} captions.", "",
              *_table(["", "GP@5", "GP@10", "GP@20", "grounded mass", "junk rate@10", "largest image df",
-                      "median image df", "distinct terms"], rows), ""]
+                      "median image df", "distinct terms", "piece rate@10"], rows), ""]
     if "texts" in section:
         t = section["texts"]
         lines += [f"Indexed captions: {t['mean_terms']:.1f} terms on average, at most {t['max_terms']}; "
-                  f"{100 * t['own_words_share']:.1f}% have only their own tokens as terms. FLOPs (expected "
+                  f"{100 * t['own_words_share']:.1f}% have only their own words as terms"
+                  + (f", {100 * t['piece_rate']:.1f}% of their terms are word pieces" if "piece_rate" in t else "")
+                  + ". FLOPs (expected "
                   f"multiplications per caption-image pair): {section['flops']:.2f}. Sparse and hybrid R@1 against "
                   "FLOPs and GP@10 for the latent and grounded models: "
                   "[docs/grounding-tradeoff.png](../../grounding-tradeoff.png) (docs/results.md).", ""]

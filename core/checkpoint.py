@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory:
   model.safetensors   DuetModel state (projections, sparse head incl. term_ids, temperature)
-  checkpoint.json     {"format", "model_config", "backbone_fingerprint", "content_hash", "dims", "metadata"}
+  checkpoint.json     {"format", "model_config", "backbone_fingerprint", "content_hash", "dims", "metadata",
+                       "words": a word head's terms, each the list of word forms it matches (shown form first)}
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from core.atomic import atomic_directory
 from core.config import ModelConfig
 from core.model import DuetModel
+from core.words import WordVocabulary
 
 FORMAT = "duet-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -53,7 +55,7 @@ def save_checkpoint(path: str | Path, model: DuetModel, *, backbone_fingerprint:
     with atomic_directory(path) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         content_hash = sha256_file(tmp / WEIGHTS)
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": FORMAT,
             "model_config": model.config.model_dump(mode="json"),
             "backbone_fingerprint": backbone_fingerprint,
@@ -63,6 +65,9 @@ def save_checkpoint(path: str | Path, model: DuetModel, *, backbone_fingerprint:
                      "num_terms": model.sparse_head.num_terms},
             "metadata": metadata or {},
         }
+        words = model.sparse_head.words
+        if words is not None:
+            manifest["words"] = [list(forms) for forms in words.terms]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return content_hash
 
@@ -104,12 +109,20 @@ def load_checkpoint(path: str | Path, *, expected_fingerprint: str | None = None
         raise CheckpointError(f"{directory / MANIFEST}: invalid model_config: {e}") from e
     state = load_file(str(weights_path), device=map_location)
     dims = manifest["dims"]
+    words = None
+    if config.sparse_head.vocabulary == "words":
+        terms = manifest.get("words")
+        if not isinstance(terms, list) or len(terms) < dims["num_terms"]:
+            raise CheckpointError(f"{directory / MANIFEST}: a word head's checkpoint must list its words")
+        words = WordVocabulary(tuple(tuple(str(f) for f in forms) for forms in terms),
+                               inflections=config.sparse_head.inflections == "merge")
     model = DuetModel(
         config,
         image_projection=torch.zeros(dims["embed"], dims["image_feature"]),
         text_projection=torch.zeros(dims["embed"], dims["text_feature"]),
         token_embedding=torch.zeros(dims["num_terms"], dims["text_width"]),
         term_ids=torch.arange(dims["num_terms"]),
+        words=words,
     )
     model.load_state_dict(state, strict=True)
     return Checkpoint(model=model, backbone_fingerprint=fingerprint, content_hash=actual,

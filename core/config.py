@@ -39,14 +39,18 @@ class BackboneConfig(_Frozen):
 class SparseHeadConfig(_Frozen):
     """Sparse head over the text vocabulary (the paper's sparse leg) and how each side gets its terms."""
 
-    vocabulary: Literal["full", "train_captions", "content"] = Field(
+    vocabulary: Literal["full", "train_captions", "content", "words"] = Field(
         "full",
         description="'full': every non-special token of the text tower; 'train_captions': only tokens that occur "
         "in the training captions; 'content': the training captions' content pieces (no special, [unused], "
-        "punctuation, single-character or stopword pieces; core/vocab.py).",
+        "punctuation, single-character or stopword pieces; core/vocab.py); 'words': the training captions' whole "
+        "content words (core/words.py; the word list travels with the checkpoint).",
     )
-    min_df: int = Field(1, ge=1, description="'train_captions'/'content': keep pieces in at least this many "
+    min_df: int = Field(1, ge=1, description="'train_captions'/'content'/'words': keep terms in at least this many "
                         "training captions.")
+    inflections: Literal["keep", "merge"] = Field(
+        "keep", description="'words' only. 'merge': the forms of one word share a term (dog/dogs, ride/riding), "
+        "shown as its most frequent form in the training captions.")
     head_input: Literal["dense", "features"] = Field(
         "dense", description="'dense': the normalised dense vector (the paper; the sparse losses also train the "
         "projections); 'features': the frozen pre-projection features (one input layer per modality).")
@@ -66,12 +70,20 @@ class SparseHeadConfig(_Frozen):
         "sparse). Not for the inference-free encoder.")
     max_text_terms: int | None = Field(
         None, ge=1, description="Masked and inference-free texts keep at most this many (strongest) terms.")
+    image_activation: Literal["relu", "softplus"] = Field(
+        "relu", description="An image term's weight: log1p(relu(logit)), or log1p(softplus(logit)), which keeps "
+        "every term positive so the image budget is always filled (a word loss that pushes non-caption logits below "
+        "zero then ranks terms instead of dropping them); softplus needs image_terms.")
     image_terms: int | None = Field(
         None, ge=1, description="Image vectors keep their strongest N terms (the budget; training anneals a "
         "straight-through top-k down to it, so no pruning after the fact).")
 
     @model_validator(mode="after")
     def _check_text_side(self) -> SparseHeadConfig:
+        if self.image_activation == "softplus" and self.image_terms is None:
+            raise ValueError("sparse_head.image_activation='softplus' keeps every term: set sparse_head.image_terms")
+        if self.inflections == "merge" and self.vocabulary != "words":
+            raise ValueError("sparse_head.inflections='merge' needs sparse_head.vocabulary='words'")
         if self.query_encoder == "inference_free" and self.expansion != "always":
             raise ValueError("sparse_head.query_encoder='inference_free' makes every text its own content terms: "
                              "set sparse_head.expansion='always' too")

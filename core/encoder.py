@@ -1,8 +1,8 @@
 """Encode raw texts, images or cached features into Duet's dense and sparse vectors.
 
 Used by the indexer (collections) and the service (queries). Sparse vectors leave this module as CSR rows over
-*token ids* of the text tower's vocabulary, so any reader can name each term without knowing the sparse head's
-column layout.
+*term ids* of the model's term space (core/terms.py: the text tower's token ids, or a word head's word ids), so any
+reader can name each term without knowing the sparse head's column layout.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from core.data import ImageInput
 from core.image_pipeline import ImagePipeline
 from core.model import DuetModel
 from core.sparse_head import top_k_prune
+from core.terms import TermSpace
 from core.vocab import Vocabulary
 
 
@@ -130,6 +131,7 @@ class DuetEncoder:
         self.checkpoint_path = checkpoint_path
         self.model: DuetModel = checkpoint.model.to(device).eval()
         self.device = device
+        self.terms = TermSpace(backbone.vocabulary, backbone.tokenizer, self.model.sparse_head.words)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> DuetEncoder:
@@ -141,7 +143,8 @@ class DuetEncoder:
 
     @property
     def vocabulary(self) -> Vocabulary:
-        return self.backbone.vocabulary
+        """What the sparse rows' term ids name."""
+        return self.terms.vocabulary
 
     @property
     def temperature(self) -> float:
@@ -169,21 +172,33 @@ class DuetEncoder:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.tokenizer(list(texts))
 
+    def term_rows(self, texts: Sequence[str]) -> torch.Tensor:
+        """Each text's term ids (its own terms, for models that score texts on them)."""
+        return self.terms.rows(texts)
+
+    def unmatched_words(self, text: str) -> list[str]:
+        """The text's content words the model has no term for (a word model's; they cannot match anything)."""
+        return self.terms.unmatched(text)
+
     @torch.inference_mode()
     def encode_image_features(self, features: torch.Tensor, *, prune: int | None = None) -> EncodedItems:
         encoded = self.model.encode_image(features.to(self.device))
         return self._items(encoded.dense, encoded.sparse, prune)
 
     @torch.inference_mode()
-    def encode_text_features(self, features: torch.Tensor, *, token_ids: torch.Tensor | None = None,
+    def encode_text_features(self, features: torch.Tensor, *, term_rows: torch.Tensor | None = None,
                              prune: int | None = None) -> EncodedItems:
-        """Texts from their cached features; models that score texts on their own terms also need the tokens."""
-        encoded = self.model.encode_text(features.to(self.device), token_ids=token_ids)
+        """Texts from their cached features; models that score texts on their own terms also need their term ids
+        (``term_rows``)."""
+        encoded = self.model.encode_text(features.to(self.device), term_rows=term_rows)
         return self._items(encoded.dense, encoded.sparse, prune)
 
     def encode_texts(self, texts: Sequence[str], *, prune: int | None = None) -> EncodedItems:
         tokens = self.tokenize(texts)
-        return self.encode_text_features(self.backbone.text_features(tokens), token_ids=tokens, prune=prune)
+        rows = None
+        if self.texts_are_own_terms:
+            rows = tokens if not self.terms.is_words else self.term_rows(texts)
+        return self.encode_text_features(self.backbone.text_features(tokens), term_rows=rows, prune=prune)
 
     @torch.inference_mode()
     def encode_text_terms(self, texts: Sequence[str]) -> SparseRows:
@@ -191,7 +206,7 @@ class DuetEncoder:
         if not self.inference_free:
             return self.encode_texts(texts).sparse
         head = self.model.sparse_head
-        terms = head.own_text(None, None, head.columns_of(self.tokenize(texts)))
+        terms = head.own_text(None, None, head.columns_of(self.term_rows(texts)))
         return sparse_rows(terms.to_dense(head.num_terms), head.term_ids)
 
     def encode_image_files(self, paths: Sequence[str | Path], *, prune: int | None = None,

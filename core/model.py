@@ -11,6 +11,7 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.sparse_head import OwnTerms, SparseHead
+from core.words import WordVocabulary
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class DuetModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, *, image_projection: torch.Tensor, text_projection: torch.Tensor,
-                 token_embedding: torch.Tensor, term_ids: torch.Tensor, term_idf: torch.Tensor | None = None) -> None:
+                 token_embedding: torch.Tensor, term_ids: torch.Tensor, term_idf: torch.Tensor | None = None,
+                 words: WordVocabulary | None = None) -> None:
         super().__init__()
         self.config = config
         embed_dim = image_projection.shape[0]
@@ -41,7 +43,7 @@ class DuetModel(nn.Module):
         self.sparse_head = SparseHead(config.sparse_head, embed_dim=embed_dim,
                                       image_feature_dim=image_projection.shape[1],
                                       text_feature_dim=text_projection.shape[1], token_embedding=token_embedding,
-                                      term_ids=term_ids, term_idf=term_idf)
+                                      term_ids=term_ids, term_idf=term_idf, words=words)
         self.temperature = nn.Parameter(torch.tensor(float(config.temperature_init)))
 
     def clamp_temperature(self) -> torch.Tensor:
@@ -73,9 +75,9 @@ class DuetModel(nn.Module):
         logits = self.sparse_head.image_logits(dense, features)
         return EncodedBatch(dense=dense, sparse=self.sparse_head.image_weights(logits, keep=budget)), logits
 
-    def text_columns(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L_ctx) token ids -> (B, L) head columns of each text's own terms (-1 pads)."""
-        return self.sparse_head.columns_of(token_ids)
+    def text_columns(self, term_rows: torch.Tensor) -> torch.Tensor:
+        """(B, L) term ids (core/terms.py) -> (B, L') head columns of each text's own terms (-1 pads)."""
+        return self.sparse_head.columns_of(term_rows)
 
     def own_text_terms(self, features: torch.Tensor, columns: torch.Tensor,
                        dense: torch.Tensor | None = None) -> OwnTerms:
@@ -85,16 +87,16 @@ class DuetModel(nn.Module):
         dense = self.embed_text(features) if dense is None else dense
         return self.sparse_head.own_text(dense, features, columns)
 
-    def encode_text(self, features: torch.Tensor, *, token_ids: torch.Tensor | None = None,
+    def encode_text(self, features: torch.Tensor, *, term_rows: torch.Tensor | None = None,
                     columns: torch.Tensor | None = None) -> EncodedBatch:
-        """Dense + sparse. Models whose texts are their own terms need the texts' tokens (or their columns)."""
+        """Dense + sparse. Models whose texts are their own terms need the texts' term ids (or their columns)."""
         dense = self.embed_text(features)
         if not self.texts_are_own_terms:
             return EncodedBatch(dense=dense, sparse=self.sparse_head.expanded_text(dense, features))
         if columns is None:
-            if token_ids is None:
-                raise ValueError("this model scores texts on their own terms: pass the texts' token ids")
-            columns = self.text_columns(token_ids)
+            if term_rows is None:
+                raise ValueError("this model scores texts on their own terms: pass the texts' term ids")
+            columns = self.text_columns(term_rows)
         terms = self.own_text_terms(features, columns.to(features.device), dense)
         return EncodedBatch(dense=dense, sparse=terms.to_dense(self.sparse_head.num_terms))
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import SparseHeadConfig
+from core.words import WordVocabulary
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,21 @@ class SparseHead(nn.Module):
 
     The input layer reads the normalised dense vector (``proj``, shared by both modalities) or the frozen
     pre-projection features (``image_in`` / ``text_in``). The projector's rows start as a copy of the text
-    tower's token embedding for the term ids it outputs. ``term_ids`` never include special or padding tokens, so
-    those can never carry weight.
+    tower's token embedding for the term ids it outputs (a word's: the mean of its pieces'). ``term_ids`` never
+    include special or padding ids, so those can never carry weight. A word head carries its ``words``: its term ids
+    are ids of that vocabulary, not of the tokenizer.
     """
 
     term_ids: torch.Tensor  # a buffer: saved and moved with the module, never trained
 
     def __init__(self, config: SparseHeadConfig, *, embed_dim: int, image_feature_dim: int, text_feature_dim: int,
                  token_embedding: torch.Tensor, term_ids: torch.Tensor,
-                 term_idf: torch.Tensor | None = None) -> None:
+                 term_idf: torch.Tensor | None = None, words: WordVocabulary | None = None) -> None:
         super().__init__()
+        if (words is None) != (config.vocabulary != "words"):
+            raise ValueError("a sparse head over whole words needs its word vocabulary, and only such a head takes one")
         self.config = config
+        self.words = words
         width = int(token_embedding.shape[1])
         if config.head_input == "dense":
             self.proj = nn.Linear(embed_dim, width)
@@ -109,10 +114,10 @@ class SparseHead(nn.Module):
         """(B, num_terms) image logits before the activation (a word classifier's scores)."""
         return self.vocab_projector(self._hidden(dense, features, "image"))
 
-    @staticmethod
-    def image_weights(logits: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
-        """log1p(relu(logits)), cut to the ``keep`` strongest when given."""
-        return top_k_prune(torch.log1p(torch.relu(logits)), keep)
+    def image_weights(self, logits: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
+        """log1p(relu(logits)) (or of softplus, by ``image_activation``), cut to the ``keep`` strongest when given."""
+        positive = F.softplus(logits) if self.config.image_activation == "softplus" else torch.relu(logits)
+        return top_k_prune(torch.log1p(positive), keep)
 
     def image(self, dense: torch.Tensor, features: torch.Tensor | None = None, *,
               keep: int | None = None) -> torch.Tensor:
@@ -146,7 +151,7 @@ class SparseHead(nn.Module):
         return OwnTerms(columns=columns, weights=weights)
 
     def columns_of(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L_ctx) token ids -> (B, L) head columns of each text's distinct in-vocabulary tokens (-1 pads)."""
+        """(B, L_ctx) term ids -> (B, L) head columns of each text's distinct terms of the head (-1 pads)."""
         sorted_ids, order = torch.sort(self.term_ids)
         token_ids = token_ids.to(sorted_ids.device)
         position = torch.searchsorted(sorted_ids, token_ids).clamp(max=sorted_ids.numel() - 1)

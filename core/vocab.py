@@ -79,7 +79,10 @@ def caption_vocabulary(vocabulary: Vocabulary, df: np.ndarray, *, min_df: int = 
 
 def tokenize_in_batches(tokenizer: Callable[[Sequence[str]], torch.Tensor], texts: Sequence[str],
                         batch: int = 4096) -> torch.Tensor:
-    """(N, L) token ids of every text; one tokenizer call per batch keeps it fast (L: the tokenizer's context)."""
+    """(N, L) term ids of every text; one call per batch keeps it fast (L: the tokenizer's context, or the widest
+    batch of a word space's rows, whose shorter batches are padded with 0, the pad of both)."""
     if not texts:
         return torch.zeros(0, 1, dtype=torch.long)
-    return torch.cat([tokenizer(list(texts[i:i + batch])) for i in range(0, len(texts), batch)])
+    parts = [tokenizer(list(texts[i:i + batch])) for i in range(0, len(texts), batch)]
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=0) for p in parts])

@@ -237,9 +237,9 @@ def encode_collection(features: CollectionFeatures, encoder: DuetEncoder, *, bat
         captions = [t.text for t in collection.texts]
 
         def encode_texts(start: int, end: int) -> EncodedItems:
-            # models that score texts on their own terms need the tokens beside the cached features
-            tokens = encoder.tokenize(captions[start:end]) if encoder.texts_are_own_terms else None
-            return encoder.encode_text_features(features.texts[start:end], token_ids=tokens, prune=prune_text_terms)
+            # models that score texts on their own terms need their term ids beside the cached features
+            rows = encoder.term_rows(captions[start:end]) if encoder.texts_are_own_terms else None
+            return encoder.encode_text_features(features.texts[start:end], term_rows=rows, prune=prune_text_terms)
 
         texts = _encode_rows(encode_texts, len(captions), batch_size, "encode texts")
         sides["texts"] = EncodedSide(collection.text_records(), texts)

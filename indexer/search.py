@@ -224,6 +224,10 @@ class SearchEngine:
     def query_terms(self, query: Query, limit: int = 32) -> list[tuple[str, float]]:
         return query_terms(query, self.encoder.vocabulary, limit)
 
+    def unmatched_words(self, text: str) -> list[str]:
+        """The text's content words the model has no sparse term for (they reach only the dense leg)."""
+        return self.encoder.unmatched_words(text)
+
     # ----- search -----
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         return self.search_batch([query], params)[0]

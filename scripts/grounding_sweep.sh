@@ -3,21 +3,11 @@
 # Every run: the content vocabulary (min_df 2), captions capped at 16 terms; the image budget of 64 terms unless
 # the run says otherwise. Each finished run (results.json present) is kept.
 set -euo pipefail
-PY=${PY:-.venv/bin/python}
-DATA=${DATA:-../shared/flickr8k}
-RUNS=${RUNS:-runs}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-
+# shellcheck source=scripts/sweep_run.sh
+source "$(dirname "$0")/sweep_run.sh"
 run() {  # run NAME KEY=VALUE...: one run into $RUNS/grounding/NAME
-  local name=$1; shift
-  local dir="$RUNS/grounding/$name"
-  if [ -f "$dir/results.json" ]; then echo "== $name: done"; return; fi
-  local sets=()
-  for kv in "$@"; do sets+=(--set "$kv"); done
-  echo "== $name"
-  "$PY" -m training skd --data "$DATA" --run-dir "$dir" --overwrite --set "init_checkpoint=$RUNS/align/best" \
-    --set model.sparse_head.vocabulary=content --set model.sparse_head.min_df=2 \
-    --set model.sparse_head.max_text_terms=16 "${sets[@]}"
+  sweep_run "$RUNS/grounding/$1" skd model.sparse_head.vocabulary=content model.sparse_head.min_df=2 \
+    model.sparse_head.max_text_terms=16 "${@:2}"
 }
 
 BUDGET=(model.sparse_head.image_terms=64)

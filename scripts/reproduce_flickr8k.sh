@@ -28,5 +28,8 @@ run frozen_final "$RUNS/frozen_final" "${LIT[@]}"
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/skd_variants.sh
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/sparsity_sweep.sh
 DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/grounding_sweep.sh
+DATA="$DATA" RUNS="$RUNS" PY="$PY" bash scripts/word_sweep.sh
 "$PY" -m training probe --data "$DATA" --output docs/readability-probe.json
+"$PY" -m training probe --data "$DATA" --set model.sparse_head.vocabulary=words --set model.sparse_head.min_df=2 \
+  --set model.sparse_head.inflections=merge --output docs/readability-probe-words.json
 "$PY" -m training report --data "$DATA" --runs "$RUNS" --output docs/results.md

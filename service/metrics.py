@@ -1,6 +1,7 @@
 """Prometheus metrics of one app (prometheus_client): requests by route and status, search latency by mode and
-side, shard searches by plan, writes by operation and outcome, requests shed and pending, compactions by outcome
-and duration, and the client's process, Python and garbage-collector metrics. Each app has its own registry, so
+side, shard searches by plan, text queries' words without a sparse term, writes by operation and outcome, requests
+shed and pending, compactions by outcome and duration, and the client's process, Python and garbage-collector
+metrics. Each app has its own registry, so
 several apps in one process (tests) do not share counts."""
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Metrics:
                              ("reason",), registry=self.registry)
         self._pending = Gauge("duet_pending_requests", "Admitted requests holding engine work (waiting or running).",
                               registry=self.registry)
+        self._unmatched = Counter("duet_query_unmatched_words", "Content words of text queries that the model has no "
+                                  "sparse term for (outside a word model's vocabulary).", registry=self.registry)
+        self._unmatched_queries = Counter("duet_queries_with_unmatched_words", "Text queries with at least one "
+                                          "content word that has no sparse term.", registry=self.registry)
         self._compactions = Counter("duet_compactions", "Compactions by outcome (ok, error, rolled_back: the "
                                     "service stopped first).", ("outcome",), registry=self.registry)
         self._compaction_seconds = Histogram("duet_compaction_seconds", "Compaction duration.",
@@ -59,6 +64,12 @@ class Metrics:
         """The plans a search's shards chose (indexer/planner.py), each shard once."""
         for plan, shards in plans.items():
             self._plans.labels(plan, "true" if filtered else "false").inc(shards)
+
+    def observe_unmatched_words(self, count: int) -> None:
+        """A text query's content words without a term (0 counts the query as fully matched)."""
+        if count:
+            self._unmatched.inc(count)
+            self._unmatched_queries.inc()
 
     def observe_write(self, op: str, outcome: str) -> None:
         self._writes.labels(op, outcome).inc()

@@ -81,6 +81,9 @@ class QueryInfo(BaseModel):
     kind: Literal["text", "image"]
     text: str | None = None
     terms: list[TermWeight]
+    unmatched_terms: list[str] = Field(default_factory=list, description="The text's content words the model has "
+                                       "no sparse term for (a word model's vocabulary lacks them): they match "
+                                       "nothing in the sparse leg; the dense leg still reads them.")
 
 
 class SearchResponse(BaseModel):

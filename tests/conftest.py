@@ -94,26 +94,33 @@ def tiny_backbone():  # type: ignore[no-untyped-def]
 def save_tiny_checkpoint(backbone, dataset_dir: Path, out: Path, *, seed: int = 0,  # type: ignore[no-untyped-def]
                          sparse_head: dict[str, object] | None = None) -> Path:
     """An untrained Duet model on the tiny backbone whose terms are the synthetic captions' tokens (their content
-    pieces when ``sparse_head`` asks for the 'content' vocabulary)."""
+    pieces when ``sparse_head`` asks for the 'content' vocabulary, their words for 'words')."""
     import torch
 
     from core.checkpoint import save_checkpoint
     from core.config import BackboneConfig, ModelConfig, SparseHeadConfig
     from core.data import load_karpathy
     from core.model import DuetModel
+    from core.terms import TermSpace
     from core.vocab import caption_vocabulary, document_frequency
+    from core.words import WordVocabulary
 
     dataset = load_karpathy(dataset_dir)
     texts = [c.text for r in dataset.images for c in r.captions]
     head = SparseHeadConfig.model_validate(sparse_head or {})
-    df = document_frequency(backbone.tokenizer(texts), len(backbone.vocabulary))
-    term_ids = torch.from_numpy(caption_vocabulary(backbone.vocabulary, df, content_only=head.vocabulary == "content"))
+    words = WordVocabulary.from_captions(texts, inflections=head.inflections == "merge") \
+        if head.vocabulary == "words" else None
+    terms = TermSpace(backbone.vocabulary, backbone.tokenizer, words)
+    df = document_frequency(terms.rows(texts), len(terms.vocabulary))
+    term_ids = torch.from_numpy(caption_vocabulary(terms.vocabulary, df,
+                                                   content_only=head.vocabulary in ("content", "words")))
     config = ModelConfig(backbone=BackboneConfig.model_validate(tiny_backbone_config()), sparse_head=head,
                          fusion_dense_weight=0.1, fusion_sparse_weight=0.2)
     torch.manual_seed(seed)
     model = DuetModel(config, image_projection=backbone.image_projection + 0.01 * seed,
-                      text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
-                      term_ids=term_ids, term_idf=torch.linspace(0.5, 2.0, term_ids.numel()))
+                      text_projection=backbone.text_projection,
+                      token_embedding=terms.embedding(backbone.token_embedding), term_ids=term_ids,
+                      term_idf=torch.linspace(0.5, 2.0, term_ids.numel()), words=words)
     save_checkpoint(out, model, backbone_fingerprint=backbone.fingerprint, metadata={"method": "test"})
     return out
 
@@ -154,13 +161,15 @@ def index_copy(tiny_index: Path, tmp_path: Path) -> Path:
     return target
 
 
-GROUNDED_HEAD = {"vocabulary": "content", "expansion": "always", "query_encoder": "inference_free"}
+# the default model's head: texts are their own words (inference-free weights), over a vocabulary of whole words
+GROUNDED_HEAD = {"vocabulary": "words", "expansion": "always", "query_encoder": "inference_free"}
 
 
 @pytest.fixture(scope="session")
 def tiny_grounded_index(tiny_backbone, synthetic_dataset: Path,  # type: ignore[no-untyped-def]
                         tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real index of a model whose texts are their own content words (inference-free text terms)."""
+    """A real index of a model whose texts are their own words, its terms whole words (inference-free text
+    terms)."""
     from indexer.build import IndexBuildConfig, build_index
 
     root = tmp_path_factory.mktemp("grounded")

@@ -137,6 +137,7 @@ def test_run_writes_every_section(tiny_run: Path) -> None:
     readable = report["readability"]
     assert 0 <= readable["images"]["GP@10"] <= 1 and 0 <= readable["frequency_floor"]["GP@10"] <= 1
     assert readable["caption_vocabulary_from"] == "train"
+    assert 0 <= readable["images"]["piece_rate@10"] <= 1 and 0 <= readable["texts"]["piece_rate"] <= 1
     assert readable["flops"] > 0 and readable["texts"]["mean_terms"] > 0
     assert [e["query"] for e in readable["examples"]][0] == "a dog running on the beach"
     assert report["encoding"]["images_per_second"] > 0 and report["batched"]["hybrid_qps"] > 0

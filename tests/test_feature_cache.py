@@ -188,14 +188,14 @@ def test_caption_tokens_are_tokenised_once_per_cache(tmp_path: Path, synthetic_d
         return tiny_backbone.tokenizer(texts)
 
     val = split_features(ds, cache, "val", tokenizer=counting)
-    assert val.caption_token_ids is not None and (cache.directory / TOKENS_FILE).is_file()
-    assert torch.equal(val.caption_token_ids, tokenize_in_batches(tiny_backbone.tokenizer, val.caption_texts))
+    assert val.caption_terms is not None and (cache.directory / TOKENS_FILE).is_file()
+    assert torch.equal(val.caption_terms, tokenize_in_batches(tiny_backbone.tokenizer, val.caption_texts))
     assert sum(calls) == val.num_pairs
     calls.clear()
     again = split_features(ds, load_feature_cache(cache.directory), "val", tokenizer=counting)
-    assert calls == [] and again.caption_token_ids is not None  # read from the table, not tokenised
-    assert torch.equal(again.caption_token_ids, val.caption_token_ids)
+    assert calls == [] and again.caption_terms is not None  # read from the table, not tokenised
+    assert torch.equal(again.caption_terms, val.caption_terms)
     train = split_features(ds, cache, "train", tokenizer=counting)  # another split: only its captions are added
     assert sum(calls) == train.num_pairs
-    assert torch.equal(train.caption_token_ids, tokenize_in_batches(tiny_backbone.tokenizer, train.caption_texts))
-    assert torch.equal(split_features(ds, cache, "val", tokenizer=counting).caption_token_ids, val.caption_token_ids)
+    assert torch.equal(train.caption_terms, tokenize_in_batches(tiny_backbone.tokenizer, train.caption_texts))
+    assert torch.equal(split_features(ds, cache, "val", tokenizer=counting).caption_terms, val.caption_terms)

@@ -41,7 +41,7 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     launch = report["launch"]  # its own process, so its launch is known (Linux)
     assert 0 < launch["setup"]["before_training_seconds"] < launch["setup"]["seconds_from_launch"]
     assert launch["setup"]["seconds_from_launch"] < launch["wall_seconds"] and launch["finish_seconds"] > 0
-    assert {"backbone and feature cache", "splits and caption tokens"} <= set(launch["setup"]["phases"])
+    assert {"backbone and feature cache", "splits and caption terms"} <= set(launch["setup"]["phases"])
     assert report["dense_leg"]["rows"] == 3000 and report["dense_leg"]["ms"]["p50"] > 0
     assert report["dense_leg"]["filtered_ms"]["p50"] > 0
     page = (out / "README.md").read_text()

@@ -60,7 +60,7 @@ def test_masked_text_has_no_weight_outside_its_own_content_tokens() -> None:
     term_ids = torch.tensor([4, 7, 9, 10, 11, 14, 15])  # content-ish columns; no special token is a column
     model = _model(SparseHeadConfig(expansion="always"), term_ids)
     tokens = torch.tensor([[1, 4, 10, 12, 5, 9, 2, 0], [1, 15, 15, 4, 2, 0, 0, 0]])  # repeated 'red', [CLS]/[SEP]
-    encoded = model.encode_text(torch.randn(2, 6), token_ids=tokens)
+    encoded = model.encode_text(torch.randn(2, 6), term_rows=tokens)
     own = [{4, 9, 10}, {4, 15}]
     for row, allowed in enumerate(own):
         active = {int(term_ids[c]) for c in torch.nonzero(encoded.sparse[row]).flatten()}
@@ -68,7 +68,7 @@ def test_masked_text_has_no_weight_outside_its_own_content_tokens() -> None:
         assert not active & {0, 1, 2, 3}
     # only the logits at the caption's own columns are computed, and they equal the expanded head's there
     expanded = model.sparse_head.expanded_text(model.embed_text(torch.ones(2, 6)))
-    masked = model.encode_text(torch.ones(2, 6), token_ids=tokens).sparse
+    masked = model.encode_text(torch.ones(2, 6), term_rows=tokens).sparse
     for row, allowed in enumerate(own):
         for token in allowed:
             column = int((term_ids == token).nonzero())
@@ -85,9 +85,9 @@ def test_columns_are_distinct_and_never_special() -> None:
 def test_max_text_terms_keeps_the_strongest() -> None:
     model = _model(SparseHeadConfig(expansion="always", max_text_terms=2), torch.arange(4, 16))
     tokens = torch.tensor([[1, 4, 9, 10, 14, 15, 2]])
-    capped = model.encode_text(torch.ones(1, 6), token_ids=tokens).sparse
+    capped = model.encode_text(torch.ones(1, 6), term_rows=tokens).sparse
     uncapped = _model(SparseHeadConfig(expansion="always"), torch.arange(4, 16)).encode_text(
-        torch.ones(1, 6), token_ids=tokens).sparse
+        torch.ones(1, 6), term_rows=tokens).sparse
     assert int((capped > 0).sum()) <= 2
     assert set(torch.nonzero(capped[0]).flatten().tolist()) <= set(uncapped[0].topk(2).indices.tolist())
 
@@ -97,8 +97,8 @@ def test_inference_free_text_equals_its_lookup_and_ignores_the_features() -> Non
     idf = torch.tensor([0.5, 2.0, 1.5, 0.25])
     model = _model(SparseHeadConfig(expansion="always", query_encoder="inference_free"), term_ids, idf=idf)
     tokens = torch.tensor([[1, 4, 10, 12, 5, 9, 2], [1, 15, 4, 4, 2, 0, 0]])
-    one = model.encode_text(torch.randn(2, 6), token_ids=tokens).sparse
-    two = model.encode_text(torch.randn(2, 6), token_ids=tokens).sparse
+    one = model.encode_text(torch.randn(2, 6), term_rows=tokens).sparse
+    two = model.encode_text(torch.randn(2, 6), term_rows=tokens).sparse
     assert torch.equal(one, two)  # no tower features involved
     # each own token once, weight = the lookup (started at the IDF scaled to a maximum of 1)
     expected = torch.tensor([[0.5, 2.0, 1.5, 0.0], [0.5, 0.0, 0.0, 0.25]]) / 2.0

@@ -9,6 +9,7 @@ from training.losses import (
     d2s_loss,
     distill,
     flops_regularizer,
+    hub_loss,
     info_nce,
     joint_loss,
     l1_regularizer,
@@ -118,3 +119,28 @@ def test_regularizers_and_warmup() -> None:
     assert quadratic_warmup(1.0, 0, 10) == 0.0
     assert quadratic_warmup(1.0, 5, 10) == pytest.approx(0.25)
     assert quadratic_warmup(1.0, 50, 10) == 1.0
+
+
+def test_hub_loss_charges_only_terms_over_the_share_by_their_excess() -> None:
+    # 4 images, 3 terms: term 0 in every image, term 1 in half, term 2 in one
+    weights = torch.tensor([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0], [3.0, 2.0, 0.0], [1.0, 0.0, 4.0]], requires_grad=True)
+    out = hub_loss(weights, max_share=0.5)
+    # only term 0 is over the share: (1.0 - 0.5) * its mean weight 1.5
+    assert out["hub_loss"].item() == pytest.approx(0.5 * 1.5)
+    assert out["hub_max_share"].item() == 1.0
+    out["hub_loss"].backward()
+    assert weights.grad is not None
+    assert torch.allclose(weights.grad[:, 0], torch.full((4,), 0.5 / 4)) and weights.grad[:, 1:].abs().sum() == 0
+    assert hub_loss(weights.detach(), max_share=1.0)["hub_loss"].item() == 0.0
+
+
+def test_hub_loss_can_spare_the_images_whose_captions_use_the_word() -> None:
+    weights = torch.tensor([[1.0, 2.0], [1.0, 0.0], [3.0, 2.0], [1.0, 0.0]], requires_grad=True)
+    captions = torch.tensor([[True, False], [True, False], [False, False], [False, True]])
+    out = hub_loss(weights, max_share=0.5, caption_words=captions)
+    # term 0 is over the share (1.0 - 0.5); only its activations on images 2 and 3 pay: (3 + 1) / 4
+    assert out["hub_loss"].item() == pytest.approx(0.5 * 1.0)
+    out["hub_loss"].backward()
+    assert weights.grad is not None
+    assert weights.grad[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.5 / 4, 0.5 / 4])
+    assert weights.grad[:, 1].abs().sum() == 0

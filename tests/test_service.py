@@ -237,13 +237,36 @@ def test_grounded_model_serves_word_terms_and_explains_empty_sparse_queries(grou
     reply = grounded_server.post_json("/v1/search", {"text": "a red square", "explain": True, "top_k": 3})
     assert reply.status == 200, reply.body
     body = reply.json()
-    assert {t["term"] for t in body["query"]["terms"]} <= {"red</w>", "square</w>", "red", "square"}
-    assert body["warnings"] == []
+    assert {t["term"] for t in body["query"]["terms"]} == {"red", "square"}  # whole words, as the query wrote them
+    assert body["warnings"] == [] and body["query"]["unmatched_terms"] == []
     hybrid = grounded_server.post_json("/v1/search", {"text": "the of a", "mode": "hybrid", "top_k": 3})
     assert hybrid.status == 200, hybrid.body
     assert hybrid.json()["query"]["terms"] == [] and "sparse leg is empty" in hybrid.json()["warnings"][0]
     assert len(hybrid.json()["hits"]) == 3
     _error(grounded_server.post_json("/v1/search", {"text": "!!!", "mode": "sparse"}), 422, "empty_sparse_query")
+
+
+def test_words_outside_the_vocabulary_are_listed_counted_and_named(grounded_server: Server) -> None:
+    def unmatched_count() -> float:
+        text = grounded_server.request("GET", "/metrics").body.decode()
+        lines = [line for line in text.splitlines() if line.startswith("duet_query_unmatched_words_total ")]
+        return float(lines[0].split()[1])
+
+    before = unmatched_count()
+    reply = grounded_server.post_json("/v1/search", {"text": "a red Zebra by the Celtic harp", "top_k": 3})
+    assert reply.status == 200, reply.body
+    query = reply.json()["query"]
+    assert [t["term"] for t in query["terms"]] == ["red"]
+    assert query["unmatched_terms"] == ["zebra", "celtic", "harp"]
+    assert unmatched_count() == before + 3
+    # every word unknown: as a text with no content word, the words named
+    hybrid = grounded_server.post_json("/v1/search", {"text": "zebra giraffe", "mode": "hybrid", "top_k": 3})
+    assert hybrid.status == 200 and len(hybrid.json()["hits"]) == 3
+    assert hybrid.json()["warnings"][0].endswith("(no term for: zebra, giraffe)")
+    sparse = grounded_server.post_json("/v1/search", {"text": "zebra giraffe", "mode": "sparse"})
+    _error(sparse, 422, "empty_sparse_query")
+    assert "no term for: zebra, giraffe" in sparse.json()["error"]["message"]
+    assert unmatched_count() == before + 5  # the refused search is not counted: it never answered
 
 
 def test_settings_come_from_flags_over_the_environment_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,6 +128,9 @@ class FakeEngine:
         return [(self.vocabulary[int(t)], float(w)) for t, w in zip(query.term_ids, query.term_weights,
                                                                     strict=True)][:limit]
 
+    def unmatched_words(self, text: str) -> list[str]:  # noqa: ARG002 - the signature the routes call
+        return []  # every word has a term here: the vocabulary grows with the words it meets
+
     def search(self, query: Query, params: SearchParams) -> SearchResult:
         if self.fail_with is not None:
             raise self.fail_with
@@ -234,7 +237,8 @@ def test_text_search_has_the_documented_shape(client: TestClient, engine: FakeEn
                          "candidates", "hits", "timings_ms", "warnings", "plan", "plans", "rows"}
     assert body["request_id"] == reply.headers["x-request-id"]
     assert body["query"] == {"kind": "text", "text": "a Red square",
-                             "terms": [{"term": "red", "weight": 1.0}, {"term": "square", "weight": 0.5}]}
+                             "terms": [{"term": "red", "weight": 1.0}, {"term": "square", "weight": 0.5}],
+                             "unmatched_terms": []}
     assert (body["side"], body["mode"], body["fusion"], body["top_k"], body["offset"]) == (
         "images", "hybrid", "rrf", 2, 1)
     assert body["weights"] == {"w_dense": 0.5, "w_sparse": 0.2, "temperature": 0.05}
@@ -266,7 +270,7 @@ def test_image_queries_as_multipart_and_base64_agree(client: TestClient, engine:
                             files={"image": ("q.png", _png(30, 20), "image/png")})
     assert multipart.status_code == 200, multipart.text
     assert multipart.json()["query"] == {"kind": "image", "text": None, "terms": [
-        {"term": "pixels", "weight": 1.0}, {"term": "w30", "weight": 0.5}]}
+        {"term": "pixels", "weight": 1.0}, {"term": "w30", "weight": 0.5}], "unmatched_terms": []}
     encoded = client.post("/v1/search", json={"image_base64": base64.b64encode(_png(30, 20)).decode(),
                                               "side": "texts", "top_k": 1, "mode": "sparse"})
     assert encoded.status_code == 200, encoded.text

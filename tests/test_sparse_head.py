@@ -45,3 +45,18 @@ def test_top_k_prune_keeps_the_largest() -> None:
     pruned = top_k_prune(z, 2)
     assert torch.equal(pruned, torch.tensor([[0.0, 0.5, 0.0, 0.9], [0.3, 0.0, 0.4, 0.0]]))
     assert torch.equal(top_k_prune(z, None), z)
+
+
+def test_softplus_images_fill_their_budget_and_relu_images_may_not() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    logits = -1.0 - torch.rand(32, 46, generator=torch.Generator().manual_seed(1))  # every logit negative
+    relu, _, _ = _head()
+    assert (relu.image_weights(logits, keep=8) == 0).all()  # a relu image has no term at all
+    softplus, _, _ = _head(config=SparseHeadConfig(image_activation="softplus", image_terms=8))
+    z = softplus.image_weights(logits, keep=8)
+    assert ((z > 0).sum(dim=1) == 8).all()  # the same logits still rank 8 terms, the strongest
+    assert torch.equal(z.topk(8, dim=1).indices.sort(dim=1).values, logits.topk(8, dim=1).indices.sort(dim=1).values)
+    with pytest.raises(ValidationError, match="image_terms"):
+        SparseHeadConfig(image_activation="softplus")

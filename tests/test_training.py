@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from core.checkpoint import load_checkpoint
+from core.data import load_karpathy
+from core.words import content_words
 from tests.conftest import TINY_MODEL
 from training import trainer
 from training.cli import main
@@ -167,6 +169,9 @@ GROUNDING_OPTIONS: dict[str, list[str]] = {
     "image_budget": [*_OWN, "model.sparse_head.image_terms=4", "loss.image_topk_start=12",
                      "loss.regularizer=flops", "loss.image_reg_threshold=2"],
     "features_input": [*_OWN, "model.sparse_head.head_input=features"],
+    "words": ["model.sparse_head.vocabulary=words", "model.sparse_head.expansion=always",
+              "model.sparse_head.query_encoder=inference_free", "loss.bow_weight=1.0", "loss.word_loss_weight=1.0",
+              "model.sparse_head.inflections=merge", "loss.hub_weight=0.1", "loss.hub_max_share=0.9"],
 }
 
 
@@ -183,6 +188,7 @@ def test_each_grounding_option_trains_end_to_end(option: str, lit_base: tuple[Pa
     test = results["test"]
     assert 0.0 <= test["readability"]["GP@10"] <= 1.0
     assert set(test["readability_floor"]) == {"GP@5", "GP@10", "GP@20"}
+    assert 0.0 <= test["readability"]["piece_rate@10"] <= 1.0 and 0.0 <= test["readability"]["query_piece_rate"] <= 1
     model = load_checkpoint(run / "best").model
     vocabulary = model.sparse_head.term_ids
     assert vocabulary.numel() < 30  # the synthetic captions' content pieces only
@@ -192,6 +198,15 @@ def test_each_grounding_option_trains_end_to_end(option: str, lit_base: tuple[Pa
         assert test["sparsity"]["max_terms_doc"] <= 4
     if option == "inference_free":
         assert hasattr(model.sparse_head, "query_weight")
+    if option == "words":  # the head's terms are the training captions' whole words, carried by the checkpoint
+        words = model.sparse_head.words
+        assert words is not None and vocabulary.tolist() == list(range(1, len(words) + 1))
+        train_words = {w for r in load_karpathy(synthetic_dataset).split("train") for c in r.captions
+                       for w in content_words(c.text)}
+        assert set(words.words) == train_words
+        assert test["readability"]["GP@10"] > 0
+        assert test["readability"]["piece_rate@10"] == test["readability"]["query_piece_rate"] == 0.0
+        assert all("hub_loss" in json.loads(line)["train"] for line in (run / "metrics.jsonl").read_text().splitlines())
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     if option == "bow":
         assert all(record["train"]["bow_loss"] > 0 for record in log)

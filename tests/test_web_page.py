@@ -229,3 +229,25 @@ def test_api_docs_render_offline(browser, tiny_server: Server) -> None:  # type:
         "return [...document.scripts].map(s => s.src).concat("
         "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.href)).filter(Boolean)")
     assert sources and all(source.startswith(tiny_server.base + "/docs-assets/") for source in sources)
+
+
+@pytest.fixture(scope="module")
+def word_server(tiny_grounded_index: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The grounded word model's index, served."""
+    from tests.server import serving
+
+    with serving(tiny_grounded_index, tmp_path_factory.mktemp("logs") / "words.log") as running:
+        yield running
+
+
+def test_the_page_shows_words_the_model_has_no_term_for(browser, word_server: Server) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(word_server.base + "/?" + urlencode({"q": "a red zebra"}))
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#query-terms .chip"))
+    query = [c.text.split()[0] for c in browser.find_elements(By.CSS_SELECTOR, "#query-terms .chip.query")]
+    unmatched = browser.find_elements(By.CSS_SELECTOR, "#query-terms .chip.unmatched")
+    assert query == ["red"] and [c.text for c in unmatched] == ["zebra"]
+    assert "no sparse term" in unmatched[0].get_attribute("title")

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="the readability ceiling: a linear multi-label word probe on the frozen image "
                        "features (GP@k on val and test)")
     _add_config_args(p)
-    p.add_argument("--min-df", type=int, default=2, help="probe words: content pieces in at least this many captions")
+    p.add_argument("--min-df", type=int, default=2, help="probe words: content pieces (or, with --set "
+                   "model.sparse_head.vocabulary=words, words) in at least this many captions")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--output", help="write the probe's figures (JSON) here")
     p = sub.add_parser("report", help="write the results table and the sparsity trade-off (docs/results.md)")
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default="docs/results-notes.md", help="hand-written analysis appended if present")
     p.add_argument("--probe", default="docs/readability-probe.json",
                    help="the word probe's figures (python -m training probe --output ...), shown as the ceiling")
+    p.add_argument("--word-probe", default="docs/readability-probe-words.json",
+                   help="the probe over whole words (python -m training probe --set model.sparse_head.vocabulary=words "
+                   "--set model.sparse_head.inflections=merge --output ...), the ceiling of the word section")
     # the usage line lists the commands shown in the help, not the older spellings
     aliases = {alias for m in METHODS.values() for alias in m.aliases}
     sub.metavar = "{" + ",".join(name for name in sub.choices if name not in aliases) + "}"
@@ -124,17 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from core.atomic import write_text_atomic
     from core.checkpoint import load_checkpoint
+    from core.terms import TermSpace
     from training import trainer
     from training.evaluate import evaluate_model
-    from training.features import split_features
+    from training.features import in_term_space, split_features
 
     config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
-    features = split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer)
-    train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
+    terms = TermSpace(ws.backbone.vocabulary, ws.backbone.tokenizer, checkpoint.model.sparse_head.words)
+    features = in_term_space(split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer), terms)
+    train = in_term_space(split_features(ws.dataset, ws.cache, config.data.train_split,
+                                         tokenizer=ws.backbone.tokenizer), terms)
     metrics = evaluate_model(checkpoint.model, features, prune_query=args.prune_query, prune_doc=args.prune_doc,
-                             grounding=trainer.grounding_reference(ws.backbone, train))
+                             grounding=trainer.grounding_reference(terms, train))
     text = json.dumps(metrics, indent=2)
     if args.output:
         write_text_atomic(args.output, text)
@@ -145,17 +152,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from core.atomic import write_text_atomic
     from training import trainer
-    from training.features import split_features
+    from training.features import in_term_space, split_features
     from training.probe import train_probe
 
     config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     splits = {name: split_features(ws.dataset, ws.cache, getattr(config.data, f"{name}_split"),
                                    tokenizer=ws.backbone.tokenizer) for name in ("train", "val", "test")}
-    reference = trainer.grounding_reference(ws.backbone, splits["train"])
+    # caption pieces, or words with --set model.sparse_head.vocabulary=words (and its inflections option)
+    terms = trainer.term_space_for(config, ws.backbone, splits["train"])
+    splits = {name: in_term_space(split, terms) for name, split in splits.items()}
+    reference = trainer.grounding_reference(terms, splits["train"])
     result = train_probe(reference, splits["train"], splits["val"], splits["test"], min_df=args.min_df,
                          epochs=args.epochs)
-    result["frequency_floor"] = {name: reference.floor(split.caption_token_ids, split.caption_image,
+    result["frequency_floor"] = {name: reference.floor(split.caption_terms, split.caption_image,
                                                        len(split.image_ids))
                                  for name, split in splits.items() if name != "train"}
     text = json.dumps(result, indent=2)
@@ -187,6 +197,7 @@ def _report(args: argparse.Namespace) -> int:
         runs_table,
         tradeoff_plot,
         tradeoff_table,
+        word_sections,
     )
 
     runs = Path(args.runs)
@@ -237,6 +248,8 @@ def _report(args: argparse.Namespace) -> int:
             sections += [f"### Recall, sparsity and GP@10 ({split})", "", grounding_table(rows, split), "",
                          f"### Readability of the image vectors ({split})", "",
                          readability_table(rows, split, probe=probe), ""]
+    word_probe_path = Path(args.word_probe)
+    sections += word_sections(runs, json.loads(word_probe_path.read_text()) if word_probe_path.is_file() else None)
     for split, points in pruned.items():
         sections += [f"## Sparsity trade-off of SKD by top-k pruning ({split})", "", tradeoff_table(points), ""]
     notes = Path(args.notes)

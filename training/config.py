@@ -71,9 +71,24 @@ class LossConfig(_Strict):
     word_loss_weight: float = Field(
         0.0, ge=0, description="weight of the caption-word loss: the head's image logits as a word classifier of "
         "the image's caption words (0 = off)")
+    hub_weight: float = Field(
+        0.0, ge=0, description="weight of the hub loss: terms active in more than hub_max_share of a batch's images "
+        "pay on their mean image weight for the excess share (0 = off)")
+    hub_max_share: float = Field(
+        0.3, gt=0, le=1, description="hub loss: the share of images a term may be active in before it pays")
+    hub_scope: Literal["all", "non_caption"] = Field(
+        "non_caption", description="hub loss: which activations of a hub pay: 'all', or only those on images whose "
+        "captions do not use the term (needs the grounding losses' caption words)")
     word_loss: Literal["softmax", "bce"] = Field(
         "softmax", description="'softmax': over the vocabulary against the IDF-weighted caption words; 'bce': per "
         "term, like the readability probe (also shortens image vectors)")
+
+
+    @property
+    def needs_caption_words(self) -> bool:
+        """Whether a step needs each batch image's caption words (the grounding losses, the hub loss's scope)."""
+        return self.bow_weight > 0 or self.word_loss_weight > 0 or (self.hub_weight > 0
+                                                                     and self.hub_scope == "non_caption")
 
 
 class TrainConfig(_Strict):

@@ -23,19 +23,19 @@ def encode_split(model: DuetModel, split: SplitFeatures, *, batch_size: int = 10
                  device: str = "cpu", on_device: bool = False) -> tuple[EncodedBatch, EncodedBatch]:
     """The split's images and captions encoded on ``device``; returned there (``on_device``) or on the host."""
     model.eval()
-    if model.texts_are_own_terms and split.caption_token_ids is None:
-        raise ValueError("this model scores captions on their own terms: build the split with a tokenizer")
+    if model.texts_are_own_terms and split.caption_terms is None:
+        raise ValueError("this model scores captions on their own terms: build the split with their term ids")
 
-    def run(encode: Any, features: torch.Tensor, tokens: torch.Tensor | None = None) -> EncodedBatch:
+    def run(encode: Any, features: torch.Tensor, terms: torch.Tensor | None = None) -> EncodedBatch:
         parts = []
         for i in range(0, features.shape[0], batch_size):
-            extra = {} if tokens is None else {"token_ids": tokens[i:i + batch_size].to(device)}
+            extra = {} if terms is None else {"term_rows": terms[i:i + batch_size].to(device)}
             parts.append(encode(features[i:i + batch_size].to(device), **extra))
         dense, sparse = torch.cat([p.dense for p in parts]).float(), torch.cat([p.sparse for p in parts]).float()
         return EncodedBatch(dense=dense, sparse=sparse) if on_device else EncodedBatch(dense.cpu(), sparse.cpu())
 
-    tokens = split.caption_token_ids if model.texts_are_own_terms else None
-    return run(model.encode_image, split.image_features), run(model.encode_text, split.text_features, tokens)
+    terms = split.caption_terms if model.texts_are_own_terms else None
+    return run(model.encode_image, split.image_features), run(model.encode_text, split.text_features, terms)
 
 
 def evaluate_encoded(images: EncodedBatch, texts: EncodedBatch, caption_image: torch.Tensor, *,
@@ -76,10 +76,13 @@ def evaluate_model(model: DuetModel, split: SplitFeatures, *, device: str = "cpu
     metrics = evaluate_encoded(images, texts, split.caption_image, w_dense=cfg.fusion_dense_weight,
                                w_sparse=cfg.fusion_sparse_weight, temperature=float(model.temperature.detach()),
                                prune_query=prune_query, prune_doc=prune_doc, other_fusions=other_fusions)
-    if grounding is not None and split.caption_token_ids is not None:
-        metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc).cpu(),
-                                                   model.sparse_head.term_ids.cpu(), split.caption_token_ids,
-                                                   split.caption_image)
+    if grounding is not None and split.caption_terms is not None:
+        term_ids = model.sparse_head.term_ids.cpu()
+        metrics["readability"] = grounding.measure(top_k_prune(images.sparse, prune_doc).cpu(), term_ids,
+                                                   split.caption_terms, split.caption_image)
+        query_pieces = grounding.text_piece_rate(top_k_prune(texts.sparse, prune_query).cpu(), term_ids)
+        if query_pieces is not None:
+            metrics["readability"]["query_piece_rate"] = query_pieces
     return metrics
 
 

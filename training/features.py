@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import torch
 
 from core.data import KarpathyDataset
 from core.feature_cache import CachedFeatures
+from core.terms import TermSpace
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,9 @@ class SplitFeatures:
     text_features: torch.Tensor  # (N_txt, D_txt)
     caption_image: torch.Tensor  # (N_txt,) row of each caption's image in image_features
     caption_texts: list[str]  # raw caption texts, aligned with caption_ids
-    caption_token_ids: torch.Tensor | None = None  # (N_txt, L) tokenizer output, when a tokenizer was given
+    # (N_txt, L) each caption's term ids in the model's term space (core/terms.py): the tokenizer's output when a
+    # tokenizer was given, a word vocabulary's rows after ``in_term_space``
+    caption_terms: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -52,6 +56,14 @@ def split_features(dataset: KarpathyDataset, cache: CachedFeatures, split: str, 
         text_features=cache.texts.rows(caption_ids),
         caption_image=torch.tensor(caption_image, dtype=torch.long),
         caption_texts=texts,
-        caption_token_ids=cache.caption_tokens(np.asarray(caption_ids, np.int64), texts, tokenizer)
+        caption_terms=cache.caption_tokens(np.asarray(caption_ids, np.int64), texts, tokenizer)
         if tokenizer is not None else None,
     )
+
+
+def in_term_space(split: SplitFeatures, terms: TermSpace) -> SplitFeatures:
+    """The split with its captions' term ids in ``terms`` (a word space analyses the texts; pieces are the tokens
+    the split already holds)."""
+    if not terms.is_words:
+        return split
+    return dataclasses.replace(split, caption_terms=terms.rows(split.caption_texts))

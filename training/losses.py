@@ -135,6 +135,24 @@ def word_loss(image_logits: torch.Tensor, caption_words: torch.Tensor, *,
     return {"word_loss": bce / targets.sum().clamp_min(1.0)}
 
 
+def hub_loss(image_sparse: torch.Tensor, max_share: float,
+             caption_words: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Hub control: each term active in more than ``max_share`` of the batch's images pays, on its mean weight, for
+    how far over that share it is: sum_t max(0, share_t - max_share) * mean_i z_it (the shares detached). A term
+    in most images tells a reader nothing and makes the longest posting list; under a term budget, pushing its
+    weaker occurrences down gives their places to words particular to the image.
+
+    caption_words: (B, T) bool, the words of each image's captions; when given, only a term's activations on images
+    whose captions do not use it pay (a word in 30% of the captions may stay in those 30% of the images).
+
+    Returns ``hub_loss`` and ``hub_max_share``, the largest share of the batch's images a term is active in."""
+    weights = image_sparse.float()
+    share = (weights > 0).float().mean(dim=0)  # (T,)
+    excess = (share - max_share).clamp_min(0).detach()
+    charged = weights if caption_words is None else weights * ~caption_words
+    return {"hub_loss": (excess * charged.mean(dim=0)).sum(), "hub_max_share": share.max().detach()}
+
+
 def _row_mask(weights: torch.Tensor, threshold: int | None) -> torch.Tensor:
     """(B, 1) 1.0 for rows the regulariser applies to: all, or those with more than ``threshold`` active terms."""
     if threshold is None:

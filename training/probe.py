@@ -1,7 +1,8 @@
 """The readability ceiling: a linear multi-label word probe on the frozen image features.
 
-A linear map from the frozen pre-projection image features to the content pieces of the training captions,
-trained with binary cross-entropy per word (multi-label; on val it beat a softmax over the words: GP@10 0.415
+A linear map from the frozen pre-projection image features to the content terms of the training captions (their
+content pieces, or their whole words: the term space the reference was built in), trained with binary cross-entropy
+per word (multi-label; on val it beat a softmax over the words: GP@10 0.415
 against 0.378). Its GP@k on a split is what this
 backbone can ground with a linear map, the ceiling beside the frequency floor. Weight decay and the number of
 epochs are chosen on val by GP@10; the chosen probe is reported on test.
@@ -27,13 +28,13 @@ def train_probe(reference: GroundingReference, train: SplitFeatures, val: SplitF
                 min_df: int = 2, epochs: int = 30, batch_size: int = 256, lr: float = 3e-4,
                 seed: int = 0) -> dict[str, Any]:
     """Fit the probe per weight decay, keep the (weight decay, epoch) with the best val GP@10; GP@k on val, test."""
-    assert train.caption_token_ids is not None and val.caption_token_ids is not None
-    assert test.caption_token_ids is not None
+    assert train.caption_terms is not None and val.caption_terms is not None
+    assert test.caption_terms is not None
     words = torch.nonzero(reference.caption_df >= min_df).flatten()  # content pieces of the training captions
 
     def split_targets(split: SplitFeatures) -> torch.Tensor:
-        assert split.caption_token_ids is not None
-        return reference.targets(split.caption_token_ids, split.caption_image, len(split.image_ids))[:, words]
+        assert split.caption_terms is not None
+        return reference.targets(split.caption_terms, split.caption_image, len(split.image_ids))[:, words]
 
     train_y, val_y, test_y = (split_targets(s) for s in (train, val, test))
     mean, std = train.image_features.mean(0), train.image_features.std(0).clamp_min(1e-6)

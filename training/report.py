@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,33 @@ GROUNDING_RUNS = (
     ("features_bow_word_bce", "as above, caption-word loss as per-term BCE"),
     ("no_image_budget", "the default without the image budget (thresholded FLOPs regulariser instead)"),
 )
+
+# The word-vocabulary options of scripts/word_sweep.sh (the grounded preset with one change each): runs/words/NAME.
+WORD_RUNS = (
+    ("pieces", "content pieces (the grounded preset before words)"),
+    ("words", "whole words (min_df 2)"),
+    ("words_merged", "whole words, inflections merged (min_df 2)"),
+    ("words_merged_df1", "inflections merged, every caption word (min_df 1)"),
+    ("words_merged_hub", "merged, min_df 2, hub loss 1 (all activations)"),
+    ("words_merged_hub5", "merged, min_df 2, hub loss 5 (all activations)"),
+    ("words_merged_hub5_share02", "merged, min_df 2, hub loss 5 (all activations) over 20% of the images"),
+    ("words_merged_df1_hub", "merged, min_df 1, hub loss 1 (all activations)"),
+    ("words_merged_df1_hub_non_caption", "merged, min_df 1, hub loss 5 (non-caption activations)"),
+    ("words_merged_bce", "merged, min_df 2, caption-word loss as BCE (weight 0.2)"),
+    ("words_softplus", "merged, min_df 1, softplus image weights"),
+    ("words_softplus_bce05", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.5"),
+    ("words_softplus_bce02", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.2"),
+    ("words_softplus_bce01", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.1: the default"),
+    ("words_softplus_bce005", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.05"),
+    ("words_softplus_bce01_hub5", "as BCE 0.1, hub loss 5 (all activations)"),
+)
+
+WORD_INTRO = (
+    "The grounded preset with its sparse terms as whole words of the training captions (core/words.py: NFKC, lower "
+    "case, letters and digits, the same stopwords), one option changed per run (scripts/word_sweep.sh). "
+    "Piece rate: the share of terms (an image's top 10; a caption's own terms) that are not whole words of the "
+    "training captions. Image df: the share of images where a term is active (largest, median). GP@k is measured "
+    "in each run's own terms: caption pieces for the piece model, caption words for the word models.")
 
 GROUNDING_INTRO = (
     "Every grounded run uses the content vocabulary (training-caption pieces in at least 2 captions, no "
@@ -97,17 +125,22 @@ def runs_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
     return "\n".join(lines)
 
 
+def _each_run(run_dirs: list[tuple[str, Path]]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Each run's label and results.json (None for a run not made yet)."""
+    for label, run in run_dirs:
+        path = run / "results.json"
+        yield label, json.loads(path.read_text()) if path.is_file() else None
+
+
 def grounding_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
     """Grounded-sparse options: recall of the sparse and integrated legs both ways, sparsity and readability."""
     lines = ["| run | leg | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | RSUM | terms/caption "
              "(max) | terms/image (max) | FLOPs | distinct terms | GP@10 | best epoch |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, run in run_dirs:
-        path = run / "results.json"
-        if not path.is_file():
+    for label, res in _each_run(run_dirs):
+        if res is None:
             lines.append(f"| {label} | (not run) |" + " |" * 13)
             continue
-        res = json.loads(path.read_text())
         m = res[split]
         sp = m["sparsity"]
         gp10 = m.get("readability", {}).get("GP@10")
@@ -121,6 +154,49 @@ def grounding_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
                 f"{sp['active_terms_doc']:.1f} ({sp.get('max_terms_doc', float('nan')):.0f}) | {sp['flops']:.2f} | "
                 f"{sp.get('distinct_terms_doc', '-')} | {'-' if gp10 is None else f'{gp10:.3f}'} | "
                 f"{res['best_epoch']} |")
+    return "\n".join(lines)
+
+
+def word_sections(runs: Path, probe: dict[str, Any] | None = None) -> list[str]:
+    """The report's word-vocabulary section (empty when no word run is there); ``probe``: the linear word probe's
+    figures over the default's words (the ceiling of GP@k)."""
+    words = [(label, runs / "words" / name) for name, label in WORD_RUNS]
+    if not any((run / "results.json").is_file() for _, run in words):
+        return []
+    sections = ["## Whole-word vocabulary (scripts/word_sweep.sh)", "", WORD_INTRO, ""]
+    for split in ("test", "val"):
+        sections += [f"### Word options ({split})", "", word_table(words, split), ""]
+        if probe is not None and split in probe:
+            sections += [f"The linear word probe on the frozen image features over {probe['words']:,} words "
+                         f"(inflections merged, in at least {probe['min_df']} captions) reaches GP@5/10/20 "
+                         + " / ".join(f"{probe[split][f'GP@{k}']:.3f}" for k in (5, 10, 20))
+                         + f" on {split}: the ceiling of a linear map on this backbone.", ""]
+    return sections
+
+
+def word_table(run_dirs: list[tuple[str, Path]], split: str) -> str:
+    """Word-vocabulary options: hybrid and sparse recall both ways, sparsity, GP@k, piece rates and hubs."""
+    lines = ["| run | sparse t2i R@1 | sparse i2t R@1 | sparse RSUM | hybrid t2i R@1 | hybrid i2t R@1 | hybrid RSUM | "
+             "terms/caption (max) | terms/image (max) | FLOPs | GP@5 | GP@10 | GP@20 | piece rate image@10 | "
+             "piece rate query | largest image df | median image df | distinct terms | best epoch |",
+             "|" + "---|" * 19]
+    for label, res in _each_run(run_dirs):
+        if res is None:
+            lines.append(f"| {label} | (not run) |" + " |" * 17)
+            continue
+        m = res[split]
+        sp, r = m["sparsity"], m["readability"]
+        rsum = {leg: float(m[leg]["t2i"]["RSUM"] + m[leg]["i2t"]["RSUM"]) for leg in ("sparse", "integrated")}
+
+        pieces = "-" if "piece_rate@10" not in r else f"{r['piece_rate@10']:.3f}"
+        query_pieces = "-" if "query_piece_rate" not in r else f"{r['query_piece_rate']:.3f}"
+        lines.append(
+            f"| {label} | {_fmt(m['sparse']['t2i']['R@1'])} | {_fmt(m['sparse']['i2t']['R@1'])} | "
+            f"{rsum['sparse']:.1f} | {_fmt(m['integrated']['t2i']['R@1'])} | {_fmt(m['integrated']['i2t']['R@1'])} | "
+            f"{rsum['integrated']:.1f} | {sp['active_terms_query']:.1f} ({sp['max_terms_query']:.0f}) | "
+            f"{sp['active_terms_doc']:.1f} ({sp['max_terms_doc']:.0f}) | {sp['flops']:.2f} | {r['GP@5']:.3f} | "
+            f"{r['GP@10']:.3f} | {r['GP@20']:.3f} | {pieces} | {query_pieces} | {r['hub_max_df']:.3f} | "
+            f"{r['hub_median_df']:.4f} | {r['distinct_terms']} | {res['best_epoch']} |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from core.feature_cache import compute_features
 from core.image_pipeline import image_batch_size
 from core.sparse_head import OwnTerms
 from training.config import TrainConfig
-from training.features import split_features
+from training.features import in_term_space, split_features
 from training.trainer import (
     StepPlan,
     Workspace,
@@ -28,6 +28,7 @@ from training.trainer import (
     set_trainable,
     step_losses,
     term_ids_for,
+    term_space_for,
     train,
     training_texts,
 )
@@ -74,11 +75,13 @@ class StepRunner:
     def __init__(self, config: TrainConfig, ws: Workspace) -> None:
         self.config, self.device = config, resolve_device(config.device)
         train = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=ws.backbone.tokenizer)
-        term_ids, term_idf = term_ids_for(config, ws.backbone, train)
-        self.model = build_model(config, ws.backbone, term_ids, term_idf).to(self.device)
+        terms = term_space_for(config, ws.backbone, train)
+        train = in_term_space(train, terms)
+        term_ids, term_idf = term_ids_for(config, terms, train)
+        self.model = build_model(config, ws.backbone, terms, term_ids, term_idf).to(self.device)
         self.optimizer = torch.optim.AdamW(set_trainable(self.model, config.method), lr=config.optim.lr)
         texts = training_texts(self.model, train, term_idf,
-                               with_bow=config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0)
+                               with_bow=config.loss.needs_caption_words)
         device = self.device
         self.image_features, self.text_features = train.image_features.to(device), train.text_features.to(device)
         self.caption_image, self.columns = train.caption_image.to(device), texts.caption_columns.to(device)

@@ -22,17 +22,20 @@ from core.device_clock import SetupClock, device_seconds, seconds_since_launch
 from core.feature_cache import CachedFeatures, compute_features
 from core.model import DuetModel
 from core.progress import progress
-from core.readability import GroundingReference
+from core.readability import GroundingReference, whole_word_mask
 from core.sparse_head import OwnTerms
+from core.terms import TermSpace
 from core.vocab import caption_vocabulary, document_frequency
+from core.words import WordVocabulary
 from training import schedules
-from training.config import TrainConfig
+from training.config import LossConfig, TrainConfig
 from training.evaluate import evaluate_model, tune_fusion
-from training.features import SplitFeatures, split_features
+from training.features import SplitFeatures, in_term_space, split_features
 from training.losses import (
     JointLossWeights,
     bow_grounding_loss,
     d2s_loss,
+    hub_loss,
     info_nce,
     joint_loss,
     sparsity_loss,
@@ -75,17 +78,28 @@ def prepare_workspace(config: TrainConfig) -> Workspace:
     return Workspace(backbone=backbone.to("cpu"), dataset=dataset, cache=cache)
 
 
-def term_ids_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output terms of the sparse head and their IDF over the training captions.
+def term_space_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) -> TermSpace:
+    """The sparse head's terms: the tokenizer's pieces, or the whole words of the training captions."""
+    head = config.model.sparse_head
+    words = None
+    if head.vocabulary == "words":
+        words = WordVocabulary.from_captions(train.caption_texts, min_df=head.min_df,
+                                             inflections=head.inflections == "merge")
+    return TermSpace(backbone.vocabulary, backbone.tokenizer, words)
+
+
+def term_ids_for(config: TrainConfig, terms: TermSpace, train: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output terms of the sparse head and their IDF over the training captions (``train`` in ``terms``' space).
 
     'full': every non-special token; 'train_captions': tokens of the training captions; 'content': their content
-    pieces (core/vocab.py). Both caption vocabularies keep pieces in at least ``min_df`` captions.
+    pieces (core/vocab.py); 'words': every word of the word vocabulary (built with its own ``min_df``). Both
+    caption piece vocabularies keep pieces in at least ``min_df`` captions.
     """
     head = config.model.sparse_head
-    vocabulary = backbone.vocabulary
-    assert train.caption_token_ids is not None  # the training split is always tokenised
-    df = document_frequency(train.caption_token_ids, len(vocabulary))
-    if head.vocabulary == "full":
+    vocabulary = terms.vocabulary
+    assert train.caption_terms is not None  # the training split is always tokenised
+    df = document_frequency(train.caption_terms, len(vocabulary))
+    if head.vocabulary in ("full", "words"):
         term_ids = vocabulary.content_ids()
     else:
         term_ids = caption_vocabulary(vocabulary, df, min_df=head.min_df, content_only=head.vocabulary == "content")
@@ -95,14 +109,15 @@ def term_ids_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures) 
     return torch.from_numpy(term_ids), torch.from_numpy(idf).float()
 
 
-def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor,
+def build_model(config: TrainConfig, backbone: Backbone, terms: TermSpace, term_ids: torch.Tensor,
                 term_idf: torch.Tensor | None = None) -> DuetModel:
     # The checkpoint's default fusion is the integrated score the model was trained with.
     model_config = config.model.model_copy(update={"fusion_dense_weight": config.loss.w_dense,
                                                    "fusion_sparse_weight": config.loss.w_sparse})
     model = DuetModel(model_config, image_projection=backbone.image_projection,
-                      text_projection=backbone.text_projection, token_embedding=backbone.token_embedding,
-                      term_ids=term_ids, term_idf=term_idf)
+                      text_projection=backbone.text_projection,
+                      token_embedding=terms.embedding(backbone.token_embedding), term_ids=term_ids,
+                      term_idf=term_idf, words=terms.words)
     if config.init_checkpoint is not None:
         base = load_checkpoint(config.init_checkpoint, expected_fingerprint=backbone.fingerprint).model
         with torch.no_grad():  # the dense base: projections and temperature; the sparse head starts fresh
@@ -112,10 +127,12 @@ def build_model(config: TrainConfig, backbone: Backbone, term_ids: torch.Tensor,
     return model
 
 
-def grounding_reference(backbone: Backbone, train: SplitFeatures) -> GroundingReference:
-    """Readability is measured against the content pieces of the training captions."""
-    assert train.caption_token_ids is not None
-    return GroundingReference(backbone.vocabulary.content_mask(), train.caption_token_ids)
+def grounding_reference(terms: TermSpace, train: SplitFeatures) -> GroundingReference:
+    """Readability is measured against the content terms of the training captions (``train`` in ``terms``' space):
+    their content pieces, or their words; the piece rate against their whole words."""
+    assert train.caption_terms is not None
+    return GroundingReference(terms.vocabulary.content_mask(), train.caption_terms,
+                              whole_word_mask(terms.vocabulary, train.caption_texts))
 
 
 @dataclass(frozen=True)
@@ -127,8 +144,8 @@ class TrainingTexts:
 
 
 def training_texts(model: DuetModel, split: SplitFeatures, term_idf: torch.Tensor, *, with_bow: bool) -> TrainingTexts:
-    assert split.caption_token_ids is not None
-    chunks = [model.text_columns(split.caption_token_ids[i:i + 4096]).cpu() for i in range(0, split.num_pairs, 4096)]
+    assert split.caption_terms is not None
+    chunks = [model.text_columns(split.caption_terms[i:i + 4096]).cpu() for i in range(0, split.num_pairs, 4096)]
     width = max((c.shape[1] for c in chunks), default=1)
     columns = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-1) for c in chunks]) \
         if chunks else torch.zeros(0, 1, dtype=torch.long)
@@ -224,15 +241,32 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
                              eta_image=schedules.quadratic_warmup(lc.eta_image, plan.reg_step, plan.reg_warmup_steps),
                              image_threshold=lc.image_reg_threshold))
     out["loss"] = out["relevance"] + out["regularizer"]
-    if lc.bow_weight > 0 or lc.word_loss_weight > 0:
+    for name, (weight, value) in _grounding_losses(model, images.sparse, image_logits, lc, bow, same_image).items():
+        out.update(value)
+        out["loss"] = out["loss"] + weight * value[name]
+    return out
+
+
+def _grounding_losses(model: DuetModel, image_sparse: torch.Tensor, image_logits: torch.Tensor, lc: LossConfig,
+                      bow: OwnTerms | None, same_image: torch.Tensor | None,
+                      ) -> dict[str, tuple[float, dict[str, torch.Tensor]]]:
+    """The losses on the image terms beside relevance, by name: (weight, the loss's named values)."""
+    out: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
+    caption_words = None
+    if lc.needs_caption_words:
         if bow is None or same_image is None:
-            raise ValueError("the grounding losses need the batch's bag-of-words targets")
-        if lc.bow_weight > 0:
-            out.update(bow_grounding_loss(bow.scores(images.sparse), same_image))
-            out["loss"] = out["loss"] + lc.bow_weight * out["bow_loss"]
-        if lc.word_loss_weight > 0:
-            out.update(word_loss(image_logits, bow.to_dense(model.sparse_head.num_terms), kind=lc.word_loss))
-            out["loss"] = out["loss"] + lc.word_loss_weight * out["word_loss"]
+            raise ValueError("the grounding losses (and the hub loss on non-caption words) need the batch's "
+                             "bag-of-words targets: set a grounding loss, or loss.hub_scope=all")
+        caption_words = bow.to_dense(model.sparse_head.num_terms)
+    if lc.hub_weight > 0:
+        spared = caption_words > 0 if caption_words is not None and lc.hub_scope == "non_caption" else None
+        out["hub_loss"] = lc.hub_weight, hub_loss(image_sparse, lc.hub_max_share, spared)
+    if lc.bow_weight > 0:
+        assert bow is not None and same_image is not None
+        out["bow_loss"] = lc.bow_weight, bow_grounding_loss(bow.scores(image_sparse), same_image)
+    if lc.word_loss_weight > 0:
+        assert caption_words is not None
+        out["word_loss"] = lc.word_loss_weight, word_loss(image_logits, caption_words, kind=lc.word_loss)
     return out
 
 
@@ -368,13 +402,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     tokenizer = ws.backbone.tokenizer
     train_split = split_features(ws.dataset, ws.cache, config.data.train_split, tokenizer=tokenizer)
     val_split = split_features(ws.dataset, ws.cache, config.data.val_split, tokenizer=tokenizer)
-    clock.lap("splits and caption tokens")
-    term_ids, term_idf = term_ids_for(config, ws.backbone, train_split)
-    model = build_model(config, ws.backbone, term_ids, term_idf).to(device)
-    grounding = grounding_reference(ws.backbone, train_split)
+    terms = term_space_for(config, ws.backbone, train_split)
+    train_split, val_split = in_term_space(train_split, terms), in_term_space(val_split, terms)
+    clock.lap("splits and caption terms")
+    term_ids, term_idf = term_ids_for(config, terms, train_split)
+    model = build_model(config, ws.backbone, terms, term_ids, term_idf).to(device)
+    grounding = grounding_reference(terms, train_split)
     head = config.model.sparse_head
     sparse_method = config.training_method.sparse
-    grounding_losses = config.loss.bow_weight > 0 or config.loss.word_loss_weight > 0
+    grounding_losses = config.loss.needs_caption_words
     texts = training_texts(model, train_split, term_idf, with_bow=grounding_losses) \
         if sparse_method and (head.expansion != "off" or grounding_losses) else None
     clock.lap("vocabulary, model and training texts")
@@ -476,7 +512,9 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     device = resolve_device(config.device)
     best = load_checkpoint(run / "best", expected_fingerprint=ws.backbone.fingerprint)
     model = best.model.to(device)  # evaluated where it trained
-    test_split = split_features(ws.dataset, ws.cache, config.data.test_split, tokenizer=ws.backbone.tokenizer)
+    test_split = in_term_space(split_features(ws.dataset, ws.cache, config.data.test_split,
+                                              tokenizer=ws.backbone.tokenizer),
+                               TermSpace(ws.backbone.vocabulary, ws.backbone.tokenizer, model.sparse_head.words))
     # the weights the model trained with, reported beside the val-selected ones (from the same scores)
     teacher = {"integrated_teacher_weights": (model.config.fusion_dense_weight, model.config.fusion_sparse_weight)}
     fusion = tune_fusion(model, val_split, device=device, metric=config.fusion_metric)
@@ -505,8 +543,8 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     }
     for split_name, split in (("val", val_split), ("test", test_split)):
         metrics = evaluate_model(model, split, device=device, grounding=grounding, other_fusions=teacher)
-        assert split.caption_token_ids is not None
-        metrics["readability_floor"] = grounding.floor(split.caption_token_ids, split.caption_image,
+        assert split.caption_terms is not None
+        metrics["readability_floor"] = grounding.floor(split.caption_terms, split.caption_image,
                                                        len(split.image_ids))
         results[split_name] = metrics
     results["finish_seconds"] = round(time.perf_counter() - started, 3)  # fusion tuning, final evaluation, checkpoint

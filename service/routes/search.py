@@ -11,7 +11,7 @@ from PIL import Image
 
 from indexer.params import SearchParams
 from indexer.payload import PayloadError
-from indexer.search import EmptySparseQueryError, Hit, SearchResult
+from indexer.search import EMPTY_SPARSE_WARNING, EmptySparseQueryError, Hit, SearchResult
 from indexer.store import Side
 from service.admission import Ticket
 from service.auth import READ_SECURITY, require_read_key
@@ -47,7 +47,8 @@ from service.schemas import (
 from service.search_input import check_limits, filter_of, query_of, read_search_request
 
 router = APIRouter(tags=["search"])
-Found = tuple[SearchResult, list[tuple[str, float]], float]  # the result, the query's terms, encoding ms
+# the result, the query's terms, encoding ms, the query's words without a term
+Found = tuple[SearchResult, list[tuple[str, float]], float, list[str]]
 
 # The body is read by hand (JSON or multipart), so its two forms are documented here rather than inferred.
 SEARCH_BODY: dict[str, Any] = {"security": READ_SECURITY, **request_body(SearchRequest)}
@@ -55,15 +56,21 @@ SEARCH_BODY: dict[str, Any] = {"security": READ_SECURITY, **request_body(SearchR
 
 async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str | Image.Image,
                params: SearchParams) -> Found:
-    """Encode and search on the engine's thread, within one read of the current generation; the query's terms, and
-    the encoding's milliseconds apart."""
+    """Encode and search on the engine's thread, within one read of the current generation; the query's terms, the
+    encoding's milliseconds and the text's words without a term apart."""
 
     def work() -> Found:
         with reader() as engine:
             started = time.perf_counter()
             query = engine.encode_text(given) if isinstance(given, str) else engine.encode_image(given)
             encode_ms = (time.perf_counter() - started) * 1000
-            return engine.search(query, params), engine.query_terms(query), encode_ms
+            unmatched = engine.unmatched_words(given) if isinstance(given, str) else []
+            try:
+                result = engine.search(query, params)
+            except EmptySparseQueryError as e:
+                raise EmptySparseQueryError(_naming(str(e), unmatched)) from e
+            result.warnings = [_naming(w, unmatched) if w == EMPTY_SPARSE_WARNING else w for w in result.warnings]
+            return result, engine.query_terms(query), encode_ms, unmatched
 
     try:
         return await ticket.run(worker, work)
@@ -71,6 +78,13 @@ async def _run(ticket: Ticket, worker: EngineWorker, reader: Reader, given: str 
         raise ApiError(422, "empty_sparse_query", str(e)) from e
     except PayloadError as e:
         raise ApiError(422, "invalid_filter", f"filter: {e}") from e
+
+
+def _naming(message: str, unmatched: list[str]) -> str:
+    """An empty sparse leg's message, naming the query's words the model has no term for."""
+    if not unmatched:
+        return message
+    return f"{message} (no term for: {', '.join(unmatched[:16])})"
 
 
 def _hit(side: str, hit: Hit, collection: str | None) -> SearchHit:
@@ -86,11 +100,11 @@ def _hit(side: str, hit: Hit, collection: str | None) -> SearchHit:
 
 def _response_json(request_id: str, body: SearchRequest, text: str | None, found: Found,
                    timings_ms: dict[str, float], collection: str | None) -> str:
-    result, terms, _ = found
+    result, terms, _, unmatched = found
     response = SearchResponse(
         request_id=request_id, side=body.side, mode=body.mode, fusion=body.fusion,
         query=QueryInfo(kind="text" if text is not None else "image", text=text,
-                        terms=[TermWeight(term=t, weight=w) for t, w in terms]),
+                        terms=[TermWeight(term=t, weight=w) for t, w in terms], unmatched_terms=unmatched),
         weights=result.weights, top_k=body.top_k, offset=body.offset, candidates=result.candidates,
         hits=[_hit(body.side, hit, collection) for hit in result.hits], warnings=result.warnings, timings_ms=timings_ms,
         plan=result.plan, plans=result.plans, rows=result.rows)
@@ -115,6 +129,8 @@ async def search(request: Request, engine: EngineDep, reader: ReaderDep, setting
     total_ms = (time.perf_counter() - started) * 1000
     metrics.observe_search(body.mode, body.side, total_ms / 1000)
     metrics.observe_plans(found[0].plans, filtered=body.filter is not None)
+    if text is not None:
+        metrics.observe_unmatched_words(len(found[3]))
     timings_ms = {"decode": decode_ms, "encode": found[2], **found[0].timings_ms, "total": total_ms}
     payload = await off_loop.run(lambda: _response_json(request_id_of(request) or "", body, text, found, timings_ms,
                                                              collection_of(request)))
