@@ -35,5 +35,9 @@ run words_softplus_bce05 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.5
 run words_softplus_bce02 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.2
 run words_softplus_bce01 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1
 run words_softplus_bce005 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.05
+run words_softplus_bce01_hub05_non_caption "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1 \
+  loss.hub_weight=0.5 loss.hub_scope=non_caption
+run words_softplus_bce01_hub1 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1 loss.hub_weight=1 \
+  loss.hub_scope=all
 run words_softplus_bce01_hub5 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1 loss.hub_weight=5 \
   loss.hub_scope=all

@@ -39,7 +39,9 @@ WORD_RUNS = (
     ("words_softplus_bce02", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.2"),
     ("words_softplus_bce01", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.1: the default"),
     ("words_softplus_bce005", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.05"),
-    ("words_softplus_bce01_hub5", "as BCE 0.1, hub loss 5 (all activations)"),
+    ("words_softplus_bce01_hub05_non_caption", "the default with hub loss 0.5 (non-caption activations)"),
+    ("words_softplus_bce01_hub1", "the default with hub loss 1 (all activations)"),
+    ("words_softplus_bce01_hub5", "the default with hub loss 5 (all activations)"),
 )
 
 WORD_INTRO = (
