@@ -77,6 +77,11 @@ class SparseHeadConfig(_Frozen):
     image_terms: int | None = Field(
         None, ge=1, description="Image vectors keep their strongest N terms (the budget; training anneals a "
         "straight-through top-k down to it, so no pruning after the fact).")
+    image_term_max_share: float | None = Field(
+        None, gt=0, lt=1, description="Hub control: the largest share of the training images a term may be active "
+        "in. A term over it gets a weight floor, recalibrated on the training images at each epoch's end (and so "
+        "in force in the next epoch's steps); its weights at or under the floor are dropped, so a word like 'man' "
+        "stays on the images that most show one instead of on most images. None: no floor.")
 
     @model_validator(mode="after")
     def _check_text_side(self) -> SparseHeadConfig:

@@ -56,6 +56,14 @@ def top_k_prune(weights: torch.Tensor, k: int | None) -> torch.Tensor:
     return torch.zeros_like(weights).scatter(1, indices, values)
 
 
+def hub_floor(weights: torch.Tensor, allowed: int) -> torch.Tensor:
+    """(N, H) >= 0 image weights of H terms -> (H,) floors that leave each term active (weight above its floor) in
+    at most ``allowed`` of the N images: the (allowed + 1)-th largest weight of each column."""
+    if allowed >= weights.shape[0]:
+        return torch.zeros(weights.shape[1], dtype=weights.dtype, device=weights.device)
+    return weights.topk(allowed + 1, dim=0).values[-1]
+
+
 class SparseHead(nn.Module):
     """Input layer -> LayerNorm -> vocabulary projector -> log1p(relu).
 
@@ -67,6 +75,7 @@ class SparseHead(nn.Module):
     """
 
     term_ids: torch.Tensor  # a buffer: saved and moved with the module, never trained
+    image_term_floor: torch.Tensor | None  # a buffer with image_term_max_share: an image term's weight must exceed it
 
     def __init__(self, config: SparseHeadConfig, *, embed_dim: int, image_feature_dim: int, text_feature_dim: int,
                  token_embedding: torch.Tensor, term_ids: torch.Tensor,
@@ -87,6 +96,9 @@ class SparseHead(nn.Module):
         with torch.no_grad():
             self.vocab_projector.weight.copy_(token_embedding[term_ids])
         self.register_buffer("term_ids", term_ids.to(torch.long).clone())
+        # zeros until training calibrates it (each epoch, see hub_floor); absent from checkpoints without the option
+        floor = torch.zeros(int(term_ids.numel())) if config.image_term_max_share is not None else None
+        self.register_buffer("image_term_floor", floor)
         if config.inference_free:
             # OpenSearch's inference-free queries: a learned IDF-like weight per term, started at the IDF scaled to
             # at most 1 (raw IDFs of 2-10 make the first sparse scores so large that the image head's ReLUs die).
@@ -115,9 +127,13 @@ class SparseHead(nn.Module):
         return self.vocab_projector(self._hidden(dense, features, "image"))
 
     def image_weights(self, logits: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
-        """log1p(relu(logits)) (or of softplus, by ``image_activation``), cut to the ``keep`` strongest when given."""
+        """log1p(relu(logits)) (or of softplus, by ``image_activation``), cut to the ``keep`` strongest when given,
+        then to the weights above each term's hub floor (when the head has one)."""
         positive = F.softplus(logits) if self.config.image_activation == "softplus" else torch.relu(logits)
-        return top_k_prune(torch.log1p(positive), keep)
+        weights = top_k_prune(torch.log1p(positive), keep)
+        if self.image_term_floor is None:
+            return weights
+        return weights * (weights > self.image_term_floor.to(weights.dtype))
 
     def image(self, dense: torch.Tensor, features: torch.Tensor | None = None, *,
               keep: int | None = None) -> torch.Tensor:

@@ -181,16 +181,15 @@ class LocalRayCluster:
     def _ray(self) -> str:
         return str(Path(sys.executable).parent / "ray")
 
-    def _node_args(self, index: int) -> list[str]:
-        agent_port, = _free_ports(1)
+    def _node_args(self, index: int, agent_port: int) -> list[str]:
         return ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}",
                 f"--object-store-memory={self.object_store_bytes}", f"--resources={{\"duet_node_{index}\": 100}}",
                 f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats"]
 
-    def _launch(self, index: int, args: list[str]) -> None:
+    def _launch(self, index: int, args: list[str], agent_port: int) -> None:
         log = (self.temp_dir / f"node-{index}.log").open("wb")
         with log:
-            self._procs.append(subprocess.Popen([self._ray(), "start", *args, *self._node_args(index)],
+            self._procs.append(subprocess.Popen([self._ray(), "start", *args, *self._node_args(index, agent_port)],
                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True))
 
@@ -205,15 +204,16 @@ class LocalRayCluster:
         if self._procs:
             raise RuntimeError("the cluster is already started")
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._port, client_port, dashboard_port = _free_ports(3)
+        # every port of the cluster drawn at once: ports drawn apart can coincide, and ray start then refuses
+        self._port, client_port, dashboard_port, *agent_ports = _free_ports(3 + self.nodes)
         deadline = time.monotonic() + self.start_timeout_s
         try:
             self._launch(0, ["--head", f"--port={self._port}", f"--ray-client-server-port={client_port}",
                              f"--dashboard-port={dashboard_port}", "--include-dashboard=false",
-                             f"--temp-dir={self.temp_dir}"])
+                             f"--temp-dir={self.temp_dir}"], agent_ports[0])
             self._wait(deadline, self._gcs_listening)
             for index in range(1, self.nodes):
-                self._launch(index, [f"--address={self.address}"])
+                self._launch(index, [f"--address={self.address}"], agent_ports[index])
             self._wait(deadline, lambda: self.alive_nodes() >= self.nodes)
         except BaseException:
             self.stop()

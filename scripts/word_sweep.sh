@@ -41,3 +41,7 @@ run words_softplus_bce01_hub1 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight
   loss.hub_scope=all
 run words_softplus_bce01_hub5 "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1 loss.hub_weight=5 \
   loss.hub_scope=all
+for share in 030 025 024 022 020; do
+  run "words_softplus_bce01_floor$share" "${SOFTPLUS[@]}" "${BCE[@]}" loss.word_loss_weight=0.1 \
+    "model.sparse_head.image_term_max_share=0.${share#0}"
+done

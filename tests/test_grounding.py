@@ -226,3 +226,25 @@ def test_word_loss_values() -> None:
     entropy = -(target[target > 0] * target[target > 0].log()).sum()
     exact = word_loss(torch.log(target.clamp_min(1e-30)), words, kind="softmax")["word_loss"]
     assert float(exact) == pytest.approx(float(entropy), abs=1e-4)
+
+
+def test_hub_floors_calibrated_on_the_training_images_cap_every_terms_share() -> None:
+    from training.hub_floor import calibrate_hub_floor
+
+    head = SparseHeadConfig(image_activation="softplus", image_terms=6, image_term_max_share=0.3)
+    model = _model(head, torch.tensor([4, 9, 10, 11, 14, 15, 7, 13, 12, 8]))
+    images = torch.randn(200, 12, generator=torch.Generator().manual_seed(3))
+    before = (model.encode_image(images).sparse > 0).float().mean(dim=0)
+    assert before.max() > 0.3  # 6 of 10 terms per image: hubs on most images
+    figures = calibrate_hub_floor(model, images, 0.3)
+    after = model.encode_image(images).sparse
+    assert (after > 0).float().mean(dim=0).max() <= 0.3
+    assert figures["hub_terms"] == int((before > 0.3).sum())
+    assert figures["largest_share_before"] == pytest.approx(float(before.max()))
+    kept = after > 0  # a term keeps its strongest images: every kept weight beats every dropped one of that term
+    full = model.sparse_head.image_weights(model.sparse_head.image_logits(model.embed_image(images)), keep=6)
+    for term in range(10):
+        dropped = full[:, term][(full[:, term] > 0) & ~kept[:, term]]
+        if dropped.numel():
+            assert full[:, term][kept[:, term]].min() > dropped.max()
+    assert model.training  # calibration leaves the mode as it found it

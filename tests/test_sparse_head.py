@@ -60,3 +60,26 @@ def test_softplus_images_fill_their_budget_and_relu_images_may_not() -> None:
     assert torch.equal(z.topk(8, dim=1).indices.sort(dim=1).values, logits.topk(8, dim=1).indices.sort(dim=1).values)
     with pytest.raises(ValidationError, match="image_terms"):
         SparseHeadConfig(image_activation="softplus")
+
+
+def test_hub_floors_keep_each_term_on_at_most_its_share_of_the_images() -> None:
+    from core.sparse_head import hub_floor
+
+    weights = torch.tensor([[0.9, 0.0], [0.5, 0.2], [0.7, 0.0], [0.1, 0.4]])  # term 0 active on 4 images, term 1 on 2
+    floors = hub_floor(weights, allowed=2)
+    assert torch.allclose(floors, torch.tensor([0.5, 0.0]))  # term 0 stays on its two strongest images
+    assert ((weights > floors).sum(dim=0) <= 2).all()
+    assert torch.equal(hub_floor(weights, allowed=4), torch.zeros(2))
+
+
+def test_a_head_with_hub_floors_drops_image_weights_at_or_under_them() -> None:
+    head, _, _ = _head(config=SparseHeadConfig(image_activation="softplus", image_terms=8, image_term_max_share=0.5))
+    logits = torch.randn(16, head.num_terms, generator=torch.Generator().manual_seed(2))
+    assert head.image_term_floor is not None
+    assert torch.equal(head.image_weights(logits, keep=8), top_k_prune(torch.log1p(torch.nn.functional.softplus(
+        logits)), 8))  # an uncalibrated floor (zeros) changes nothing
+    head.image_term_floor[3] = 10.0  # no weight reaches it: the term is never active
+    z = head.image_weights(logits, keep=8)
+    assert (z[:, 3] == 0).all() and ((z > 0).sum(dim=1) <= 8).all()
+    assert "image_term_floor" in head.state_dict()
+    assert "image_term_floor" not in _head()[0].state_dict()  # heads without the option keep their checkpoints

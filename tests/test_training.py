@@ -171,7 +171,8 @@ GROUNDING_OPTIONS: dict[str, list[str]] = {
     "features_input": [*_OWN, "model.sparse_head.head_input=features"],
     "words": ["model.sparse_head.vocabulary=words", "model.sparse_head.expansion=always",
               "model.sparse_head.query_encoder=inference_free", "loss.bow_weight=1.0", "loss.word_loss_weight=1.0",
-              "model.sparse_head.inflections=merge", "loss.hub_weight=0.1", "loss.hub_max_share=0.9"],
+              "model.sparse_head.inflections=merge", "loss.hub_weight=0.1", "loss.hub_max_share=0.9",
+              "model.sparse_head.image_term_max_share=0.5"],
 }
 
 
@@ -206,7 +207,11 @@ def test_each_grounding_option_trains_end_to_end(option: str, lit_base: tuple[Pa
         assert set(words.words) == train_words
         assert test["readability"]["GP@10"] > 0
         assert test["readability"]["piece_rate@10"] == test["readability"]["query_piece_rate"] == 0.0
-        assert all("hub_loss" in json.loads(line)["train"] for line in (run / "metrics.jsonl").read_text().splitlines())
+        records = [json.loads(line)["train"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert all("hub_loss" in record and record["hub_terms"] >= 0 for record in records)
+        # the hub floors, recalibrated each epoch, travel with the checkpoint
+        assert model.sparse_head.image_term_floor is not None
+        assert model.sparse_head.image_term_floor.shape == (len(words),)
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     if option == "bow":
         assert all(record["train"]["bow_loss"] > 0 for record in log)

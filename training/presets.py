@@ -23,14 +23,16 @@ _COMMON: dict[str, Any] = {
 # on val): SKD whose terms are whole words of the training captions, the forms of a word merged (core/words.py);
 # captions and queries are their own content words weighted by a learned per-term weight (inference-free: no text
 # tower forward for the sparse leg), images on the frozen features within a budget of 64 terms (softplus weights, so
-# the budget stays filled), grounded by the bag-of-words loss and a per-word BCE caption-word loss; checkpoints
-# compete on sparse R@1 only at val GP@10 >= 0.40, and the served fusion weight maximises val RSUM.
+# the budget stays filled), grounded by the bag-of-words loss and a per-word BCE caption-word loss, each term kept
+# to at most 24% of the training images by its hub floor (the largest share whose val hub stays <= 30%);
+# checkpoints compete on sparse R@1 only at val GP@10 >= 0.40, and the served fusion weight maximises val RSUM.
 GROUNDED: dict[str, Any] = {
     "method": "skd", "preset": "grounded", "init_checkpoint": LIT_BASE,
     "optim": {**_COMMON["optim"]},
     "model": {"sparse_head": {"vocabulary": "words", "min_df": 1, "inflections": "merge", "expansion": "always",
                               "query_encoder": "inference_free", "max_text_terms": 16, "image_terms": 64,
-                              "image_activation": "softplus", "head_input": "features", "input_dropout": 0.5}},
+                              "image_activation": "softplus", "image_term_max_share": 0.24,
+                              "head_input": "features", "input_dropout": 0.5}},
     "loss": {"bow_weight": 2.0, "word_loss": "bce", "word_loss_weight": 0.1},
     "fusion_metric": "rsum",
     "selection_gp10_floor": 0.40,

@@ -37,11 +37,18 @@ WORD_RUNS = (
     ("words_softplus", "merged, min_df 1, softplus image weights"),
     ("words_softplus_bce05", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.5"),
     ("words_softplus_bce02", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.2"),
-    ("words_softplus_bce01", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.1: the default"),
+    ("words_softplus_bce01",
+     "merged, min_df 1, softplus image weights, BCE caption-word loss 0.1 (the default before hub floors)"),
     ("words_softplus_bce005", "merged, min_df 1, softplus image weights, BCE caption-word loss 0.05"),
     ("words_softplus_bce01_hub05_non_caption", "the default with hub loss 0.5 (non-caption activations)"),
     ("words_softplus_bce01_hub1", "the default with hub loss 1 (all activations)"),
     ("words_softplus_bce01_hub5", "the default with hub loss 5 (all activations)"),
+    ("words_softplus_bce01_floor030",
+     "softplus/BCE 0.1 with hub floors: each term on at most 30% of the training images"),
+    ("words_softplus_bce01_floor025", "softplus/BCE 0.1 with hub floors at 25%"),
+    ("words_softplus_bce01_floor024", "softplus/BCE 0.1 with hub floors at 24%: the default"),
+    ("words_softplus_bce01_floor022", "softplus/BCE 0.1 with hub floors at 22%"),
+    ("words_softplus_bce01_floor020", "softplus/BCE 0.1 with hub floors at 20%"),
 )
 
 WORD_INTRO = (

@@ -31,6 +31,7 @@ from training import schedules
 from training.config import LossConfig, TrainConfig
 from training.evaluate import evaluate_model, tune_fusion
 from training.features import SplitFeatures, in_term_space, split_features
+from training.hub_floor import calibrate_hub_floor
 from training.losses import (
     JointLossWeights,
     bow_grounding_loss,
@@ -341,8 +342,12 @@ def _restored_loop(run: Path, model: DuetModel, optimizer: torch.optim.Optimizer
 
 def _close_epoch(config: TrainConfig, run: Path, ws: Workspace, model: DuetModel, state: dict[str, Any], *,
                  val_split: SplitFeatures, grounding: GroundingReference, device: str, seconds: float,
-                 train_means: dict[str, float]) -> None:
-    """Validate, keep the checkpoint when the selection value improved (else count a bad epoch), log the epoch."""
+                 train_means: dict[str, float], train_images: torch.Tensor) -> None:
+    """Recalibrate the hub floors (when the head has them), validate, keep the checkpoint when the selection value
+    improved (else count a bad epoch), log the epoch."""
+    max_share = config.model.sparse_head.image_term_max_share
+    if max_share is not None:
+        train_means = {**train_means, **calibrate_hub_floor(model, train_images, max_share)}
     leg = config.selection_metric
     val = evaluate_model(model, val_split, device=device, grounding=grounding)
     value = selection_value(val, leg, config.selection_gp10_floor)
@@ -487,7 +492,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         state["epoch"] += 1
         train_means = {k: float(v) / max(1, steps_per_epoch) for k, v in sums.items()}
         _close_epoch(config, run, ws, model, state, val_split=val_split, grounding=grounding, device=device,
-                     seconds=seconds, train_means=train_means)
+                     seconds=seconds, train_means=train_means, train_images=image_features)
         _save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
                           "torch_rng": torch.get_rng_state()})
         epochs_this_call += 1
