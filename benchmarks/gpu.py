@@ -296,11 +296,12 @@ def render(report: dict[str, Any]) -> str:
               f"(features cached, process started), {run['epoch_seconds']:.1f} s for the epoch, "
               f"{run['after_last_epoch_seconds']:.1f} s after it (validation, fusion tuning, final evaluation, "
               "checkpoint).", "",
-              "| method | batch | step ms | / dense step | epoch of "
-              f"{report['options']['epoch_pairs']:,} pairs (s) |", "| --- | --- | --- | --- | --- |"]
+              "| method | batch | step ms | / dense step | kernels per step | epoch of "
+              f"{report['options']['epoch_pairs']:,} pairs (s) |", "| --- | --- | --- | --- | --- | --- |"]
     for name, m in training["methods"].items():
         over = training["over_dense_step"].get(name, 1.0)
-        lines.append(f"| {name} | {m['batch_size']} | {1000 * m['step_seconds']:.2f} | {over:.2f}x | "
+        kernels = f"{m['kernels_per_step']:,.0f}" if "kernels_per_step" in m else "- (GPU only)"
+        lines.append(f"| {name} | {m['batch_size']} | {1000 * m['step_seconds']:.2f} | {over:.2f}x | {kernels} | "
                      f"{m['epoch_seconds']:.2f} |")
     launch = report["launch"]
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in launch["setup"]["phases"].items())

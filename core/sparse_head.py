@@ -129,11 +129,25 @@ class SparseHead(nn.Module):
     def image_weights(self, logits: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
         """log1p(relu(logits)) (or of softplus, by ``image_activation``), cut to the ``keep`` strongest when given,
         then to the weights above each term's hub floor (when the head has one)."""
+        if keep is None or keep <= 0 or keep >= logits.shape[1]:
+            weights = self._image_activation(logits)
+            return weights if self.image_term_floor is None else self._above_floor(weights, self.image_term_floor)
+        # the activation never decreases, so the strongest weights sit at the largest logits: the activation (and
+        # its gradient) is computed for the ``keep`` kept logits of each row only, not over the whole vocabulary
+        top, columns = logits.topk(keep, dim=1)
+        weights = self._image_activation(top)
+        if self.image_term_floor is not None:
+            weights = self._above_floor(weights, self.image_term_floor[columns])
+        return weights.new_zeros(logits.shape).scatter(1, columns, weights)
+
+    def _image_activation(self, logits: torch.Tensor) -> torch.Tensor:
         positive = F.softplus(logits) if self.config.image_activation == "softplus" else torch.relu(logits)
-        weights = top_k_prune(torch.log1p(positive), keep)
-        if self.image_term_floor is None:
-            return weights
-        return weights * (weights > self.image_term_floor.to(weights.dtype))
+        return torch.log1p(positive)
+
+    @staticmethod
+    def _above_floor(weights: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        return torch.where(weights > floor.to(weights.dtype), weights, torch.zeros((), dtype=weights.dtype,
+                                                                                   device=weights.device))
 
     def image(self, dense: torch.Tensor, features: torch.Tensor | None = None, *,
               keep: int | None = None) -> torch.Tensor:

@@ -206,26 +206,52 @@ def test_selection_with_a_readability_floor() -> None:
     assert selection_value(metrics(10.0, 0.5), "sparse", 0.4) > selection_value(grounded, "sparse", 0.4)
 
 
+def _caption_words(dense: torch.Tensor) -> OwnTerms:
+    """Dense (B, num_terms) caption word weights as the trainer holds them: compact, strongest first, -1 pads."""
+    values, columns = dense.topk(dense.shape[1], dim=1)
+    return OwnTerms(torch.where(values > 0, columns, torch.full_like(columns, -1)), values)
+
+
 @pytest.mark.parametrize("kind", ["softmax", "bce"])
 def test_word_loss_is_lowest_when_the_logits_pick_the_caption_words(kind: str) -> None:
-    words = torch.tensor([[0.0, 2.0, 1.0, 0.0]])  # the image's IDF-weighted caption words
+    words = _caption_words(torch.tensor([[0.0, 2.0, 1.0, 0.0]]))  # the image's IDF-weighted caption words
     right = word_loss(torch.tensor([[-5.0, 5.0, 4.0, -5.0]]), words, kind=kind)["word_loss"]
     wrong = word_loss(torch.tensor([[5.0, -5.0, -5.0, 4.0]]), words, kind=kind)["word_loss"]
     assert float(right) < float(wrong)
 
 
 def test_word_loss_values() -> None:
-    words = torch.tensor([[0.0, 2.0, 1.0, 0.0]])
+    words = _caption_words(torch.tensor([[0.0, 2.0, 1.0, 0.0]]))
     logits = torch.tensor([[0.3, -0.2, 1.0, 0.0]])
     # bce: binary cross-entropy summed over the vocabulary, per caption word
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.tensor([[0.0, 1.0, 1.0, 0.0]]), reduction="sum") / 2
     assert float(word_loss(logits, words, kind="bce")["word_loss"]) == pytest.approx(float(expected))
     # softmax: at logits = log(target) the loss is the target's entropy
-    target = words / words.sum()
+    target = torch.tensor([[0.0, 2.0, 1.0, 0.0]]) / 3
     entropy = -(target[target > 0] * target[target > 0].log()).sum()
     exact = word_loss(torch.log(target.clamp_min(1e-30)), words, kind="softmax")["word_loss"]
     assert float(exact) == pytest.approx(float(entropy), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "bce"])
+def test_the_compact_word_loss_equals_its_dense_definition_with_its_gradient(kind: str) -> None:
+    generator = torch.Generator().manual_seed(5)
+    dense = torch.rand(6, 40, generator=generator) * (torch.rand(6, 40, generator=generator) < 0.2)
+    dense[3] = 0.0  # an image without caption words counts as nothing in the softmax loss
+    logits = (torch.randn(6, 40, generator=generator) * 3).requires_grad_(True)
+    if kind == "softmax":
+        target = dense / dense.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        expected = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    else:
+        targets = (dense > 0).float()
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") \
+            / targets.sum()
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    got = word_loss(logits, _caption_words(dense), kind=kind)["word_loss"]
+    (got_grad,) = torch.autograd.grad(got, logits)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(got_grad, expected_grad, atol=1e-6)
 
 
 def test_hub_floors_calibrated_on_the_training_images_cap_every_terms_share() -> None:

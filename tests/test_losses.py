@@ -121,6 +121,21 @@ def test_regularizers_and_warmup() -> None:
     assert quadratic_warmup(1.0, 50, 10) == 1.0
 
 
+@pytest.mark.parametrize("threshold", [None, 1])
+def test_regularizers_of_compact_rows_equal_those_of_their_dense_rows(threshold: int | None) -> None:
+    from core.sparse_head import OwnTerms
+
+    columns = torch.tensor([[4, 1, -1], [1, -1, -1], [0, 2, 4]])
+    weights = torch.tensor([[0.5, 2.0, 7.0], [1.5, 0.0, 0.0], [0.25, 1.0, 3.0]], requires_grad=True)  # 7.0: a pad
+    compact = OwnTerms(columns, weights)
+    for regularizer in (l1_regularizer, flops_regularizer):
+        expected, got = regularizer(compact.to_dense(6), threshold), regularizer(compact, threshold)
+        assert float(got) == pytest.approx(float(expected))
+        (expected_grad,) = torch.autograd.grad(expected, weights)
+        (got_grad,) = torch.autograd.grad(got, weights)
+        assert torch.allclose(got_grad, expected_grad) and float(got_grad[0, 2]) == 0.0
+
+
 def test_hub_loss_charges_only_terms_over_the_share_by_their_excess() -> None:
     # 4 images, 3 terms: term 0 in every image, term 1 in half, term 2 in one
     weights = torch.tensor([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0], [3.0, 2.0, 0.0], [1.0, 0.0, 4.0]], requires_grad=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from core.config import SparseHeadConfig
@@ -83,3 +84,20 @@ def test_a_head_with_hub_floors_drops_image_weights_at_or_under_them() -> None:
     assert (z[:, 3] == 0).all() and ((z > 0).sum(dim=1) <= 8).all()
     assert "image_term_floor" in head.state_dict()
     assert "image_term_floor" not in _head()[0].state_dict()  # heads without the option keep their checkpoints
+
+
+@pytest.mark.parametrize("activation", ["relu", "softplus"])
+def test_a_budgeted_image_equals_the_whole_activation_cut_to_its_budget_with_its_gradient(activation: str) -> None:
+    head, _, _ = _head(config=SparseHeadConfig(image_activation=activation, image_terms=8, image_term_max_share=0.5))
+    assert head.image_term_floor is not None
+    head.image_term_floor.uniform_(0.0, 1.0, generator=torch.Generator().manual_seed(4))
+    logits = (torch.randn(16, head.num_terms, generator=torch.Generator().manual_seed(3)) * 2).requires_grad_(True)
+    positive = torch.nn.functional.softplus(logits) if activation == "softplus" else torch.relu(logits)
+    whole = top_k_prune(torch.log1p(positive), 8)
+    expected = whole * (whole > head.image_term_floor)
+    budgeted = head.image_weights(logits, keep=8)
+    assert torch.equal(budgeted, expected)
+    upstream = torch.randn(budgeted.shape, generator=torch.Generator().manual_seed(5))
+    (expected_grad,) = torch.autograd.grad(expected, logits, upstream)
+    (got_grad,) = torch.autograd.grad(budgeted, logits, upstream)
+    assert torch.equal(got_grad, expected_grad)

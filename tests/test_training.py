@@ -238,3 +238,15 @@ def test_speed_measures_every_step_against_the_dense_step(lit_base: tuple[Path, 
     assert speed["over_dense_step"]["grounded"] == pytest.approx(steps["grounded"] / steps["dense"])
     assert speed["throughput"]["cache_images_per_s"] > 0
     assert all(figures["epoch_seconds"] > 0 and figures["epoch_pairs"] == 64 for figures in speed["methods"].values())
+
+
+def test_kernels_per_step_are_counted_by_the_profiler_and_a_cpu_step_launches_none(
+        lit_base: tuple[Path, Path], synthetic_dataset: Path) -> None:
+    from training.speed import StepRunner
+
+    work, cache = lit_base
+    overrides = [arg for arg in _common(synthetic_dataset, cache)[2:] if arg != "--set"]
+    config = build_config({**PRESETS["grounded"], "init_checkpoint": str(work / "align" / "best")},
+                          overrides=[f"data.dataset_dir={synthetic_dataset}", *overrides])
+    runner = StepRunner(config, trainer.prepare_workspace(config))
+    assert runner.device_kernels(steps=1) == 0.0  # the count is of CUDA kernels: a GPU run reports them

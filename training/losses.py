@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from core.fusion import integrated_score
+from core.sparse_head import OwnTerms
 from training.skd.core import soft_cross_entropy_rows
 
 TeacherGrad = Literal["detach", "through"]
@@ -116,23 +117,32 @@ def bow_grounding_loss(bow_scores: torch.Tensor, same_image: torch.Tensor) -> di
     return {"bow_loss": multi_positive_info_nce(bow_scores, same_image)}
 
 
-def word_loss(image_logits: torch.Tensor, caption_words: torch.Tensor, *,
+def word_loss(image_logits: torch.Tensor, caption_words: OwnTerms, *,
               kind: Literal["softmax", "bce"] = "softmax") -> dict[str, torch.Tensor]:
     """Word-classifier grounding of the head's image logits (one per vocabulary term) on the image's caption words.
 
-    caption_words: (B, num_terms) >= 0, the IDF-weighted words of each image's captions (0: no caption uses it).
+    caption_words: each image's IDF-weighted caption words, compact (a column per word, > 0; -1 pads).
     'softmax': soft cross-entropy of softmax over the vocabulary against the normalised word weights; it ranks
     caption words first and leaves the rest of the vector free (the image budget stays in use). 'bce': binary
     cross-entropy per term (the readability probe's loss) summed over the vocabulary and divided by the number
     of caption words; it also pushes words no caption uses below zero, so image vectors get shorter.
+
+    Both are computed without a (B, num_terms) target: the caption words' logits are gathered, and the vocabulary
+    enters only through a log-sum-exp (softmax) or a sum of softplus (bce: log(1 + e^x) - t * x summed).
     """
     logits = image_logits.float()
+    words = (caption_words.columns >= 0) & (caption_words.weights > 0)
+    picked = logits.gather(1, caption_words.columns.clamp(min=0))  # (B, L): each caption word's logit
     if kind == "softmax":
-        target = caption_words / caption_words.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return {"word_loss": soft_cross_entropy(logits, target)}
-    targets = (caption_words > 0).float()
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
-    return {"word_loss": bce / targets.sum().clamp_min(1.0)}
+        share = torch.where(words, caption_words.weights.float(), torch.zeros((), device=logits.device))
+        total = share.sum(dim=1, keepdim=True)
+        target = share / total.clamp_min(1e-12)
+        # -sum_j t_j log softmax(x)_j = logsumexp(x) - sum_j t_j x_j (the target sums to 1; a row without words: 0)
+        rows = (total.squeeze(1) > 0) * torch.logsumexp(logits, dim=1) - (target * picked).sum(dim=1)
+        return {"word_loss": rows.mean()}
+    positives = torch.where(words, picked, torch.zeros((), device=logits.device)).sum()
+    bce = F.softplus(logits).sum() - positives
+    return {"word_loss": bce / words.sum().clamp_min(1).float()}
 
 
 def hub_loss(image_sparse: torch.Tensor, max_share: float,
@@ -153,31 +163,54 @@ def hub_loss(image_sparse: torch.Tensor, max_share: float,
     return {"hub_loss": (excess * charged.mean(dim=0)).sum(), "hub_max_share": share.max().detach()}
 
 
-def _row_mask(weights: torch.Tensor, threshold: int | None) -> torch.Tensor:
-    """(B, 1) 1.0 for rows the regulariser applies to: all, or those with more than ``threshold`` active terms."""
+Weights = torch.Tensor | OwnTerms  # (B, num_terms), or each row's weights on its own columns (compact)
+
+
+def _row_values(weights: Weights) -> torch.Tensor:
+    """(B, width) float values of each row, zero at a compact row's pads."""
+    if isinstance(weights, OwnTerms):
+        values = weights.weights.float()
+        return torch.where(weights.columns >= 0, values, torch.zeros((), device=values.device))
+    return weights.float()
+
+
+def _row_mask(values: torch.Tensor, threshold: int | None) -> torch.Tensor | None:
+    """(B, 1) 1.0 for rows the regulariser applies to (more than ``threshold`` active terms); None: every row."""
     if threshold is None:
-        return weights.new_ones(weights.shape[0], 1)
-    return ((weights > 0).sum(dim=1, keepdim=True) > threshold).to(weights.dtype)
+        return None
+    return ((values > 0).sum(dim=1, keepdim=True) > threshold).to(values.dtype)
 
 
-def l1_regularizer(weights: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
+def l1_regularizer(weights: Weights, threshold: int | None = None) -> torch.Tensor:
     """Mean L1 norm of the rows, mean_i ||z_i||_1; with a threshold, rows at or under it count as 0."""
-    return (weights.abs() * _row_mask(weights, threshold)).sum(dim=1).mean()
+    values = _row_values(weights)
+    norms = values.abs().sum(dim=1, keepdim=True)
+    mask = _row_mask(values, threshold)
+    return (norms if mask is None else norms * mask).mean()
 
 
-def flops_regularizer(weights: torch.Tensor, threshold: int | None = None) -> torch.Tensor:
+def flops_regularizer(weights: Weights, threshold: int | None = None) -> torch.Tensor:
     """FLOPS regulariser (Paria et al. 2020): sum_j (mean_i |z_ij|)^2; with a threshold (OpenSearch's
     flops_threshold), only rows with more active terms than it contribute."""
-    return ((weights.abs() * _row_mask(weights, threshold)).mean(dim=0) ** 2).sum()
+    values = _row_values(weights)
+    mask = _row_mask(values, threshold)
+    magnitudes = values.abs() if mask is None else values.abs() * mask
+    if not isinstance(weights, OwnTerms):
+        return (magnitudes.mean(dim=0) ** 2).sum()
+    # compact rows: each column's mean over the rows gathers from wherever that column appears
+    used, local = torch.unique(weights.columns.clamp(min=0), return_inverse=True)
+    sums = magnitudes.new_zeros(used.numel()).index_add_(0, local.reshape(-1), magnitudes.reshape(-1))
+    return ((sums / values.shape[0]) ** 2).sum()
 
 
-def sparsity_loss(text_sparse: torch.Tensor, image_sparse: torch.Tensor, *, eta_text: float, eta_image: float,
+def sparsity_loss(text_sparse: Weights, image_sparse: Weights, *, eta_text: float, eta_image: float,
                   kind: Literal["l1", "flops"], image_threshold: int | None = None) -> dict[str, torch.Tensor]:
     """0.5 * (eta_text * R(z_text) + eta_image * R(z_image)); etas already include their warm-up.
 
-    ``image_threshold``: the image term applies only to vectors with more active terms than this.
+    Either side may be compact (texts scored on their own terms). ``image_threshold``: the image term applies only
+    to vectors with more active terms than this.
     """
     reg = l1_regularizer if kind == "l1" else flops_regularizer
-    text_term, image_term = reg(text_sparse.float()), reg(image_sparse.float(), image_threshold)
+    text_term, image_term = reg(text_sparse), reg(image_sparse, image_threshold)
     return {"text_reg": text_term.detach(), "image_reg": image_term.detach(),
             "regularizer": 0.5 * (eta_text * text_term + eta_image * image_term)}

@@ -5,6 +5,7 @@ sparse method's step relative to a dense-only step on cached features, an epoch 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tempfile
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from core.data import karpathy_inputs
-from core.device_clock import device_seconds
+from core.device_clock import device_seconds, synchronize
 from core.feature_cache import compute_features
 from core.image_pipeline import image_batch_size
 from core.sparse_head import OwnTerms
@@ -32,6 +33,8 @@ from training.trainer import (
     train,
     training_texts,
 )
+
+_logger = logging.getLogger(__name__)
 
 
 def tower_throughput(ws: Workspace, *, images: int, device: str = "cpu",
@@ -116,11 +119,31 @@ class StepRunner:
         return device_seconds(self.device) - started
 
 
+    def device_kernels(self, steps: int = 2) -> float:
+        """CUDA kernels (and device copies and fills) launched per step, counted by torch.profiler. A step of small
+        tensors on a GPU waits on the host launching its kernels rather than on the kernels, so this count, not the
+        FLOPs, sets a sparse step's cost against a dense one there."""
+        from torch.profiler import ProfilerActivity, profile
+
+        self.step(0)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+            for step in range(steps):
+                self.step(1 + step)
+            synchronize(self.device)
+        on_device = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return sum(e.count for e in on_device) / steps
+
+
 def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> dict[str, float]:
     """A method's mean step time, and the time of an epoch of ``epoch_pairs`` pairs (whole batches in a row) when
-    it is not 0."""
+    it is not 0; on a GPU also the kernels a step launches."""
     batch = runner.config.optim.batch_size
     figures = {"batch_size": batch, "step_seconds": runner.seconds(steps) / steps}
+    if runner.device == "cuda":
+        try:
+            figures["kernels_per_step"] = runner.device_kernels()
+        except Exception as error:  # a profiler without CUPTI must not cost the timings beside it
+            _logger.warning("kernels per step not counted: %s", error)
     if epoch_pairs > 0:
         epoch_steps = math.ceil(epoch_pairs / batch)
         figures.update(epoch_pairs=epoch_pairs, epoch_steps=epoch_steps, epoch_seconds=runner.seconds(epoch_steps))

@@ -225,7 +225,7 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
             raise ValueError("masked captions need their own columns")
         own = model.own_text_terms(text_features, text_columns, dense=text_dense)
         sparse_i2t = own.scores(images.sparse)  # (B, B): zero outside each caption's own columns
-        text_sparse = own.to_dense(model.sparse_head.num_terms)
+        text_sparse: torch.Tensor | OwnTerms = own  # compact: the regulariser needs no (B, num_terms) copy
     else:
         text_sparse = model.sparse_head.expanded_text(text_dense, text_features)
         sparse_i2t = images.sparse @ text_sparse.T  # (B, B)
@@ -253,21 +253,21 @@ def _grounding_losses(model: DuetModel, image_sparse: torch.Tensor, image_logits
                       ) -> dict[str, tuple[float, dict[str, torch.Tensor]]]:
     """The losses on the image terms beside relevance, by name: (weight, the loss's named values)."""
     out: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
-    caption_words = None
-    if lc.needs_caption_words:
-        if bow is None or same_image is None:
-            raise ValueError("the grounding losses (and the hub loss on non-caption words) need the batch's "
-                             "bag-of-words targets: set a grounding loss, or loss.hub_scope=all")
-        caption_words = bow.to_dense(model.sparse_head.num_terms)
+    if lc.needs_caption_words and (bow is None or same_image is None):
+        raise ValueError("the grounding losses (and the hub loss on non-caption words) need the batch's "
+                         "bag-of-words targets: set a grounding loss, or loss.hub_scope=all")
     if lc.hub_weight > 0:
-        spared = caption_words > 0 if caption_words is not None and lc.hub_scope == "non_caption" else None
+        spared = None
+        if lc.needs_caption_words and lc.hub_scope == "non_caption":
+            assert bow is not None
+            spared = bow.to_dense(model.sparse_head.num_terms) > 0
         out["hub_loss"] = lc.hub_weight, hub_loss(image_sparse, lc.hub_max_share, spared)
     if lc.bow_weight > 0:
         assert bow is not None and same_image is not None
         out["bow_loss"] = lc.bow_weight, bow_grounding_loss(bow.scores(image_sparse), same_image)
     if lc.word_loss_weight > 0:
-        assert caption_words is not None
-        out["word_loss"] = lc.word_loss_weight, word_loss(image_logits, caption_words, kind=lc.word_loss)
+        assert bow is not None
+        out["word_loss"] = lc.word_loss_weight, word_loss(image_logits, bow, kind=lc.word_loss)
     return out
 
 
