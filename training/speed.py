@@ -126,7 +126,8 @@ class StepRunner:
         from torch.profiler import ProfilerActivity, profile
 
         self.step(0)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
+        with profile(activities=activities) as profiler:
             for step in range(steps):
                 self.step(1 + step)
             synchronize(self.device)
@@ -139,7 +140,7 @@ def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> d
     it is not 0; on a GPU also the kernels a step launches."""
     batch = runner.config.optim.batch_size
     figures = {"batch_size": batch, "step_seconds": runner.seconds(steps) / steps}
-    if runner.device == "cuda":
+    if runner.device.startswith("cuda"):
         try:
             figures["kernels_per_step"] = runner.device_kernels()
         except Exception as error:  # a profiler without CUPTI must not cost the timings beside it
