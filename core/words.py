@@ -6,10 +6,10 @@ rule of the piece vocabulary (at least two characters, not a stopword). A word v
 captions' words in at least ``min_df`` captions; term id 0 pads, the words are ids 1..W in alphabetical order.
 
 With ``inflections`` merged, the forms of one word share a term (``dog``/``dogs``, ``run``/``running``/``runs``):
-conservative English suffix rules give each form its candidate base forms, a form joins the term of a base the
-captions also use (or share with another form), and the term is shown as its most frequent form in the training
-captions, so a displayed term is always a real word of them. A query form the captions never used finds the term of
-its base the same way.
+conservative English suffix rules give each form its candidate base forms (none for a form English uses as a word
+of its own: ``shorts``, ``building``), a form joins the term of a base the captions also use (or share with another
+form), and the term is shown as its most frequent form in the training captions, so a displayed term is always a
+real word of them. A query form the captions never used finds the term of its base the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ from core.vocab import Vocabulary
 PAD_TERM = "[PAD]"  # term id 0: pads a text's row of term ids; never a term of the head
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script; '_' is a word character to \w, not to us
 _MIN_STEM = 3  # an inflection rule applies only where at least this much of the word stays
+# Forms the suffix rules would cut to another word though English uses them as words of their own: garments and
+# eyewear named in the plural (shorts are not short, pants not panting), -ing nouns (a building, a wedding, the
+# evening, a parking lot) and -ed adjectives (tired, not tire). Each keeps its own term; its own plural still joins
+# it (buildings: building).
+LEXICAL_FORMS = frozenset({
+    "shorts", "pants", "glasses", "sunglasses", "clothing",
+    "building", "wedding", "evening", "morning", "ceiling", "parking", "boxing",
+    "tired",
+})
 
 
 def normalized_words(text: str) -> list[str]:
@@ -62,8 +71,9 @@ def _undouble(stem: str) -> str | None:
 def base_forms(word: str) -> list[str]:
     """The words an English inflected form may come from, likeliest first, by conservative suffix rules (plural
     -s/-es/-ies, -ing, -ed; a doubled consonant undoubled, a silent e restored); only where a stem of at least three
-    letters stays. Candidates, not answers: a vocabulary takes the first one it holds as a word."""
-    if not word.isalpha():
+    letters stays; none for a word of its own (``LEXICAL_FORMS``). Candidates, not answers: a vocabulary takes the
+    first one it holds as a word."""
+    if not word.isalpha() or word in LEXICAL_FORMS:
         return []
     out: list[str] = []
     if word.endswith("ies") and len(word) - 3 >= _MIN_STEM:

@@ -60,10 +60,23 @@ def test_merged_inflections_share_a_term_shown_as_the_most_frequent_form() -> No
     assert WordVocabulary.from_captions(captions, min_df=3).words == []
 
 
+def test_words_of_their_own_keep_their_term_while_their_plurals_join_it() -> None:
+    captions = ["a boy in red shorts", "a girl with short hair", "a dog panting", "blue pants", "two buildings",
+                "a tall building", "a man builds", "a tired man", "a bike tire", "bike tires", "wine glasses",
+                "a glass of wine"]
+    merged = WordVocabulary.from_captions(captions, inflections=True)
+    for form, other in (("shorts", "short"), ("pants", "panting"), ("glasses", "glass"), ("tired", "tire"),
+                        ("building", "builds")):
+        assert merged.term_of(form) != merged.term_of(other) != 0, form
+    assert merged.term_of("buildings") == merged.term_of("building")
+    assert merged.term_of("tires") == merged.term_of("tire")
+    assert merged.term_of("weddings") == 0  # no caption says wedding: a query's plural of it finds nothing
+
+
 @pytest.mark.parametrize(("word", "bases"), [
     ("puppies", ["puppy", "puppie"]), ("boxes", ["box", "boxe"]), ("dogs", ["dog"]),
     ("running", ["run"]), ("riding", ["ride", "rid"]), ("jumped", ["jumpe", "jump"]), ("grass", []), ("bus", []),
-    ("sing", []), ("red", []), ("2018s", [])])
+    ("sing", []), ("red", []), ("2018s", []), ("shorts", []), ("evening", []), ("buildings", ["building"])])
 def test_base_forms_follow_conservative_suffix_rules(word: str, bases: list[str]) -> None:
     assert base_forms(word) == bases
 
