@@ -118,7 +118,6 @@ class StepRunner:
             self.step(2 + step)
         return device_seconds(self.device) - started
 
-
     def device_kernels(self, steps: int = 2) -> float:
         """CUDA kernels (and device copies and fills) launched per step, counted by torch.profiler. A step of small
         tensors on a GPU waits on the host launching its kernels rather than on the kernels, so this count, not the

@@ -258,7 +258,7 @@ def _grounding_losses(model: DuetModel, image_sparse: torch.Tensor, image_logits
                          "bag-of-words targets: set a grounding loss, or loss.hub_scope=all")
     if lc.hub_weight > 0:
         spared = None
-        if lc.needs_caption_words and lc.hub_scope == "non_caption":
+        if lc.hub_scope == "non_caption":  # the only use of a (batch x vocabulary) copy of the caption words
             assert bow is not None
             spared = bow.to_dense(model.sparse_head.num_terms) > 0
         out["hub_loss"] = lc.hub_weight, hub_loss(image_sparse, lc.hub_max_share, spared)
