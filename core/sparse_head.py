@@ -26,12 +26,15 @@ class OwnTerms:
     columns: torch.Tensor
     weights: torch.Tensor
 
+    def present_weights(self) -> torch.Tensor:
+        """(B, L) the weights with every pad's set to 0, whatever was stored there."""
+        return torch.where(self.columns >= 0, self.weights, torch.zeros_like(self.weights))
+
     def to_dense(self, num_terms: int) -> torch.Tensor:
         """(B, num_terms) with zeros outside each text's own columns."""
         # pads add zero to column 0, in place: one (B, num_terms) pass, contiguous (no spare column to cut off)
-        weights = torch.where(self.columns >= 0, self.weights, torch.zeros_like(self.weights))
         return self.weights.new_zeros(self.weights.shape[0], num_terms).scatter_add_(1, self.columns.clamp(min=0),
-                                                                                     weights)
+                                                                                     self.present_weights())
 
     def scores(self, docs: torch.Tensor) -> torch.Tensor:
         """(N, num_terms) full vectors -> (N, B) dot products with these texts.

@@ -131,10 +131,10 @@ def word_loss(image_logits: torch.Tensor, caption_words: OwnTerms, *,
     enters only through a log-sum-exp (softmax) or a sum of softplus (bce: log(1 + e^x) - t * x summed).
     """
     logits = image_logits.float()
-    words = (caption_words.columns >= 0) & (caption_words.weights > 0)
+    share = caption_words.present_weights().float()
+    words = share > 0
     picked = logits.gather(1, caption_words.columns.clamp(min=0))  # (B, L): each caption word's logit
     if kind == "softmax":
-        share = torch.where(words, caption_words.weights.float(), torch.zeros((), device=logits.device))
         total = share.sum(dim=1, keepdim=True)
         target = share / total.clamp_min(1e-12)
         # -sum_j t_j log softmax(x)_j = logsumexp(x) - sum_j t_j x_j (the target sums to 1; a row without words: 0)
@@ -168,10 +168,7 @@ Weights = torch.Tensor | OwnTerms  # (B, num_terms), or each row's weights on it
 
 def _row_values(weights: Weights) -> torch.Tensor:
     """(B, width) float values of each row, zero at a compact row's pads."""
-    if isinstance(weights, OwnTerms):
-        values = weights.weights.float()
-        return torch.where(weights.columns >= 0, values, torch.zeros((), device=values.device))
-    return weights.float()
+    return (weights.present_weights() if isinstance(weights, OwnTerms) else weights).float()
 
 
 def _row_mask(values: torch.Tensor, threshold: int | None) -> torch.Tensor | None:
