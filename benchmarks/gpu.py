@@ -25,10 +25,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ class GpuOptions(BaseModel):
     tower_seconds: float = Field(3.0, gt=0, description="about how long each tower rate is measured")
     steps: int = Field(30, ge=1, description="timed training steps per method")
     epoch_pairs: int = Field(MSCOCO_TRAIN_PAIRS, ge=1, description="pairs of the timed epoch (MSCOCO's by default)")
+    compile: Literal["off", "default", "reduce-overhead"] = Field(
+        "reduce-overhead", description="also time dense, skd and grounded with the training step compiled this way "
+        "(the trainer's compile_step; reduce-overhead replays CUDA graphs on a GPU); off: eager steps only")
     dense_rows: int = Field(1_000_000, ge=10, description="rows of the dense leg's matrix")
     dense_queries: int = Field(200, ge=1, description="queries timed on the dense leg")
 
@@ -178,7 +181,7 @@ def training_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, d
                "--set", f"data.cache_root={cache_root}", "--set", "model.backbone.kind=open_clip",
                "--set", f"model.backbone.model_name={options.model}", "--set", f"device={device}",
                "--images", "0", "--steps", str(options.steps), "--epoch-pairs", str(options.epoch_pairs),
-               "--align-run", str(runs / "align"), "--output", str(output)]
+               "--align-run", str(runs / "align"), "--compile", options.compile, "--output", str(output)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     figures: dict[str, Any] = json.loads(output.read_text())
     figures["command"] = " ".join(command[1:])
@@ -230,7 +233,8 @@ def dense_leg(rows: int, queries: int, device: str, *, dim: int = 256, k: int = 
     return figures
 
 
-def run_gpu(options: GpuOptions) -> dict[str, Any]:
+def run_gpu(options: GpuOptions, save: Callable[[dict[str, Any]], None] = lambda _report: None) -> dict[str, Any]:
+    """Every section in turn; ``save`` gets the report after each, so a run cut short keeps what it measured."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
     report: dict[str, Any] = {"machine": machine(), "device": device, "options": options.model_dump(mode="json"),
                               "versions": versions()}
@@ -247,15 +251,19 @@ def run_gpu(options: GpuOptions) -> dict[str, Any]:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # the next tower gets the memory this one held
     _logger.info("towers: %s", report["towers"])
+    save(report)
     backbone = open_clip_backbone(options.model, device)
     report["pipeline"] = {name: pipeline_rates(backbone, folder, options.work / "cache" / name, device)
                           for name, folder in (("photos_500x375", photos), ("small_64px", small))}
     _logger.info("pipeline: %s", report["pipeline"])
+    save(report)
     del backbone
     report["training"] = training_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("training: %s", report["training"])
+    save(report)
     report["launch"] = launch_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("launch: %s", report["launch"])
+    save(report)
     report["dense_leg"] = dense_leg(options.dense_rows, options.dense_queries, device)
     return report
 
@@ -303,6 +311,22 @@ def render(report: dict[str, Any]) -> str:
         kernels = f"{m['kernels_per_step']:,.0f}" if "kernels_per_step" in m else "- (GPU only)"
         lines.append(f"| {name} | {m['batch_size']} | {1000 * m['step_seconds']:.2f} | {over:.2f}x | {kernels} | "
                      f"{m['epoch_seconds']:.2f} |")
+    if "compiled" in training:
+        compiled = training["compiled"]
+        lines += ["", f"Steps compiled (`compile_step={compiled['mode']}`; the first two steps compile):", "",
+                  "| method | first two steps (s) | step ms | / compiled dense step | / eager step | "
+                  "kernels per step | epoch (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name in ("dense", "skd", "grounded"):
+            m = training["methods"].get(name, {}).get("compiled", {})
+            if "step_seconds" not in m:
+                error = " ".join(str(m.get("error", "not measured")).split()).replace("|", "/")
+                lines.append(f"| {name} | failed: {error} | | | | | |")
+                continue
+            step = m["step_seconds"]
+            kernels = f"{m['kernels_per_step']:,.0f}" if "kernels_per_step" in m else "- (GPU only)"
+            lines.append(f"| {name} | {m['first_steps_seconds']:.1f} | {1000 * step:.2f} | "
+                         f"{compiled['over_dense_step'].get(name, 1.0):.2f}x | "
+                         f"{compiled['over_eager_step'][name]:.2f}x | {kernels} | {m['epoch_seconds']:.2f} |")
     launch = report["launch"]
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in launch["setup"]["phases"].items())
     lines += ["", f"A `grounded` process of one epoch on the cached data (`python {launch['command']}`): its first "
@@ -334,9 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = arguments.build(parser.parse_args(argv))
     setup_logging("INFO")
-    report = run_gpu(options)
-    report["command"] = "python -m benchmarks.gpu " + " ".join(argv)
-    write_text_atomic(options.out / "report.json", json.dumps(report, indent=2))
+    command = "python -m benchmarks.gpu " + " ".join(argv)
+
+    def save(report: dict[str, Any]) -> None:
+        write_text_atomic(options.out / "report.json", json.dumps({**report, "command": command}, indent=2))
+
+    report = run_gpu(options, save)
+    report["command"] = command
+    save(report)
     write_text_atomic(options.out / "README.md", render(report))
     _logger.info("wrote %s (report.json, README.md)", options.out)
     return 0

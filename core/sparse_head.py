@@ -39,9 +39,21 @@ class OwnTerms:
     def scores(self, docs: torch.Tensor) -> torch.Tensor:
         """(N, num_terms) full vectors -> (N, B) dot products with these texts.
 
-        Only the columns some text uses can contribute, so the product runs over those: ``docs`` restricted to
-        them times the texts scattered over them (a dense matmul; on CPU faster than gathering per text).
+        On a CPU only the columns some text uses can pay: the product runs over those (``docs`` restricted to them
+        times the texts scattered over them; faster there than gathering per text). On an accelerator the product
+        runs over the whole vocabulary: its extra FLOPs cost less there than finding the used columns, whose count
+        makes the device wait for the host (and leaves a compiled step in pieces).
         """
+        if docs.device.type != "cpu":
+            return self.full_scores(docs)
+        return self.restricted_scores(docs)
+
+    def full_scores(self, docs: torch.Tensor) -> torch.Tensor:
+        """``scores`` as one product over the whole vocabulary: static shapes, no host synchronisation."""
+        return docs @ self.to_dense(docs.shape[1]).to(docs.dtype).T
+
+    def restricted_scores(self, docs: torch.Tensor) -> torch.Tensor:
+        """``scores`` over the columns the texts use (their number is read back to the host)."""
         used = torch.unique(self.columns[self.columns >= 0])  # ascending
         if used.numel() == 0:
             return docs.new_zeros(docs.shape[0], self.columns.shape[0])

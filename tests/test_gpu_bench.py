@@ -16,7 +16,7 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     out, work = tmp_path / "out", tmp_path / "work"
     code = main(["--towers", TINY_MODEL, "--model", TINY_MODEL, "--photos", "10", "--small", "20",
                  "--tower-seconds", "0.1", "--steps", "2", "--epoch-pairs", "2500", "--dense-rows", "3000",
-                 "--dense-queries", "4", "--work", str(work), "--out", str(out)])
+                 "--dense-queries", "4", "--compile", "default", "--work", str(work), "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["versions"]["torch"]
@@ -35,6 +35,12 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     for figures in training["methods"].values():
         assert figures["step_seconds"] > 0 and figures["epoch_seconds"] > 0
         assert figures["epoch_steps"] == -(-2500 // figures["batch_size"])
+    compiled = training["compiled"]
+    assert compiled["mode"] == "default" and set(compiled["step_seconds"]) == {"dense", "skd", "grounded"}
+    for name, step in compiled["step_seconds"].items():
+        figures = training["methods"][name]["compiled"]
+        assert step == figures["step_seconds"] > 0 and figures["first_steps_seconds"] > 0
+        assert compiled["over_eager_step"][name] == step / training["methods"][name]["step_seconds"]
     run = training["align_run"]
     assert run["setup_seconds"] > 0 and run["epoch_seconds"] >= 0 and run["after_last_epoch_seconds"] > 0
     assert (work / "runs" / "align" / "best").is_dir()
@@ -45,6 +51,7 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     assert report["dense_leg"]["rows"] == 3000 and report["dense_leg"]["ms"]["p50"] > 0
     assert report["dense_leg"]["filtered_ms"]["p50"] > 0
     page = (out / "README.md").read_text()
-    for section in ("## Towers", "## Pipeline", "## Training", "## Exact dense top 10"):
+    for section in ("## Towers", "## Pipeline", "## Training", "Steps compiled (`compile_step=default`",
+                    "## Exact dense top 10"):
         assert section in page
     assert build_parser().parse_args(["gpu", "--photos", "3"]).command == "gpu"

@@ -115,7 +115,24 @@ def test_own_terms_scores_equal_the_dense_dot_product() -> None:
     docs = torch.rand(5, 7, generator=g)
     terms = OwnTerms(columns=torch.tensor([[0, 3, -1], [6, -1, -1], [2, 1, 5]]),
                      weights=torch.tensor([[0.5, 1.0, 0.0], [2.0, 0.0, 0.0], [0.1, 0.2, 0.3]]))
-    assert torch.allclose(terms.scores(docs), docs @ terms.to_dense(7).T)
+    expected = docs @ terms.to_dense(7).T
+    assert torch.allclose(terms.scores(docs), expected)  # on a CPU: over the used columns only
+    assert torch.allclose(terms.restricted_scores(docs), expected)
+    assert torch.allclose(terms.full_scores(docs), expected)  # an accelerator's: the whole vocabulary, static shapes
+
+
+def test_both_score_products_give_the_same_gradients() -> None:
+    columns = torch.tensor([[4, 1, -1, -1], [0, 9, 3, -1], [7, -1, -1, -1]])
+    upstream = torch.rand(6, 3, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for product in ("restricted_scores", "full_scores"):
+        docs = torch.rand(6, 10, generator=torch.Generator().manual_seed(3)).requires_grad_()
+        weights = torch.rand(3, 4, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        scores = getattr(OwnTerms(columns, weights), product)(docs)
+        (scores * upstream).sum().backward()
+        grads.append((docs.grad, weights.grad))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+    assert bool((grads[1][1][columns < 0] == 0).all())  # pads learn nothing
 
 
 def test_d2s_mask_probability_by_epoch() -> None:

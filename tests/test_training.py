@@ -13,7 +13,7 @@ from core.checkpoint import load_checkpoint
 from core.data import load_karpathy
 from core.words import content_words
 from tests.conftest import TINY_MODEL
-from training import trainer
+from training import schedules, trainer
 from training.cli import main
 from training.config import build_config
 from training.presets import PRESETS
@@ -250,3 +250,64 @@ def test_kernels_per_step_are_counted_by_the_profiler_and_a_cpu_step_launches_no
                           overrides=[f"data.dataset_dir={synthetic_dataset}", *overrides])
     runner = StepRunner(config, trainer.prepare_workspace(config))
     assert runner.device_kernels(steps=1) == 0.0  # the count is of CUDA kernels: a GPU run reports them
+
+
+def _tiny_config(preset: str, work: Path, cache: Path, dataset: Path, *extra: str) -> Any:
+    overrides = [arg for arg in _common(dataset, cache)[2:] if arg != "--set"]
+    return build_config({**PRESETS[preset], "init_checkpoint": str(work / "align" / "best")},
+                        overrides=[f"data.dataset_dir={dataset}", *overrides, *extra])
+
+
+@pytest.mark.parametrize("preset", ["grounded", "skd"])
+def test_a_compiled_step_is_one_graph_with_the_eager_steps_losses_and_gradients(
+        preset: str, lit_base: tuple[Path, Path], synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the caption scores run over the whole vocabulary (an accelerator's product), torch.compile takes the
+    whole step as one graph (fullgraph: no host synchronisation, no break) and computes what the eager step does."""
+    import torch
+
+    from core.sparse_head import OwnTerms
+    from training.speed import StepRunner
+
+    work, cache = lit_base
+    config = _tiny_config(preset, work, cache, synthetic_dataset)
+    runner = StepRunner(config, trainer.prepare_workspace(config))
+    runner.model.eval()  # dropout draws differ between eager and compiled code; the rest of the step is the same
+    monkeypatch.setattr(OwnTerms, "scores", OwnTerms.full_scores)
+    args, kwargs = runner.inputs(3)
+    params = [p for p in runner.model.parameters() if p.requires_grad]
+    results = []
+    for losses_of in (trainer.step_losses, torch.compile(trainer.step_losses, fullgraph=True)):
+        losses = losses_of(*args, **kwargs)
+        grads = torch.autograd.grad(losses["loss"], params, allow_unused=True)  # e.g. an inference-free text input
+        results.append(({k: float(v.detach()) for k, v in losses.items()}, grads))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert eager.keys() == compiled.keys() and "regularizer" in eager
+    if preset == "grounded":
+        assert {"bow_loss", "word_loss"} <= eager.keys()
+    assert all(compiled[k] == pytest.approx(eager[k], rel=1e-4, abs=1e-6) for k in eager)
+    for c, e in zip(compiled_grads, eager_grads, strict=True):
+        assert (c is None) == (e is None) and (e is None or torch.allclose(c, e, rtol=1e-3, atol=1e-6))
+    assert sum(e is not None for e in eager_grads) >= 3
+
+
+def test_a_compiled_run_trains_through_the_annealed_budget_without_recompiling_each_step(
+        lit_base: tuple[Path, Path], synthetic_dataset: Path) -> None:
+    """compile_step=default through the real CLI: the image budget anneals and the regulariser's step grows every
+    step, yet the step compiles a bounded number of times and the run learns as the eager one does."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    work, cache = lit_base
+    counters.clear()
+    run = work / "grounded_compiled"
+    code = main(["grounded", "--run-dir", str(run), *_common(synthetic_dataset, cache),
+                 "--set", f"init_checkpoint={work / 'align' / 'best'}", "--set", "compile_step=default",
+                 "--set", "model.sparse_head.image_terms=4", "--set", "loss.image_topk_start=9"])
+    assert code == 0
+    steps = torch.load(run / trainer.STATE_FILE, weights_only=False)["loop"]["step"]
+    budgets = {schedules.annealed_top_k(s, steps, start=9, budget=4, anneal_ratio=0.5) for s in range(steps)}
+    assert len(budgets) == 6 and steps >= 15  # the budget took six sizes (of the vocabulary's 10 terms)
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(record["train"]["loss"] == record["train"]["loss"] for record in log)  # not NaN
+    assert log[-1]["train"]["relevance"] < log[0]["train"]["relevance"]
+    assert 0 < counters["stats"]["unique_graphs"] <= 12, counters["stats"]

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from core.data import MSCOCO_TRAIN_PAIRS
 from core.progress import setup_logging
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also time an epoch of this many pairs per method (MSCOCO's: {MSCOCO_TRAIN_PAIRS:,}); 0: not")
     p.add_argument("--align-run", help="first run align for one epoch in this directory (set-up, epoch and final "
                    "evaluation timed); its checkpoint is then the LiT base of the step probe")
+    p.add_argument("--compile", default="off", choices=get_args(TrainConfig.model_fields["compile_step"].annotation),
+                   help="also time dense, skd and grounded with their step compiled this way (compile_step): the "
+                   "first steps (compilation), a step, the epoch and the kernels a step launches")
     p.add_argument("--output", help="write the measurements JSON here")
     p = sub.add_parser("probe", help="the readability ceiling: a linear multi-label word probe on the frozen image "
                        "features (GP@k on val and test)")
@@ -289,14 +292,30 @@ def _speed(args: argparse.Namespace) -> int:
                                                                  "model.sparse_head.input_dropout=0.0"])}
     if args.align_run:
         variants = {"align": (PRESETS["align"], []), **variants}
-    methods = {}
+    methods: dict[str, dict[str, Any]] = {}
     for name, (preset, extra) in variants.items():
         config = build_config({**preset, "init_checkpoint": lit_base}, overrides=[*extra, *args.overrides])
         methods[name] = method_figures(StepRunner(config, ws), steps=args.steps, epoch_pairs=args.epoch_pairs)
+        if args.compile != "off" and name in ("dense", "skd", "grounded"):
+            compiled = config.model_copy(update={"compile_step": args.compile})
+            try:
+                methods[name]["compiled"] = method_figures(StepRunner(compiled, ws), steps=args.steps,
+                                                           epoch_pairs=args.epoch_pairs)
+            except Exception as error:  # a compiler stack that fails here (no triton, no C++ compiler) costs only these
+                _logger.warning("%s: the compiled step failed: %s", name, error)
+                methods[name]["compiled"] = {"error": f"{type(error).__name__}: {error}"[:1000]}
     steps = {name: figures["step_seconds"] for name, figures in methods.items()}
     out["methods"] = methods
     out["step_seconds"] = steps
     out["over_dense_step"] = {name: seconds / steps["dense"] for name, seconds in steps.items() if name != "dense"}
+    if args.compile != "off":
+        compiled_steps = {name: f["compiled"]["step_seconds"] for name, f in methods.items()
+                          if "step_seconds" in f.get("compiled", {})}
+        out["compiled"] = {"mode": args.compile, "step_seconds": compiled_steps,
+                           "over_dense_step": {name: seconds / compiled_steps["dense"]
+                                               for name, seconds in compiled_steps.items()
+                                               if name != "dense" and "dense" in compiled_steps},
+                           "over_eager_step": {name: seconds / steps[name] for name, seconds in compiled_steps.items()}}
     text = json.dumps(out, indent=2)
     if args.output:
         write_text_atomic(args.output, text)

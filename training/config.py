@@ -104,6 +104,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    compile_step: Literal["off", "default", "reduce-overhead"] = Field(
+        "off", description="torch.compile of a training step's losses, forward and backward: 'default' fuses their "
+        "element-wise work into fewer kernels; 'reduce-overhead' also replays the kernels as CUDA graphs on a GPU "
+        "(for steps bound by launching kernels). The first steps of a run pay the compilation")
     eval_batch_size: int = Field(1024, ge=1)
     fusion_metric: Literal["t2i_r1", "rsum"] = Field(
         "t2i_r1", description="what the val-selected fusion weight maximises: text-to-image R@1, or RSUM (R@1/5/10 "

@@ -25,9 +25,10 @@ from training.trainer import (
     StepPlan,
     Workspace,
     build_model,
+    build_optimizer,
+    optimizer_groups,
     resolve_device,
-    set_trainable,
-    step_losses,
+    step_function,
     term_ids_for,
     term_space_for,
     train,
@@ -82,7 +83,8 @@ class StepRunner:
         train = in_term_space(train, terms)
         term_ids, term_idf = term_ids_for(config, terms, train)
         self.model = build_model(config, ws.backbone, terms, term_ids, term_idf).to(self.device)
-        self.optimizer = torch.optim.AdamW(set_trainable(self.model, config.method), lr=config.optim.lr)
+        self.optimizer = build_optimizer(config, optimizer_groups(self.model, config.method, config), self.device)
+        self.losses_of = step_function(config)
         texts = training_texts(self.model, train, term_idf,
                                with_bow=config.loss.needs_caption_words)
         device = self.device
@@ -91,7 +93,8 @@ class StepRunner:
         self.bow = None if texts.bow is None else OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device))
         self.pairs = train.num_pairs
 
-    def step(self, step: int) -> None:
+    def inputs(self, step: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of ``step_losses`` for step ``step``: a random batch of the cached pairs."""
         config, device = self.config, self.device
         head = config.model.sparse_head
         idx = torch.randint(0, self.pairs, (config.optim.batch_size,), device=device)
@@ -99,12 +102,15 @@ class StepRunner:
         # the step after annealing: the image budget in force, captions masked as the config says at its end
         plan = StepPlan(reg_step=step, reg_warmup_steps=10, d2s_temperature=0.05, image_keep=head.image_terms or 0,
                         mask_texts=head.expansion == "always")
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device == "cuda"):
-            losses = step_losses(self.model, self.image_features[rows], self.text_features[idx], config, plan,
-                                 text_columns=self.columns[idx],
-                                 bow=None if self.bow is None else OwnTerms(self.bow.columns[rows],
-                                                                            self.bow.weights[rows]),
-                                 same_image=rows[:, None] == rows[None, :])
+        bow = None if self.bow is None else OwnTerms(self.bow.columns[rows], self.bow.weights[rows])
+        return ((self.model, self.image_features[rows], self.text_features[idx], config, plan),
+                {"text_columns": self.columns[idx], "bow": bow, "same_image": rows[:, None] == rows[None, :]})
+
+    def step(self, step: int) -> None:
+        args, kwargs = self.inputs(step)
+        amp = self.config.amp and self.device == "cuda"
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            losses = self.losses_of(*args, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.optimizer.step()
@@ -136,9 +142,17 @@ class StepRunner:
 
 def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> dict[str, float]:
     """A method's mean step time, and the time of an epoch of ``epoch_pairs`` pairs (whole batches in a row) when
-    it is not 0; on a GPU also the kernels a step launches."""
+    it is not 0; on a GPU also the kernels a step launches; with a compiled step, also its first two steps' time
+    (the compilation)."""
     batch = runner.config.optim.batch_size
-    figures = {"batch_size": batch, "step_seconds": runner.seconds(steps) / steps}
+    figures: dict[str, float] = {"batch_size": batch}
+    if runner.config.compile_step != "off":
+        # the first two steps compile the step (the second again, with the plan's changing integers symbolic)
+        started = device_seconds(runner.device)
+        for warm in range(2):
+            runner.step(warm)
+        figures["first_steps_seconds"] = device_seconds(runner.device) - started
+    figures["step_seconds"] = runner.seconds(steps) / steps
     if runner.device.startswith("cuda"):
         try:
             figures["kernels_per_step"] = runner.device_kernels()

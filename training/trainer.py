@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,13 @@ def optimizer_groups(model: DuetModel, name: str, config: TrainConfig) -> list[d
     return out
 
 
+def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]], device: str) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (optimizer_groups). On CUDA its fused form updates every tensor in one kernel, not a
+    dozen kernels per tensor: a step of small tensors there waits on launching kernels, not on running them."""
+    return torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                             fused=True if device.startswith("cuda") else None)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """What the schedules say for one optimiser step."""
@@ -246,6 +254,27 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
         out.update(value)
         out["loss"] = out["loss"] + weight * value[name]
     return out
+
+
+StepLosses = Callable[..., dict[str, torch.Tensor]]
+
+
+def step_function(config: TrainConfig) -> StepLosses:
+    """``step_losses`` as the run computes it: compiled when ``config.compile_step`` asks (torch.compile traces the
+    backward too). The plan's integers that change between steps (the regulariser's step, the image budget while it
+    anneals) turn symbolic at their first change, so a run compiles twice, not at every step; its floats never
+    recompile. Each call starts from empty compile caches: a new model would otherwise count against the limit of
+    recompilations per function and fall back to eager steps."""
+    if config.compile_step == "off":
+        return step_losses
+    torch.compiler.reset()
+    compiled = torch.compile(step_losses, mode=None if config.compile_step == "default" else config.compile_step)
+
+    def compiled_step(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the last step's outputs are no longer read
+        return compiled(*args, **kwargs)
+
+    return compiled_step
 
 
 def _grounding_losses(model: DuetModel, image_sparse: torch.Tensor, image_logits: torch.Tensor, lc: LossConfig,
@@ -421,7 +450,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     clock.lap("vocabulary, model and training texts")
     groups = optimizer_groups(model, config.method, config)
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = build_optimizer(config, groups, device)
+    losses_of = step_function(config)
     d2s_temperature = config.loss.d2s_teacher_temperature or float(model.temperature.detach())
 
     batch = min(config.optim.batch_size, train_split.num_pairs)
@@ -472,10 +502,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
                                                                                   * total_steps)))
             rows = caption_image[idx]
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = step_losses(model, image_features[rows], text_features[idx], config, plan,
-                                     text_columns=caption_columns[idx] if caption_columns is not None else None,
-                                     bow=OwnTerms(bow.columns[rows], bow.weights[rows]) if bow is not None else None,
-                                     same_image=rows[:, None] == rows[None, :])
+                losses = losses_of(model, image_features[rows], text_features[idx], config, plan,
+                                   text_columns=caption_columns[idx] if caption_columns is not None else None,
+                                   bow=OwnTerms(bow.columns[rows], bow.weights[rows]) if bow is not None else None,
+                                   same_image=rows[:, None] == rows[None, :])
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if config.optim.grad_clip > 0:
