@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +25,8 @@ class ServiceSettings(BaseSettings):
                                            "there is one.")
     checkpoint: Path | None = Field(None, description="Checkpoint to load (default: the one the index names).")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="Where queries are encoded; on a "
-                        "CUDA device the dense leg there scores every item exactly (FAISS on the CPU otherwise).")
+                        "CUDA device the dense leg there scores every item exactly (FAISS on the CPU otherwise). "
+                        "The embedded engine's: --engine ray refuses a CUDA device.")
     collection_root: Path | None = Field(None, description="Image root (default: the one the index recorded).")
     engine: Literal["embedded", "ray"] = Field("embedded", description="Where the collection is served: this "
                                                "process, or Ray Serve deployments (a sharded collection).")
@@ -86,3 +87,10 @@ class ServiceSettings(BaseSettings):
                     torch.cuda.device_count())):
                 raise ValueError(f"{device}: no such CUDA device on this machine")
         return device
+
+    @model_validator(mode="after")
+    def _device_served(self) -> ServiceSettings:
+        if self.engine == "ray" and self.device != "cpu":  # refused rather than silently encoded on a CPU
+            raise ValueError(f"--device {self.device} applies to the embedded engine: with --engine ray the ingress "
+                             "replicas encode queries and the shards score them on their nodes' CPUs")
+        return self

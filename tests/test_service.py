@@ -302,3 +302,17 @@ def test_the_device_setting_names_a_device_this_machine_has() -> None:
     if not torch.cuda.is_available():  # CI's machines: a CUDA device is refused at startup, not on the first search
         with pytest.raises(ValueError, match="no such CUDA device"):
             ServiceSettings(device="cuda")
+
+
+def test_the_ray_engine_refuses_a_device_it_would_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from service.cli import main
+    from service.settings import ServiceSettings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU, as far as settings see
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert ServiceSettings(device="cuda").device == "cuda"  # the embedded engine uses it
+    with pytest.raises(ValueError, match="applies to the embedded engine"):
+        ServiceSettings(engine="ray", device="cuda")
+    assert main(["--engine", "ray", "--device", "cuda"]) == 2  # a clear refusal before any cluster is asked
