@@ -7,14 +7,15 @@ small (64 px), with generated captions, in Karpathy format. It measures, with th
              already on the device;
   pipeline   the feature cache end to end, from JPEG files to stored features (core/image_pipeline.py), for each
              image size, and captions from text to stored features, against the tower;
+  dense leg  the service's exact dense leg over a 1M x 256 matrix on the device (indexer/device_dense.py), top 10,
+             one query at a time, unfiltered and under a 10% filter;
   training   a real ``align`` run of one epoch on the generated data (set-up before the first epoch, the epoch,
              the final evaluation), then steps of dense, skd and grounded on its cached features, and an epoch of
-             MSCOCO's size (566,747 pairs) for each;
+             MSCOCO's size (566,747 pairs) for each, eager and with the step compiled (``--compile``);
   launch     a ``grounded`` process of one epoch on the cached data: seconds from its launch to its first epoch,
-             phase by phase, and after its last epoch;
-  dense leg  the service's exact dense leg over a 1M x 256 matrix on the device (indexer/device_dense.py), top 10,
-             one query at a time, unfiltered and under a 10% filter.
-Every clock waits for the device (core/device_clock.py). On a CPU it runs the same code with tiny sizes.
+             phase by phase, and after its last epoch.
+Every clock waits for the device (core/device_clock.py). On a CPU it runs the same code with tiny sizes. report.json
+is written after each section, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -258,13 +259,15 @@ def run_gpu(options: GpuOptions, save: Callable[[dict[str, Any]], None] = lambda
     _logger.info("pipeline: %s", report["pipeline"])
     save(report)
     del backbone
+    # before training: the compiled steps' compilation is the longest, least predictable part of a GPU run
+    report["dense_leg"] = dense_leg(options.dense_rows, options.dense_queries, device)
+    _logger.info("dense leg: %s", report["dense_leg"])
+    save(report)
     report["training"] = training_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("training: %s", report["training"])
     save(report)
     report["launch"] = launch_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("launch: %s", report["launch"])
-    save(report)
-    report["dense_leg"] = dense_leg(options.dense_rows, options.dense_queries, device)
     return report
 
 

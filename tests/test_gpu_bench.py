@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from benchmarks.cli import build_parser
@@ -55,3 +56,20 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
                     "## Exact dense top 10"):
         assert section in page
     assert build_parser().parse_args(["gpu", "--photos", "3"]).command == "gpu"
+
+
+def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.gpu as gpu
+
+    def cut(*_args: object) -> None:
+        raise KeyboardInterrupt  # a timeout's signal, in the training section
+
+    monkeypatch.setattr(gpu, "training_figures", cut)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--towers", TINY_MODEL, "--model", TINY_MODEL, "--photos", "3", "--small", "3", "--tower-seconds",
+              "0.05", "--dense-rows", "100", "--dense-queries", "2", "--work", str(tmp_path / "work"),
+              "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert {"towers", "pipeline", "dense_leg"} <= set(report) and "training" not in report
+    assert report["command"].startswith("python -m benchmarks.gpu") and report["dense_leg"]["ms"]["p50"] > 0
