@@ -15,7 +15,7 @@ from core.words import content_words
 from tests.conftest import TINY_MODEL
 from training import schedules, trainer
 from training.cli import main
-from training.config import build_config
+from training.config import TrainConfig, build_config
 from training.presets import PRESETS
 from training.trainer import train
 
@@ -25,6 +25,13 @@ def _common(dataset: Path, cache: Path) -> list[str]:
             "--set", "model.backbone.kind=open_clip", "--set", f"model.backbone.model_name={TINY_MODEL}",
             "--set", "model.backbone.embed_dim=32", "--set", "optim.batch_size=32", "--set", "optim.epochs=3",
             "--set", "eval_batch_size=64"]
+
+
+def _tiny_config(preset: str, work: Path, cache: Path, dataset: Path) -> TrainConfig:
+    """``preset`` from the LiT base in ``work``, with the tiny sizes of ``_common``."""
+    overrides = [arg for arg in _common(dataset, cache)[2:] if arg != "--set"]
+    return build_config({**PRESETS[preset], "init_checkpoint": str(work / "align" / "best")},
+                        overrides=[f"data.dataset_dir={dataset}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -245,17 +252,9 @@ def test_kernels_per_step_are_counted_by_the_profiler_and_a_cpu_step_launches_no
     from training.speed import StepRunner
 
     work, cache = lit_base
-    overrides = [arg for arg in _common(synthetic_dataset, cache)[2:] if arg != "--set"]
-    config = build_config({**PRESETS["grounded"], "init_checkpoint": str(work / "align" / "best")},
-                          overrides=[f"data.dataset_dir={synthetic_dataset}", *overrides])
+    config = _tiny_config("grounded", work, cache, synthetic_dataset)
     runner = StepRunner(config, trainer.prepare_workspace(config))
     assert runner.device_kernels(steps=1) == 0.0  # the count is of CUDA kernels: a GPU run reports them
-
-
-def _tiny_config(preset: str, work: Path, cache: Path, dataset: Path, *extra: str) -> Any:
-    overrides = [arg for arg in _common(dataset, cache)[2:] if arg != "--set"]
-    return build_config({**PRESETS[preset], "init_checkpoint": str(work / "align" / "best")},
-                        overrides=[f"data.dataset_dir={dataset}", *overrides, *extra])
 
 
 @pytest.mark.parametrize("preset", ["grounded", "skd"])
@@ -293,7 +292,7 @@ def test_a_compiled_step_is_one_graph_with_the_eager_steps_losses_and_gradients(
 def test_a_compiled_run_trains_through_the_annealed_budget_without_recompiling_each_step(
         lit_base: tuple[Path, Path], synthetic_dataset: Path) -> None:
     """compile_step=default through the real CLI: the image budget anneals and the regulariser's step grows every
-    step, yet the step compiles a bounded number of times and the run learns as the eager one does."""
+    step, yet the step compiles a bounded number of times, and the run learns."""
     import torch
     from torch._dynamo.utils import counters
 

@@ -451,7 +451,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     groups = optimizer_groups(model, config.method, config)
     params = [p for g in groups for p in g["params"]]
     optimizer = build_optimizer(config, groups, device)
-    losses_of = step_function(config)
+    losses_of = step_function(config)  # compiled at the first step; with compile_step, torch.compile's import now
+    clock.lap("optimiser and step function")
     d2s_temperature = config.loss.d2s_teacher_temperature or float(model.temperature.detach())
 
     batch = min(config.optim.batch_size, train_split.num_pairs)
