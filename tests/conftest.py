@@ -6,7 +6,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -215,6 +215,19 @@ def noise_png(seed: int, size: int = 40) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# operators whose output shape (or, for a scalar, value) comes from the data: a GPU must stop for the host to read it
+_READ_BACK = ("unique", "nonzero", "masked_select", "_local_scalar_dense")
+
+
+def host_read_back_operators(function: Callable[..., object], *tensors: object) -> set[str]:
+    """The operators of ``function(*tensors)``, traced, whose output the host must read back from the device."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph = make_fx(function)(*tensors).graph
+    return {str(node.target) for node in graph.nodes
+            if node.op == "call_function" and any(name in str(node.target) for name in _READ_BACK)}
 
 
 # the headless browser of the web page tests (Debian's chromium + chromedriver)

@@ -159,3 +159,18 @@ def test_hub_loss_can_spare_the_images_whose_captions_use_the_word() -> None:
     assert weights.grad is not None
     assert weights.grad[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.5 / 4, 0.5 / 4])
     assert weights.grad[:, 1].abs().sum() == 0
+
+
+def test_the_flops_of_compact_rows_equal_their_dense_rows_with_no_shape_taken_from_the_data() -> None:
+    """Columns shared by many rows, pads among them: summed by operators whose output shapes do not depend on the
+    data (no unique or nonzero, whose sizes a GPU must read back to the host before it goes on)."""
+    from core.sparse_head import OwnTerms
+    from tests.conftest import host_read_back_operators
+
+    g = torch.Generator().manual_seed(5)
+    columns = torch.stack([torch.randperm(12, generator=g)[:5] for _ in range(16)])
+    columns = torch.where(torch.rand(16, 5, generator=g) < 0.2, torch.full_like(columns, -1), columns)
+    weights = torch.rand(16, 5, generator=g)
+    compact = OwnTerms(columns, weights)
+    assert float(flops_regularizer(compact)) == pytest.approx(float(flops_regularizer(compact.to_dense(12))))
+    assert not host_read_back_operators(lambda c, w: flops_regularizer(OwnTerms(c, w)), columns, weights)

@@ -12,7 +12,7 @@ import pytest
 from core.checkpoint import load_checkpoint
 from core.data import load_karpathy
 from core.words import content_words
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, host_read_back_operators
 from training import schedules, trainer
 from training.cli import main
 from training.config import TrainConfig, build_config
@@ -260,8 +260,9 @@ def test_kernels_per_step_are_counted_by_the_profiler_and_a_cpu_step_launches_no
 @pytest.mark.parametrize("preset", ["grounded", "skd"])
 def test_a_compiled_step_is_one_graph_with_the_eager_steps_losses_and_gradients(
         preset: str, lit_base: tuple[Path, Path], synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the caption scores run over the whole vocabulary (an accelerator's product), torch.compile takes the
-    whole step as one graph (fullgraph: no host synchronisation, no break) and computes what the eager step does."""
+    """Where the caption scores run over the whole vocabulary (an accelerator's product), no operator of the step
+    takes its output's shape from the data (a GPU never waits for the host), torch.compile takes the whole step as
+    one graph (fullgraph) and it computes what the eager step does."""
     import torch
 
     from core.sparse_head import OwnTerms
@@ -273,6 +274,14 @@ def test_a_compiled_step_is_one_graph_with_the_eager_steps_losses_and_gradients(
     runner.model.eval()  # dropout draws differ between eager and compiled code; the rest of the step is the same
     monkeypatch.setattr(OwnTerms, "scores", OwnTerms.full_scores)
     args, kwargs = runner.inputs(3)
+    model, image_features, text_features, _, plan = args
+
+    def loss(images: torch.Tensor, texts: torch.Tensor, columns: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        return trainer.step_losses(model, images, texts, config, plan, text_columns=columns, bow=kwargs["bow"],
+                                   same_image=same)["loss"]
+
+    assert not host_read_back_operators(loss, image_features, text_features, kwargs["text_columns"],
+                                        kwargs["same_image"])
     params = [p for p in runner.model.parameters() if p.requires_grad]
     results = []
     for losses_of in (trainer.step_losses, torch.compile(trainer.step_losses, fullgraph=True)):

@@ -194,9 +194,15 @@ def flops_regularizer(weights: Weights, threshold: int | None = None) -> torch.T
     magnitudes = values.abs() if mask is None else values.abs() * mask
     if not isinstance(weights, OwnTerms):
         return (magnitudes.mean(dim=0) ** 2).sum()
-    # compact rows: each column's mean over the rows gathers from wherever that column appears
-    used, local = torch.unique(weights.columns.clamp(min=0), return_inverse=True)
-    sums = magnitudes.new_zeros(used.numel()).index_add_(0, local.reshape(-1), magnitudes.reshape(-1))
+    # compact rows: each column's mean over the rows gathers from wherever that column appears. The columns are
+    # sorted and each run of one column summed into its own slot (as many slots as entries, the spare ones 0), so
+    # the shapes never depend on the data: no count read back to the host, one graph when compiled. Pads add 0.
+    columns = weights.columns.clamp(min=0).reshape(-1)
+    order = columns.argsort()
+    ordered = columns[order]
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=ordered.device), ordered[1:] != ordered[:-1]])
+    slots = starts.cumsum(0) - 1
+    sums = magnitudes.new_zeros(ordered.numel()).index_add_(0, slots, magnitudes.reshape(-1)[order])
     return ((sums / values.shape[0]) ** 2).sum()
 
 
