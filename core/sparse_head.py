@@ -26,6 +26,13 @@ class OwnTerms:
     columns: torch.Tensor
     weights: torch.Tensor
 
+    def to(self, device: torch.device | str) -> OwnTerms:
+        return OwnTerms(self.columns.to(device), self.weights.to(device))
+
+    def rows(self, index: torch.Tensor) -> OwnTerms:
+        """The texts at ``index`` (a batch's rows of a whole split's texts)."""
+        return OwnTerms(self.columns[index], self.weights[index])
+
     def present_weights(self) -> torch.Tensor:
         """(B, L) the weights with every pad's set to 0, whatever was stored there."""
         return torch.where(self.columns >= 0, self.weights, torch.zeros_like(self.weights))

@@ -18,7 +18,6 @@ from core.data import karpathy_inputs
 from core.device_clock import device_seconds, synchronize
 from core.feature_cache import compute_features
 from core.image_pipeline import image_batch_size
-from core.sparse_head import OwnTerms
 from training.config import TrainConfig
 from training.features import in_term_space, split_features
 from training.trainer import (
@@ -90,7 +89,7 @@ class StepRunner:
         device = self.device
         self.image_features, self.text_features = train.image_features.to(device), train.text_features.to(device)
         self.caption_image, self.columns = train.caption_image.to(device), texts.caption_columns.to(device)
-        self.bow = None if texts.bow is None else OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device))
+        self.bow = None if texts.bow is None else texts.bow.to(device)
         self.pairs = train.num_pairs
 
     def inputs(self, step: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -102,7 +101,7 @@ class StepRunner:
         # the step after annealing: the image budget in force, captions masked as the config says at its end
         plan = StepPlan(reg_step=step, reg_warmup_steps=10, d2s_temperature=0.05, image_keep=head.image_terms or 0,
                         mask_texts=head.expansion == "always")
-        bow = None if self.bow is None else OwnTerms(self.bow.columns[rows], self.bow.weights[rows])
+        bow = None if self.bow is None else self.bow.rows(rows)
         return ((self.model, self.image_features[rows], self.text_features[idx], config, plan),
                 {"text_columns": self.columns[idx], "bow": bow, "same_image": rows[:, None] == rows[None, :]})
 
@@ -115,10 +114,17 @@ class StepRunner:
         losses["loss"].backward()
         self.optimizer.step()
 
-    def seconds(self, steps: int) -> float:
-        """Wall seconds of ``steps`` steps in a row, after two that pay the one-off allocation costs."""
+    def warm_up(self) -> float:
+        """Two steps that pay the one-off costs (allocation; with a compiled step, its compilation, the second time
+        with the plan's changing integers symbolic); their wall seconds."""
+        started = device_seconds(self.device)
         for warm in range(2):
             self.step(warm)
+        return device_seconds(self.device) - started
+
+    def seconds(self, steps: int) -> float:
+        """Wall seconds of ``steps`` steps in a row, after the two of ``warm_up``."""
+        self.warm_up()
         started = device_seconds(self.device)
         for step in range(steps):
             self.step(2 + step)
@@ -147,11 +153,7 @@ def method_figures(runner: StepRunner, *, steps: int, epoch_pairs: int = 0) -> d
     batch = runner.config.optim.batch_size
     figures: dict[str, float] = {"batch_size": batch}
     if runner.config.compile_step != "off":
-        # the first two steps compile the step (the second again, with the plan's changing integers symbolic)
-        started = device_seconds(runner.device)
-        for warm in range(2):
-            runner.step(warm)
-        figures["first_steps_seconds"] = device_seconds(runner.device) - started
+        figures["first_steps_seconds"] = runner.warm_up()
     figures["step_seconds"] = runner.seconds(steps) / steps
     if runner.device.startswith("cuda"):
         try:

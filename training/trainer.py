@@ -471,8 +471,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     text_features = train_split.text_features.to(device)
     caption_image = train_split.caption_image.to(device)
     caption_columns = texts.caption_columns.to(device) if texts is not None else None
-    bow = OwnTerms(texts.bow.columns.to(device), texts.bow.weights.to(device)) \
-        if texts is not None and texts.bow is not None else None
+    bow = texts.bow.to(device) if texts is not None and texts.bow is not None else None
     use_amp = config.amp and device == "cuda"
     clock.lap("state and features to the device")
     setup = _setup_figures(clock, launched if workspace is None else None)
@@ -505,7 +504,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 losses = losses_of(model, image_features[rows], text_features[idx], config, plan,
                                    text_columns=caption_columns[idx] if caption_columns is not None else None,
-                                   bow=OwnTerms(bow.columns[rows], bow.weights[rows]) if bow is not None else None,
+                                   bow=bow.rows(rows) if bow is not None else None,
                                    same_image=rows[:, None] == rows[None, :])
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
