@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,26 @@ class UnsupportedBackboneError(ValueError):
     """The open_clip model has a tower whose final layer Duet cannot locate."""
 
 
+class StaleBackboneFactsError(RuntimeError):
+    """Towers built for saved facts do not have the facts' fingerprint (the facts outlived what made them)."""
+
+
 @dataclass
-class Backbone:
+class Towers:
     clip: Any  # an open_clip model (nn.Module); projections removed; eval mode; no gradients
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     preprocess: Callable[[Any], torch.Tensor]
+
+
+@dataclass
+class Backbone:
+    """The frozen towers and what is known of them without running them.
+
+    A backbone read from saved facts (``core.backbone_facts``) has no towers until something encodes or
+    tokenises: ``build`` makes them then, and they must have the facts' fingerprint. ``remembered_tokenizer``, where
+    set, gives the towers' token ids from a file of earlier outputs (see ``term_tokenizer``).
+    """
+
     vocabulary: Vocabulary
     token_embedding: torch.Tensor  # (V, text_width)
     image_projection: torch.Tensor  # (embed_dim, image_feature_dim), nn.Linear weight layout
@@ -44,6 +60,49 @@ class Backbone:
     # HF towers mask padding by id, so trailing pad columns can be cut (4x less work on short captions);
     # open_clip's own text tower uses a fixed-size causal mask and must see the full context.
     pad_id_for_trimming: int | None = None
+    towers: Towers | None = None
+    build: Callable[[], Backbone] | None = None
+    remembered_tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None
+    placed_on: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def built_towers(self) -> Towers:
+        """The towers, built now if they are not yet (on the device the backbone was moved to)."""
+        with self._building:  # a tokenising thread and the encoder may both ask first
+            if self.towers is None:
+                if self.build is None:
+                    raise RuntimeError("this backbone has neither towers nor a way to build them")
+                built = self.build()
+                if built.fingerprint != self.fingerprint:
+                    raise StaleBackboneFactsError(
+                        f"the towers built now have fingerprint {built.fingerprint}, the saved facts "
+                        f"{self.fingerprint}: remove the saved backbone facts and run again")
+                assert built.towers is not None
+                built.towers.clip.to(self.placed_on)
+                self.towers = built.towers
+            return self.towers
+
+    @property
+    def clip(self) -> Any:
+        return self.built_towers().clip
+
+    @property
+    def tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
+        """The towers' tokenizer; before they are built, one that builds them at its first call."""
+        return self.towers.tokenizer if self.towers is not None else self.tokenize
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.built_towers().tokenizer(texts)
+
+    @property
+    def term_tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
+        """The tokenizer for a term space (the same ids): the remembering one where there is one, so a run that
+        tokenises the same words every time builds no towers for them."""
+        return self.remembered_tokenizer if self.remembered_tokenizer is not None else self.tokenizer
+
+    @property
+    def preprocess(self) -> Callable[[Any], torch.Tensor]:
+        return self.built_towers().preprocess
 
     @property
     def image_feature_dim(self) -> int:
@@ -62,12 +121,14 @@ class Backbone:
         return int(self.token_embedding.shape[1])
 
     def to(self, device: str | torch.device) -> Backbone:
-        self.clip.to(device)
+        self.placed_on = torch.device(device)
+        if self.towers is not None:
+            self.towers.clip.to(self.placed_on)
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
+        return self.placed_on
 
     def autocast(self) -> Any:
         """bf16 autocast where the towers run on a CUDA device (a GPU's tensor cores), nothing on a CPU."""
@@ -166,6 +227,11 @@ def _fingerprint(description: dict[str, Any], clip: nn.Module, vocabulary: Vocab
     return digest.hexdigest()[:16]
 
 
+def is_local_checkpoint(pretrained: str) -> bool:
+    """A ``pretrained`` that names a file (else it is an open_clip tag, read from a hub cache)."""
+    return pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
+
+
 def _resolve_open_clip_name(model_name: str) -> str:
     """Accept a registered open_clip name or a path to an architecture JSON (registered on the fly)."""
     import open_clip
@@ -207,7 +273,7 @@ def build_backbone(config: BackboneConfig) -> Backbone:
             assert config.model_name is not None  # guaranteed by BackboneConfig validation
             name = _resolve_open_clip_name(config.model_name)
             pretrained = config.pretrained
-            if pretrained and (pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained):
+            if pretrained and is_local_checkpoint(pretrained):
                 if not Path(pretrained).is_file():
                     raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
             try:
@@ -230,8 +296,7 @@ def build_backbone(config: BackboneConfig) -> Backbone:
     hf_config = getattr(getattr(clip, "text", None), "config", None)  # HF text towers pad with their own id
     pad_id = hf_config.pad_token_id if hf_config is not None else None
     _logger.info("backbone %s ready (fingerprint %s)", description, fingerprint)
-    return Backbone(clip=clip, tokenizer=tokenizer, preprocess=preprocess, vocabulary=vocabulary,
-                    token_embedding=token_embedding, image_projection=image_projection,
+    return Backbone(vocabulary=vocabulary, token_embedding=token_embedding, image_projection=image_projection,
                     text_projection=text_projection, fingerprint=fingerprint, description=description,
-                    pad_id_for_trimming=pad_id)
+                    pad_id_for_trimming=pad_id, towers=Towers(clip, tokenizer, preprocess))
 

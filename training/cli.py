@@ -139,7 +139,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
-    terms = TermSpace(ws.backbone.vocabulary, ws.backbone.tokenizer, checkpoint.model.sparse_head.words)
+    terms = TermSpace(ws.backbone.vocabulary, ws.backbone.term_tokenizer, checkpoint.model.sparse_head.words)
     features = in_term_space(split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer), terms)
     train = in_term_space(split_features(ws.dataset, ws.cache, config.data.train_split,
                                          tokenizer=ws.backbone.tokenizer), terms)

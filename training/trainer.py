@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from core.atomic import atomic_file, write_text_atomic
-from core.backbone import Backbone, build_backbone
+from core.backbone import Backbone
+from core.backbone_facts import BACKBONE_FACTS_DIR, load_backbone
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import KarpathyDataset, karpathy_inputs, load_karpathy
 from core.device_clock import SetupClock, device_seconds, seconds_since_launch
@@ -73,7 +74,8 @@ def resolve_device(name: str) -> str:
 
 def prepare_workspace(config: TrainConfig) -> Workspace:
     dataset = load_karpathy(config.data.dataset_dir, image_root=config.data.image_root)
-    backbone = build_backbone(config.model.backbone).to(resolve_device(config.device))
+    backbone = load_backbone(config.model.backbone, facts_root=Path(config.data.cache_root) / BACKBONE_FACTS_DIR)
+    backbone.to(resolve_device(config.device))
     splits = sorted({config.data.train_split, config.data.val_split, config.data.test_split})
     cache = compute_features(backbone, karpathy_inputs(dataset, splits), cache_root=config.data.cache_root,
                              skip_corrupt=config.data.skip_corrupt)
@@ -87,7 +89,7 @@ def term_space_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures
     if head.vocabulary == "words":
         words = WordVocabulary.from_captions(train.caption_texts, min_df=head.min_df,
                                              inflections=head.inflections == "merge")
-    return TermSpace(backbone.vocabulary, backbone.tokenizer, words)
+    return TermSpace(backbone.vocabulary, backbone.term_tokenizer, words)
 
 
 def term_ids_for(config: TrainConfig, terms: TermSpace, train: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,8 +452,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     clock.lap("vocabulary, model and training texts")
     groups = optimizer_groups(model, config.method, config)
     params = [p for g in groups for p in g["params"]]
-    optimizer = build_optimizer(config, groups, device)
-    losses_of = step_function(config)  # compiled at the first step; with compile_step, torch.compile's import now
+    optimizer = build_optimizer(config, groups, device)  # its first parameter group imports torch._dynamo (~1 s)
+    losses_of = step_function(config)  # compiled at the first step
     clock.lap("optimiser and step function")
     d2s_temperature = config.loss.d2s_teacher_temperature or float(model.temperature.detach())
 
@@ -549,7 +551,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     model = best.model.to(device)  # evaluated where it trained
     test_split = in_term_space(split_features(ws.dataset, ws.cache, config.data.test_split,
                                               tokenizer=ws.backbone.tokenizer),
-                               TermSpace(ws.backbone.vocabulary, ws.backbone.tokenizer, model.sparse_head.words))
+                               TermSpace(ws.backbone.vocabulary, ws.backbone.term_tokenizer, model.sparse_head.words))
     # the weights the model trained with, reported beside the val-selected ones (from the same scores)
     teacher = {"integrated_teacher_weights": (model.config.fusion_dense_weight, model.config.fusion_sparse_weight)}
     fusion = tune_fusion(model, val_split, device=device, metric=config.fusion_metric)
