@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.config import SparseHeadConfig
-from core.sparse_head import SparseHead, top_k_prune
+from core.sparse_head import SparseHead, log1p_relu, top_k_prune
 
 
 def _head(vocab: int = 50, width: int = 8, embed: int = 4,
@@ -101,3 +101,36 @@ def test_a_budgeted_image_equals_the_whole_activation_cut_to_its_budget_with_its
     (expected_grad,) = torch.autograd.grad(expected, logits, upstream)
     (got_grad,) = torch.autograd.grad(budgeted, logits, upstream)
     assert torch.equal(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize("shape", [(64, 700), (3, 5, 7), (0, 9)])
+def test_the_activation_skips_the_non_positive_logits_with_the_same_values_and_gradients(shape: tuple[int, ...],
+                                                                                          ) -> None:
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(shape, generator=g) * 3 - 2  # about a quarter positive
+    if logits.numel():
+        flat = logits.view(-1)
+        flat[:6] = torch.tensor([0.0, -0.0, float("nan"), 1e-30, 88.0, -float("inf")])
+    logits = logits.transpose(0, -1) if len(shape) == 3 else logits  # not contiguous
+    leaf = logits.detach().requires_grad_(True)
+    reference = torch.log1p(torch.relu(leaf))
+    skipping = log1p_relu(leaf)
+    assert skipping.grad_fn is not None and "Log1pOfPositive" in type(skipping.grad_fn).__name__
+    assert torch.equal(skipping.nan_to_num(-1.0), reference.nan_to_num(-1.0))  # NaN stays NaN, as relu leaves it
+    upstream = torch.randn(skipping.shape, generator=g)
+    (expected,) = torch.autograd.grad(reference, leaf, upstream)
+    (got,) = torch.autograd.grad(skipping, leaf, upstream)
+    assert torch.equal(got.nan_to_num(-1.0), expected.nan_to_num(-1.0))
+
+
+def test_a_device_or_a_compiled_step_gets_the_plain_activation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import sparse_head
+    from tests.conftest import host_read_back_operators
+
+    logits = torch.randn(8, 30)
+    assert "aten.nonzero.default" in host_read_back_operators(log1p_relu, logits)  # eager on a CPU: skips zeros
+    monkeypatch.setattr(sparse_head, "data_sized_ops_pay", lambda _tensor: False)
+    assert not host_read_back_operators(log1p_relu, logits)
+    monkeypatch.undo()
+    compiled = torch.compile(log1p_relu, fullgraph=True)  # a data-sized operator would break the graph
+    assert torch.allclose(compiled(logits), torch.log1p(torch.relu(logits)))

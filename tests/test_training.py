@@ -260,19 +260,19 @@ def test_kernels_per_step_are_counted_by_the_profiler_and_a_cpu_step_launches_no
 @pytest.mark.parametrize("preset", ["grounded", "skd"])
 def test_a_compiled_step_is_one_graph_with_the_eager_steps_losses_and_gradients(
         preset: str, lit_base: tuple[Path, Path], synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the caption scores run over the whole vocabulary (an accelerator's product), no operator of the step
-    takes its output's shape from the data (a GPU never waits for the host), torch.compile takes the whole step as
-    one graph (fullgraph) and it computes what the eager step does."""
+    """With an accelerator's operators (the caption scores over the whole vocabulary, the activation at every
+    logit), no operator of the step takes its output's shape from the data (a GPU never waits for the host),
+    torch.compile takes the whole step as one graph (fullgraph) and it computes what the eager step does."""
     import torch
 
-    from core.sparse_head import OwnTerms
+    from core import sparse_head
     from training.speed import StepRunner
 
     work, cache = lit_base
     config = _tiny_config(preset, work, cache, synthetic_dataset)
     runner = StepRunner(config, trainer.prepare_workspace(config))
     runner.model.eval()  # dropout draws differ between eager and compiled code; the rest of the step is the same
-    monkeypatch.setattr(OwnTerms, "scores", OwnTerms.full_scores)
+    monkeypatch.setattr(sparse_head, "data_sized_ops_pay", lambda _tensor: False)
     args, kwargs = runner.inputs(3)
     model, image_features, text_features, _, plan = args
 
