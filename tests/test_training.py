@@ -319,3 +319,46 @@ def test_a_compiled_run_trains_through_the_annealed_budget_without_recompiling_e
     assert len(log) == 3 and all(record["train"]["loss"] == record["train"]["loss"] for record in log)  # not NaN
     assert log[-1]["train"]["relevance"] < log[0]["train"]["relevance"]
     assert 0 < counters["stats"]["unique_graphs"] <= 12, counters["stats"]
+
+
+def _recording_autocast(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each step of the runs that follow ran under a CPU bf16 autocast."""
+    import torch
+
+    under_bf16: list[bool] = []
+    step_losses = trainer.step_losses
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        under_bf16.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return step_losses(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_losses", recording)
+    return under_bf16
+
+
+def test_cpu_amp_runs_every_step_under_bf16_autocast(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not trainer.cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions (AVX-512 BF16 or AMX): cpu_amp is refused here (tested)")
+    work, cache = lit_base
+    under_bf16 = _recording_autocast(monkeypatch)
+    command = ["grounded", *_common(synthetic_dataset, cache), "--set", f"init_checkpoint={work / 'align' / 'best'}"]
+    assert main([*command, "--run-dir", str(tmp_path / "fp32")]) == 0
+    assert under_bf16 and not any(under_bf16)  # the default: float32 on a CPU
+    under_bf16.clear()
+    assert main([*command, "--run-dir", str(tmp_path / "bf16"), "--set", "cpu_amp=true"]) == 0
+    assert under_bf16 and all(under_bf16)
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["train"]["relevance"] < log[0]["train"]["relevance"]
+
+
+def test_cpu_amp_is_refused_on_a_cpu_without_bf16_instructions(lit_base: tuple[Path, Path], synthetic_dataset: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                ) -> None:
+    work, cache = lit_base
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    command = ["grounded", *_common(synthetic_dataset, cache), "--set", f"init_checkpoint={work / 'align' / 'best'}"]
+    assert main([*command, "--run-dir", str(tmp_path / "refused"), "--set", "cpu_amp=true"]) == 2
+    assert "bf16 instructions" in caplog.text
+    assert not (tmp_path / "refused").exists()  # refused before anything is written

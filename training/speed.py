@@ -27,6 +27,7 @@ from training.trainer import (
     build_optimizer,
     optimizer_groups,
     resolve_device,
+    step_autocast,
     step_function,
     term_ids_for,
     term_space_for,
@@ -84,6 +85,7 @@ class StepRunner:
         self.model = build_model(config, ws.backbone, terms, term_ids, term_idf).to(self.device)
         self.optimizer = build_optimizer(config, optimizer_groups(self.model, config.method, config), self.device)
         self.losses_of = step_function(config)
+        self.autocast = step_autocast(config, self.device)
         texts = training_texts(self.model, train, term_idf,
                                with_bow=config.loss.needs_caption_words)
         device = self.device
@@ -107,8 +109,7 @@ class StepRunner:
 
     def step(self, step: int) -> None:
         args, kwargs = self.inputs(step)
-        amp = self.config.amp and self.device == "cuda"
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+        with self.autocast:
             losses = self.losses_of(*args, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

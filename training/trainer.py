@@ -261,6 +261,22 @@ def step_losses(model: DuetModel, image_features: torch.Tensor, text_features: t
 StepLosses = Callable[..., dict[str, torch.Tensor]]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions oneDNN uses (AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def step_autocast(config: TrainConfig, device: str) -> torch.autocast:
+    """A step's bf16 autocast: on CUDA with ``amp``, on a CPU with ``cpu_amp`` (refused where the CPU lacks bf16
+    instructions: emulated, it would be slower than float32). Re-entrant: one serves every step of a run."""
+    if device == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp)
+    if config.cpu_amp and not cpu_has_bf16():
+        raise ValueError("cpu_amp=true needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); this one has "
+                         "neither: leave cpu_amp off")
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=config.cpu_amp)
+
+
 def step_function(config: TrainConfig) -> StepLosses:
     """``step_losses`` as the run computes it: compiled when ``config.compile_step`` asks (torch.compile traces the
     backward too). The plan's integers that change between steps (the regulariser's step, the image budget while it
@@ -427,8 +443,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     """
     launched = seconds_since_launch()
     clock = SetupClock()
-    run = _open_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     device = resolve_device(config.device)
+    autocast = step_autocast(config, device)  # refused before anything is written
+    run = _open_run_dir(Path(run_dir), config, resume=resume, overwrite=overwrite)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -474,7 +491,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     caption_image = train_split.caption_image.to(device)
     caption_columns = texts.caption_columns.to(device) if texts is not None else None
     bow = texts.bow.to(device) if texts is not None and texts.bow is not None else None
-    use_amp = config.amp and device == "cuda"
     clock.lap("state and features to the device")
     setup = _setup_figures(clock, launched if workspace is None else None)
     epochs_this_call = 0
@@ -503,7 +519,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
                             sparse_share=schedules.linear_ramp(state["step"], int(config.loss.w_sparse_warmup_ratio
                                                                                   * total_steps)))
             rows = caption_image[idx]
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with autocast:
                 losses = losses_of(model, image_features[rows], text_features[idx], config, plan,
                                    text_columns=caption_columns[idx] if caption_columns is not None else None,
                                    bow=bow.rows(rows) if bow is not None else None,
