@@ -162,3 +162,19 @@ def test_a_run_on_cached_features_builds_no_towers(tmp_path: Path, synthetic_dat
     test_of = {run: json.loads((tmp_path / run / "results.json").read_text())["test"]
                for run in ("from-facts", "built")}
     assert test_of["from-facts"] == test_of["built"]
+
+
+def test_features_missing_beside_saved_facts_are_computed_by_towers_built_then(tmp_path: Path,
+                                                                                 synthetic_dataset: Path) -> None:
+    config = build_config(PRESETS["align"], overrides=[
+        f"data.dataset_dir={synthetic_dataset}", f"data.cache_root={tmp_path / 'cache'}",
+        "model.backbone.kind=open_clip", f"model.backbone.model_name={TINY_MODEL}", "model.backbone.embed_dim=32"])
+    first = prepare_workspace(config)
+    assert first.backbone.towers is not None
+    shutil.rmtree(first.cache.directory)  # the features go; the saved facts stay
+    again = prepare_workspace(config)
+    assert again.backbone.build is not None  # read from the saved facts,
+    assert again.backbone.towers is not None  # then built to encode (with the saved fingerprint)
+    assert again.cache.directory == first.cache.directory
+    assert torch.equal(again.cache.images.features, first.cache.images.features)
+    assert torch.equal(again.cache.texts.features, first.cache.texts.features)
