@@ -100,15 +100,19 @@ class RememberingTokenizer:
         self._lock = threading.Lock()  # the feature cache tokenises from worker threads
         self._rows: dict[str, torch.Tensor] | None = None
 
+    def _read(self) -> dict[str, torch.Tensor]:
+        if not self.path.is_file():
+            return {}
+        try:
+            saved = torch.load(self.path, weights_only=True)
+            return dict(zip(saved["texts"], saved["tokens"].long(), strict=True))
+        except Exception as error:  # a damaged file costs a re-tokenisation, never a wrong token
+            _logger.warning("remembered tokens %s unreadable (%s); tokenising afresh", self.path, error)
+            return {}
+
     def _known(self) -> dict[str, torch.Tensor]:
         if self._rows is None:
-            self._rows = {}
-            if self.path.is_file():
-                try:
-                    saved = torch.load(self.path, weights_only=True)
-                    self._rows = dict(zip(saved["texts"], saved["tokens"].long(), strict=True))
-                except Exception as error:  # a damaged file costs a re-tokenisation, never a wrong token
-                    _logger.warning("remembered tokens %s unreadable (%s); tokenising afresh", self.path, error)
+            self._rows = self._read()
         return self._rows
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -118,7 +122,8 @@ class RememberingTokenizer:
             missing = sorted({t for t in texts if t not in known})
             if missing:
                 fresh = self._tokenizer_of_towers()(missing)
-                known.update(zip(missing, fresh.long(), strict=True))
+                # what another run saved meanwhile is kept too (runs on one cache remember each other's words)
+                known.update({**self._read(), **dict(zip(missing, fresh.long(), strict=True))})
                 _save(self.path, {"texts": list(known), "tokens": torch.stack(list(known.values())).to(torch.int32)})
             if not texts:
                 width = next(iter(known.values())).shape[0] if known else 0

@@ -67,8 +67,14 @@ def test_the_term_tokenizer_remembers_and_asks_the_towers_only_for_new_texts(tmp
     again = RememberingTokenizer(path, lambda: pytest.fail("a remembered text built the towers"))  # type: ignore[arg-type,return-value]
     assert torch.equal(again(TEXTS[::-1]), tiny_backbone.tokenizer(TEXTS[::-1]))
     assert again([]).shape[0] == 0
+    other_run = RememberingTokenizer(path, lambda: towers_tokenizer)
+    other_run(TEXTS)  # reads the file now, before "a yellow dot" is added to it
     remembering(["a yellow dot"])
     assert asked[-1] == ["a yellow dot"]
+    other_run(["a black stripe"])
+    third = RememberingTokenizer(path, lambda: pytest.fail("a run's words were lost"))  # type: ignore[arg-type,return-value]
+    assert torch.equal(third(["a yellow dot", "a black stripe", *TEXTS]),
+                       tiny_backbone.tokenizer(["a yellow dot", "a black stripe", *TEXTS]))
 
     saved = load_backbone(_tiny(), tmp_path)
     saved.term_tokenizer(TEXTS)
