@@ -13,7 +13,9 @@ small (64 px), with generated captions, in Karpathy format. It measures, with th
              the final evaluation), then steps of dense, skd and grounded on its cached features, and an epoch of
              MSCOCO's size (566,747 pairs) for each, eager and with the step compiled (``--compile``);
   launch     a ``grounded`` process of one epoch on the cached data: seconds from its launch to its first epoch,
-             phase by phase, and after its last epoch.
+             phase by phase, and after its last epoch; then (with ``--compile``) the same process with the step
+             compiled, whose epoch pays the compilation and, while the image budget anneals, a CUDA graph for each
+             budget size it takes.
 Every clock waits for the device (core/device_clock.py). On a CPU it runs the same code with tiny sizes. report.json
 is written after each section, so a run cut short keeps what it measured.
 """
@@ -189,17 +191,18 @@ def training_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, d
     return figures
 
 
-def launch_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, device: str) -> dict[str, Any]:
+def launch_figures(options: GpuOptions, dataset_dir: Path, cache_root: Path, device: str, *,
+                   compile_step: str = "off") -> dict[str, Any]:
     """A ``python -m training grounded`` process of one epoch on the already cached data, as a user launches it
-    (from the align run's checkpoint, as the preset starts): seconds from its launch to its first epoch (phase by
-    phase, from its results.json) and after its last one."""
-    run = options.work / "runs" / "launch"
+    (from the align run's checkpoint, as the preset starts), its step compiled as ``compile_step`` says: seconds
+    from its launch to its first epoch (phase by phase, from its results.json), the epoch, and after its last one."""
+    run = options.work / "runs" / ("launch" if compile_step == "off" else "launch-compiled")
     shutil.rmtree(run, ignore_errors=True)
     command = [sys.executable, "-m", "training", "--log-level", "WARNING", "grounded", "--data", str(dataset_dir),
                "--set", f"data.cache_root={cache_root}", "--set", "model.backbone.kind=open_clip",
                "--set", f"model.backbone.model_name={options.model}", "--set", f"device={device}",
                "--set", "optim.epochs=1", "--set", f"init_checkpoint={options.work / 'runs' / 'align' / 'best'}",
-               "--run-dir", str(run)]
+               "--set", f"compile_step={compile_step}", "--run-dir", str(run)]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     results = json.loads((run / "results.json").read_text())
@@ -268,6 +271,11 @@ def run_gpu(options: GpuOptions, save: Callable[[dict[str, Any]], None] = lambda
     save(report)
     report["launch"] = launch_figures(options, small, options.work / "cache" / "small_64px", device)
     _logger.info("launch: %s", report["launch"])
+    if options.compile != "off":  # last: whether a compiled run pays over a real epoch, annealing included
+        save(report)
+        report["compiled_launch"] = launch_figures(options, small, options.work / "cache" / "small_64px", device,
+                                                   compile_step=options.compile)
+        _logger.info("compiled launch: %s", report["compiled_launch"])
     return report
 
 
@@ -337,6 +345,14 @@ def render(report: dict[str, Any]) -> str:
               f"{launch['setup']['before_training_seconds']:.1f} s, {phases}); the epoch "
               f"{launch['epoch_seconds']:.1f} s; {launch['finish_seconds']:.1f} s after it (fusion tuning, final "
               f"evaluation, checkpoint); {launch['wall_seconds']:.1f} s in all."]
+    if "compiled_launch" in report:
+        compiled_run = report["compiled_launch"]
+        lines += ["", f"The same process with the step compiled (`compile_step="
+                  f"{report['options']['compile']}`): its epoch {compiled_run['epoch_seconds']:.1f} s against "
+                  f"{launch['epoch_seconds']:.1f} s eager, compilation included, and while the image budget anneals "
+                  "each budget size it takes (a CUDA graph each with `reduce-overhead`); its first epoch starts "
+                  f"{compiled_run['setup']['seconds_from_launch']:.1f} s after launch; "
+                  f"{compiled_run['wall_seconds']:.1f} s in all."]
     leg = report["dense_leg"]
     lines += ["", "## Exact dense top 10 on the device", "",
               f"The service's device leg (indexer/device_dense.py) over {leg['rows']:,} x {leg['dim']} {leg['dtype']}, "

@@ -49,11 +49,14 @@ def test_the_gpu_benchmark_measures_every_section_on_a_cpu(tmp_path: Path) -> No
     assert 0 < launch["setup"]["before_training_seconds"] < launch["setup"]["seconds_from_launch"]
     assert launch["setup"]["seconds_from_launch"] < launch["wall_seconds"] and launch["finish_seconds"] > 0
     assert {"backbone and feature cache", "splits and caption terms"} <= set(launch["setup"]["phases"])
+    compiled_run = report["compiled_launch"]  # the same process, its step compiled: a real epoch's cost
+    assert "compile_step=default" in compiled_run["command"] and "compile_step=off" in launch["command"]
+    assert compiled_run["epoch_seconds"] > 0 and compiled_run["setup"]["seconds_from_launch"] > 0
     assert report["dense_leg"]["rows"] == 3000 and report["dense_leg"]["ms"]["p50"] > 0
     assert report["dense_leg"]["filtered_ms"]["p50"] > 0
     page = (out / "README.md").read_text()
     for section in ("## Towers", "## Pipeline", "## Training", "Steps compiled (`compile_step=default`",
-                    "## Exact dense top 10"):
+                    "The same process with the step compiled (`compile_step=default`)", "## Exact dense top 10"):
         assert section in page
     assert build_parser().parse_args(["gpu", "--photos", "3"]).command == "gpu"
 
