@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from core.config import BackboneConfig
+from core.terms import TermSpace
 from core.vocab import Vocabulary
+from core.words import WordVocabulary
 
 _logger = logging.getLogger(__name__)
 
@@ -103,6 +105,10 @@ class Backbone:
     @property
     def preprocess(self) -> Callable[[Any], torch.Tensor]:
         return self.built_towers().preprocess
+
+    def term_space(self, words: WordVocabulary | None = None) -> TermSpace:
+        """The sparse head's terms over this backbone: its pieces, or ``words``."""
+        return TermSpace(self.vocabulary, self.term_tokenizer, words)
 
     @property
     def image_feature_dim(self) -> int:

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 import torch
 
@@ -36,6 +36,7 @@ from core.config import BackboneConfig
 from core.vocab import Vocabulary
 
 _logger = logging.getLogger(__name__)
+Loaded = TypeVar("Loaded")
 
 FACTS_FORMAT = 1
 FACTS_FILE = "facts.pt"
@@ -101,14 +102,9 @@ class RememberingTokenizer:
         self._rows: dict[str, torch.Tensor] | None = None
 
     def _read(self) -> dict[str, torch.Tensor]:
-        if not self.path.is_file():
-            return {}
-        try:
-            saved = torch.load(self.path, weights_only=True)
-            return dict(zip(saved["texts"], saved["tokens"].long(), strict=True))
-        except Exception as error:  # a damaged file costs a re-tokenisation, never a wrong token
-            _logger.warning("remembered tokens %s unreadable (%s); tokenising afresh", self.path, error)
-            return {}
+        rows = _load(self.path, "remembered tokens",
+                     lambda saved: dict(zip(saved["texts"], saved["tokens"].long(), strict=True)))
+        return rows or {}
 
     def _known(self) -> dict[str, torch.Tensor]:
         if self._rows is None:
@@ -148,17 +144,19 @@ def _save_facts(path: Path, backbone: Backbone) -> None:
     _save(path, facts)
 
 
-def _read_facts(path: Path) -> dict[str, Any] | None:
+def _load(path: Path, what: str, decode: Callable[[Any], Loaded]) -> Loaded | None:
+    """A saved file, decoded; None when it is absent or unreadable (then worked out again, never trusted)."""
     if not path.is_file():
         return None
     try:
-        facts = torch.load(path, weights_only=True)
-        if facts.get("format") != FACTS_FORMAT:
-            return None
-        return dict(facts)
-    except Exception as error:  # unreadable facts are rebuilt, never trusted
-        _logger.warning("backbone facts %s unreadable (%s); building the towers", path, error)
+        return decode(torch.load(path, weights_only=True))
+    except Exception as error:
+        _logger.warning("%s %s unreadable (%s); working it out again", what, path, error)
         return None
+
+
+def _read_facts(path: Path) -> dict[str, Any] | None:
+    return _load(path, "backbone facts", lambda facts: dict(facts) if facts.get("format") == FACTS_FORMAT else None)
 
 
 def load_backbone(config: BackboneConfig, facts_root: str | Path) -> Backbone:

@@ -25,7 +25,6 @@ from core.data import ImageInput
 from core.image_pipeline import ImagePipeline
 from core.model import DuetModel
 from core.sparse_head import top_k_prune
-from core.terms import TermSpace
 from core.vocab import Vocabulary
 
 
@@ -131,7 +130,7 @@ class DuetEncoder:
         self.checkpoint_path = checkpoint_path
         self.model: DuetModel = checkpoint.model.to(device).eval()
         self.device = device
-        self.terms = TermSpace(backbone.vocabulary, backbone.tokenizer, self.model.sparse_head.words)
+        self.terms = backbone.term_space(self.model.sparse_head.words)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> DuetEncoder:

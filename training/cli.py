@@ -131,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from core.atomic import write_text_atomic
     from core.checkpoint import load_checkpoint
-    from core.terms import TermSpace
     from training import trainer
     from training.evaluate import evaluate_model
     from training.features import in_term_space, split_features
@@ -139,7 +138,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _config(args, PRESETS["align"])
     ws = trainer.prepare_workspace(config)
     checkpoint = load_checkpoint(args.checkpoint, expected_fingerprint=ws.backbone.fingerprint)
-    terms = TermSpace(ws.backbone.vocabulary, ws.backbone.term_tokenizer, checkpoint.model.sparse_head.words)
+    terms = ws.backbone.term_space(checkpoint.model.sparse_head.words)
     features = in_term_space(split_features(ws.dataset, ws.cache, args.split, tokenizer=ws.backbone.tokenizer), terms)
     train = in_term_space(split_features(ws.dataset, ws.cache, config.data.train_split,
                                          tokenizer=ws.backbone.tokenizer), terms)

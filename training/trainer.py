@@ -89,7 +89,7 @@ def term_space_for(config: TrainConfig, backbone: Backbone, train: SplitFeatures
     if head.vocabulary == "words":
         words = WordVocabulary.from_captions(train.caption_texts, min_df=head.min_df,
                                              inflections=head.inflections == "merge")
-    return TermSpace(backbone.vocabulary, backbone.term_tokenizer, words)
+    return backbone.term_space(words)
 
 
 def term_ids_for(config: TrainConfig, terms: TermSpace, train: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -567,7 +567,7 @@ def finish(config: TrainConfig, run: Path, ws: Workspace, state: dict[str, Any],
     model = best.model.to(device)  # evaluated where it trained
     test_split = in_term_space(split_features(ws.dataset, ws.cache, config.data.test_split,
                                               tokenizer=ws.backbone.tokenizer),
-                               TermSpace(ws.backbone.vocabulary, ws.backbone.term_tokenizer, model.sparse_head.words))
+                               ws.backbone.term_space(model.sparse_head.words))
     # the weights the model trained with, reported beside the val-selected ones (from the same scores)
     teacher = {"integrated_teacher_weights": (model.config.fusion_dense_weight, model.config.fusion_sparse_weight)}
     fusion = tune_fusion(model, val_split, device=device, metric=config.fusion_metric)
