@@ -10,9 +10,9 @@ cannot outlive what made them; if the towers are built later anyway (to encode s
 have the saved fingerprint, or the run stops with ``StaleBackboneFactsError``.
 
 A term space's tokenizer outputs are remembered beside the facts (``RememberingTokenizer``, the backbone's
-``term_tokenizer``): a run tokenises the same words every time, and only a text never seen before builds the
-towers. An open_clip pretrained tag is read from a
-hub cache this code cannot identify, so such a backbone is always built.
+``term_tokenizer``, through ``Backbone.term_space``): a run tokenises the same words every time, and only a text
+never seen before builds the towers. An open_clip pretrained tag is read from a hub cache this code cannot
+identify, so such a backbone is always built.
 """
 
 from __future__ import annotations
