@@ -104,6 +104,15 @@ class EncodedItems:
     sparse: SparseRows  # N rows over token ids
 
 
+@dataclass(frozen=True)
+class EncodedFiles:
+    """Image files encoded where readable: row r of ``encoded`` is input ``kept[r]``; ``skipped`` names the rest."""
+
+    encoded: EncodedItems
+    kept: list[int]  # input positions, ascending
+    skipped: list[str]  # paths of the unreadable files, in input order
+
+
 def sparse_rows(weights: torch.Tensor, term_ids: torch.Tensor, *, prune: int | None = None) -> SparseRows:
     """(N, num_terms) sparse-head output -> CSR over token ids, zeros dropped, optional top-k pruning."""
     weights = top_k_prune(weights.float().cpu(), prune)
@@ -212,10 +221,21 @@ class DuetEncoder:
                            threads: int | None = None) -> EncodedItems:
         """Image files through the image pipeline (core/image_pipeline.py), decoded on ``threads`` threads (default:
         sized to the cores); an unreadable one raises CorruptImageError naming it."""
+        return self.encode_readable_image_files(paths, prune=prune, threads=threads, skip_corrupt=False).encoded
+
+    def encode_readable_image_files(self, paths: Sequence[str | Path], *, prune: int | None = None,
+                                    threads: int | None = None, skip_corrupt: bool = True) -> EncodedFiles:
+        """As ``encode_image_files``, but with ``skip_corrupt`` the unreadable files are left out and listed."""
         pipeline = ImagePipeline(self.backbone.preprocess, self.device, batch_size=max(1, len(paths)),
-                                 threads=threads)
+                                 threads=threads, skip_corrupt=skip_corrupt)
         batch = pipeline.pixels([ImageInput(n, Path(path)) for n, path in enumerate(paths)])
-        return self.encode_image_features(self.backbone.image_features(batch.pixels), prune=prune)
+        if not batch.ids:  # every file unreadable: no tower pass over an empty batch
+            head = self.model.sparse_head
+            empty = EncodedItems(np.zeros((0, self.model.image_proj.out_features), np.float32),
+                                 sparse_rows(torch.zeros(0, head.num_terms), head.term_ids))
+            return EncodedFiles(empty, [], batch.skipped)
+        encoded = self.encode_image_features(self.backbone.image_features(batch.pixels), prune=prune)
+        return EncodedFiles(encoded, batch.ids, batch.skipped)
 
     def encode_upload(self, data: bytes, decoded: Image.Image, *, prune: int | None = None,
                       device_decode: bool | None = None) -> EncodedItems:

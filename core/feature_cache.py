@@ -166,7 +166,7 @@ def _encode_images(backbone: Backbone, shards: Sequence[Sequence[ImageInput]], i
                 yield index, ids, (torch.cat(features) if features else torch.zeros(0, width)), skipped
                 ids, features, skipped = [], [], []
     except CorruptImageError as e:
-        raise CorruptImageError(f"{e} (pass --skip-corrupt to list and skip such images)") from e
+        raise e.with_skip_hint() from e
 
 
 def _encode_texts(backbone: Backbone, shards: Sequence[Sequence[tuple[int, str]]], indexes: Sequence[int],

@@ -38,6 +38,10 @@ R = TypeVar("R")
 class CorruptImageError(ValueError):
     """An image file is missing, truncated or not an image."""
 
+    def with_skip_hint(self) -> CorruptImageError:
+        """The error as a build reports it: naming the file and the flag that lists and skips such files."""
+        return CorruptImageError(f"{self} (pass --skip-corrupt to list and skip such images)")
+
 
 UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.encoder import DuetEncoder, EncodedItems
+from core.image_pipeline import CorruptImageError
 from indexer.build import IndexBuildConfig, load_collection, with_source_payload
 from indexer.collection import Collection
 from indexer.sharding import (
@@ -27,6 +28,7 @@ from indexer.sharding import (
     ShardEntry,
     build_shard,
     encoded_table,
+    parquet_dir,
     publish_collection,
     shard_name,
     shard_of,
@@ -54,16 +56,21 @@ def input_rows(collection: Collection) -> list[dict[str, Any]]:
 class EncodeBatch:
     """A Ray Data actor: one encoder, loaded once, encoding batches of items (either side) into Parquet rows."""
 
-    def __init__(self, checkpoint: str, shards: int, prune: dict[str, int | None], device: str) -> None:
+    def __init__(self, checkpoint: str, shards: int, prune: dict[str, int | None], device: str,
+                 skip_corrupt: bool = False) -> None:
         self.encoder = DuetEncoder.from_checkpoint(checkpoint, device=device)
-        self.shards, self.prune = shards, prune
+        self.shards, self.prune, self.skip_corrupt = shards, prune, skip_corrupt
 
-    def _encode(self, side: str, inputs: list[str]) -> EncodedItems:
+    def _encode(self, side: str, inputs: list[str]) -> tuple[EncodedItems, list[int]]:
+        """The side's vectors and which inputs they are (with skip_corrupt an unreadable image has no row: the
+        driver lists it from the rows that are missing)."""
         if side == "texts":
-            return self.encoder.encode_texts(inputs, prune=self.prune["texts"])
+            return self.encoder.encode_texts(inputs, prune=self.prune["texts"]), list(range(len(inputs)))
         # a CPU actor holds one core (the pool runs one actor per core); a GPU actor decodes on the node's cores
         threads = None if self.encoder.device.startswith("cuda") else 1
-        return self.encoder.encode_image_files(inputs, prune=self.prune["images"], threads=threads)
+        files = self.encoder.encode_readable_image_files(inputs, prune=self.prune["images"], threads=threads,
+                                                         skip_corrupt=self.skip_corrupt)
+        return files.encoded, files.kept
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -72,12 +79,55 @@ class EncodeBatch:
         rows = batch.to_pylist()
         for side in sorted({row["side"] for row in rows}):
             part = [row for row in rows if row["side"] == side]
-            encoded = self._encode(side, [row["input"] for row in part])
+            encoded, kept = self._encode(side, [row["input"] for row in part])
+            part = [part[n] for n in kept]
             table = encoded_table([json.loads(row["item"]) for row in part], encoded,
                                   np.array([row["ordinal"] for row in part], np.int64))
             shards = pa.array([shard_of(row["id"], self.shards) for row in part], pa.int32())
             tables.append(table.append_column("side", pa.array([side] * len(part))).append_column("shard", shards))
         return pa.concat_tables(tables)
+
+
+def _partition_files(encoded_dir: Path, side: str, shard: int) -> list[Path]:
+    directory = parquet_dir(encoded_dir, side, shard)  # absent where no row of the side fell in the shard
+    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+
+def encoded_ids(encoded_dir: Path, side: str, shard: int) -> list[str]:
+    """The ids of a side's rows the encode pass wrote for a shard."""
+    import pyarrow.parquet as pq
+
+    return [item_id for path in _partition_files(encoded_dir, side, shard)
+            for item_id in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+
+
+def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -> None:
+    """Rewrite a shard's Parquet of ``side`` without the rows of ``ids`` (the pass's own staging files)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for path in _partition_files(encoded_dir, side, shard):
+        table = pq.read_table(path)
+        keep = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string())))
+        if not pc.all(keep).as_py():
+            pq.write_table(table.filter(keep), path)
+
+
+def _original(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first error of ``kind`` raised as itself (not Ray's wrapper class that also derives from it) in the
+    chain of causes Ray and Ray Data put around an actor's exception."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current) is kind:
+            return current
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def _connect(address: str | None) -> None:
@@ -104,13 +154,16 @@ def encode_on_ray(config: IndexBuildConfig, collection: Collection, encoded_dir:
     gpus = _uses_gpus()
     rows = input_rows(collection)
     started = time.perf_counter()
+    # an actor's own error (an unreadable image names its file) reaches the driver as itself, not as Ray Data's
+    # generic UserCodeException whose cause is only text
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64 + 1, 8 * config.workers)))
     encoded = dataset.map_batches(
         EncodeBatch, batch_format="pyarrow", batch_size=config.actor_batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.workers), num_gpus=1 if gpus else 0, num_cpus=1,
         fn_constructor_kwargs={"checkpoint": str(config.checkpoint), "shards": config.shards,
                                "prune": {"images": config.prune_image_terms, "texts": config.prune_text_terms},
-                               "device": "cuda" if gpus else "cpu"})
+                               "device": "cuda" if gpus else "cpu", "skip_corrupt": config.skip_corrupt})
     encoded.write_parquet(str(encoded_dir), partition_cols=["side", "shard"])
     seconds = time.perf_counter() - started
     return {"engine": "ray", "workers": config.workers, "gpus": gpus, "items": len(rows),
@@ -138,9 +191,6 @@ def build_shards_on_ray(config: IndexBuildConfig, encoded_dir: Path, shards_dir:
 
 def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
     """The sharded build of ``config`` on the Ray cluster at ``config.address``."""
-    if config.skip_corrupt:
-        raise RayBuildError("--skip-corrupt is not supported by the Ray build yet: check the images, or build "
-                            "embedded")
     _connect(config.address)
     collection = load_collection(config)
     config = with_source_payload(config, collection)
@@ -149,10 +199,29 @@ def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
               "splits": list(collection.splits), "skipped_images": []}
 
     def encode(encoded_dir: Path) -> EncodedParquet:
-        figures = encode_on_ray(config, collection, encoded_dir)
-        rows = {side: [0] * config.shards for side in ("images", "texts") if side == "images" or collection.texts}
-        for row in input_rows(collection):
-            rows[row["side"]][shard_of(row["id"], config.shards)] += 1
+        try:
+            figures = encode_on_ray(config, collection, encoded_dir)
+        except Exception as e:  # Ray wraps an actor's error in a class of its own: name the file, not Ray's trace
+            corrupt = _original(e, CorruptImageError)
+            if corrupt is None:
+                raise
+            # Ray appends its retry advice to the message: keep the error's own first line
+            raise CorruptImageError(str(corrupt).split("\n", 1)[0]).with_skip_hint() from None
+        sides = ("images", "texts") if collection.texts else ("images",)
+        kept = {item_id for shard in range(config.shards) for item_id in encoded_ids(encoded_dir, "images", shard)}
+        skipped = [image for image in collection.images if image.id not in kept]
+        if skipped:  # an unreadable image's captions go with it, as in an embedded build
+            _logger.warning("indexing without %d unreadable images: %s", len(skipped),
+                            [image.relative_path for image in skipped[:5]])
+            if len(skipped) == len(collection.images):
+                raise ValueError(f"nothing to index: no readable images in {collection.root}")
+            gone = {image.id for image in skipped}
+            orphans = {text.id for text in collection.texts if text.image_id in gone}
+            for shard in range(config.shards):
+                drop_encoded_rows(encoded_dir, "texts", shard, orphans)
+        record["skipped_images"] = [image.relative_path for image in skipped]
+        rows = {side: [len(encoded_ids(encoded_dir, side, shard)) for shard in range(config.shards)]
+                for side in sides}
         return EncodedParquet(rows, record, figures)
 
     return publish_collection(config, encoder, encode,

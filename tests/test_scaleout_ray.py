@@ -1,7 +1,8 @@
 """The scale-out on a real 2-node Ray cluster (loopback only, stopped by PID): a Ray Data build of a sharded
 collection, served by ``python -m service --engine ray`` with 2 replicas per shard. Its rankings over HTTP equal the
-embedded index's, a write is searchable, a replica killed under concurrent load fails no query, and a shard with no
-replica answers 503 naming it, then recovers."""
+embedded index's, a write is searchable, a replica killed under concurrent load fails no query, a shard with no
+replica answers 503 naming it, then recovers, and an unreadable image stops a Ray build naming it or, with
+--skip-corrupt, is left out with its captions."""
 
 from __future__ import annotations
 
@@ -224,3 +225,56 @@ def _wait_replicas(cluster: LocalRayCluster, shard: str, count: int, timeout: fl
 
 def server_collection(server: Server) -> Path:
     return Path(server.request("GET", "/v1/indexes").json()["index_dir"])
+
+
+def _ray_build(cluster: LocalRayCluster, checkpoint: Path, data: Path, out: Path,
+               *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "indexer", "build", "--engine", "ray", "--address", cluster.address,
+                           "--shards", "2", "--workers", "1", "--actor-batch-size", "8", "--checkpoint",
+                           str(checkpoint), "--data", str(data), "--splits", "test", "--out", str(out),
+                           "--cache-root", str(out.parent / "cache"), *extra], cwd=ROOT, timeout=600,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
+        cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path, tiny_engine: SearchEngine,
+        tmp_path: Path) -> None:
+    from core.data import load_karpathy
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    dataset = load_karpathy(data)
+    bad_record = dataset.split("test")[3]
+    bad = dataset.image_path(bad_record)
+    bad.write_bytes(b"not an image")
+    refused = _ray_build(cluster, tiny_checkpoint, data, tmp_path / "refused")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = [line for line in refused.stderr.splitlines() if "| ERROR |" in line]
+    assert len(error) == 1 and bad.name in error[0] and "--skip-corrupt" in error[0]  # one line, not Ray's trace
+    assert not (tmp_path / "refused" / "current").exists() and not list((tmp_path / "refused").glob("versions/*"))
+
+    built = _ray_build(cluster, tiny_checkpoint, data, tmp_path / "ray" / "collection", "--skip-corrupt")
+    assert built.returncode == 0, built.stderr[-3000:]
+    layout = read_layout(tmp_path / "ray" / "collection")
+    skipped = layout.manifest.collection["skipped_images"]
+    assert len(skipped) == 1 and skipped[0].endswith(bad.name)
+    # the rest of the test split, each row as the embedded index of the same files encoded it; the unreadable
+    # image's captions are left out too, as an embedded build leaves them
+    readable = {str(record.relative_path) for record in dataset.split("test")} - {skipped[0]}
+    shards = [IndexReader(shard_dir, encoder=tiny_engine.encoder) for shard_dir in layout.shard_dirs]
+    try:
+        for side, store in tiny_engine.reader.stores.items():
+            assert layout.manifest.build["rows"][side] == [len(shard.stores[side].ids) for shard in shards]
+            ids: list[str] = []
+            for shard in shards:
+                part = shard.stores[side]
+                rows = [store.row_of[i] for i in part.ids]
+                assert rows == sorted(rows) and list(np.argsort(part.order)) == list(range(len(rows)))
+                np.testing.assert_allclose(part.dense, store.dense[rows], atol=1e-6)
+                ids += part.ids
+            expected = readable if side == "images" else {
+                i for i in store.ids if store.items[store.row_of[i]]["image_id"] in readable}
+            assert set(ids) == expected, side
+    finally:
+        for shard in shards:
+            shard.close()
