@@ -30,14 +30,23 @@ from core.vocab import Vocabulary
 PAD_TERM = "[PAD]"  # term id 0: pads a text's row of term ids; never a term of the head
 _WORD = re.compile(r"[^\W_]+")  # letters and digits of any script; '_' is a word character to \w, not to us
 _MIN_STEM = 3  # an inflection rule applies only where at least this much of the word stays
-# Forms the suffix rules would cut to another word though English uses them as words of their own: garments and
-# eyewear named in the plural (shorts are not short, pants not panting), -ing nouns (a building, a wedding, the
-# evening, a parking lot) and -ed adjectives (tired, not tire). Each keeps its own term; its own plural still joins
-# it (buildings: building).
+# Forms the suffix rules would cut to another word though English uses them as words of their own, or though the
+# word they would join is mostly read in another sense (a homograph). Chosen by English usage, not by any metric:
+# - garments and eyewear named in the plural (shorts are not short, pants not panting, tights not tight, trunks not
+#   a tree's trunk) and plurals with a sense of their own (the woods, autumn leaves, the news);
+# - -ing nouns and adjectives (a building, a wedding, the evening, a parking lot, an earring, a winding road, a
+#   raging river, matching shirts), including activities whose base is mostly the noun (training is not a train,
+#   bowling not a bowl, rowing not a row);
+# - -ed adjectives (tired, not tire; a wooded hill, a spotted dog, a stuffed animal) and verb forms whose base is
+#   mostly a noun of another sense (a parked car is not in a park; dressed in red is not a dress; sticking out its
+#   tongue is not a stick).
+# Each keeps its own term; its own plural still joins it (buildings: building, earrings: earring).
 LEXICAL_FORMS = frozenset({
-    "shorts", "pants", "glasses", "sunglasses", "clothing",
-    "building", "wedding", "evening", "morning", "ceiling", "parking", "boxing",
-    "tired",
+    "shorts", "pants", "tights", "trunks", "overalls", "glasses", "sunglasses", "clothing",
+    "woods", "leaves", "news", "goods",
+    "building", "wedding", "evening", "morning", "ceiling", "parking", "boxing", "bedding", "awning", "earring",
+    "winding", "raging", "matching", "training", "bowling", "rowing",
+    "tired", "wooded", "spotted", "stuffed", "grounded", "parked", "dressed", "sticking",
 })
 
 

@@ -73,6 +73,20 @@ def test_words_of_their_own_keep_their_term_while_their_plurals_join_it() -> Non
     assert merged.term_of("weddings") == 0  # no caption says wedding: a query's plural of it finds nothing
 
 
+def test_homographs_keep_their_own_terms() -> None:
+    """A form whose base is mostly read in another sense is not merged with it: a parked car is not in a park."""
+    captions = ["a dog in the park", "cars parked on the street", "a train at the station", "dog training",
+                "a woman with earrings", "a dog with floppy ears", "a dog leaving the water", "autumn leaves",
+                "a dog runs through the woods", "a pile of wood", "a woman dressed in red", "a red dress",
+                "the dog is sticking out its tongue", "a dog with a stick", "two dogs in the park"]
+    merged = WordVocabulary.from_captions(captions, inflections=True)
+    for form, other in (("parked", "park"), ("training", "train"), ("earrings", "ears"), ("leaves", "leaving"),
+                        ("woods", "wood"), ("dressed", "dress"), ("sticking", "stick")):
+        assert merged.term_of(form) != merged.term_of(other) != 0, form
+    assert merged.term_of("earring") == merged.term_of("earrings")  # the singular finds the plural's term
+    assert merged.term_of("dogs") == merged.term_of("dog")  # the rules still merge a plain plural
+
+
 @pytest.mark.parametrize(("word", "bases"), [
     ("puppies", ["puppy", "puppie"]), ("boxes", ["box", "boxe"]), ("dogs", ["dog"]),
     ("running", ["run"]), ("riding", ["ride", "rid"]), ("jumped", ["jumpe", "jump"]), ("grass", []), ("bus", []),
