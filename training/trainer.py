@@ -502,8 +502,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
         order = torch.randperm(train_split.num_pairs, device=device)
         mask_probability = schedules.text_mask_probability(head.expansion, state["epoch"], config.optim.epochs)
         sums: dict[str, torch.Tensor] = {}
+        name = config.preset or config.method  # a preset's run is named as the command that started it
         bar = progress(range(steps_per_epoch), total=steps_per_epoch,
-                       desc=f"{config.method} epoch {state['epoch'] + 1}/{config.optim.epochs}", unit="step")
+                       desc=f"{name} epoch {state['epoch'] + 1}/{config.optim.epochs}", unit="step")
         for b in bar:
             idx = order[b * batch:(b + 1) * batch]
             factor = _lr_factor(config, state["step"], total_steps)
