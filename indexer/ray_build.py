@@ -109,9 +109,9 @@ def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -
 
     for path in _partition_files(encoded_dir, side, shard):
         table = pq.read_table(path)
-        keep = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string())))
-        if not pc.all(keep).as_py():
-            pq.write_table(table.filter(keep), path)
+        kept = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))))
+        if kept.num_rows < table.num_rows:
+            pq.write_table(kept, path)
 
 
 def _original(error: BaseException, kind: type[BaseException]) -> BaseException | None:
