@@ -114,20 +114,22 @@ def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -
             pq.write_table(kept, path)
 
 
-def _original(error: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first error of ``kind`` raised as itself (not Ray's wrapper class that also derives from it) in the
-    chain of causes Ray and Ray Data put around an actor's exception."""
-    seen: set[int] = set()
-    pending: list[object] = [error]
-    while pending:
-        current = pending.pop(0)
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if type(current) is kind:
-            return current
-        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
-    return None
+def _leave_out_unreadable(encoded_dir: Path, collection: Collection, image_ids: list[list[str]]) -> list[str]:
+    """The images the actors could not read (absent from ``image_ids``, the written ids per shard), their captions
+    dropped from the Parquet as an embedded build leaves them out; their paths, for the collection's record."""
+    kept = {item_id for ids in image_ids for item_id in ids}
+    skipped = [image for image in collection.images if image.id not in kept]
+    if not skipped:
+        return []
+    _logger.warning("indexing without %d unreadable images: %s", len(skipped),
+                    [image.relative_path for image in skipped[:5]])
+    if len(skipped) == len(collection.images):
+        raise ValueError(f"nothing to index: no readable images in {collection.root}")
+    gone = {image.id for image in skipped}
+    orphans = {text.id for text in collection.texts if text.image_id in gone}
+    for shard in range(len(image_ids)):
+        drop_encoded_rows(encoded_dir, "texts", shard, orphans)
+    return [image.relative_path for image in skipped]
 
 
 def _connect(address: str | None) -> None:
@@ -201,27 +203,15 @@ def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
     def encode(encoded_dir: Path) -> EncodedParquet:
         try:
             figures = encode_on_ray(config, collection, encoded_dir)
-        except Exception as e:  # Ray wraps an actor's error in a class of its own: name the file, not Ray's trace
-            corrupt = _original(e, CorruptImageError)
-            if corrupt is None:
-                raise
+        except CorruptImageError as e:  # Ray's wrapper class derives from the actor's error and holds it as cause
+            original = getattr(e, "cause", e)
             # Ray appends its retry advice to the message: keep the error's own first line
-            raise CorruptImageError(str(corrupt).split("\n", 1)[0]).with_skip_hint() from None
-        sides = ("images", "texts") if collection.texts else ("images",)
-        kept = {item_id for shard in range(config.shards) for item_id in encoded_ids(encoded_dir, "images", shard)}
-        skipped = [image for image in collection.images if image.id not in kept]
-        if skipped:  # an unreadable image's captions go with it, as in an embedded build
-            _logger.warning("indexing without %d unreadable images: %s", len(skipped),
-                            [image.relative_path for image in skipped[:5]])
-            if len(skipped) == len(collection.images):
-                raise ValueError(f"nothing to index: no readable images in {collection.root}")
-            gone = {image.id for image in skipped}
-            orphans = {text.id for text in collection.texts if text.image_id in gone}
-            for shard in range(config.shards):
-                drop_encoded_rows(encoded_dir, "texts", shard, orphans)
-        record["skipped_images"] = [image.relative_path for image in skipped]
-        rows = {side: [len(encoded_ids(encoded_dir, side, shard)) for shard in range(config.shards)]
-                for side in sides}
+            raise CorruptImageError(str(original).split("\n", 1)[0]).with_skip_hint() from None
+        image_ids = [encoded_ids(encoded_dir, "images", shard) for shard in range(config.shards)]
+        record["skipped_images"] = _leave_out_unreadable(encoded_dir, collection, image_ids)
+        rows = {"images": [len(ids) for ids in image_ids]}
+        if collection.texts:
+            rows["texts"] = [len(encoded_ids(encoded_dir, "texts", shard)) for shard in range(config.shards)]
         return EncodedParquet(rows, record, figures)
 
     return publish_collection(config, encoder, encode,
