@@ -2,15 +2,23 @@
 then one Ray task per shard builds that shard's index from it (indexer/sharding.py has the steps, the same that run
 in this process for an embedded build).
 
+The encode resumes: each actor writes every batch's rows as Parquet files of their own, atomically, under
+``<output>/.encoding/<key>``, the key a digest of everything the rows depend on (checkpoint, inputs and their order,
+shards, pruning, device). A build of the same inputs after an interruption (a crash, Ctrl-C, an unreadable image
+without --skip-corrupt) encodes only the items that have no row there yet; the directory is removed once the
+collection is published.
+
 Every node must see the collection's files, the checkpoint and the output directory at the same paths (a shared
 filesystem), as for any Ray job that reads and writes files by path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_file
 from core.encoder import DuetEncoder, EncodedItems
 from core.image_pipeline import CorruptImageError
+from core.progress import progress_bar
 from indexer.build import IndexBuildConfig, load_collection, with_source_payload
 from indexer.collection import Collection
 from indexer.sharding import (
@@ -33,8 +43,11 @@ from indexer.sharding import (
     shard_name,
     shard_of,
 )
+from indexer.store import SIDES
 
 _logger = logging.getLogger(__name__)
+
+ENCODING_DIR = ".encoding"  # beside the versions: a Ray build's encoded rows, kept until the collection is published
 
 
 class RayBuildError(ValueError):
@@ -54,11 +67,14 @@ def input_rows(collection: Collection) -> list[dict[str, Any]]:
 
 
 class EncodeBatch:
-    """A Ray Data actor: one encoder, loaded once, encoding batches of items (either side) into Parquet rows."""
+    """A Ray Data actor: one encoder, loaded once, encoding batches of items (either side) into Parquet files of the
+    encode's directory, one per side and shard of a batch, each written atomically; it returns how many inputs the
+    batch held (the driver's progress)."""
 
-    def __init__(self, checkpoint: str, shards: int, prune: dict[str, int | None], device: str,
+    def __init__(self, checkpoint: str, encoded_dir: str, shards: int, prune: dict[str, int | None], device: str,
                  skip_corrupt: bool = False) -> None:
         self.encoder = DuetEncoder.from_checkpoint(checkpoint, device=device)
+        self.encoded_dir = Path(encoded_dir)
         self.shards, self.prune, self.skip_corrupt = shards, prune, skip_corrupt
 
     def _encode(self, side: str, inputs: list[str]) -> tuple[EncodedItems, list[int]]:
@@ -72,10 +88,18 @@ class EncodeBatch:
                                                          skip_corrupt=self.skip_corrupt)
         return files.encoded, files.kept
 
+    def _write(self, side: str, shard: int, table: Any) -> None:
+        """One shard's rows of a batch. The name is a digest of the ids, so a batch Ray retries replaces its own
+        file instead of adding its rows twice."""
+        import pyarrow.parquet as pq
+
+        digest = hashlib.sha256("\n".join(table.column("id").to_pylist()).encode()).hexdigest()[:24]
+        with atomic_file(parquet_dir(self.encoded_dir, side, shard) / f"{digest}.parquet") as handle:
+            pq.write_table(table, handle)
+
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        tables = []
         rows = batch.to_pylist()
         for side in sorted({row["side"] for row in rows}):
             part = [row for row in rows if row["side"] == side]
@@ -83,9 +107,10 @@ class EncodeBatch:
             part = [part[n] for n in kept]
             table = encoded_table([json.loads(row["item"]) for row in part], encoded,
                                   np.array([row["ordinal"] for row in part], np.int64))
-            shards = pa.array([shard_of(row["id"], self.shards) for row in part], pa.int32())
-            tables.append(table.append_column("side", pa.array([side] * len(part))).append_column("shard", shards))
-        return pa.concat_tables(tables)
+            owners = np.array([shard_of(row["id"], self.shards) for row in part], np.int64)
+            for shard in np.unique(owners):
+                self._write(side, int(shard), table.filter(pa.array(owners == shard)))
+        return pa.table({"inputs": [len(rows)]})
 
 
 def _partition_files(encoded_dir: Path, side: str, shard: int) -> list[Path]:
@@ -102,7 +127,8 @@ def encoded_ids(encoded_dir: Path, side: str, shard: int) -> list[str]:
 
 
 def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -> None:
-    """Rewrite a shard's Parquet of ``side`` without the rows of ``ids`` (the pass's own staging files)."""
+    """Rewrite a shard's Parquet of ``side`` without the rows of ``ids``, each file at once (an interrupted rewrite
+    leaves the directory as it was, for the next run to resume)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -111,7 +137,8 @@ def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -
         table = pq.read_table(path)
         kept = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))))
         if kept.num_rows < table.num_rows:
-            pq.write_table(kept, path)
+            with atomic_file(path) as handle:
+                pq.write_table(kept, handle)
 
 
 def _leave_out_unreadable(encoded_dir: Path, collection: Collection, image_ids: list[list[str]]) -> list[str]:
@@ -148,29 +175,68 @@ def _uses_gpus() -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) >= 1
 
 
-def encode_on_ray(config: IndexBuildConfig, collection: Collection, encoded_dir: Path) -> dict[str, Any]:
-    """Encode every item with a pool of ``config.workers`` actors (a GPU each where the cluster has them, else a
-    CPU) into Parquet partitioned by side and shard; the pass's figures."""
+def encoding_key(content_hash: str, config: IndexBuildConfig, rows: list[dict[str, Any]], gpus: bool) -> str:
+    """A digest of everything an encoded row depends on: the checkpoint's weights, every input with its position and
+    record, the shard count, the pruning and the device (a GPU encodes under bf16)."""
+    digest = hashlib.sha256(json.dumps({"checkpoint": content_hash, "shards": config.shards,
+                                        "prune": [config.prune_image_terms, config.prune_text_terms],
+                                        "device": "cuda" if gpus else "cpu"}).encode())
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()[:20]
+
+
+def resumable_encoding_dir(output: Path, key: str) -> Path:
+    """The encode's directory for inputs of ``key``; one left by a build of other inputs is removed."""
+    root = output / ENCODING_DIR
+    if root.is_dir():
+        for stale in [entry for entry in root.iterdir() if entry.name != key]:
+            _logger.info("removing the encoded rows of a build of other inputs: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    return root / key
+
+
+def _encoded_ids(encoded_dir: Path, shards: int) -> dict[str, list[list[str]]]:
+    """Each side's ids with a row in the directory, per shard."""
+    return {side: [encoded_ids(encoded_dir, side, shard) for shard in range(shards)] for side in SIDES}
+
+
+def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_dir: Path,
+                  gpus: bool) -> dict[str, Any]:
+    """Encode the rows that have none in ``encoded_dir`` yet with a pool of ``config.workers`` actors (a GPU each
+    where the cluster has them, else a CPU) into Parquet partitioned by side and shard; the pass's figures."""
     import ray
 
-    gpus = _uses_gpus()
-    rows = input_rows(collection)
+    written = {(side, item_id) for side, per_shard in _encoded_ids(encoded_dir, config.shards).items()
+               for ids in per_shard for item_id in ids}
+    todo = [row for row in rows if (row["side"], row["id"]) not in written]
+    if written:
+        _logger.info("resuming the encode: %d of %d items already encoded in %s", len(rows) - len(todo), len(rows),
+                     encoded_dir)
     started = time.perf_counter()
-    # an actor's own error (an unreadable image names its file) reaches the driver as itself, not as Ray Data's
-    # generic UserCodeException whose cause is only text
-    ray.data.DataContext.get_current().raise_original_map_exception = True
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64 + 1, 8 * config.workers)))
-    encoded = dataset.map_batches(
-        EncodeBatch, batch_format="pyarrow", batch_size=config.actor_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=config.workers), num_gpus=1 if gpus else 0, num_cpus=1,
-        fn_constructor_kwargs={"checkpoint": str(config.checkpoint), "shards": config.shards,
-                               "prune": {"images": config.prune_image_terms, "texts": config.prune_text_terms},
-                               "device": "cuda" if gpus else "cpu", "skip_corrupt": config.skip_corrupt})
-    encoded.write_parquet(str(encoded_dir), partition_cols=["side", "shard"])
+    if todo:
+        context = ray.data.DataContext.get_current()
+        # an actor's own error (an unreadable image names its file) reaches the driver as itself, not as Ray Data's
+        # generic UserCodeException whose cause is only text
+        context.raise_original_map_exception = True
+        context.enable_progress_bars = False  # the driver's own bar counts the items
+        dataset = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 64 + 1,
+                                                                           8 * config.workers)))
+        encoded = dataset.map_batches(
+            EncodeBatch, batch_format="pyarrow", batch_size=config.actor_batch_size,
+            compute=ray.data.ActorPoolStrategy(size=config.workers), num_gpus=1 if gpus else 0, num_cpus=1,
+            fn_constructor_kwargs={"checkpoint": str(config.checkpoint), "encoded_dir": str(encoded_dir),
+                                   "shards": config.shards,
+                                   "prune": {"images": config.prune_image_terms, "texts": config.prune_text_terms},
+                                   "device": "cuda" if gpus else "cpu", "skip_corrupt": config.skip_corrupt})
+        with progress_bar(total=len(todo), desc="encode on ray", unit="item") as bar:
+            for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(int(np.sum(batch["inputs"])))
     seconds = time.perf_counter() - started
-    return {"engine": "ray", "workers": config.workers, "gpus": gpus, "items": len(rows),
+    return {"engine": "ray", "workers": config.workers, "gpus": gpus, "items": len(todo),
+            "resumed_items": len(rows) - len(todo),
             "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "seconds": seconds,
-            "items_per_second": len(rows) / seconds if seconds else None}
+            "items_per_second": len(todo) / seconds if todo and seconds else None}
 
 
 def _build_shard_task(encoded_dir: str, shard: int, config_json: str, collection: Mapping[str, Any],
@@ -200,20 +266,38 @@ def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
     record = {"name": collection.name, "source": collection.source, "root": str(collection.root),
               "splits": list(collection.splits), "skipped_images": []}
 
-    def encode(encoded_dir: Path) -> EncodedParquet:
+    def encode(_: Path) -> EncodedParquet:
+        gpus = _uses_gpus()
+        rows = input_rows(collection)
+        encoded_dir = resumable_encoding_dir(Path(config.output),
+                                             encoding_key(encoder.checkpoint.content_hash, config, rows, gpus))
         try:
-            figures = encode_on_ray(config, collection, encoded_dir)
+            figures = encode_on_ray(config, rows, encoded_dir, gpus)
         except CorruptImageError as e:  # Ray's wrapper class derives from the actor's error and holds it as cause
             original = getattr(e, "cause", e)
+            _note_kept(encoded_dir)
             # Ray appends its retry advice to the message: keep the error's own first line
             raise CorruptImageError(str(original).split("\n", 1)[0]).with_skip_hint() from None
-        image_ids = [encoded_ids(encoded_dir, "images", shard) for shard in range(config.shards)]
-        record["skipped_images"] = _leave_out_unreadable(encoded_dir, collection, image_ids)
-        rows = {"images": [len(ids) for ids in image_ids]}
+        except BaseException:
+            _note_kept(encoded_dir)
+            raise
+        written = _encoded_ids(encoded_dir, config.shards)
+        record["skipped_images"] = _leave_out_unreadable(encoded_dir, collection, written["images"])
+        rows_per_shard = {"images": [len(ids) for ids in written["images"]]}
         if collection.texts:
-            rows["texts"] = [len(encoded_ids(encoded_dir, "texts", shard)) for shard in range(config.shards)]
-        return EncodedParquet(rows, record, figures)
+            rows_per_shard["texts"] = [len(encoded_ids(encoded_dir, "texts", shard)) for shard in range(config.shards)]
+        return EncodedParquet(rows_per_shard, record, figures, directory=encoded_dir)
 
-    return publish_collection(config, encoder, encode,
-                              lambda encoded, shards_dir, recorded: build_shards_on_ray(config, encoded, shards_dir,
-                                                                                        recorded))
+    manifest = publish_collection(config, encoder, encode,
+                                  lambda encoded, shards_dir, recorded: build_shards_on_ray(config, encoded, shards_dir,
+                                                                                            recorded))
+    shutil.rmtree(Path(config.output) / ENCODING_DIR, ignore_errors=True)
+    return manifest
+
+
+def _note_kept(encoded_dir: Path) -> None:
+    """Say where an interrupted encode's rows wait for the next build of the same inputs."""
+    files = len(list(encoded_dir.glob("side=*/shard=*/*.parquet"))) if encoded_dir.is_dir() else 0
+    if files:
+        _logger.warning("the items encoded so far stay in %s (%d files): a build of the same inputs resumes there",
+                        encoded_dir, files)

@@ -253,9 +253,12 @@ class EncodedParquet:
     rows: dict[str, list[int]]
     collection: dict[str, Any]
     figures: dict[str, Any]
+    # where the Parquet is when the step keeps it outside the new version (a resumable encode, which its engine
+    # removes once the collection is published); None: the directory the step was given
+    directory: Path | None = None
 
 
-EncodeStep = Callable[[Path], EncodedParquet]  # writes the Parquet into the directory
+EncodeStep = Callable[[Path], EncodedParquet]  # writes the Parquet into the directory (or says where it kept it)
 ShardStep = Callable[[Path, Path, Mapping[str, Any]], list[ShardEntry]]  # (Parquet, shards dir, record) -> shards
 
 
@@ -270,9 +273,9 @@ def publish_collection(config: IndexBuildConfig, encoder: DuetEncoder, encode: E
         encoded_dir = contents / ENCODED_DIR
         encoded = encode(encoded_dir)
         timings["encode_seconds"] = time.perf_counter() - started
-        entries = build_shards(encoded_dir, contents / SHARDS_DIR, encoded.collection)
+        entries = build_shards(encoded.directory or encoded_dir, contents / SHARDS_DIR, encoded.collection)
         timings["shards_seconds"] = time.perf_counter() - started - timings["encode_seconds"]
-        shutil.rmtree(encoded_dir)
+        shutil.rmtree(encoded_dir, ignore_errors=True)
         binding = copy_checkpoint(encoder, Path(config.checkpoint), contents)
         timings["total_seconds"] = time.perf_counter() - started
         recorded = json.loads(config.model_dump_json(exclude={"output"}))

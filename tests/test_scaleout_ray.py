@@ -2,7 +2,7 @@
 collection, served by ``python -m service --engine ray`` with 2 replicas per shard. Its rankings over HTTP equal the
 embedded index's, a write is searchable, a replica killed under concurrent load fails no query, a shard with no
 replica answers 503 naming it, then recovers, and an unreadable image stops a Ray build naming it or, with
---skip-corrupt, is left out with its captions."""
+--skip-corrupt, is left out with its captions, the second build resuming from what the first encoded."""
 
 from __future__ import annotations
 
@@ -244,18 +244,28 @@ def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset, data)
     dataset = load_karpathy(data)
-    bad_record = dataset.split("test")[3]
+    # the last image: with one actor, the batches before it are encoded when it stops the build
+    bad_record = dataset.split("test")[-1]
     bad = dataset.image_path(bad_record)
     bad.write_bytes(b"not an image")
-    refused = _ray_build(cluster, tiny_checkpoint, data, tmp_path / "refused")
+    out = tmp_path / "ray" / "collection"
+    refused = _ray_build(cluster, tiny_checkpoint, data, out)
     assert refused.returncode == 2, refused.stderr[-3000:]
     error = [line for line in refused.stderr.splitlines() if "| ERROR |" in line]
     assert len(error) == 1 and bad.name in error[0] and "--skip-corrupt" in error[0]  # one line, not Ray's trace
-    assert not (tmp_path / "refused" / "current").exists() and not list((tmp_path / "refused").glob("versions/*"))
+    assert not (out / "current").exists() and not list(out.glob("versions/*"))
+    kept = list(out.glob(".encoding/*/side=*/shard=*/*.parquet"))
+    assert kept and "a build of the same inputs resumes there" in refused.stderr
 
-    built = _ray_build(cluster, tiny_checkpoint, data, tmp_path / "ray" / "collection", "--skip-corrupt")
+    # the same build with the flag resumes from the rows the refused one encoded
+    built = _ray_build(cluster, tiny_checkpoint, data, out, "--skip-corrupt")
     assert built.returncode == 0, built.stderr[-3000:]
-    layout = read_layout(tmp_path / "ray" / "collection")
+    assert "resuming the encode" in built.stderr
+    layout = read_layout(out)
+    encode = layout.manifest.build["encode"]
+    total = sum(1 + len(record.captions) for record in dataset.split("test"))
+    assert encode["resumed_items"] > 0 and encode["items"] + encode["resumed_items"] == total, encode
+    assert not (out / ".encoding").exists()  # removed once published
     skipped = layout.manifest.collection["skipped_images"]
     assert len(skipped) == 1 and skipped[0].endswith(bad.name)
     # the rest of the test split, each row as the embedded index of the same files encoded it; the unreadable
