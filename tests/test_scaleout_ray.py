@@ -107,6 +107,71 @@ def test_the_ray_build_encodes_on_both_nodes_and_matches_the_embedded_index(coll
         assert found == len(store.ids)
 
 
+# the builds run before the server fixture starts Ray Serve, whose replicas would share the nodes' CPUs with the
+# encoder actors
+def _ray_build(cluster: LocalRayCluster, checkpoint: Path, data: Path, out: Path,
+               *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "indexer", "build", "--engine", "ray", "--address", cluster.address,
+                           "--shards", "2", "--workers", "1", "--actor-batch-size", "8", "--checkpoint",
+                           str(checkpoint), "--data", str(data), "--splits", "test", "--out", str(out),
+                           "--cache-root", str(out.parent / "cache"), *extra], cwd=ROOT, timeout=600,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
+        cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path, tiny_engine: SearchEngine,
+        tmp_path: Path) -> None:
+    from core.data import load_karpathy
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    dataset = load_karpathy(data)
+    # the last image: with one actor, the batches before it are encoded when it stops the build
+    bad_record = dataset.split("test")[-1]
+    bad = dataset.image_path(bad_record)
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "ray" / "collection"
+    refused = _ray_build(cluster, tiny_checkpoint, data, out)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = [line for line in refused.stderr.splitlines() if "| ERROR |" in line]
+    assert len(error) == 1 and bad.name in error[0] and "--skip-corrupt" in error[0]  # one line, not Ray's trace
+    assert not (out / "current").exists() and not list(out.glob("versions/*"))
+    kept = list(out.glob(".encoding/*/side=*/shard=*/*.parquet"))
+    assert kept and "a build of the same inputs resumes there" in refused.stderr
+
+    # the same build with the flag resumes from the rows the refused one encoded
+    built = _ray_build(cluster, tiny_checkpoint, data, out, "--skip-corrupt")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "resuming the encode" in built.stderr
+    layout = read_layout(out)
+    encode = layout.manifest.build["encode"]
+    total = sum(1 + len(record.captions) for record in dataset.split("test"))
+    assert encode["resumed_items"] > 0 and encode["items"] + encode["resumed_items"] == total, encode
+    assert not (out / ".encoding").exists()  # removed once published
+    skipped = layout.manifest.collection["skipped_images"]
+    assert len(skipped) == 1 and skipped[0].endswith(bad.name)
+    # the rest of the test split, each row as the embedded index of the same files encoded it; the unreadable
+    # image's captions are left out too, as an embedded build leaves them
+    readable = {str(record.relative_path) for record in dataset.split("test")} - {skipped[0]}
+    shards = [IndexReader(shard_dir, encoder=tiny_engine.encoder) for shard_dir in layout.shard_dirs]
+    try:
+        for side, store in tiny_engine.reader.stores.items():
+            assert layout.manifest.build["rows"][side] == [len(shard.stores[side].ids) for shard in shards]
+            ids: list[str] = []
+            for shard in shards:
+                part = shard.stores[side]
+                rows = [store.row_of[i] for i in part.ids]
+                assert rows == sorted(rows) and list(np.argsort(part.order)) == list(range(len(rows)))
+                np.testing.assert_allclose(part.dense, store.dense[rows], atol=1e-6)
+                ids += part.ids
+            expected = readable if side == "images" else {
+                i for i in store.ids if store.items[store.row_of[i]]["image_id"] in readable}
+            assert set(ids) == expected, side
+    finally:
+        for shard in shards:
+            shard.close()
+
+
 def _search(server: Server, payload: dict[str, Any]) -> Any:
     reply = server.post_json("/v1/search", payload)
     assert reply.status == 200, reply.body[:500]
@@ -225,66 +290,3 @@ def _wait_replicas(cluster: LocalRayCluster, shard: str, count: int, timeout: fl
 
 def server_collection(server: Server) -> Path:
     return Path(server.request("GET", "/v1/indexes").json()["index_dir"])
-
-
-def _ray_build(cluster: LocalRayCluster, checkpoint: Path, data: Path, out: Path,
-               *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "indexer", "build", "--engine", "ray", "--address", cluster.address,
-                           "--shards", "2", "--workers", "1", "--actor-batch-size", "8", "--checkpoint",
-                           str(checkpoint), "--data", str(data), "--splits", "test", "--out", str(out),
-                           "--cache-root", str(out.parent / "cache"), *extra], cwd=ROOT, timeout=600,
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
-        cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path, tiny_engine: SearchEngine,
-        tmp_path: Path) -> None:
-    from core.data import load_karpathy
-
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_dataset, data)
-    dataset = load_karpathy(data)
-    # the last image: with one actor, the batches before it are encoded when it stops the build
-    bad_record = dataset.split("test")[-1]
-    bad = dataset.image_path(bad_record)
-    bad.write_bytes(b"not an image")
-    out = tmp_path / "ray" / "collection"
-    refused = _ray_build(cluster, tiny_checkpoint, data, out)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    error = [line for line in refused.stderr.splitlines() if "| ERROR |" in line]
-    assert len(error) == 1 and bad.name in error[0] and "--skip-corrupt" in error[0]  # one line, not Ray's trace
-    assert not (out / "current").exists() and not list(out.glob("versions/*"))
-    kept = list(out.glob(".encoding/*/side=*/shard=*/*.parquet"))
-    assert kept and "a build of the same inputs resumes there" in refused.stderr
-
-    # the same build with the flag resumes from the rows the refused one encoded
-    built = _ray_build(cluster, tiny_checkpoint, data, out, "--skip-corrupt")
-    assert built.returncode == 0, built.stderr[-3000:]
-    assert "resuming the encode" in built.stderr
-    layout = read_layout(out)
-    encode = layout.manifest.build["encode"]
-    total = sum(1 + len(record.captions) for record in dataset.split("test"))
-    assert encode["resumed_items"] > 0 and encode["items"] + encode["resumed_items"] == total, encode
-    assert not (out / ".encoding").exists()  # removed once published
-    skipped = layout.manifest.collection["skipped_images"]
-    assert len(skipped) == 1 and skipped[0].endswith(bad.name)
-    # the rest of the test split, each row as the embedded index of the same files encoded it; the unreadable
-    # image's captions are left out too, as an embedded build leaves them
-    readable = {str(record.relative_path) for record in dataset.split("test")} - {skipped[0]}
-    shards = [IndexReader(shard_dir, encoder=tiny_engine.encoder) for shard_dir in layout.shard_dirs]
-    try:
-        for side, store in tiny_engine.reader.stores.items():
-            assert layout.manifest.build["rows"][side] == [len(shard.stores[side].ids) for shard in shards]
-            ids: list[str] = []
-            for shard in shards:
-                part = shard.stores[side]
-                rows = [store.row_of[i] for i in part.ids]
-                assert rows == sorted(rows) and list(np.argsort(part.order)) == list(range(len(rows)))
-                np.testing.assert_allclose(part.dense, store.dense[rows], atol=1e-6)
-                ids += part.ids
-            expected = readable if side == "images" else {
-                i for i in store.ids if store.items[store.row_of[i]]["image_id"] in readable}
-            assert set(ids) == expected, side
-    finally:
-        for shard in shards:
-            shard.close()
