@@ -48,6 +48,7 @@ from indexer.store import SIDES
 _logger = logging.getLogger(__name__)
 
 ENCODING_DIR = ".encoding"  # beside the versions: a Ray build's encoded rows, kept until the collection is published
+MAX_BLOCKS = 4096  # of the encode's input: Ray Data schedules each block as a task
 
 
 class RayBuildError(ValueError):
@@ -220,8 +221,10 @@ def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_
         # generic UserCodeException whose cause is only text
         context.raise_original_map_exception = True
         context.enable_progress_bars = False  # the driver's own bar counts the items
-        dataset = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo) // 64 + 1,
-                                                                           8 * config.workers)))
+        # blocks of a few batches: an actor returns a block's count when the block is done, so the bar moves that
+        # often (each actor gets one at least; each block is a task of its own)
+        blocks = min(len(todo), MAX_BLOCKS, max(config.workers, len(todo) // (4 * config.actor_batch_size)))
+        dataset = ray.data.from_items(todo, override_num_blocks=blocks)
         encoded = dataset.map_batches(
             EncodeBatch, batch_format="pyarrow", batch_size=config.actor_batch_size,
             compute=ray.data.ActorPoolStrategy(size=config.workers), num_gpus=1 if gpus else 0, num_cpus=1,
