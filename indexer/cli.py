@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         _logger.error("%s", e)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every output is written atomically
+        resumes = (": the same command resumes from the feature cache (a Ray build from its encoded rows)"
+                   if args.command == "build" else "")
+        _logger.error("interrupted%s", resumes)
+        return 130
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Literal
 
@@ -213,3 +214,39 @@ def test_service_rejects_a_bad_value_with_exit_2(caplog: pytest.LogCaptureFixtur
 
     assert main(["--port", "70000"]) == 2
     assert "invalid --port: Input should be less than or equal to 65535 (got 70000)" in caplog.text
+
+
+# ----- the CLIs: Ctrl-C ends a command with one line and exit 130, not a traceback -----
+def _interrupt(*_: object, **__: object) -> None:
+    signal.raise_signal(signal.SIGINT)  # the real signal: Python's handler raises KeyboardInterrupt here
+
+
+def test_an_interrupted_build_exits_130_saying_it_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import indexer.cli
+    from indexer.cli import main
+
+    monkeypatch.setattr(indexer.cli, "_build", _interrupt)
+    try:
+        code = main(["build", "--checkpoint", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "i")])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped the command")
+    assert code == 130
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "interrupted: the same command resumes from the feature cache (a Ray build from its encoded rows)"]
+
+
+def test_an_interrupted_training_exits_130_naming_resume(tmp_path: Path, synthetic_dataset: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from training import trainer
+    from training.cli import main
+
+    monkeypatch.setattr(trainer, "train", _interrupt)
+    try:
+        code = main(["align", "--run-dir", str(tmp_path / "r"), "--data", str(synthetic_dataset)])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped the command")
+    assert code == 130
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("interrupted") and "--resume" in errors[0]

@@ -126,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         _logger.error("%s", e)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        _logger.error("interrupted: the feature cache keeps its finished shards, and --resume continues a run from "
+                      "its last finished epoch")
+        return 130
 
 
 def _evaluate(args: argparse.Namespace) -> int:
