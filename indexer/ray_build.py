@@ -3,10 +3,11 @@ then one Ray task per shard builds that shard's index from it (indexer/sharding.
 in this process for an embedded build).
 
 The encode resumes: each actor writes every batch's rows as Parquet files of their own, atomically, under
-``<output>/.encoding/<key>``, the key a digest of everything the rows depend on (checkpoint, inputs and their order,
+``<output>/.encoding/<key>``, the key a digest of what the vectors depend on (checkpoint, inputs and their order,
 shards, pruning, device). A build of the same inputs after an interruption (a crash, Ctrl-C, an unreadable image
-without --skip-corrupt) encodes only the items that have no row there yet; the directory is removed once the
-collection is published.
+without --skip-corrupt) encodes only the items that have no row there yet, or whose row is stale: its stored record
+differs from the item's record now (a payload edited), or its image file changed since (each image row records the
+file's size and modification time). The directory is removed once the collection is published.
 
 Every node must see the collection's files, the checkpoint and the output directory at the same paths (a shared
 filesystem), as for any Ray job that reads and writes files by path.
@@ -49,10 +50,20 @@ _logger = logging.getLogger(__name__)
 
 ENCODING_DIR = ".encoding"  # beside the versions: a Ray build's encoded rows, kept until the collection is published
 MAX_BLOCKS = 4096  # of the encode's input: Ray Data schedules each block as a task
+STAMP = "stamp"  # the column of an image row that holds its file's stamp when it was encoded
 
 
 class RayBuildError(ValueError):
     """A Ray build that cannot run as configured."""
+
+
+def file_stamp(path: str) -> str:
+    """A file's size and modification time: a changed or replaced file gets another stamp ("" if it cannot be read)."""
+    try:
+        facts = os.stat(path)
+    except OSError:
+        return ""
+    return f"{facts.st_size}:{facts.st_mtime_ns}"
 
 
 def input_rows(collection: Collection) -> list[dict[str, Any]]:
@@ -104,10 +115,14 @@ class EncodeBatch:
         rows = batch.to_pylist()
         for side in sorted({row["side"] for row in rows}):
             part = [row for row in rows if row["side"] == side]
+            # stamped before reading: a file that changes while it is encoded is encoded again by the next run
+            stamps = [file_stamp(row["input"]) for row in part] if side == "images" else []
             encoded, kept = self._encode(side, [row["input"] for row in part])
             part = [part[n] for n in kept]
             table = encoded_table([json.loads(row["item"]) for row in part], encoded,
                                   np.array([row["ordinal"] for row in part], np.int64))
+            if side == "images":
+                table = table.append_column(STAMP, pa.array([stamps[n] for n in kept], pa.string()))
             owners = np.array([shard_of(row["id"], self.shards) for row in part], np.int64)
             for shard in np.unique(owners):
                 self._write(side, int(shard), table.filter(pa.array(owners == shard)))
@@ -125,6 +140,20 @@ def encoded_ids(encoded_dir: Path, side: str, shard: int) -> list[str]:
 
     return [item_id for path in _partition_files(encoded_dir, side, shard)
             for item_id in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+
+
+def encoded_facts(encoded_dir: Path, side: str, shard: int) -> dict[str, tuple[str, str]]:
+    """What each of a shard's rows of ``side`` was encoded from, by id: its record (JSON) and, for an image, its
+    file's stamp (texts: "")."""
+    import pyarrow.parquet as pq
+
+    facts: dict[str, tuple[str, str]] = {}
+    for path in _partition_files(encoded_dir, side, shard):
+        table = pq.read_table(path, columns=["id", "item", STAMP] if side == "images" else ["id", "item"])
+        stamps = table.column(STAMP).to_pylist() if side == "images" else [""] * table.num_rows
+        facts.update(zip(table.column("id").to_pylist(), zip(table.column("item").to_pylist(), stamps, strict=True),
+                         strict=True))
+    return facts
 
 
 def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -> None:
@@ -177,13 +206,15 @@ def _uses_gpus() -> bool:
 
 
 def encoding_key(content_hash: str, config: IndexBuildConfig, rows: list[dict[str, Any]], gpus: bool) -> str:
-    """A digest of everything an encoded row depends on: the checkpoint's weights, every input with its position and
-    record, the shard count, the pruning and the device (a GPU encodes under bf16)."""
+    """A digest of what the encoded vectors depend on: the checkpoint's weights, every input (file or text) with its
+    id and position, the shard count, the pruning and the device (a GPU encodes under bf16). Records are checked row
+    by row instead (``_forget_stale_rows``), so an edited payload costs its rows, not the whole encode."""
     digest = hashlib.sha256(json.dumps({"checkpoint": content_hash, "shards": config.shards,
                                         "prune": [config.prune_image_terms, config.prune_text_terms],
                                         "device": "cuda" if gpus else "cpu"}).encode())
     for row in rows:
-        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+        digest.update(json.dumps([row["side"], row["id"], row["ordinal"], row["input"]], ensure_ascii=False).encode()
+                      + b"\n")
     return digest.hexdigest()[:20]
 
 
@@ -202,12 +233,37 @@ def _encoded_ids(encoded_dir: Path, shards: int) -> dict[str, list[list[str]]]:
     return {side: [encoded_ids(encoded_dir, side, shard) for shard in range(shards)] for side in SIDES}
 
 
+def _forget_stale_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: int) -> None:
+    """Drop the rows whose item changed since they were encoded: its record differs, or its image file's stamp."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    current = {(row["side"], row["id"]): row for row in rows}
+    for side in SIDES:
+        for shard in range(shards):
+            stored = encoded_facts(encoded_dir, side, shard)
+            if not stored:
+                continue
+            ids = list(stored)
+            inputs = [current.get((side, item_id)) for item_id in ids]
+            stamps = [""] * len(ids)
+            if side == "images":
+                with ThreadPoolExecutor(max_workers=16) as pool:  # a shared filesystem answers many stats at once
+                    stamps = list(pool.map(file_stamp, [row["input"] if row else "" for row in inputs]))
+            stale = {item_id for item_id, row, stamp in zip(ids, inputs, stamps, strict=True)
+                     if row is None or stored[item_id] != (row["item"], stamp)}
+            if stale:
+                _logger.info("%s of shard %d: encoding again %d whose item or file changed since", side, shard,
+                             len(stale))
+                drop_encoded_rows(encoded_dir, side, shard, stale)
+
+
 def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_dir: Path,
                   gpus: bool) -> dict[str, Any]:
     """Encode the rows that have none in ``encoded_dir`` yet with a pool of ``config.workers`` actors (a GPU each
     where the cluster has them, else a CPU) into Parquet partitioned by side and shard; the pass's figures."""
     import ray
 
+    _forget_stale_rows(encoded_dir, rows, config.shards)
     written = {(side, item_id) for side, per_shard in _encoded_ids(encoded_dir, config.shards).items()
                for ids in per_shard for item_id in ids}
     todo = [row for row in rows if (row["side"], row["id"]) not in written]

@@ -2,11 +2,13 @@
 collection, served by ``python -m service --engine ray`` with 2 replicas per shard. Its rankings over HTTP equal the
 embedded index's, a write is searchable, a replica killed under concurrent load fails no query, a shard with no
 replica answers 503 naming it, then recovers, and an unreadable image stops a Ray build naming it or, with
---skip-corrupt, is left out with its captions, the second build resuming from what the first encoded."""
+--skip-corrupt, is left out with its captions, the second build resuming from what the first encoded (images
+changed in between encoded again)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -118,9 +120,11 @@ def _ray_build(cluster: LocalRayCluster, checkpoint: Path, data: Path, out: Path
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
+def test_the_ray_build_refuses_or_skips_an_unreadable_image_and_resumes(
         cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path, tiny_engine: SearchEngine,
         tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
     from core.data import load_karpathy
 
     data = tmp_path / "data"
@@ -138,11 +142,26 @@ def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
     assert not (out / "current").exists() and not list(out.glob("versions/*"))
     kept = list(out.glob(".encoding/*/side=*/shard=*/*.parquet"))
     assert kept and "a build of the same inputs resumes there" in refused.stderr
+    # two images the refused build encoded change before the next build: one is replaced (its record changes with
+    # it), one is touched (same record, a newer file); both rows are encoded again
+    replaced_record, touched_record = dataset.split("test")[:2]
+    replaced_id = str(replaced_record.relative_path)
+    assert {replaced_id, str(touched_record.relative_path)} <= {
+        item_id for path in out.glob(".encoding/*/side=images/shard=*/*.parquet")
+        for item_id in pq.read_table(path, columns=["id"]).column("id").to_pylist()}
+    replaced = dataset.image_path(replaced_record)
+    replaced.write_bytes(noise_png(9_999))
+    touched = dataset.image_path(touched_record)
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    fresh = tiny_engine.encoder.encode_image_files([replaced]).dense[0]
+    assert not np.allclose(fresh, tiny_engine.reader.stores["images"].dense[
+        tiny_engine.reader.stores["images"].row_of[replaced_id]], atol=1e-3)
 
     # the same build with the flag resumes from the rows the refused one encoded
     built = _ray_build(cluster, tiny_checkpoint, data, out, "--skip-corrupt")
     assert built.returncode == 0, built.stderr[-3000:]
     assert "resuming the encode" in built.stderr
+    assert sum(int(n) for n in re.findall(r"images of shard \d+: encoding again (\d+) whose", built.stderr)) == 2
     layout = read_layout(out)
     encode = layout.manifest.build["encode"]
     total = sum(1 + len(record.captions) for record in dataset.split("test"))
@@ -150,8 +169,8 @@ def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
     assert not (out / ".encoding").exists()  # removed once published
     skipped = layout.manifest.collection["skipped_images"]
     assert len(skipped) == 1 and skipped[0].endswith(bad.name)
-    # the rest of the test split, each row as the embedded index of the same files encoded it; the unreadable
-    # image's captions are left out too, as an embedded build leaves them
+    # the rest of the test split, each row as the embedded index of the same files encoded it (the replaced image
+    # as its new file); the unreadable image's captions are left out too, as an embedded build leaves them
     readable = {str(record.relative_path) for record in dataset.split("test")} - {skipped[0]}
     shards = [IndexReader(shard_dir, encoder=tiny_engine.encoder) for shard_dir in layout.shard_dirs]
     try:
@@ -162,7 +181,9 @@ def test_the_ray_build_refuses_or_skips_an_unreadable_image_with_its_captions(
                 part = shard.stores[side]
                 rows = [store.row_of[i] for i in part.ids]
                 assert rows == sorted(rows) and list(np.argsort(part.order)) == list(range(len(rows)))
-                np.testing.assert_allclose(part.dense, store.dense[rows], atol=1e-6)
+                expected_dense = store.dense[rows].copy()
+                expected_dense[[n for n, i in enumerate(part.ids) if i == replaced_id]] = fresh
+                np.testing.assert_allclose(part.dense, expected_dense, atol=1e-5)
                 ids += part.ids
             expected = readable if side == "images" else {
                 i for i in store.ids if store.items[store.row_of[i]]["image_id"] in readable}
