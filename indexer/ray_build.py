@@ -171,13 +171,15 @@ def drop_encoded_rows(encoded_dir: Path, side: str, shard: int, ids: set[str]) -
                 pq.write_table(kept, handle)
 
 
-def _leave_out_unreadable(encoded_dir: Path, collection: Collection, image_ids: list[list[str]]) -> list[str]:
+def _leave_out_unreadable(encoded_dir: Path, collection: Collection,
+                          image_ids: list[list[str]]) -> tuple[list[str], set[str]]:
     """The images the actors could not read (absent from ``image_ids``, the written ids per shard), their captions
-    dropped from the Parquet as an embedded build leaves them out; their paths, for the collection's record."""
+    dropped from the Parquet as an embedded build leaves them out: the images' paths, for the collection's record,
+    and the dropped captions' ids."""
     kept = {item_id for ids in image_ids for item_id in ids}
     skipped = [image for image in collection.images if image.id not in kept]
     if not skipped:
-        return []
+        return [], set()
     _logger.warning("indexing without %d unreadable images: %s", len(skipped),
                     [image.relative_path for image in skipped[:5]])
     if len(skipped) == len(collection.images):
@@ -186,7 +188,7 @@ def _leave_out_unreadable(encoded_dir: Path, collection: Collection, image_ids: 
     orphans = {text.id for text in collection.texts if text.image_id in gone}
     for shard in range(len(image_ids)):
         drop_encoded_rows(encoded_dir, "texts", shard, orphans)
-    return [image.relative_path for image in skipped]
+    return [image.relative_path for image in skipped], orphans
 
 
 def _connect(address: str | None) -> None:
@@ -208,7 +210,7 @@ def _uses_gpus() -> bool:
 def encoding_key(content_hash: str, config: IndexBuildConfig, rows: list[dict[str, Any]], gpus: bool) -> str:
     """A digest of what the encoded vectors depend on: the checkpoint's weights, every input (file or text) with its
     id and position, the shard count, the pruning and the device (a GPU encodes under bf16). Records are checked row
-    by row instead (``_forget_stale_rows``), so an edited payload costs its rows, not the whole encode."""
+    by row instead (``_fresh_rows``), so an edited payload costs its rows, not the whole encode."""
     digest = hashlib.sha256(json.dumps({"checkpoint": content_hash, "shards": config.shards,
                                         "prune": [config.prune_image_terms, config.prune_text_terms],
                                         "device": "cuda" if gpus else "cpu"}).encode())
@@ -233,11 +235,13 @@ def _encoded_ids(encoded_dir: Path, shards: int) -> dict[str, list[list[str]]]:
     return {side: [encoded_ids(encoded_dir, side, shard) for shard in range(shards)] for side in SIDES}
 
 
-def _forget_stale_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: int) -> None:
-    """Drop the rows whose item changed since they were encoded: its record differs, or its image file's stamp."""
+def _fresh_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: int) -> set[tuple[str, str]]:
+    """The (side, id) of the rows already encoded for ``rows``, after dropping those whose item changed since they
+    were encoded: its record differs, or its image file's stamp."""
     from concurrent.futures import ThreadPoolExecutor
 
     current = {(row["side"], row["id"]): row for row in rows}
+    fresh: set[tuple[str, str]] = set()
     for side in SIDES:
         for shard in range(shards):
             stored = encoded_facts(encoded_dir, side, shard)
@@ -255,6 +259,8 @@ def _forget_stale_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: in
                 _logger.info("%s of shard %d: encoding again %d whose item or file changed since", side, shard,
                              len(stale))
                 drop_encoded_rows(encoded_dir, side, shard, stale)
+            fresh.update((side, item_id) for item_id in ids if item_id not in stale)
+    return fresh
 
 
 def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_dir: Path,
@@ -263,9 +269,7 @@ def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_
     where the cluster has them, else a CPU) into Parquet partitioned by side and shard; the pass's figures."""
     import ray
 
-    _forget_stale_rows(encoded_dir, rows, config.shards)
-    written = {(side, item_id) for side, per_shard in _encoded_ids(encoded_dir, config.shards).items()
-               for ids in per_shard for item_id in ids}
+    written = _fresh_rows(encoded_dir, rows, config.shards)
     todo = [row for row in rows if (row["side"], row["id"]) not in written]
     if written:
         _logger.info("resuming the encode: %d of %d items already encoded in %s", len(rows) - len(todo), len(rows),
@@ -341,10 +345,10 @@ def build_collection_on_ray(config: IndexBuildConfig) -> CollectionManifest:
             _note_kept(encoded_dir)
             raise
         written = _encoded_ids(encoded_dir, config.shards)
-        record["skipped_images"] = _leave_out_unreadable(encoded_dir, collection, written["images"])
+        record["skipped_images"], dropped = _leave_out_unreadable(encoded_dir, collection, written["images"])
         rows_per_shard = {"images": [len(ids) for ids in written["images"]]}
         if collection.texts:
-            rows_per_shard["texts"] = [len(encoded_ids(encoded_dir, "texts", shard)) for shard in range(config.shards)]
+            rows_per_shard["texts"] = [sum(i not in dropped for i in ids) for ids in written["texts"]]
         return EncodedParquet(rows_per_shard, record, figures, directory=encoded_dir)
 
     manifest = publish_collection(config, encoder, encode,
