@@ -31,11 +31,16 @@ demo: setup
 demo-ray: setup
 	DATA=$(DATA) RUNS=$(RUNS) PY=$(PY) bash scripts/demo_ray.sh
 
-# The test command (README, CI): offline, CPU, tiny models and generated data.
+# The test command (README, CI): offline, CPU, tiny models and generated data. Whole test files run on
+# TEST_PROCESSES processes (pytest-xdist), in tests/conftest.py's order: most tests wait on what they start. Then
+# the tests that load the machine to its measured capacity (marker alone) run by themselves.
+TEST_PROCESSES ?= 2
 test: setup browser
 	$(VENV)/bin/ruff check core training indexer service benchmarks tests
 	$(PY) -m mypy core indexer service
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not alone" \
+		-n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "alone and not slow"
 
 # Reproduce docs/results.md on Flickr8k (feature cache, LiT base, SKD, baselines, ablations, report).
 results: setup

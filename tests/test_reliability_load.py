@@ -28,7 +28,9 @@ from benchmarks.reliability.load import (
     run_load,
 )
 
-pytestmark = pytest.mark.java  # both parts serve a Lucene index
+# both parts serve a Lucene index; their load is sized to what the machine answers alone (its measured maximum rate),
+# so make test runs this file after the others, with nothing beside it
+pytestmark = [pytest.mark.java, pytest.mark.alone]
 
 
 def short_config(index: Path, tmp_path: Path) -> ReliabilityConfig:
