@@ -48,6 +48,11 @@ LEXICAL_FORMS = frozenset({
     "winding", "raging", "matching", "training", "bowling", "rowing",
     "tired", "wooded", "spotted", "stuffed", "grounded", "parked", "dressed", "sticking",
 })
+# Plurals no suffix rule reaches (a vowel change or an old -en). The -men plurals (men, women, policemen) and -ves
+# plurals (scarves: scarf, knives: knife) have rules of their own below; "people" keeps its term, as English reads
+# it as a word of its own (a crowd, a nation) as often as the plural of "person".
+IRREGULAR_PLURALS = {"children": "child", "feet": "foot", "teeth": "tooth", "geese": "goose", "mice": "mouse",
+                     "oxen": "ox"}
 
 
 def normalized_words(text: str) -> list[str]:
@@ -79,18 +84,24 @@ def _undouble(stem: str) -> str | None:
 
 def base_forms(word: str) -> list[str]:
     """The words an English inflected form may come from, likeliest first, by conservative suffix rules (plural
-    -s/-es/-ies, -ing, -ed; a doubled consonant undoubled, a silent e restored); only where a stem of at least three
-    letters stays; none for a word of its own (``LEXICAL_FORMS``). Candidates, not answers: a vocabulary takes the
-    first one it holds as a word."""
+    -s/-es/-ies/-ves/-men, -ing, -ed; a doubled consonant undoubled, a silent e restored) and a few irregular
+    plurals (``IRREGULAR_PLURALS``); only where a stem of at least three letters stays (-men: any); none for a word
+    of its own (``LEXICAL_FORMS``). Candidates, not answers: a vocabulary takes the first one it holds as a word."""
     if not word.isalpha() or word in LEXICAL_FORMS:
         return []
+    if word in IRREGULAR_PLURALS:
+        return [IRREGULAR_PLURALS[word]]
     out: list[str] = []
+    if word.endswith("men"):  # men, women, firemen: the -man word (a candidate only where the captions hold it)
+        out.append(word[:-3] + "man")
     if word.endswith("ies") and len(word) - 3 >= _MIN_STEM:
         out.append(word[:-3] + "y")
     if word.endswith(("sses", "shes", "ches", "xes", "zes", "oes")) and len(word) - 2 >= _MIN_STEM:
         out.append(word[:-2])
     if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) - 1 >= _MIN_STEM:
         out.append(word[:-1])
+    if word.endswith("ves") and len(word) - 3 >= _MIN_STEM:  # scarves, knives: after the plain plural (gloves)
+        out.extend([word[:-3] + "f", word[:-3] + "fe"])
     for suffix in ("ing", "ed"):
         stem = word[:-len(suffix)]
         if word.endswith(suffix) and len(stem) >= _MIN_STEM and any(c in "aeiouy" for c in stem):

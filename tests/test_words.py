@@ -87,10 +87,25 @@ def test_homographs_keep_their_own_terms() -> None:
     assert merged.term_of("dogs") == merged.term_of("dog")  # the rules still merge a plain plural
 
 
+def test_irregular_plurals_share_their_singulars_term() -> None:
+    captions = ["two men", "a man", "women walking", "a woman", "children play", "a child", "a red scarf",
+                "two scarves", "a pair of gloves", "a glove", "people and a person", "a ramen bowl"]
+    merged = WordVocabulary.from_captions(captions, inflections=True)
+    for plural, singular in (("men", "man"), ("women", "woman"), ("children", "child"), ("scarves", "scarf"),
+                             ("gloves", "glove")):
+        assert merged.term_of(plural) == merged.term_of(singular) != 0, plural
+    assert merged.term_of("people") != merged.term_of("person")  # a word of its own as often as a plural
+    assert merged.term_of("ramen") not in (0, merged.term_of("man"))  # -men joins only a -man word
+    assert merged.term_of("policemen") == 0  # neither form in the captions: no term to join
+    assert len(merged) == len(WordVocabulary.from_captions(captions)) - 5
+
+
 @pytest.mark.parametrize(("word", "bases"), [
     ("puppies", ["puppy", "puppie"]), ("boxes", ["box", "boxe"]), ("dogs", ["dog"]),
     ("running", ["run"]), ("riding", ["ride", "rid"]), ("jumped", ["jumpe", "jump"]), ("grass", []), ("bus", []),
-    ("sing", []), ("red", []), ("2018s", []), ("shorts", []), ("evening", []), ("buildings", ["building"])])
+    ("sing", []), ("red", []), ("2018s", []), ("shorts", []), ("evening", []), ("buildings", ["building"]),
+    ("men", ["man"]), ("firemen", ["fireman"]), ("children", ["child"]), ("teeth", ["tooth"]), ("people", []),
+    ("scarves", ["scarve", "scarf", "scarfe"]), ("lives", ["live"])])
 def test_base_forms_follow_conservative_suffix_rules(word: str, bases: list[str]) -> None:
     assert base_forms(word) == bases
 
