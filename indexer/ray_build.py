@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,6 @@ def _encoded_ids(encoded_dir: Path, shards: int) -> dict[str, list[list[str]]]:
 def _fresh_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: int) -> set[tuple[str, str]]:
     """The (side, id) of the rows already encoded for ``rows``, after dropping those whose item changed since they
     were encoded: its record differs, or its image file's stamp."""
-    from concurrent.futures import ThreadPoolExecutor
-
     current = {(row["side"], row["id"]): row for row in rows}
     fresh: set[tuple[str, str]] = set()
     for side in SIDES:
@@ -265,8 +264,9 @@ def _fresh_rows(encoded_dir: Path, rows: list[dict[str, Any]], shards: int) -> s
 
 def encode_on_ray(config: IndexBuildConfig, rows: list[dict[str, Any]], encoded_dir: Path,
                   gpus: bool) -> dict[str, Any]:
-    """Encode the rows that have none in ``encoded_dir`` yet with a pool of ``config.workers`` actors (a GPU each
-    where the cluster has them, else a CPU) into Parquet partitioned by side and shard; the pass's figures."""
+    """Encode the rows that have no fresh row in ``encoded_dir`` yet (none, or a stale one) with a pool of
+    ``config.workers`` actors (a GPU each where the cluster has them, else a CPU) into Parquet partitioned by side
+    and shard; the pass's figures."""
     import ray
 
     written = _fresh_rows(encoded_dir, rows, config.shards)

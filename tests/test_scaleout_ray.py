@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from indexer.index_reader import IndexReader
+from indexer.ray_build import encoded_ids
 from indexer.ray_cluster import LocalRayCluster
 from indexer.search import SearchEngine
 from indexer.sharding import read_layout
@@ -123,8 +124,6 @@ def _ray_build(cluster: LocalRayCluster, checkpoint: Path, data: Path, out: Path
 def test_the_ray_build_refuses_or_skips_an_unreadable_image_and_resumes(
         cluster: LocalRayCluster, tiny_checkpoint: Path, synthetic_dataset: Path, tiny_engine: SearchEngine,
         tmp_path: Path) -> None:
-    import pyarrow.parquet as pq
-
     from core.data import load_karpathy
 
     data = tmp_path / "data"
@@ -146,9 +145,9 @@ def test_the_ray_build_refuses_or_skips_an_unreadable_image_and_resumes(
     # it), one is touched (same record, a newer file); both rows are encoded again
     replaced_record, touched_record = dataset.split("test")[:2]
     replaced_id = str(replaced_record.relative_path)
+    (encoded_dir,) = (out / ".encoding").iterdir()
     assert {replaced_id, str(touched_record.relative_path)} <= {
-        item_id for path in out.glob(".encoding/*/side=images/shard=*/*.parquet")
-        for item_id in pq.read_table(path, columns=["id"]).column("id").to_pylist()}
+        item_id for shard in range(2) for item_id in encoded_ids(encoded_dir, "images", shard)}
     replaced = dataset.image_path(replaced_record)
     replaced.write_bytes(noise_png(9_999))
     touched = dataset.image_path(touched_record)
