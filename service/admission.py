@@ -3,7 +3,10 @@
 A request that needs the engine (a search, an item read, a write) takes a ticket once its body has arrived (bodies
 in flight are bounded apart, by bytes: service/body_intake.py) and before it decodes an image, so a burst cannot hold
 more than ``max_pending`` decoded images in memory, and a client trickling a body holds no ticket. Past the bound it
-is refused at once with 503 and Retry-After (load shed, not queued without bound). An admitted request
+is refused at once with 503 and Retry-After (load shed, not queued without bound); so is one that would wait longer
+than ``max_queue_wait_s`` behind the requests already admitted, at the engine's recent time per request. The count
+bounds memory, the wait bounds latency: a count alone would shed cheap requests (a few ms each) at the first stall of
+a few tens of ms, and let costly ones queue for seconds. An admitted request
 that waited past its deadline, or whose client hung up, is dropped before the engine computes it: under overload
 the engine only does work someone will read.
 """
@@ -48,12 +51,18 @@ class Ticket:
     async def run(self, worker: EngineWorker, work: Callable[[], T]) -> T:
         """``work`` on the engine thread, unless it is dropped before it starts there."""
 
+        took: list[float] = []
+
         def guarded() -> T:
             if self.client_gone.is_set():
                 raise DroppedError("client_gone")
             if time.monotonic() > self.deadline:
                 raise DroppedError("deadline")
-            return work()
+            started = time.perf_counter()
+            try:
+                return work()
+            finally:
+                took.append(time.perf_counter() - started)
 
         if await self.request.is_disconnected():  # gone already: not even queued
             raise self.admission.dropped("client_gone")
@@ -63,6 +72,8 @@ class Ticket:
         except DroppedError as e:
             raise self.admission.dropped(e.reason) from e
         finally:
+            if took:
+                self.admission.engine_time.observe(took[0])
             # not awaited: a server's receive may finish only once the response is complete (a test client's does)
             watcher.cancel()
 
@@ -73,14 +84,35 @@ class Ticket:
         self.client_gone.set()
 
 
-class Admission:
-    """At most ``max_pending`` admitted requests; each must reach the engine within ``queue_timeout_s``."""
+class EngineTime:
+    """The engine's recent seconds per request: an exponentially weighted mean of the last few dozen (0 before the
+    first), updated on the event loop."""
 
-    def __init__(self, max_pending: int, queue_timeout_s: float, metrics: Metrics) -> None:
+    WEIGHT = 0.05  # of the newest request: a compaction's or a large write's one long run fades within a few dozen
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.seconds = seconds if self.seconds == 0.0 else self.seconds + self.WEIGHT * (seconds - self.seconds)
+
+
+class Admission:
+    """At most ``max_pending`` admitted requests, and none that would wait over ``max_queue_wait_s`` behind them;
+    each must reach the engine within ``queue_timeout_s``."""
+
+    def __init__(self, max_pending: int, max_queue_wait_s: float, queue_timeout_s: float, metrics: Metrics) -> None:
         self.max_pending = max_pending
+        self.max_queue_wait_s = max_queue_wait_s
         self.queue_timeout_s = queue_timeout_s
         self.metrics = metrics
+        self.engine_time = EngineTime()
         self.pending = 0  # changed on the event loop only
+
+    @property
+    def expected_wait_s(self) -> float:
+        """What a request admitted now would wait: those already admitted, each at the engine's recent time."""
+        return self.pending * self.engine_time.seconds
 
     @property
     def retry_after_s(self) -> int:
@@ -100,6 +132,11 @@ class Admission:
             self.metrics.observe_shed("queue_full")
             raise self._overloaded("overloaded", f"the server is at its limit of {self.max_pending} requests in "
                                    f"progress; retry after {self.retry_after_s} s")
+        if self.expected_wait_s > self.max_queue_wait_s:
+            self.metrics.observe_shed("queue_wait")
+            raise self._overloaded("overloaded", f"the requests in progress would keep this one waiting about "
+                                   f"{self.expected_wait_s:.1f} s, past the server's limit of {self.max_queue_wait_s} "
+                                   f"s; retry after {self.retry_after_s} s")
         self.pending += 1
         self.metrics.set_pending(self.pending)
         try:

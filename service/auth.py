@@ -50,7 +50,7 @@ def _check(credentials: HTTPAuthorizationCredentials | None, keys: list[str], ch
         raise ApiError(403, "invalid_api_key", "the API key is not valid")
 
 
-def require_write_key(settings: SettingsDep, credentials: Credentials) -> None:
+async def require_write_key(settings: SettingsDep, credentials: Credentials) -> None:
     key = _secret(settings.api_key)
     if not key:
         raise ApiError(403, "writes_disabled", "the write API is disabled on this server: start it with an API key "
@@ -58,7 +58,7 @@ def require_write_key(settings: SettingsDep, credentials: Credentials) -> None:
     _check(credentials, [key], WRITE_REALM)
 
 
-def require_read_key(settings: SettingsDep, credentials: Credentials) -> None:
+async def require_read_key(settings: SettingsDep, credentials: Credentials) -> None:
     read_key = _secret(settings.read_api_key)
     if read_key:  # keyed reads; the write key reads too
         _check(credentials, [k for k in (read_key, _secret(settings.api_key)) if k], READ_REALM)

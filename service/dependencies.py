@@ -1,7 +1,11 @@
 """What a route may ask for, as FastAPI dependencies: tests replace any of them with ``app.dependency_overrides``.
 
 A route under ``/v1/collections/{collection}/`` serves that collection (or the one its alias names, resolved once
-for the request); the same route without the prefix serves the default collection."""
+for the request); the same route without the prefix serves the default collection.
+
+Every dependency is ``async def``, even where it does no I/O: FastAPI runs a plain ``def`` one on its thread pool, a
+thread hop each per request, and with eight of them ahead of the admission ticket a request shed under overload cost
+two fifths of a search on a small index (tests/test_service_hardening.py holds every route to this)."""
 
 from __future__ import annotations
 
@@ -28,23 +32,23 @@ from service.state import state_of
 Reader = Callable[[], AbstractContextManager[SearchEngine]]
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return state_of(request.app).settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return state_of(request.app).metrics
 
 
-def get_worker(request: Request) -> EngineWorker:
+async def get_worker(request: Request) -> EngineWorker:
     return state_of(request.app).worker
 
 
-def get_off_loop(request: Request) -> OffLoop:
+async def get_off_loop(request: Request) -> OffLoop:
     return state_of(request.app).off_loop
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return state_of(request.app).registry
 
 
@@ -55,15 +59,16 @@ async def admitted(request: Request) -> AsyncIterator[Ticket]:
         yield ticket
 
 
-def collection_name(collection: Annotated[str, Path(
+async def collection_name(collection: Annotated[str, Path(
         pattern=NAME_PATTERN, description="A collection's name, or an alias (resolved once for the request).")]) -> str:
     """The ``{collection}`` of a route under /v1/collections/ (documented once, checked against the name rule)."""
     return collection
 
 
-def get_engine_slot(request: Request) -> CollectionSlot:
+async def get_engine_slot(request: Request) -> CollectionSlot:
     """The collection the request names (its path's ``collection``), else the default one; 404 when there is none.
-    Resolved once per request and kept: an alias swapped meanwhile does not change what this request serves."""
+    Resolved once per request and kept: an alias swapped meanwhile does not change what this request serves. On the
+    event loop: the aliases file's stat (read again only once replaced) costs less than a hop to a thread."""
     slot = getattr(request.state, "collection_slot", None)
     if slot is None:
         slot = state_of(request.app).registry.resolve(request.path_params.get("collection"))
@@ -75,7 +80,7 @@ def _unavailable(slot: CollectionSlot) -> ApiError:
     return ApiError(503, "index_unavailable", f"collection {slot.name} is not available: {slot.not_ready}")
 
 
-def get_engine(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> SearchEngine:
+async def get_engine(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> SearchEngine:
     """The collection's read engine; 503 while there is none."""
     engine = slot.engine
     if engine is None:
@@ -83,18 +88,18 @@ def get_engine(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> Sea
     return engine
 
 
-def get_live(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> ServedCollection:
+async def get_live(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> ServedCollection:
     """The collection (writes, stats, compaction); 503 while there is none."""
     if slot.live is None:
         raise _unavailable(slot)
     return slot.live
 
 
-def get_compactor(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> Compactor:
+async def get_compactor(slot: Annotated[CollectionSlot, Depends(get_engine_slot)]) -> Compactor:
     return slot.compactor
 
 
-def get_reader(slot: Annotated[CollectionSlot, Depends(get_engine_slot)],
+async def get_reader(slot: Annotated[CollectionSlot, Depends(get_engine_slot)],
                engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
     """How a route reads: through the collection, or the engine as it is where no collection holds it (an engine
     given in place of the collection, as tests do)."""

@@ -41,7 +41,8 @@ class Metrics:
         self._writes = Counter("duet_writes", "Write requests by operation (upsert, delete) and outcome "
                                "(ok, rejected, not_found, error).", ("op", "outcome"), registry=self.registry)
         self._shed = Counter("duet_shed_requests", "Requests refused or dropped under load, by reason (queue_full, "
-                             "deadline, client_gone; bodies: body_budget, body_stalled, body_deadline, body_too_slow).",
+                             "queue_wait, deadline, client_gone; bodies: body_budget, body_stalled, body_deadline, "
+                             "body_too_slow).",
                              ("reason",), registry=self.registry)
         self._pending = Gauge("duet_pending_requests", "Admitted requests holding engine work (waiting or running).",
                               registry=self.registry)

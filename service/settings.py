@@ -48,8 +48,11 @@ class ServiceSettings(BaseSettings):
     max_offset: int = Field(10_000, ge=0)
     max_candidate_k: int = Field(5000, gt=0)
     max_captions: int = Field(32, gt=0, description="Most captions one image write may carry.")
-    max_pending: int = Field(16, gt=0, le=10_000, description="Requests that may hold engine work at once (waiting "
+    max_pending: int = Field(64, gt=0, le=10_000, description="Requests that may hold engine work at once (waiting "
                              "or running); more get 503 with Retry-After, before anything decodes their body.")
+    max_queue_wait_s: float = Field(0.5, gt=0, le=600, description="A request that would wait longer than this for "
+                                    "the engine behind those admitted (their count times the engine's recent time per "
+                                    "request) gets 503 with Retry-After at once.")
     queue_timeout_s: float = Field(5.0, gt=0, le=600, description="How long an admitted request may wait for the "
                                    "engine; past it, it is dropped with 503 rather than computed for no one.")
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection that has not sent a request's "

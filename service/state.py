@@ -35,8 +35,9 @@ class ServiceState:
     def __post_init__(self) -> None:  # frozen: set once, here
         object.__setattr__(self, "drain", Drain(self.settings.drain_timeout_s))
         object.__setattr__(self, "registry", Registry(self.settings, self.metrics))
-        object.__setattr__(self, "admission", Admission(self.settings.max_pending, self.settings.queue_timeout_s,
-                                                        self.metrics))
+        object.__setattr__(self, "admission", Admission(self.settings.max_pending,
+                                                        self.settings.max_queue_wait_s,
+                                                        self.settings.queue_timeout_s, self.metrics))
 
 
 def state_of(app: Starlette) -> ServiceState:

@@ -7,8 +7,10 @@ search can be held in the engine at will)."""
 from __future__ import annotations
 
 import http.client
+import inspect
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -20,6 +22,8 @@ from typing import Any, cast
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -31,6 +35,7 @@ from service.app import create_app
 from service.dependencies import get_engine
 from service.http_protocol import service_http_protocol
 from service.images import QUERY_SIDE, decode_image
+from service.routes import ROUTERS
 from service.settings import ServiceSettings
 from tests.test_service_api import FakeEngine, _png
 from tests.test_service_api import collection as collection  # the API tests' collection root: a fixture
@@ -150,6 +155,50 @@ def test_past_the_admission_bound_requests_are_shed_with_503_and_retry_after(ser
     assert running.request("POST", "/v1/search", {"text": "red"})[0] == 200  # recovered
     assert _metric(running, 'duet_shed_requests_total{reason="queue_full"}') == [
         'duet_shed_requests_total{reason="queue_full"} 1.0']
+
+
+def test_a_request_that_would_wait_past_the_queue_wait_is_shed_before_the_count_bound(serve: Any,
+                                                                                      collection: Path) -> None:
+    """The count bound is far off (64), but one request ahead that the engine takes ~0.8 s for is past a 0.5 s wait."""
+    running = serve(HeldEngine(collection), max_queue_wait_s=0.5)
+    engine = cast(HeldEngine, running.engine)
+    results: list[int] = []
+    timer = threading.Timer(0.8, engine.gate.set)  # the first search takes the engine ~0.8 s: its recent time
+    timer.start()
+    assert running.request("POST", "/v1/search", {"text": "red"})[0] == 200
+    assert engine.entered.acquire(timeout=0)  # the first search's entry, counted
+    engine.gate.clear()
+    held = _search_in_thread(running, results)  # nothing ahead of it: admitted whatever the engine's time
+    assert engine.entered.acquire(timeout=10)
+    status, headers, body = running.request("POST", "/v1/search", {"text": "red"})
+    error = json.loads(body)["error"]
+    assert status == 503 and headers["retry-after"].isdigit() and error["code"] == "overloaded", body
+    waited = re.search(r"waiting about ([0-9.]+) s", error["message"])
+    assert waited is not None and 0.5 < float(waited.group(1)) < 2, error  # the held search's time, past the limit
+    engine.gate.set()
+    held.join(10)
+    assert results == [200]
+    assert running.request("POST", "/v1/search", {"text": "red"})[0] == 200  # nothing ahead: admitted again
+    assert _metric(running, 'duet_shed_requests_total{reason="queue_wait"}') == [
+        'duet_shed_requests_total{reason="queue_wait"} 1.0']
+
+
+def _sync_dependencies(dependant: Dependant) -> list[str]:
+    found = []
+    for dependency in dependant.dependencies:
+        call = dependency.call
+        asynchronous = (inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+                        or inspect.iscoroutinefunction(type(call).__call__))  # a callable instance: HTTPBearer
+        found += ([] if asynchronous else [getattr(call, "__name__", repr(call))]) + _sync_dependencies(dependency)
+    return found
+
+
+def test_no_dependency_of_any_route_runs_on_the_thread_pool() -> None:
+    """FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per dependency per request: with
+    eight of them before the admission ticket, a shed request cost two fifths of a search on a small index."""
+    routes = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
+    sync = {f"{route.path}: {name}" for route in routes for name in _sync_dependencies(route.dependant)}
+    assert len(routes) > 20 and not sync, sorted(sync)
 
 
 def test_admitted_work_past_its_deadline_is_dropped_not_computed(serve: Any, collection: Path) -> None:

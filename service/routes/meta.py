@@ -46,7 +46,7 @@ def indexes(engine: EngineDep, slot: EngineSlotDep) -> dict[str, Any]:
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
