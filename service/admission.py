@@ -6,9 +6,8 @@ more than ``max_pending`` decoded images in memory, and a client trickling a bod
 is refused at once with 503 and Retry-After (load shed, not queued without bound); so is one that would wait longer
 than ``max_queue_wait_s`` behind the requests already admitted, at the engine's recent time per request. The count
 bounds memory, the wait bounds latency: a count alone would shed cheap requests (a few ms each) at the first stall of
-a few tens of ms, and let costly ones queue for seconds. An admitted request
-that waited past its deadline, or whose client hung up, is dropped before the engine computes it: under overload
-the engine only does work someone will read.
+a few tens of ms, and let costly ones queue for seconds. An admitted request that waited past its deadline, or whose
+client hung up, is dropped before the engine computes it: under overload the engine only does work someone will read.
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ class EngineTime:
     """The engine's recent seconds per request: an exponentially weighted mean of the last few dozen (0 before the
     first), updated on the event loop."""
 
-    WEIGHT = 0.05  # of the newest request: a compaction's or a large write's one long run fades within a few dozen
+    WEIGHT = 0.05  # of the newest request: one long request (a large image's write) fades within a few dozen
 
     def __init__(self) -> None:
         self.seconds = 0.0

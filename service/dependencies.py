@@ -100,7 +100,7 @@ async def get_compactor(slot: Annotated[CollectionSlot, Depends(get_engine_slot)
 
 
 async def get_reader(slot: Annotated[CollectionSlot, Depends(get_engine_slot)],
-               engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
+                     engine: Annotated[SearchEngine, Depends(get_engine)]) -> Reader:
     """How a route reads: through the collection, or the engine as it is where no collection holds it (an engine
     given in place of the collection, as tests do)."""
     if slot.live is not None:
