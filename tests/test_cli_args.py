@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -221,6 +222,21 @@ def _interrupt(*_: object, **__: object) -> None:
     signal.raise_signal(signal.SIGINT)  # the real signal: Python's handler raises KeyboardInterrupt here
 
 
+@pytest.fixture()
+def python_sigint() -> Iterator[None]:
+    """SIGINT delivered to Python's own handler, as a command started from a shell has it. Once, in a test process
+    that had run other files first, the signal never reached the command (exit 0, no KeyboardInterrupt) while Python
+    still listed its own handler: a native library loaded earlier had replaced it below Python or blocked the signal.
+    Installing the handler again sets it at the C level too; the signal is unblocked for the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if previous is not None:  # None: a handler set outside Python, which cannot be put back from here
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_an_interrupted_build_exits_130_saying_it_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     import indexer.cli
@@ -236,6 +252,7 @@ def test_an_interrupted_build_exits_130_saying_it_resumes(tmp_path: Path, monkey
         "interrupted: the same command resumes from the feature cache (a Ray build from its encoded rows)"]
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_an_interrupted_training_exits_130_naming_resume(tmp_path: Path, synthetic_dataset: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
