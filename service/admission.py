@@ -125,17 +125,17 @@ class Admission:
         return self._overloaded("queue_timeout", f"the request waited over {self.queue_timeout_s} s for the engine "
                                 "and was dropped; retry later" if reason == "deadline" else "the client hung up")
 
+    def _refused(self, reason: str, why: str) -> ApiError:
+        self.metrics.observe_shed(reason)
+        return self._overloaded("overloaded", f"{why}; retry after {self.retry_after_s} s")
+
     @asynccontextmanager
     async def ticket(self, request: Request) -> AsyncIterator[Ticket]:
         if self.pending >= self.max_pending:
-            self.metrics.observe_shed("queue_full")
-            raise self._overloaded("overloaded", f"the server is at its limit of {self.max_pending} requests in "
-                                   f"progress; retry after {self.retry_after_s} s")
-        if self.expected_wait_s > self.max_queue_wait_s:
-            self.metrics.observe_shed("queue_wait")
-            raise self._overloaded("overloaded", f"the requests in progress would keep this one waiting about "
-                                   f"{self.expected_wait_s:.1f} s, past the server's limit of {self.max_queue_wait_s} "
-                                   f"s; retry after {self.retry_after_s} s")
+            raise self._refused("queue_full", f"the server is at its limit of {self.max_pending} requests in progress")
+        if (wait := self.expected_wait_s) > self.max_queue_wait_s:
+            raise self._refused("queue_wait", f"the requests in progress would keep this one waiting about {wait:.1f} "
+                                f"s, past the server's limit of {self.max_queue_wait_s} s")
         self.pending += 1
         self.metrics.set_pending(self.pending)
         try:
